@@ -49,6 +49,8 @@ pub struct Lab {
     /// Every namespace created, in creation order.
     created: Vec<String>,
     procs: Arc<Mutex<Vec<i32>>>,
+    /// When false, dropping the lab leaves everything in place (see [`Lab::keep`]).
+    owned: bool,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -121,14 +123,42 @@ impl Lab {
     pub fn new() -> anyhow::Result<Lab> {
         remove_stale();
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
-        Ok(Lab {
-            id: format!("{NS_PREFIX}{}-{n}", std::process::id()),
+        Ok(Self::with_id(format!("{NS_PREFIX}{}-{n}", std::process::id())))
+    }
+
+    /// A lab whose namespaces are named `<name>-<host>`, for a lab that outlives its process
+    /// (`rempart-lab up`). `name` must not look like `rp<digits>-…` (those are per-process labs,
+    /// removed as stale once their process is gone). Fails if namespaces of that name exist.
+    pub fn named(name: &str) -> anyhow::Result<Lab> {
+        if let Some(rest) = name.strip_prefix(NS_PREFIX) {
+            if rest.split('-').next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+                bail!("lab name {name:?} is reserved for per-process labs");
+            }
+        }
+        let taken: Vec<String> =
+            list_namespaces()?.into_iter().filter(|n| n.starts_with(&format!("{name}-"))).collect();
+        if !taken.is_empty() {
+            bail!("lab {name:?} already exists (namespaces {}); remove it first", taken.join(", "));
+        }
+        Ok(Self::with_id(name.to_string()))
+    }
+
+    fn with_id(id: String) -> Lab {
+        Lab {
+            id,
             hosts: BTreeMap::new(),
             switches: BTreeMap::new(),
             ports: BTreeMap::new(),
             created: Vec::new(),
             procs: Arc::new(Mutex::new(Vec::new())),
-        })
+            owned: true,
+        }
+    }
+
+    /// Leaves the lab in place when it is dropped (its namespaces and processes stay); remove it
+    /// later with [`destroy`].
+    pub fn keep(mut self) {
+        self.owned = false;
     }
 
     /// This lab's unique prefix, `rp<pid>-<n>`; every namespace name starts with it.
@@ -354,8 +384,21 @@ impl Lab {
     }
 }
 
+/// Removes a lab made by [`Lab::named`] and kept: kills every process inside its namespaces (by
+/// pid) and deletes them. Returns the namespaces removed.
+pub fn destroy(name: &str) -> anyhow::Result<Vec<String>> {
+    let ours: Vec<String> = list_namespaces()?.into_iter().filter(|n| n.starts_with(&format!("{name}-"))).collect();
+    for ns in &ours {
+        kill_and_delete(ns);
+    }
+    Ok(ours)
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let pgids: Vec<i32> = self.procs.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
         for pg in pgids {
             let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);

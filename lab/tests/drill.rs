@@ -1,0 +1,58 @@
+//! The lab binary and the drill, end to end (root; CI runs them).
+
+use std::process::Command;
+
+use rempart_lab::{default_steps, drill, reference, Outcome, PERSISTENT_NAME};
+use rempart_testkit::netns::list_namespaces;
+use rempart_testkit::require_root;
+
+#[test]
+fn drill_reaches_every_host_and_cleans_up() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let mut lab = reference().expect("lab");
+    let id = lab.id().to_string();
+    let mut steps = default_steps();
+    let lines = drill(&mut lab, &mut steps, |_| {});
+    drop(lab);
+    assert_eq!(lines.len(), steps.len());
+    assert!(lines.iter().all(|l| l.outcome == Outcome::Ok), "{lines:#?}");
+    // 4 hosts on mgmt (12 ordered pairs) + 2 on repl (2 pairs).
+    assert!(lines[0].detail.starts_with("14 host pairs"), "{}", lines[0].detail);
+    let left: Vec<_> = list_namespaces().expect("list").into_iter().filter(|n| n.starts_with(&id)).collect();
+    assert!(left.is_empty(), "drill left namespaces: {left:?}");
+}
+
+#[test]
+fn up_exec_down() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_rempart-lab");
+    // A lab left over by an interrupted run of this test is removed first.
+    let _ = Command::new(bin).arg("down").output();
+    let up = Command::new(bin).arg("up").output().expect("up");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let again = Command::new(bin).arg("up").output().expect("up twice");
+    assert_eq!(again.status.code(), Some(2), "a second `up` must refuse");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let ex = Command::new(bin).args(["exec", "backup", "--", "ip", "-4", "-o", "addr", "show"]).output().expect("exec");
+    let out = String::from_utf8_lossy(&ex.stdout);
+    assert!(ex.status.success() && out.contains("192.168.50.20/24") && out.contains("192.168.56.20/24"), "{out}");
+    let ex = Command::new(bin).args(["exec", "client", "--", "ip", "-4", "-o", "addr", "show"]).output().expect("exec");
+    assert!(!String::from_utf8_lossy(&ex.stdout).contains("192.168.56."), "client is not on the repl network");
+    let bad = Command::new(bin).args(["exec", "nohost", "--", "true"]).output().expect("exec");
+    assert_eq!(bad.status.code(), Some(2));
+
+    let down = Command::new(bin).arg("down").output().expect("down");
+    assert!(down.status.success());
+    assert!(String::from_utf8_lossy(&down.stdout).contains("removed 6 namespaces"));
+    let left: Vec<_> = list_namespaces()
+        .expect("list")
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{PERSISTENT_NAME}-")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
