@@ -14,6 +14,29 @@
 //! created inside the hosts' namespaces, and probes run inside a host ([`Lab::enter`],
 //! [`Lab::cmd`]). Dropping a `Lab` removes everything it made, also on panic.
 //!
+//! A two-host test, as the crates' integration tests write them:
+//!
+//! ```no_run
+//! use std::net::{TcpListener, TcpStream};
+//! use rempart_testkit::{require_root, Lab};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! if !require_root("network namespaces") {
+//!     return Ok(());
+//! }
+//! let mut lab = Lab::new()?;
+//! lab.add_host("a")?;
+//! lab.add_host("b")?;
+//! lab.link("a", "b", "10.9.0.1/24", "10.9.0.2/24")?;
+//! let server = lab.enter("b", || TcpListener::bind("10.9.0.2:9000"))??;
+//! assert!(lab.enter("a", || TcpStream::connect("10.9.0.2:9000").is_ok())?);
+//! lab.cut("a", "b")?; // link down: the exchange now fails until `heal`
+//! # drop(server);
+//! # Ok(())
+//! # }
+//! // Dropping `lab` kills its processes and deletes its namespaces, also on panic.
+//! ```
+//!
 //! **Root.** Tests that need namespaces or raw sockets start with [`require_root`]: without root
 //! they print why and return early, except under CI (`CI` set), where they fail — CI never skips.
 
