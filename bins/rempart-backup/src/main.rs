@@ -1,0 +1,878 @@
+//! `rempart-backup`: deduplicated, encrypted backups with BorgBackup's command set.
+//!
+//! Exit codes (borg's): 0 success, 1 warning (e.g. a file vanished while it was read),
+//! 2 error (nothing in the repository was changed by a failed command).
+//!
+//! Environment: `REMPART_PASSPHRASE`, `REMPART_PASSCOMMAND` (run with `sh -c`), else a prompt on
+//! a terminal; `REMPART_REPO` (default repository), `REMPART_KEYS_DIR` (default
+//! `~/.config/rempart/keys`), `REMPART_CACHE_DIR` (default `~/.cache/rempart`).
+
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, Local, NaiveDateTime, Utc};
+use clap::{Parser, Subcommand};
+use dedupstore::backend::LocalBackend;
+use dedupstore::chunker::ChunkerParams;
+use dedupstore::commands::{self, time_of, CheckOptions};
+use dedupstore::compress::Compression;
+use dedupstore::create::{create, CreateOptions, Event};
+use dedupstore::crypto::Mode;
+use dedupstore::extract::{archive_items, extract, ExtractOptions};
+use dedupstore::pattern::Pattern;
+use dedupstore::prune::PruneRules;
+use dedupstore::repo::{InitOptions, OpenOptions, RepoLock, Repository};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "rempart-backup", version, about = "Deduplicated, encrypted backups (borg's command set)")]
+struct Cli {
+    /// More logging (repeat for debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a repository.
+    Init {
+        /// repokey, keyfile, authenticated or none.
+        #[arg(short, long)]
+        encryption: String,
+        /// fastcdc,MIN,AVG,MAX or borg's MINEXP,MAXEXP,AVGEXP,WINDOW.
+        #[arg(long)]
+        chunker_params: Option<String>,
+        /// Target pack file size in bytes (default 16 MiB).
+        #[arg(long)]
+        pack_size: Option<u32>,
+        /// Repository path.
+        repo: Option<String>,
+    },
+    /// Create an archive.
+    Create {
+        /// none, zstd,N, auto,zstd,N.
+        #[arg(short = 'C', long, default_value = "auto,zstd,3")]
+        compression: String,
+        /// Archive time (UTC, yyyy-mm-ddThh:mm:ss) or a reference file.
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Exclude paths matching PATTERN.
+        #[arg(short = 'e', long)]
+        exclude: Vec<String>,
+        /// Stay in the same file system.
+        #[arg(short = 'x', long)]
+        one_file_system: bool,
+        /// Print statistics.
+        #[arg(short, long)]
+        stats: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Show progress.
+        #[arg(short, long)]
+        progress: bool,
+        /// Do not change the repository.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// List items with their status.
+        #[arg(long)]
+        list: bool,
+        /// Checkpoint interval in seconds.
+        #[arg(short = 'c', long, default_value_t = 60)]
+        checkpoint_interval: u64,
+        /// Do not use the files cache.
+        #[arg(long)]
+        no_files_cache: bool,
+        /// REPO::ARCHIVE.
+        target: String,
+        /// Paths to back up.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List archives, or an archive's contents.
+    List {
+        /// Only names / paths.
+        #[arg(long)]
+        short: bool,
+        /// JSON output (archives).
+        #[arg(long)]
+        json: bool,
+        /// JSON lines (archive contents).
+        #[arg(long)]
+        json_lines: bool,
+        /// Only archives matching this glob.
+        #[arg(short = 'a', long)]
+        glob_archives: Option<String>,
+        /// REPO or REPO::ARCHIVE.
+        target: Option<String>,
+        /// Only these paths.
+        paths: Vec<String>,
+    },
+    /// Show repository or archive information.
+    Info {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// REPO or REPO::ARCHIVE.
+        target: Option<String>,
+    },
+    /// Extract an archive into the current directory.
+    Extract {
+        /// Remove N leading path components.
+        #[arg(long, default_value_t = 0)]
+        strip_components: usize,
+        /// Do not write anything (still reads and verifies).
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Use numeric uid/gid only.
+        #[arg(long)]
+        numeric_ids: bool,
+        /// Make holes for all-zero chunks.
+        #[arg(long)]
+        sparse: bool,
+        /// List extracted items.
+        #[arg(long)]
+        list: bool,
+        /// REPO::ARCHIVE.
+        target: String,
+        /// Only these paths.
+        paths: Vec<String>,
+    },
+    /// Show differences between two archives.
+    Diff {
+        /// REPO::ARCHIVE1.
+        target: String,
+        /// ARCHIVE2.
+        archive2: String,
+    },
+    /// Delete archives.
+    Delete {
+        /// Do not change the repository.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// REPO::ARCHIVE or REPO.
+        target: String,
+        /// More archive names.
+        archives: Vec<String>,
+    },
+    /// Delete archives not kept by the rules.
+    Prune(PruneArgs),
+    /// Free space of deleted archives.
+    Compact {
+        /// Rewrite packs with more than PCT % unused space.
+        #[arg(long, default_value_t = 10)]
+        threshold: u8,
+        /// Repository.
+        repo: Option<String>,
+    },
+    /// Verify the repository and archives.
+    Check {
+        /// Decrypt and verify every chunk.
+        #[arg(long)]
+        verify_data: bool,
+        /// Rebuild the index from the packs.
+        #[arg(long)]
+        repair: bool,
+        /// Repository.
+        repo: Option<String>,
+    },
+    /// Key management.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Remove a stale lock.
+    BreakLock {
+        /// Repository.
+        repo: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct PruneArgs {
+    /// Do not change the repository.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// List archives kept and pruned.
+    #[arg(long)]
+    list: bool,
+    /// Print statistics.
+    #[arg(short, long)]
+    stats: bool,
+    /// Keep all archives within this interval (e.g. 2d).
+    #[arg(long)]
+    keep_within: Option<String>,
+    /// Keep the last N archives.
+    #[arg(long, alias = "keep-secondly")]
+    keep_last: Option<i64>,
+    /// Number of minutely archives.
+    #[arg(long)]
+    keep_minutely: Option<i64>,
+    /// Number of hourly archives.
+    #[arg(short = 'H', long)]
+    keep_hourly: Option<i64>,
+    /// Number of daily archives.
+    #[arg(short = 'd', long)]
+    keep_daily: Option<i64>,
+    /// Number of weekly archives.
+    #[arg(short = 'w', long)]
+    keep_weekly: Option<i64>,
+    /// Number of monthly archives.
+    #[arg(short = 'm', long)]
+    keep_monthly: Option<i64>,
+    /// Number of yearly archives.
+    #[arg(short = 'y', long)]
+    keep_yearly: Option<i64>,
+    /// Only consider archives matching this glob.
+    #[arg(short = 'a', long)]
+    glob_archives: Option<String>,
+    /// Only consider archives starting with this prefix (deprecated in borg).
+    #[arg(short = 'P', long)]
+    prefix: Option<String>,
+    /// Repository.
+    repo: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Write the (passphrase-protected) key to a file or stdout.
+    Export {
+        /// Repository.
+        repo: String,
+        /// Output file (stdout if absent).
+        path: Option<PathBuf>,
+    },
+    /// Install an exported key.
+    Import {
+        /// Repository.
+        repo: String,
+        /// Key file.
+        path: PathBuf,
+    },
+    /// Change the passphrase (new one from REMPART_NEW_PASSPHRASE or a prompt).
+    ChangePassphrase {
+        /// Repository.
+        repo: String,
+    },
+}
+
+const WARNING: u8 = 1;
+const ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REMPART_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(ERROR)
+        }
+    }
+}
+
+fn env_dir(var: &str, home_rel: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(home_rel)))
+}
+
+fn keys_dir() -> Option<PathBuf> {
+    env_dir("REMPART_KEYS_DIR", ".config/rempart/keys")
+}
+
+fn passphrase(prompt: &str, var: &str) -> anyhow::Result<Option<String>> {
+    if let Ok(p) = std::env::var(var) {
+        return Ok(Some(p));
+    }
+    if var == "REMPART_PASSPHRASE" {
+        if let Ok(cmd) = std::env::var("REMPART_PASSCOMMAND") {
+            let out =
+                std::process::Command::new("sh").arg("-c").arg(&cmd).output().context("running REMPART_PASSCOMMAND")?;
+            if !out.status.success() {
+                bail!("REMPART_PASSCOMMAND failed with {}", out.status);
+            }
+            let s = String::from_utf8(out.stdout).context("REMPART_PASSCOMMAND output")?;
+            return Ok(Some(s.trim_end_matches('\n').to_string()));
+        }
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(Some(rpassword::prompt_password(prompt)?));
+    }
+    Ok(None)
+}
+
+/// Splits `REPO::ARCHIVE` (REPO defaults to REMPART_REPO).
+fn split_target(t: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
+    let t = t.map(str::to_string).unwrap_or_default();
+    let (repo, archive) = match t.split_once("::") {
+        Some((r, a)) => (r.to_string(), Some(a.to_string())),
+        None => (t, None),
+    };
+    let repo = if repo.is_empty() {
+        std::env::var("REMPART_REPO").map_err(|_| anyhow!("no repository given (and REMPART_REPO is not set)"))?
+    } else {
+        repo
+    };
+    Ok((repo, archive.filter(|a| !a.is_empty())))
+}
+
+fn open(repo: &str) -> anyhow::Result<Repository> {
+    let backend = Arc::new(LocalBackend::new(repo));
+    let cfg = Repository::read_config(backend.as_ref()).with_context(|| format!("repository {repo}"))?;
+    let pass = if cfg.body.mode.has_key() { passphrase("Enter passphrase: ", "REMPART_PASSPHRASE")? } else { None };
+    Repository::open(backend, &OpenOptions { passphrase: pass, keys_dir: keys_dir() })
+        .with_context(|| format!("repository {repo}"))
+}
+
+/// Expands borg's placeholders in archive names.
+fn placeholders(s: &str, now: DateTime<Local>) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let j = rest[i..].find('}').ok_or_else(|| anyhow!("unclosed placeholder in {s:?}"))? + i;
+        let ph = &rest[i + 1..j];
+        let (key, fmt) = match ph.split_once(':') {
+            Some((k, f)) => (k, Some(f)),
+            None => (ph, None),
+        };
+        let host = dedupstore::repo::hostname();
+        let v = match key {
+            "hostname" => host.split('.').next().unwrap_or("").to_string(),
+            "fqdn" => host,
+            "now" => now.format(fmt.unwrap_or("%Y-%m-%dT%H:%M:%S")).to_string(),
+            "utcnow" => now.with_timezone(&Utc).format(fmt.unwrap_or("%Y-%m-%dT%H:%M:%S")).to_string(),
+            "user" => {
+                nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name).unwrap_or_default()
+            }
+            "pid" => std::process::id().to_string(),
+            _ => bail!("unknown placeholder {{{ph}}}"),
+        };
+        out.push_str(&v);
+        rest = &rest[j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn parse_timestamp(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let md = std::fs::metadata(s)
+        .with_context(|| format!("--timestamp {s:?}: not a date (yyyy-mm-ddThh:mm:ss) nor a file"))?;
+    Ok(DateTime::<Utc>::from(md.modified()?))
+}
+
+fn fmt_time(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local).format("%a, %Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local).format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+}
+
+fn size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
+fn mode_string(kind: dedupstore::archive::ItemKind, mode: u32) -> String {
+    use dedupstore::archive::ItemKind as K;
+    let t = match kind {
+        K::File => '-',
+        K::Dir => 'd',
+        K::Symlink => 'l',
+        K::Fifo => 'p',
+        K::CharDev => 'c',
+        K::BlockDev => 'b',
+        _ => 's',
+    };
+    let mut s = String::from(t);
+    for (i, c) in "rwxrwxrwx".chars().enumerate() {
+        s.push(if mode & (1 << (8 - i)) != 0 { c } else { '-' });
+    }
+    s
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Init { encryption, chunker_params, pack_size, repo } => {
+            let (repo, _) = split_target(repo.as_deref())?;
+            let mode = Mode::parse(&encryption)?;
+            let pass = if mode.has_key() {
+                let p = passphrase("Enter new passphrase: ", "REMPART_PASSPHRASE")?
+                    .ok_or_else(|| anyhow!("a passphrase is needed: set REMPART_PASSPHRASE or REMPART_PASSCOMMAND"))?;
+                Some(p)
+            } else {
+                None
+            };
+            let mut opts = InitOptions::new(mode, pass);
+            opts.keys_dir = keys_dir();
+            if let Some(p) = pack_size {
+                opts.pack_size = p;
+            }
+            if let Some(c) = chunker_params {
+                opts.chunker = ChunkerParams::parse(&c)?;
+            }
+            let r = Repository::init(Arc::new(LocalBackend::new(&repo)), &opts)
+                .with_context(|| format!("repository {repo}"))?;
+            if mode.has_key() {
+                eprintln!(
+                    "Repository {repo} created ({}). Keep a copy of the key: rempart-backup key export {repo} FILE",
+                    mode.name()
+                );
+            }
+            drop(r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Create {
+            compression,
+            timestamp,
+            exclude,
+            one_file_system,
+            stats,
+            json,
+            progress,
+            dry_run,
+            list,
+            checkpoint_interval,
+            no_files_cache,
+            target,
+            paths,
+        } => {
+            let (repo_path, name) = split_target(Some(&target))?;
+            let name = name.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
+            let name = placeholders(&name, Local::now())?;
+            let mut opts = CreateOptions::new(name, paths);
+            opts.compression = Compression::parse(&compression)?;
+            opts.timestamp = timestamp.as_deref().map(parse_timestamp).transpose()?;
+            opts.excludes = exclude.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?;
+            opts.one_file_system = one_file_system;
+            opts.dry_run = dry_run;
+            opts.checkpoint_interval = std::time::Duration::from_secs(checkpoint_interval.max(1));
+            opts.cache_dir = if no_files_cache { None } else { env_dir("REMPART_CACHE_DIR", ".cache/rempart") };
+            opts.cmdline = std::env::args().collect();
+            let repo = open(&repo_path)?;
+            let started = std::time::Instant::now();
+            let show_progress = progress && std::io::stderr().is_terminal();
+            let mut on = |e: Event<'_>| match e {
+                Event::Item { status, path } if list => {
+                    eprintln!("{status} {}", String::from_utf8_lossy(path));
+                }
+                Event::Progress { original, files } if show_progress => {
+                    eprint!("\r{} O {files} N   ", size(original));
+                }
+                Event::Warning(w) => eprintln!("{w}"),
+                _ => {}
+            };
+            let res = create(&repo, &opts, &mut on)?;
+            if show_progress {
+                eprintln!();
+            }
+            let a = &res.archive;
+            let dur = started.elapsed().as_secs_f64();
+            if json {
+                let v = serde_json::json!({
+                    "archive": {
+                        "name": a.name, "id": res.id.to_hex(),
+                        "start": iso(time_of(a.time)), "end": iso(time_of(a.time_end)),
+                        "duration": dur, "command_line": a.cmdline,
+                        "stats": {
+                            "original_size": a.stats.original_size,
+                            "compressed_size": a.stats.compressed_size,
+                            "deduplicated_size": a.stats.deduplicated_size,
+                            "nfiles": a.stats.nfiles,
+                        },
+                    },
+                    "repository": { "id": repo.config().id, "location": repo_path },
+                    "encryption": { "mode": repo.config().mode.name() },
+                    "cache": { "files_cache_hits": res.cached_files },
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if stats {
+                let line = "-".repeat(78);
+                eprintln!("{line}");
+                eprintln!("Repository: {repo_path}");
+                eprintln!("Archive name: {}", a.name);
+                eprintln!("Archive fingerprint: {}", res.id.to_hex());
+                eprintln!("Time (start): {}", fmt_time(time_of(a.time)));
+                eprintln!("Time (end):   {}", fmt_time(time_of(a.time_end)));
+                eprintln!("Duration: {dur:.2} seconds");
+                eprintln!("Number of files: {}", a.stats.nfiles);
+                eprintln!("{line}");
+                eprintln!("{:>41}{:>19}{:>19}", "Original size", "Compressed size", "Deduplicated size");
+                eprintln!(
+                    "This archive: {:>27}{:>19}{:>19}",
+                    size(a.stats.original_size),
+                    size(a.stats.compressed_size),
+                    size(a.stats.deduplicated_size)
+                );
+                eprintln!("{line}");
+            }
+            Ok(if res.warnings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(WARNING) })
+        }
+        Cmd::List { short, json, json_lines, glob_archives, target, paths } => {
+            let (repo_path, archive) = split_target(target.as_deref())?;
+            let repo = open(&repo_path)?;
+            match archive {
+                None => {
+                    let archives: Vec<_> = commands::list_archives(&repo)?
+                        .into_iter()
+                        .filter(|a| glob_archives.as_deref().map_or(true, |g| commands::glob_archives(g, &a.name)))
+                        .collect();
+                    if json {
+                        let list: Vec<_> = archives
+                            .iter()
+                            .map(|a| {
+                                serde_json::json!({
+                                    "archive": a.name, "name": a.name, "id": a.id.to_hex(),
+                                    "start": iso(time_of(a.time)), "time": iso(time_of(a.time)),
+                                })
+                            })
+                            .collect();
+                        let v = serde_json::json!({
+                            "archives": list,
+                            "repository": { "id": repo.config().id, "location": repo_path },
+                            "encryption": { "mode": repo.config().mode.name() },
+                        });
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        let mut out = std::io::stdout().lock();
+                        for a in archives {
+                            if short {
+                                writeln!(out, "{}", a.name)?;
+                            } else {
+                                writeln!(out, "{:<36} {} [{}]", a.name, fmt_time(time_of(a.time)), a.id.to_hex())?;
+                            }
+                        }
+                    }
+                }
+                Some(name) => {
+                    let index = repo.load_index()?;
+                    let items = archive_items(&repo, &index, &name)?;
+                    let mut out = std::io::stdout().lock();
+                    for i in items {
+                        let p = i.path_lossy();
+                        if !paths.is_empty() && !paths.iter().any(|q| p == *q || p.starts_with(&format!("{q}/"))) {
+                            continue;
+                        }
+                        let mtime = time_of(i.mtime);
+                        if json_lines {
+                            let v = serde_json::json!({
+                                "type": mode_string(i.kind, 0).chars().next().map(String::from),
+                                "mode": mode_string(i.kind, i.mode),
+                                "user": i.user.clone().unwrap_or_else(|| i.uid.to_string()),
+                                "group": i.group.clone().unwrap_or_else(|| i.gid.to_string()),
+                                "uid": i.uid, "gid": i.gid, "path": p,
+                                "healthy": true,
+                                "source": i.hardlink.as_ref().map(|h| String::from_utf8_lossy(h).into_owned()).unwrap_or_default(),
+                                "linktarget": i.target.as_ref().map(|h| String::from_utf8_lossy(h).into_owned()).unwrap_or_default(),
+                                "flags": null,
+                                "mtime": iso(mtime), "size": i.size,
+                            });
+                            writeln!(out, "{v}")?;
+                        } else if short {
+                            writeln!(out, "{p}")?;
+                        } else {
+                            let extra = match (&i.target, &i.hardlink) {
+                                (Some(t), _) => format!(" -> {}", String::from_utf8_lossy(t)),
+                                (_, Some(h)) => format!(" link to {}", String::from_utf8_lossy(h)),
+                                _ => String::new(),
+                            };
+                            writeln!(
+                                out,
+                                "{} {:<6} {:<6} {:>8} {} {p}{extra}",
+                                mode_string(i.kind, i.mode),
+                                i.user.clone().unwrap_or_else(|| i.uid.to_string()),
+                                i.group.clone().unwrap_or_else(|| i.gid.to_string()),
+                                i.size,
+                                fmt_time(mtime)
+                            )?;
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Info { json, target } => {
+            let (repo_path, archive) = split_target(target.as_deref())?;
+            let repo = open(&repo_path)?;
+            match archive {
+                None => {
+                    let i = commands::repo_info(&repo)?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({
+                                "repository": { "id": repo.config().id, "location": repo_path },
+                                "encryption": { "mode": repo.config().mode.name() },
+                                "cache": { "stats": {
+                                    "total_unique_chunks": i.unique_chunks,
+                                    "unique_size": i.unique_size,
+                                    "unique_csize": i.unique_stored,
+                                }},
+                                "archives": i.archives, "packs": i.packs,
+                            }))?
+                        );
+                    } else {
+                        println!("Repository ID: {}", repo.config().id);
+                        println!("Location: {repo_path}");
+                        println!("Encrypted: {}", matches!(repo.config().mode, Mode::Repokey | Mode::Keyfile));
+                        println!("Mode: {}", repo.config().mode.name());
+                        println!("Archives: {}", i.archives);
+                        println!("Unique chunks: {}", i.unique_chunks);
+                        println!("Unique size: {} (stored {})", size(i.unique_size), size(i.unique_stored));
+                        println!("Packs: {}", i.packs);
+                    }
+                }
+                Some(name) => {
+                    let (e, a) = commands::archive_info(&repo, &name)?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({
+                                "archives": [{
+                                    "name": a.name, "id": e.id.to_hex(), "hostname": a.hostname,
+                                    "username": a.username, "start": iso(time_of(a.time)),
+                                    "end": iso(time_of(a.time_end)), "command_line": a.cmdline,
+                                    "stats": {
+                                        "original_size": a.stats.original_size,
+                                        "compressed_size": a.stats.compressed_size,
+                                        "deduplicated_size": a.stats.deduplicated_size,
+                                        "nfiles": a.stats.nfiles,
+                                    },
+                                }],
+                            }))?
+                        );
+                    } else {
+                        println!("Archive name: {}", a.name);
+                        println!("Archive fingerprint: {}", e.id.to_hex());
+                        println!("Hostname: {}", a.hostname);
+                        println!("Username: {}", a.username);
+                        println!("Time (start): {}", fmt_time(time_of(a.time)));
+                        println!("Time (end): {}", fmt_time(time_of(a.time_end)));
+                        println!("Command line: {}", a.cmdline.join(" "));
+                        println!("Number of files: {}", a.stats.nfiles);
+                        println!("Original size: {}", size(a.stats.original_size));
+                        println!("Compressed size: {}", size(a.stats.compressed_size));
+                        println!("Deduplicated size: {}", size(a.stats.deduplicated_size));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Extract { strip_components, dry_run, numeric_ids, sparse, list, target, paths } => {
+            let (repo_path, archive) = split_target(Some(&target))?;
+            let archive = archive.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
+            let repo = open(&repo_path)?;
+            let opts = ExtractOptions {
+                dest: std::env::current_dir()?,
+                paths: paths.iter().map(|p| p.as_bytes().to_vec()).collect(),
+                strip_components,
+                dry_run,
+                numeric_ids,
+                sparse,
+                threads: 0,
+            };
+            let res = extract(&repo, &archive, &opts)?;
+            if list {
+                eprintln!("{} items, {}", res.items, size(res.bytes));
+            }
+            for e in &res.errors {
+                eprintln!("{e}");
+            }
+            Ok(if res.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(ERROR) })
+        }
+        Cmd::Diff { target, archive2 } => {
+            let (repo_path, a) = split_target(Some(&target))?;
+            let a = a.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
+            let repo = open(&repo_path)?;
+            let mut out = std::io::stdout().lock();
+            for d in commands::diff_archives(&repo, &a, &archive2)? {
+                writeln!(out, "{} {}", d.changes.join(" "), d.path)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Delete { dry_run, target, archives } => {
+            let (repo_path, archive) = split_target(Some(&target))?;
+            let mut names: Vec<String> = archive.into_iter().collect();
+            names.extend(archives);
+            if names.is_empty() {
+                bail!("deleting a whole repository is not supported: remove its directory, or name archives");
+            }
+            let repo = open(&repo_path)?;
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            if dry_run {
+                let m = repo.manifest()?;
+                for n in &refs {
+                    if m.get(n).is_none() {
+                        bail!("archive {n:?} does not exist");
+                    }
+                    println!("Would delete archive: {n}");
+                }
+            } else {
+                commands::delete_archives(&repo, &refs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Prune(a) => {
+            let (repo_path, _) = split_target(a.repo.as_deref())?;
+            let rules = PruneRules {
+                within: a.keep_within,
+                secondly: a.keep_last,
+                minutely: a.keep_minutely,
+                hourly: a.keep_hourly,
+                daily: a.keep_daily,
+                weekly: a.keep_weekly,
+                monthly: a.keep_monthly,
+                yearly: a.keep_yearly,
+            };
+            if a.prefix.is_some() && a.glob_archives.is_some() {
+                bail!("--prefix and --glob-archives are mutually exclusive");
+            }
+            let glob = a.glob_archives.or(a.prefix.map(|p| format!("{p}*")));
+            let repo = open(&repo_path)?;
+            let plan = commands::prune_repo_plan(&repo, &rules, glob.as_deref(), Utc::now())?;
+            if a.list {
+                let mut n_del = 0;
+                for (arch, keep) in &plan.decisions {
+                    let line = format!("{:<36} {}", arch.name, fmt_time(arch.time));
+                    match keep {
+                        Some(k) if k.rule == "checkpoint" => println!("Keeping checkpoint archive:      {line}"),
+                        Some(k) => println!("Keeping archive (rule: {} #{}): {line}", k.rule, k.n),
+                        None => {
+                            n_del += 1;
+                            if a.dry_run {
+                                println!("Would prune:                     {line}");
+                            } else {
+                                println!("Pruning archive ({n_del}/{}):  {line}", plan.to_delete().len());
+                            }
+                        }
+                    }
+                }
+            }
+            if !a.dry_run {
+                commands::prune_apply(&repo, &plan)?;
+            }
+            if a.stats {
+                eprintln!("Deleted {} archives", plan.to_delete().len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compact { threshold, repo } => {
+            let (repo_path, _) = split_target(repo.as_deref())?;
+            let repo = open(&repo_path)?;
+            let plan = commands::compact_plan(&repo, threshold)?;
+            commands::compact_apply(&repo, &plan)?;
+            eprintln!(
+                "compaction freed about {} ({} packs rewritten, {} deleted, {} orphans)",
+                size(plan.freed),
+                plan.repack.len(),
+                plan.delete.len(),
+                plan.orphans.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { verify_data, repair, repo } => {
+            let (repo_path, _) = split_target(repo.as_deref())?;
+            let repo = open(&repo_path)?;
+            let r = commands::check(&repo, CheckOptions { verify_data, repair })?;
+            for e in &r.errors {
+                eprintln!("{e}");
+            }
+            for c in &r.damaged_chunks {
+                eprintln!("damaged chunk {}", c.to_hex());
+            }
+            if !r.orphan_packs.is_empty() {
+                eprintln!(
+                    "{} orphan packs (left by an interrupted command; compact removes them)",
+                    r.orphan_packs.len()
+                );
+            }
+            if r.ok() {
+                eprintln!("check: {} packs, {} chunks verified, no problems found", r.packs, r.chunks_verified);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("check: {} problems found", r.errors.len());
+                Ok(ExitCode::from(ERROR))
+            }
+        }
+        Cmd::Key { cmd } => match cmd {
+            KeyCmd::Export { repo, path } => {
+                let r = open(&repo)?;
+                let data = r.export_key(&keys_dir())?;
+                match path {
+                    Some(p) => std::fs::write(&p, &data).with_context(|| format!("{}", p.display()))?,
+                    None => std::io::stdout().write_all(&data)?,
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            KeyCmd::Import { repo, path } => {
+                let data = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+                let pass = passphrase("Enter passphrase: ", "REMPART_PASSPHRASE")?
+                    .ok_or_else(|| anyhow!("a passphrase is needed"))?;
+                Repository::import_key(&LocalBackend::new(&repo), &data, &pass, &keys_dir())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            KeyCmd::ChangePassphrase { repo } => {
+                let r = open(&repo)?;
+                let new = passphrase("Enter new passphrase: ", "REMPART_NEW_PASSPHRASE")?
+                    .ok_or_else(|| anyhow!("set REMPART_NEW_PASSPHRASE"))?;
+                let _lock = r.lock()?;
+                r.change_passphrase(&new, &keys_dir())?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Cmd::BreakLock { repo } => {
+            let (repo_path, _) = split_target(repo.as_deref())?;
+            RepoLock::break_lock(&LocalBackend::new(&repo_path))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_and_timestamps() {
+        let now = Local::now();
+        let s = placeholders("{hostname}-{now:%Y}", now).unwrap();
+        assert!(s.ends_with(&now.format("-%Y").to_string()));
+        assert!(placeholders("{bogus}", now).is_err());
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05").unwrap().to_rfc3339(), "2024-01-02T03:04:05+00:00");
+        assert_eq!(split_target(Some("r::a")).unwrap(), ("r".into(), Some("a".into())));
+    }
+}

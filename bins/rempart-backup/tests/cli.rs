@@ -1,0 +1,314 @@
+//! Tests of the binary: prune against the real borg 1.2.4, kill -9 during create, exit codes.
+
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rempart-backup");
+
+fn ours(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("REMPART_PASSPHRASE", "test-pass")
+        .env("REMPART_KEYS_DIR", home.join("keys"))
+        .env("REMPART_CACHE_DIR", home.join("cache"))
+        .env_remove("REMPART_PASSCOMMAND")
+        .env_remove("REMPART_REPO");
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().expect("spawn")
+}
+
+fn ok(c: Command) -> String {
+    let dbg = format!("{c:?}");
+    let out = run(c);
+    assert!(out.status.success(), "{dbg}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn borg(base: &Path) -> Command {
+    let mut c = Command::new("borg");
+    c.env("BORG_BASE_DIR", base)
+        .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+        .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+        .env("TZ", "Europe/Paris");
+    c
+}
+
+/// `Keeping archive (rule: R #N): NAME ...` lines → sorted (name, rule) pairs.
+fn kept(listing: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = listing
+        .lines()
+        .filter_map(|l| {
+            if let Some(rest) = l.strip_prefix("Keeping checkpoint archive:") {
+                return Some((rest.split_whitespace().next()?.to_string(), "checkpoint".into()));
+            }
+            let rest = l.strip_prefix("Keeping archive (rule: ")?;
+            let (rule, after) = rest.split_once("):")?;
+            let name = after.split_whitespace().next()?.to_string();
+            Some((name, rule.to_string()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn prune_matches_borg_1_2_4_on_random_timestamps_and_rules() {
+    if Command::new("borg").arg("--version").output().is_err() {
+        panic!("borg 1.2.4 is needed for this test (Debian package borgbackup)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let mut compared = 0;
+    for set in 0..2u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed + set);
+        let breg = d.path().join(format!("borg{set}"));
+        let oreg = d.path().join(format!("ours{set}"));
+        ok({
+            let mut c = borg(d.path());
+            c.args(["init", "-e", "none"]).arg(&breg);
+            c
+        });
+        ok({
+            let mut c = ours(d.path());
+            c.args(["init", "-e", "none"]).arg(&oreg);
+            c
+        });
+        // Timestamps going back from about now with log-uniform gaps (1 s .. 60 days): every
+        // rule granularity is exercised, including DST changes in Europe/Paris.
+        let mut t = now - rng.gen_range(0..3600);
+        let mut times = Vec::new();
+        for i in 0..14 {
+            let gap = (rng.gen_range(0.0f64..15.5)).exp() as i64 + 1;
+            t -= gap;
+            let name = if i == 0 && set == 1 {
+                format!("a{i:02}.checkpoint")
+            } else if i == 5 {
+                format!("a{i:02}.checkpoint.1")
+            } else {
+                format!("a{i:02}")
+            };
+            times.push((name, t));
+        }
+        for (name, t) in &times {
+            let ts = chrono::DateTime::from_timestamp(*t, 0).unwrap().format("%Y-%m-%dT%H:%M:%S").to_string();
+            let mut c = borg(d.path());
+            c.args(["create", "--timestamp", &ts]).arg(format!("{}::{name}", breg.display())).arg(&empty);
+            ok(c);
+            let mut c = ours(d.path());
+            c.env("TZ", "Europe/Paris")
+                .args(["create", "--timestamp", &ts])
+                .arg(format!("{}::{name}", oreg.display()))
+                .arg(&empty);
+            ok(c);
+        }
+        let rules = [
+            "--keep-last",
+            "--keep-minutely",
+            "--keep-hourly",
+            "--keep-daily",
+            "--keep-weekly",
+            "--keep-monthly",
+            "--keep-yearly",
+        ];
+        let mut n_sets = 0;
+        while n_sets < 12 {
+            let mut args: Vec<String> = Vec::new();
+            for r in rules {
+                if rng.gen_bool(0.35) {
+                    let n: i64 = [-1, 0, 1, 1, 2, 2, 3, 4, 6][rng.gen_range(0..9)];
+                    args.push(format!("{r}={n}"));
+                }
+            }
+            if rng.gen_bool(0.3) {
+                let w = ["1H", "12H", "2d", "1w", "1m", "1y"][rng.gen_range(0..6)];
+                // skip a within boundary that falls within 10 minutes of an archive: the two
+                // tools' "now" differ by a few seconds
+                let secs = dedupstore::prune::parse_interval(w).unwrap().num_seconds();
+                let boundary = chrono::Utc::now().timestamp() - secs;
+                if times.iter().any(|(_, t)| (t - boundary).abs() < 600) {
+                    continue;
+                }
+                args.push(format!("--keep-within={w}"));
+            }
+            if args.is_empty() {
+                continue;
+            }
+            if rng.gen_bool(0.2) {
+                args.push("--glob-archives=a0*".into());
+            }
+            n_sets += 1;
+            let mut c = borg(d.path());
+            c.args(["prune", "--dry-run", "--list"]).args(&args).arg(&breg);
+            let out = run(c);
+            assert!(out.status.success(), "borg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let b = kept(&String::from_utf8_lossy(&out.stderr));
+            let mut c = ours(d.path());
+            c.env("TZ", "Europe/Paris").args(["prune", "--dry-run", "--list"]).args(&args).arg(&oreg);
+            let o = kept(&ok(c));
+            let names = |v: &[(String, String)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                names(&o),
+                names(&b),
+                "kept sets differ for {args:?}\nborg: {b:?}\nours: {o:?}\ntimes: {times:?}"
+            );
+            assert_eq!(o, b, "rule labels differ for {args:?}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 24);
+}
+
+fn write_tree(root: &Path, seed: u64, files: usize, size: usize) {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    std::fs::create_dir_all(root).unwrap();
+    for i in 0..files {
+        let mut v = vec![0u8; size];
+        r.fill(&mut v[..]);
+        std::fs::write(root.join(format!("f{i:03}")), v).unwrap();
+    }
+}
+
+fn create_json(home: &Path, repo: &Path, name: &str, src: &Path) -> serde_json::Value {
+    let mut c = ours(home);
+    c.args(["create", "--json", "-c", "1"]).arg(format!("{}::{name}", repo.display())).arg(src);
+    serde_json::from_str(&ok(c)).unwrap()
+}
+
+#[test]
+fn kill_9_during_create_leaves_a_clean_repository_and_the_next_create_reuses_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let src = home.join("src");
+    write_tree(&src, 1, 32, 1 << 20);
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.args(["init", "-e", "repokey", "--pack-size", "262144"]).arg(&repo);
+    ok(c);
+    create_json(home, &repo, "base", &src.join("f000"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut reused_after_checkpoint = 0;
+    for round in 0..4 {
+        let mut c = ours(home);
+        c.args(["create", "-c", "1", "--no-files-cache"])
+            .arg(format!("{}::run{round}", repo.display()))
+            .arg(&src)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let indexes_before = std::fs::read_dir(repo.join("index")).unwrap().count();
+        let mut child = c.spawn().unwrap();
+        let mut finished = false;
+        if round % 2 == 0 {
+            // a random moment
+            let delay = Duration::from_millis(rng.gen_range(50..1500));
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < delay {
+                if child.try_wait().unwrap().is_some() {
+                    finished = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            // right after the first checkpoint (index file) of this run
+            rempart_testkit::wait::until(Duration::from_secs(60), "a checkpoint", || {
+                std::fs::read_dir(repo.join("index")).unwrap().count() > indexes_before
+                    || child.try_wait().unwrap().is_some()
+            })
+            .unwrap();
+            finished = child.try_wait().unwrap().is_some();
+            assert!(!finished, "create finished before it could be killed after a checkpoint");
+        }
+        if !finished {
+            child.kill().unwrap(); // SIGKILL
+        }
+        child.wait().unwrap();
+        // check is clean (leftover packs of the interrupted run are not errors)
+        let mut c = ours(home);
+        c.arg("check").arg(&repo);
+        let out = run(c);
+        assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        let indexes = std::fs::read_dir(repo.join("index")).unwrap().count();
+        // the next create completes (the dead process's lock is removed as stale)
+        let name = format!("after{round}");
+        let v = create_json(home, &repo, &name, &src);
+        let dedup = v["archive"]["stats"]["deduplicated_size"].as_u64().unwrap();
+        let orig = v["archive"]["stats"]["original_size"].as_u64().unwrap();
+        assert!(orig >= 24 << 20);
+        if round % 2 == 1 {
+            assert!(indexes > indexes_before);
+            assert!(dedup + 200_000 < orig, "round {round}: nothing reused: {dedup} of {orig}");
+            reused_after_checkpoint += 1;
+        }
+        // everything committed is readable; remove the archives for the next round
+        let mut c = ours(home);
+        c.args(["check", "--verify-data"]).arg(&repo);
+        ok(c);
+        let mut c = ours(home);
+        c.arg("delete").arg(format!("{}::{name}", repo.display()));
+        ok(c);
+        let mut c = ours(home);
+        c.arg("list").arg("--short").arg(&repo);
+        let names = ok(c);
+        assert!(!names.contains("run") || finished, "a killed create must not leave an archive: {names}");
+        let mut c = ours(home);
+        c.arg("compact").arg(&repo);
+        ok(c);
+    }
+    assert_eq!(reused_after_checkpoint, 2);
+}
+
+#[test]
+fn errors_are_one_clear_line_with_exit_code_2() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.args(["init", "-e", "repokey"]).arg(&repo);
+    ok(c);
+    let snapshot = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v = Vec::new();
+        let mut stack = vec![p.to_path_buf()];
+        while let Some(x) = stack.pop() {
+            if x.is_dir() {
+                stack.extend(std::fs::read_dir(&x).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                v.push((x.clone(), std::fs::read(&x).unwrap()));
+            }
+        }
+        v.sort();
+        v
+    };
+    let before = snapshot(&repo);
+    let mut c = ours(home);
+    c.env("REMPART_PASSPHRASE", "wrong").arg("create").arg(format!("{}::x", repo.display())).arg(home.join("keys"));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert_eq!(before, snapshot(&repo));
+    let mut c = ours(home);
+    c.arg("list").arg(home.join("missing"));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a rempart repository") && err.lines().count() == 1, "{err}");
+    // a vanished source path is a warning: exit 1, the archive is still written
+    let mut c = ours(home);
+    c.arg("create").arg(format!("{}::w", repo.display())).arg(home.join("keys")).arg(home.join("nonexistent"));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = ours(home);
+    c.args(["list", "--short"]).arg(&repo);
+    assert_eq!(ok(c).trim(), "w");
+    // PASSCOMMAND works
+    let mut c = ours(home);
+    c.env_remove("REMPART_PASSPHRASE").env("REMPART_PASSCOMMAND", "echo test-pass").args(["list"]).arg(&repo);
+    ok(c);
+}

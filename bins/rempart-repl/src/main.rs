@@ -1,0 +1,285 @@
+//! `rempart-repl`: userspace DRBD-like replicated block device, served over NBD.
+//!
+//! ```text
+//! rempart-repl create-md -c r0.toml --node main
+//! rempart-repl run -c r0.toml --node main --run-dir /run/rempart-r0 [--metrics-listen ADDR]
+//! rempart-repl status [--json] --run-dir /run/rempart-r0
+//! rempart-repl primary [--force] | secondary | connect [--discard-my-data] | disconnect
+//!              | verify | invalidate   --run-dir /run/rempart-r0
+//! ```
+//!
+//! Exit codes: 0 success; 1 error (bad config, refused state change, daemon unreachable).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use blockrepl::config::{parse_nbd, NbdEndpoint, ResourceConfig};
+use blockrepl::io::{self, LinkConfig};
+use blockrepl::meta::Meta;
+use blockrepl::nbd::NbdServer;
+use blockrepl::proto::{auth_key, Config};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Synchronous block replication (DRBD protocol C) with an NBD frontend")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write fresh metadata for this node's disk.
+    CreateMd {
+        /// Resource file.
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+        /// This node's name in the file.
+        #[arg(long)]
+        node: String,
+        /// Overwrite existing metadata.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the replica daemon.
+    Run {
+        /// Resource file.
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+        /// This node's name in the file.
+        #[arg(long)]
+        node: String,
+        /// Directory for the control socket.
+        #[arg(long, default_value = "/run/rempart-repl")]
+        run_dir: PathBuf,
+        /// Serve Prometheus metrics here.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// Dial the peer here instead of its configured address (e.g. through a proxy).
+        #[arg(long)]
+        peer_address: Option<SocketAddr>,
+    },
+    /// Show the resource state (drbdadm status layout).
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ctl: Ctl,
+    },
+    /// Become Primary.
+    Primary {
+        /// Even if the local disk is not UpToDate (starts the initial sync of a fresh pair).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        ctl: Ctl,
+    },
+    /// Become Secondary.
+    Secondary {
+        #[command(flatten)]
+        ctl: Ctl,
+    },
+    /// Connect to the peer.
+    Connect {
+        /// Split-brain victim: resync from the peer.
+        #[arg(long)]
+        discard_my_data: bool,
+        #[command(flatten)]
+        ctl: Ctl,
+    },
+    /// Disconnect from the peer (StandAlone).
+    Disconnect {
+        #[command(flatten)]
+        ctl: Ctl,
+    },
+    /// Online verify against the peer.
+    Verify {
+        #[command(flatten)]
+        ctl: Ctl,
+    },
+    /// Declare the local data bad (full resync from the peer).
+    Invalidate {
+        #[command(flatten)]
+        ctl: Ctl,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Ctl {
+    /// Directory of the running daemon's control socket.
+    #[arg(long, default_value = "/run/rempart-repl")]
+    run_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rempart-repl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("repl.ctl")
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let (ctl, line) = match cli.cmd {
+        Cmd::CreateMd { config, node, force } => return create_md(&config, &node, force),
+        Cmd::Run { config, node, run_dir, metrics_listen, peer_address } => {
+            return daemon(&config, &node, &run_dir, metrics_listen, peer_address)
+        }
+        Cmd::Status { json, ctl } => (ctl, if json { "status --json" } else { "status" }.to_string()),
+        Cmd::Primary { force, ctl } => (ctl, if force { "primary --force" } else { "primary" }.to_string()),
+        Cmd::Secondary { ctl } => (ctl, "secondary".into()),
+        Cmd::Connect { discard_my_data, ctl } => {
+            (ctl, if discard_my_data { "connect --discard-my-data" } else { "connect" }.to_string())
+        }
+        Cmd::Disconnect { ctl } => (ctl, "disconnect".into()),
+        Cmd::Verify { ctl } => (ctl, "verify".into()),
+        Cmd::Invalidate { ctl } => (ctl, "invalidate".into()),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let path = socket_path(&ctl.run_dir);
+    let reply = rt.block_on(async {
+        let mut s = tokio::net::UnixStream::connect(&path)
+            .await
+            .with_context(|| format!("cannot reach the daemon at {}", path.display()))?;
+        s.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        anyhow::Ok(out)
+    })?;
+    match reply.split_once('\n') {
+        Some(("ok", rest)) => {
+            print!("{rest}");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => bail!("{}", reply.trim().trim_start_matches("error: ")),
+    }
+}
+
+fn load(config: &Path, node: &str) -> anyhow::Result<(ResourceConfig, usize)> {
+    let c = ResourceConfig::load(config)?;
+    let i = c
+        .node
+        .iter()
+        .position(|n| n.name == node)
+        .with_context(|| format!("{}: no [[node]] named {node:?}", config.display()))?;
+    Ok((c, i))
+}
+
+fn create_md(config: &Path, node: &str, force: bool) -> anyhow::Result<ExitCode> {
+    let (c, i) = load(config, node)?;
+    let n = &c.node[i];
+    let disk = c.resolve(&n.disk);
+    let meta = c.meta_path(n);
+    if meta.exists() && !force {
+        bail!("{}: metadata exists (use --force to overwrite)", meta.display());
+    }
+    let size = blockrepl::store::FileStore::open(&disk)
+        .with_context(|| format!("opening disk {}", disk.display()))
+        .map(|s| blockrepl::store::BlockStore::size(&s))?;
+    io::store_meta(&meta, &Meta::fresh(size)).with_context(|| format!("writing {}", meta.display()))?;
+    println!("{}: metadata for {size} bytes written to {}", c.resource.name, meta.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn daemon(
+    config: &Path,
+    node: &str,
+    run_dir: &Path,
+    metrics: Option<SocketAddr>,
+    peer_address: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let (c, i) = load(config, node)?;
+    let me = c.node[i].clone();
+    let peer = c.node[1 - i].clone();
+    let secret_path = c.resolve(&c.resource.secret_file);
+    let secret = std::fs::read(&secret_path).with_context(|| format!("reading secret {}", secret_path.display()))?;
+    let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
+    if secret.is_empty() {
+        bail!("{}: the shared secret is empty", secret_path.display());
+    }
+    let tiebreak = me.name < peer.name;
+    let seed: u64 = rand_seed();
+    let mut cfg = Config::new(auth_key(&secret), tiebreak, seed);
+    cfg.protocol = c.protocol();
+    cfg.after_sb_0pri = c.after_sb_0pri();
+    cfg.resync_rate = c.resource.resync_rate_mib << 20;
+    cfg.peer_timeout = std::time::Duration::from_millis(c.resource.peer_timeout_ms);
+    cfg.al_extents = c.resource.al_extents;
+    cfg.checksum_resync = c.resource.checksum_resync;
+    let listen: SocketAddr = me.address.parse().context("node address")?;
+    let dial = if tiebreak {
+        Some(match peer_address {
+            Some(a) => a,
+            None => peer.address.parse().context("peer address")?,
+        })
+    } else {
+        None
+    };
+    let nbd = parse_nbd(&me.nbd).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let handle = io::start(cfg, &c.resolve(&me.disk), &c.meta_path(&me), LinkConfig { listen, dial })
+            .await
+            .with_context(|| format!("starting resource {} on node {}", c.resource.name, me.name))?;
+        let name = c.resource.name.clone();
+        let sock = socket_path(run_dir);
+        let _ = std::fs::remove_file(&sock);
+        let ctl = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+        tokio::spawn(io::serve_control(ctl, handle.clone(), name.clone()));
+        if let Some(m) = metrics {
+            let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("metrics listen {m}"))?;
+            tokio::spawn(io::serve_metrics(l, handle.clone(), name.clone()));
+        }
+        let server = NbdServer::new(name.clone(), Arc::new(handle.clone()));
+        match nbd {
+            NbdEndpoint::Tcp(a) => {
+                let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("nbd listen {a}"))?;
+                tokio::spawn(server.serve_tcp(l));
+            }
+            NbdEndpoint::Unix(p) => {
+                let _ = std::fs::remove_file(&p);
+                let l = tokio::net::UnixListener::bind(&p).with_context(|| format!("nbd listen {}", p.display()))?;
+                tokio::spawn(server.serve_unix(l));
+            }
+            _ => bail!("unsupported nbd endpoint"),
+        }
+        info!(resource = %name, node = %me.name, "running");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("stopping");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u32(std::process::id());
+    h.finish()
+}

@@ -1,0 +1,212 @@
+//! Real binaries in network namespaces: VIP placement, kill -9 failover with gratuitous ARP,
+//! graceful stop, track scripts, unicast mode, status, metrics, SIGHUP reload, check-config.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rempart_testkit::{require_root, wait};
+
+#[test]
+fn vip_on_master_only_then_kill9_moves_it_and_client_follows_garp() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let mut a = start_ours(&lab, "a", da.path(), &Conf::v3(150, "0.1"), &[]);
+    let _b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "0.1"), &[]);
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    // b has heard a for a while: it must not hold the VIP.
+    wait::until(Duration::from_secs(2), "b reports BACKUP", || try_status(&lab, "b", &_b)[0]["state"] == "BACKUP")
+        .expect("b backup");
+    assert!(!has_vip(&lab, "b"), "VIP on both routers");
+    // The client resolves the VIP to a's MAC.
+    let ping = lab.run("c", &["ping", "-c", "1", "-W", "2", VIP]).expect("ping");
+    assert!(ping.status.success(), "client cannot reach the VIP on a");
+    assert!(neigh(&lab, "c").contains(&mac(&lab, "a")), "neigh: {}", neigh(&lab, "c"));
+
+    let t = Instant::now();
+    a.proc.kill();
+    wait_vip(&lab, "b", Duration::from_secs(3));
+    let took = t.elapsed();
+    // Master_Down_Interval for priority 100 at 0.1 s is 0.361 s.
+    assert!(took < Duration::from_millis(1500), "takeover took {took:?}");
+    let bmac = mac(&lab, "b");
+    wait::until(Duration::from_secs(2), "client neighbour entry points at b", || neigh(&lab, "c").contains(&bmac))
+        .expect("GARP updated the client");
+    let st = status_json(&lab, "b", &_b);
+    assert_eq!(st[0]["state"], "MASTER");
+    assert_eq!(st[0]["last_reason"], "master down interval expired");
+}
+
+#[test]
+fn graceful_stop_hands_over_after_skew_time() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let mut a = start_ours(&lab, "a", da.path(), &Conf::v3(150, "1"), &[]);
+    let b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "1"), &[]);
+    wait_vip(&lab, "a", Duration::from_secs(6));
+    let t = Instant::now();
+    a.proc.term();
+    wait_vip(&lab, "b", Duration::from_secs(5));
+    let took = t.elapsed();
+    // Skew_Time for priority 100 at 1 s is 0.609 s; a crash would take 3.609 s.
+    assert!(took < Duration::from_millis(1800), "graceful takeover took {took:?}");
+    assert!(a.proc.wait_timeout(Duration::from_secs(5)).is_some(), "a did not exit on SIGTERM");
+    assert!(!has_vip(&lab, "a"), "a kept its VIP after SIGTERM");
+    assert_eq!(status_json(&lab, "b", &b)[0]["last_reason"], "master sent priority 0");
+}
+
+#[test]
+fn failing_track_script_lowers_priority_and_moves_vip() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let flag = da.path().join("ok");
+    std::fs::write(&flag, "").expect("flag");
+    let mut ca = Conf::v3(150, "0.1");
+    ca.top = format!(
+        "vrrp_script chk {{\n  script \"/usr/bin/test -e {}\"\n  interval 0.1\n  weight -60\n}}\n",
+        flag.display()
+    );
+    ca.extra = "  track_script {\n    chk\n  }\n".into();
+    let a = start_ours(&lab, "a", da.path(), &ca, &[]);
+    let _b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "0.1"), &[]);
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    std::fs::remove_file(&flag).expect("rm flag");
+    wait_vip(&lab, "b", Duration::from_secs(5));
+    wait_no_vip(&lab, "a", Duration::from_secs(2));
+    let st = status_json(&lab, "a", &a);
+    assert_eq!(st[0]["effective_priority"], 90);
+    assert_eq!(st[0]["state"], "BACKUP");
+    // Script healthy again: a preempts back.
+    std::fs::write(&flag, "").expect("flag");
+    wait_vip(&lab, "a", Duration::from_secs(5));
+}
+
+#[test]
+fn unicast_mode_without_multicast() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    for h in ["a", "b"] {
+        let o = lab.run(h, &["ip", "link", "set", LAN, "multicast", "off"]).expect("ip");
+        assert!(o.status.success());
+    }
+    let (da, db) = (tempdir(), tempdir());
+    let mut ca = Conf::v3(150, "0.1");
+    ca.extra = "  unicast_src_ip 10.77.0.1\n  unicast_peer {\n    10.77.0.2\n  }\n".into();
+    let mut cb = Conf::v3(100, "0.1");
+    cb.extra = "  unicast_src_ip 10.77.0.2\n  unicast_peer {\n    10.77.0.1\n  }\n".into();
+    let mut a = start_ours(&lab, "a", da.path(), &ca, &[]);
+    let b = start_ours(&lab, "b", db.path(), &cb, &[]);
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    wait::until(Duration::from_secs(2), "b hears a by unicast", || {
+        try_status(&lab, "b", &b)[0]["master"] == "10.77.0.1"
+    })
+    .expect("b learns the master");
+    assert!(!has_vip(&lab, "b"));
+    a.proc.kill();
+    wait_vip(&lab, "b", Duration::from_secs(3));
+}
+
+#[test]
+fn status_metrics_and_reload_keep_state() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let a = start_ours(&lab, "a", da.path(), &Conf::v3(150, "0.1"), &["--metrics-listen", "127.0.0.1:9650"]);
+    let b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "0.1"), &[]);
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    let before = status_json(&lab, "a", &a);
+    assert_eq!(before[0]["state"], "MASTER");
+    assert_eq!(before[0]["vips"][0], "10.77.0.50/24");
+    assert!(da.path().join("run/rempart-vrrp.pid").exists());
+
+    // Text status.
+    let out = lab
+        .cmd("a", bin())
+        .args(["--run-dir", &da.path().join("run").to_string_lossy(), "status"])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("VI_1 vrid:77 lan0 state:MASTER priority:150/150"), "{text}");
+
+    // Metrics, checked by promtool.
+    let metrics = lab
+        .run(
+            "a",
+            &["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9650; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"],
+        )
+        .expect("curl");
+    let body = String::from_utf8_lossy(&metrics.stdout);
+    let body = body.split("\r\n\r\n").nth(1).expect("http body").to_string();
+    assert!(body.contains("rempart_vrrp_state{instance=\"VI_1\",interface=\"lan0\",vrid=\"77\"} 2"), "{body}");
+    assert!(body.contains("rempart_vrrp_become_master_total{"), "{body}");
+    assert!(body.contains("rempart_vrrp_adverts_sent_total{"), "{body}");
+    assert!(body.contains("# HELP rempart_vrrp_state VRRP instance state: 0 init, 1 backup, 2 master, 3 fault"));
+    let prom = da.path().join("metrics.txt");
+    std::fs::write(&prom, &body).expect("write metrics");
+    let check = sh(&format!("promtool check metrics < {}", prom.display()));
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // SIGHUP with the same config: no transition, no failover.
+    a.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait::until(Duration::from_secs(3), "reload logged", || log(&a).contains("configuration reloaded"))
+        .expect("reload");
+    let after = status_json(&lab, "a", &a);
+    assert_eq!(after[0]["state"], "MASTER");
+    assert_eq!(after[0]["last_transition_unix"], before[0]["last_transition_unix"]);
+    assert_eq!(status_json(&lab, "b", &b)[0]["state"], "BACKUP");
+    assert!(has_vip(&lab, "a") && !has_vip(&lab, "b"));
+    // SIGHUP with a changed priority: the instance restarts with the new settings.
+    let mut c = Conf::v3(90, "0.1");
+    c.vrid = 77;
+    write_conf(da.path(), &c, "a");
+    a.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_vip(&lab, "b", Duration::from_secs(3));
+    wait::until(Duration::from_secs(2), "a backup at 90", || {
+        let s = try_status(&lab, "a", &a);
+        s[0]["state"] == "BACKUP" && s[0]["priority"] == 90
+    })
+    .expect("a reloaded");
+}
+
+#[test]
+fn check_config_reports_errors_with_location() {
+    let d = tempdir();
+    let p = d.path().join("bad.conf");
+    std::fs::write(&p, "vrrp_instance X {\n  priority high\n}\n").expect("write");
+    let out =
+        std::process::Command::new(bin()).args(["check-config", "-f", &p.to_string_lossy()]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.conf:2:12: invalid priority \"high\""), "{err}");
+
+    std::fs::write(&p, "vrrp_instance X {\n  interface eth0\n  virtual_router_id 300\n}\n").expect("write");
+    let out =
+        std::process::Command::new(bin()).args(["check-config", "-f", &p.to_string_lossy()]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":3:21: invalid virtual_router_id"));
+
+    let ok = std::process::Command::new(bin())
+        .args(["check-config", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/vrrp-keepalived.conf")])
+        .output()
+        .expect("run");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}

@@ -1,0 +1,860 @@
+//! The tokio shell around [`Replica`]: disk and metadata files, the TCP replication link, the
+//! NBD frontend, the control socket and the metrics endpoint.
+//!
+//! ```text
+//!  NBD server ─▶ ReplicatedStore ─┐                     ┌─▶ spawn_blocking: pread/pwrite/fdatasync
+//!  control socket (status, …) ────┼─▶ actor (owns the ─┼─▶ meta file (write tmp, fsync, rename)
+//!  link reader (frames) ──────────┘   Replica)          └─▶ link writer (frames)
+//! ```
+//!
+//! One task (the actor) owns the sans-IO core; everything else talks to it through a channel,
+//! so the core sees a single ordered stream of inputs.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::meta::Meta;
+use crate::proto::{Action, Config, DiskOp, Replica, Status};
+use crate::store::{BlockStore, FileStore};
+use crate::wire::{FramePacket, Msg, HEADER_LEN};
+
+/// Administrative commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admin {
+    /// Become Primary.
+    Primary {
+        /// Even if the disk is not UpToDate.
+        force: bool,
+    },
+    /// Become Secondary.
+    Secondary,
+    /// Connect to the peer.
+    Connect {
+        /// Become SyncTarget of the union of both bitmaps.
+        discard_my_data: bool,
+    },
+    /// Go StandAlone.
+    Disconnect,
+    /// Online verify.
+    Verify,
+    /// Declare local data bad.
+    Invalidate,
+}
+
+enum Cmd {
+    Write { off: u64, len: u32, data: Option<Vec<u8>>, fua: bool, reply: oneshot::Sender<Result<(), String>> },
+    Flush { reply: oneshot::Sender<Result<(), String>> },
+    Admin { cmd: Admin, reply: oneshot::Sender<Result<(), String>> },
+    Status { reply: oneshot::Sender<Status> },
+    DiskDone { io: u64, result: Result<Option<Vec<u8>>, String> },
+    Connected { id: u64, tx: mpsc::UnboundedSender<Vec<u8>> },
+    Frame { id: u64, msg: Msg },
+    Lost { id: u64 },
+}
+
+/// A handle to a running replica: the NBD store and the administrative interface.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Cmd>,
+    data: FileStore,
+    can_serve: Arc<AtomicBool>,
+    pub(crate) wants_conn: Arc<AtomicBool>,
+    latency: Arc<Mutex<Histogram>>,
+    local_latency: Arc<Mutex<Histogram>>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cmd")
+    }
+}
+
+/// Write-latency histogram (seconds), Prometheus style cumulative buckets.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Counts per bucket (upper bounds in [`BUCKETS`]).
+    pub counts: [u64; 12],
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Bucket upper bounds in seconds.
+pub const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+impl Histogram {
+    fn observe(&mut self, s: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += s;
+        self.count += 1;
+    }
+}
+
+impl Handle {
+    async fn call(&self, make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Cmd) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| io::Error::other("replica stopped"))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::Error::other("replica stopped")),
+        }
+    }
+
+    /// Runs an administrative command.
+    pub async fn admin(&self, cmd: Admin) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Admin { cmd, reply: tx }).map_err(|_| "replica stopped".to_string())?;
+        rx.await.map_err(|_| "replica stopped".to_string())?
+    }
+
+    /// Current status.
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Status { reply: tx }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Local disk write latency so far.
+    pub fn local_latency(&self) -> Histogram {
+        self.local_latency.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Client write latency so far.
+    pub fn latency(&self) -> Histogram {
+        self.latency.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    fn not_primary() -> io::Error {
+        io::Error::new(io::ErrorKind::PermissionDenied, "this node is not Primary")
+    }
+}
+
+impl BlockStore for Handle {
+    fn size(&self) -> u64 {
+        self.data.size()
+    }
+    async fn read(&self, off: u64, len: u32) -> io::Result<Vec<u8>> {
+        if !self.can_serve.load(Ordering::Acquire) {
+            return Err(Self::not_primary());
+        }
+        self.data.read(off, len).await
+    }
+    async fn write(&self, off: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+        let start = Instant::now();
+        let len = data.len() as u32;
+        let r = self.call(|reply| Cmd::Write { off, len, data: Some(data), fua, reply }).await;
+        if r.is_ok() {
+            if let Ok(mut h) = self.latency.lock() {
+                h.observe(start.elapsed().as_secs_f64());
+            }
+        }
+        r
+    }
+    async fn flush(&self) -> io::Result<()> {
+        self.call(|reply| Cmd::Flush { reply }).await
+    }
+    async fn trim(&self, off: u64, len: u32) -> io::Result<()> {
+        self.call(|reply| Cmd::Write { off, len, data: None, fua: false, reply }).await
+    }
+    async fn write_zeroes(&self, off: u64, len: u32, fua: bool) -> io::Result<()> {
+        self.call(|reply| Cmd::Write { off, len, data: None, fua, reply }).await
+    }
+}
+
+/// Largest activity log a metadata slot has room for.
+const AL_ROOM: u64 = 65536;
+
+/// The metadata file: two slots written alternately, each `seq | len | meta | blake3`, so that
+/// an update is one positioned write and one `fdatasync` (no rename, no directory sync), and a
+/// torn update leaves the other slot intact.
+#[derive(Debug)]
+pub struct MetaFile {
+    file: std::fs::File,
+    slot: u64,
+    seq: u64,
+}
+
+fn slot_size(size: u64) -> u64 {
+    let bitmap = size.div_ceil(crate::meta::BLOCK).div_ceil(64) * 8;
+    (8 + 4 + 128 + 4 * AL_ROOM + bitmap + 32).div_ceil(4096) * 4096
+}
+
+fn encode_slot(seq: u64, meta: &Meta) -> Vec<u8> {
+    let m = meta.to_bytes();
+    let mut b = Vec::with_capacity(m.len() + 44);
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&(m.len() as u32).to_le_bytes());
+    b.extend_from_slice(&m);
+    let h = *blake3::hash(&b).as_bytes();
+    b.extend_from_slice(&h);
+    b
+}
+
+fn decode_slot(b: &[u8]) -> Option<(u64, Meta)> {
+    let seq = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
+    let len = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?) as usize;
+    let end = 12usize.checked_add(len)?;
+    let body = b.get(..end)?;
+    let sum = b.get(end..end.checked_add(32)?)?;
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    Some((seq, Meta::from_bytes(&body[12..]).ok()?))
+}
+
+impl MetaFile {
+    /// Creates (or overwrites) a metadata file holding `meta`.
+    pub fn create(path: &Path, meta: &Meta) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let slot = slot_size(meta.size);
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
+        f.set_len(2 * slot)?;
+        f.write_all_at(&encode_slot(1, meta), 0)?;
+        f.sync_all()?;
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Opens a metadata file and returns the newest valid copy.
+    pub fn open(path: &Path) -> io::Result<(MetaFile, Meta)> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let slot = len / 2;
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        if slot == 0 || slot > 1 << 32 {
+            return Err(bad("not rempart-repl metadata (run create-md)"));
+        }
+        let mut best: Option<(u64, Meta)> = None;
+        for i in 0..2 {
+            let mut b = vec![0u8; slot as usize];
+            file.read_exact_at(&mut b, i * slot)?;
+            if let Some((seq, m)) = decode_slot(&b) {
+                if best.as_ref().map_or(true, |(s, _)| seq > *s) {
+                    best = Some((seq, m));
+                }
+            }
+        }
+        let (seq, meta) = best.ok_or_else(|| bad("no valid metadata slot (corrupted?)"))?;
+        if slot_size(meta.size) != slot {
+            return Err(bad("metadata slot size does not match the device size"));
+        }
+        Ok((MetaFile { file, slot, seq }, meta))
+    }
+
+    /// Durably replaces the metadata (writes the older slot, then `fdatasync`).
+    pub fn write(&mut self, meta: &Meta) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let seq = self.seq + 1;
+        let b = encode_slot(seq, meta);
+        if b.len() as u64 > self.slot {
+            return Err(io::Error::other("metadata larger than its slot"));
+        }
+        self.file.write_all_at(&b, (seq % 2) * self.slot)?;
+        self.file.sync_data()?;
+        self.seq = seq;
+        Ok(())
+    }
+}
+
+/// Reads the metadata file.
+pub fn load_meta(path: &Path) -> io::Result<Meta> {
+    MetaFile::open(path).map(|(_, m)| m)
+}
+
+/// Creates a metadata file (what `create-md` does).
+pub fn store_meta(path: &Path, meta: &Meta) -> io::Result<()> {
+    MetaFile::create(path, meta)
+}
+
+/// How the link is established.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Where to listen for the peer.
+    pub listen: SocketAddr,
+    /// Where to dial the peer (`None`: only listen).
+    pub dial: Option<SocketAddr>,
+}
+
+/// Starts a replica: the actor, the link manager. Returns the handle.
+pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkConfig) -> io::Result<Handle> {
+    let data = FileStore::open(data_path)?;
+    let (meta_file, meta) = MetaFile::open(meta_path)?;
+    if meta.size != data.size() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: metadata is for {} bytes but the disk has {} (run create-md again?)",
+                meta_path.display(),
+                meta.size,
+                data.size()
+            ),
+        ));
+    }
+    let dialer = link.dial.is_some();
+    let mut replica = Replica::new(cfg, meta, dialer);
+    // `run` is DRBD's `up`: attach the disk and start connecting.
+    replica.connect(false).map_err(|e| io::Error::other(e.to_string()))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        tx: tx.clone(),
+        data: data.clone(),
+        can_serve: Arc::new(AtomicBool::new(false)),
+        wants_conn: Arc::new(AtomicBool::new(true)),
+        latency: Arc::new(Mutex::new(Histogram::default())),
+        local_latency: Arc::new(Mutex::new(Histogram::default())),
+    };
+    let listener = TcpListener::bind(link.listen).await?;
+    let actor = Actor {
+        rep: replica,
+        rx,
+        tx: tx.clone(),
+        data,
+        meta_file: Arc::new(Mutex::new(meta_file)),
+        pending: HashMap::new(),
+        next_req: 1,
+        link: None,
+        admin_waiting: Vec::new(),
+        can_serve: handle.can_serve.clone(),
+        wants_conn: handle.wants_conn.clone(),
+        local_latency: handle.local_latency.clone(),
+    };
+    tokio::spawn(actor.run());
+    tokio::spawn(link_manager(listener, link.dial, tx, handle.wants_conn.clone()));
+    Ok(handle)
+}
+
+struct Actor {
+    rep: Replica,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    tx: mpsc::UnboundedSender<Cmd>,
+    data: FileStore,
+    meta_file: Arc<Mutex<MetaFile>>,
+    pending: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+    next_req: u64,
+    link: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    admin_waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    can_serve: Arc<AtomicBool>,
+    wants_conn: Arc<AtomicBool>,
+    local_latency: Arc<Mutex<Histogram>>,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        loop {
+            let deadline = self.rep.poll_timeout();
+            let cmd = match deadline {
+                Some(d) => {
+                    let d = tokio::time::Instant::from_std(d);
+                    tokio::select! {
+                        c = self.rx.recv() => c,
+                        _ = tokio::time::sleep_until(d) => {
+                            self.rep.handle_timeout(Instant::now());
+                            self.drain();
+                            continue;
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            let Some(cmd) = cmd else { return };
+            self.handle(cmd);
+            // Take everything already queued before acting, so actions batch up.
+            while let Ok(c) = self.rx.try_recv() {
+                self.handle(c);
+                self.drain();
+            }
+            self.drain();
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        let now = Instant::now();
+        match cmd {
+            Cmd::Write { off, len, data, fua, reply } => {
+                let req = self.next_req;
+                self.next_req += 1;
+                self.pending.insert(req, reply);
+                self.rep.handle_write(now, req, off, len, data, fua);
+            }
+            Cmd::Flush { reply } => {
+                let req = self.next_req;
+                self.next_req += 1;
+                self.pending.insert(req, reply);
+                self.rep.handle_flush(now, req);
+            }
+            Cmd::Admin { cmd, reply } => {
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let r = match cmd {
+                    Admin::Primary { force } => self.rep.promote(now, force, wall),
+                    Admin::Secondary => self.rep.demote(),
+                    Admin::Connect { discard_my_data } => self.rep.connect(discard_my_data),
+                    Admin::Disconnect => {
+                        self.rep.disconnect(now);
+                        Ok(())
+                    }
+                    Admin::Verify => self.rep.start_verify(),
+                    Admin::Invalidate => self.rep.invalidate(now),
+                };
+                match r {
+                    Ok(()) => self.admin_waiting.push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Cmd::Status { reply } => {
+                let _ = reply.send(self.rep.status());
+            }
+            Cmd::DiskDone { io, result } => self.rep.handle_disk_done(now, io, result),
+            Cmd::Connected { id, tx } => {
+                if self.link.is_some() {
+                    self.rep.handle_disconnected(now);
+                }
+                if !self.rep.wants_connection() {
+                    return; // StandAlone: drop the new connection
+                }
+                self.link = Some((id, tx));
+                self.rep.handle_connected(now);
+            }
+            Cmd::Frame { id, msg } => {
+                if self.link.as_ref().is_some_and(|(l, _)| *l == id) {
+                    self.rep.handle_frame(now, msg);
+                }
+            }
+            Cmd::Lost { id } => {
+                if self.link.as_ref().is_some_and(|(l, _)| *l == id) {
+                    self.link = None;
+                    self.rep.handle_disconnected(now);
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(a) = self.rep.poll_action() {
+            match a {
+                Action::Disk { io, op } => {
+                    let data = self.data.clone();
+                    let tx = self.tx.clone();
+                    let hist = self.local_latency.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let start = Instant::now();
+                        let is_write = matches!(op, DiskOp::Write { .. } | DiskOp::Zero { .. });
+                        let r = match op {
+                            DiskOp::Write { off, data: d, fua } => data.write_blocking(off, &d, fua).map(|()| None),
+                            DiskOp::Zero { off, len, fua } => data.zero_blocking(off, len, fua).map(|()| None),
+                            DiskOp::Read { off, len } => data.read_blocking(off, len).map(Some),
+                            DiskOp::Flush => data.flush_blocking().map(|()| None),
+                        };
+                        if is_write {
+                            if let Ok(mut h) = hist.lock() {
+                                h.observe(start.elapsed().as_secs_f64());
+                            }
+                        }
+                        let _ = tx.send(Cmd::DiskDone { io, result: r.map_err(|e| e.to_string()) });
+                    });
+                }
+                Action::PersistMeta { io, meta, flush_data_first } => {
+                    let data = self.data.clone();
+                    let tx = self.tx.clone();
+                    let mf = self.meta_file.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = (|| {
+                            if flush_data_first {
+                                data.flush_blocking()?;
+                            }
+                            // One persist in flight at a time (the core guarantees it).
+                            mf.lock().map_err(|_| io::Error::other("metadata lock poisoned"))?.write(&meta)
+                        })();
+                        let _ = tx.send(Cmd::DiskDone { io, result: r.map(|()| None).map_err(|e| e.to_string()) });
+                    });
+                }
+                Action::Send(m) => {
+                    if let Some((_, tx)) = &self.link {
+                        let _ = tx.send(m.to_vec());
+                    }
+                }
+                Action::Complete { req, result } => {
+                    if let Some(r) = self.pending.remove(&req) {
+                        let _ = r.send(result.map_err(|e| e.to_string()));
+                    }
+                }
+                Action::CloseConnection => {
+                    // Dropping the sender ends the writer task, which closes the socket.
+                    self.link = None;
+                }
+            }
+        }
+        for r in self.admin_waiting.drain(..) {
+            let _ = r.send(Ok(()));
+        }
+        self.can_serve.store(self.rep.can_serve(), Ordering::Release);
+        self.wants_conn.store(self.rep.wants_connection(), Ordering::Release);
+    }
+}
+
+async fn link_manager(
+    listener: TcpListener,
+    dial: Option<SocketAddr>,
+    tx: mpsc::UnboundedSender<Cmd>,
+    wants: Arc<AtomicBool>,
+) {
+    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    // Accept loop: the peer dials us (or re-dials after a failure).
+    {
+        let tx = tx.clone();
+        let next_id = next_id.clone();
+        let wants = wants.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, peer)) = listener.accept().await else { continue };
+                if !wants.load(Ordering::Acquire) {
+                    continue;
+                }
+                debug!(%peer, "replication connection accepted");
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                spawn_link(sock, id, tx.clone());
+            }
+        });
+    }
+    let Some(addr) = dial else { return };
+    let mut current: Option<u64> = None;
+    let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<u64>();
+    loop {
+        if current.is_none() && wants.load(Ordering::Acquire) {
+            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+                Ok(Ok(sock)) => {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    info!(%addr, "replication link connected");
+                    let done = spawn_link(sock, id, tx.clone());
+                    let lost_tx = lost_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = done.await;
+                        let _ = lost_tx.send(id);
+                    });
+                    current = Some(id);
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            Some(id) = lost_rx.recv() => {
+                if current == Some(id) {
+                    current = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Runs reader and writer tasks for one connection; the returned receiver fires when it ends.
+fn spawn_link(sock: TcpStream, id: u64, tx: mpsc::UnboundedSender<Cmd>) -> oneshot::Receiver<()> {
+    let _ = sock.set_nodelay(true);
+    let (mut rd, wr) = sock.into_split();
+    let (ftx, mut frx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = tx.send(Cmd::Connected { id, tx: ftx });
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(1 << 20, wr);
+        while let Some(f) = frx.recv().await {
+            if w.write_all(&f).await.is_err() {
+                break;
+            }
+            if frx.is_empty() && w.flush().await.is_err() {
+                break;
+            }
+        }
+        // Sender dropped (the actor closed this connection) or the socket failed: stop the
+        // reader too, even if the peer went silent (blackhole).
+        let _ = w.shutdown().await;
+        let _ = stop_tx.send(());
+    });
+    tokio::spawn(async move {
+        let result: Result<(), String> = tokio::select! {
+            r = read_frames(&mut rd, id, &tx) => r,
+            _ = &mut stop_rx => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "replication link closed");
+        }
+        let _ = tx.send(Cmd::Lost { id });
+        let _ = done_tx.send(());
+    });
+    done_rx
+}
+
+async fn read_frames(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    id: u64,
+    tx: &mpsc::UnboundedSender<Cmd>,
+) -> Result<(), String> {
+    let mut hdr = [0u8; HEADER_LEN];
+    loop {
+        rd.read_exact(&mut hdr).await.map_err(|e| e.to_string())?;
+        let p = FramePacket::new_checked(&hdr[..]).map_err(|e| e.to_string())?;
+        let len = p.check_header().map_err(|e| e.to_string())?;
+        let mut frame = vec![0u8; HEADER_LEN + len];
+        frame[..HEADER_LEN].copy_from_slice(&hdr);
+        rd.read_exact(&mut frame[HEADER_LEN..]).await.map_err(|e| e.to_string())?;
+        let msg = Msg::parse_bytes(&frame).map_err(|e| e.to_string())?;
+        if tx.send(Cmd::Frame { id, msg }).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// `drbdadm status` layout.
+pub fn status_text(name: &str, s: &Status) -> String {
+    let mut out = format!("{name} role:{}\n  disk:{}\n", s.role, s.disk);
+    match (s.connection, s.peer_role) {
+        (crate::proto::ConnState::Connected, Some(pr)) => {
+            out.push_str(&format!("  peer role:{pr}\n    replication:{}", s.replication));
+            if let Some(d) = s.peer_disk {
+                out.push_str(&format!(" peer-disk:{d}"));
+            }
+            if let Some(p) = s.sync_done_percent {
+                out.push_str(&format!(" done:{p:.2}"));
+            }
+            out.push('\n');
+        }
+        (c, _) => out.push_str(&format!("  peer connection:{c}\n")),
+    }
+    out
+}
+
+/// `status --json`.
+pub fn status_json(name: &str, s: &Status) -> String {
+    let peer = match (s.peer_role, s.peer_disk) {
+        (Some(r), Some(d)) => serde_json::json!({"role": r.to_string(), "disk": d.to_string()}),
+        _ => serde_json::Value::Null,
+    };
+    serde_json::json!({
+        "name": name,
+        "role": s.role.to_string(),
+        "disk": s.disk.to_string(),
+        "connection": s.connection.to_string(),
+        "replication": s.replication.to_string(),
+        "out_of_sync_bytes": s.out_of_sync_bytes,
+        "sync_done_percent": s.sync_done_percent,
+        "peer": peer,
+        "replicated_bytes": s.replicated_bytes,
+        "resync_bytes": s.resync_bytes,
+        "resync_wire_bytes": s.resync_wire_bytes,
+        "split_brains": s.split_brains,
+        "auth_failures": s.auth_failures,
+        "verify_mismatched_blocks": s.verify_mismatches,
+    })
+    .to_string()
+}
+
+/// Prometheus text exposition of a status and the write latency histogram.
+pub fn metrics_text(name: &str, s: &Status, lat: &Histogram, local: &Histogram) -> String {
+    use crate::proto::{ConnState, DiskState, Role};
+    let mut o = String::new();
+    let mut gauge = |metric: &str, help: &str, kind: &str, v: String| {
+        o.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric}{{resource=\"{name}\"}} {v}\n"));
+    };
+    gauge(
+        "rempart_repl_primary",
+        "1 when this node is Primary.",
+        "gauge",
+        u8::from(s.role == Role::Primary).to_string(),
+    );
+    let disk = match s.disk {
+        DiskState::Diskless => 0,
+        DiskState::Inconsistent => 1,
+        DiskState::Outdated => 2,
+        DiskState::UpToDate => 3,
+    };
+    gauge("rempart_repl_disk_state", "0 Diskless, 1 Inconsistent, 2 Outdated, 3 UpToDate.", "gauge", disk.to_string());
+    let conn = match s.connection {
+        ConnState::StandAlone => 0,
+        ConnState::Connecting => 1,
+        ConnState::Connected => 2,
+    };
+    gauge("rempart_repl_connection_state", "0 StandAlone, 1 Connecting, 2 Connected.", "gauge", conn.to_string());
+    gauge("rempart_repl_out_of_sync_bytes", "Bytes marked out of sync.", "gauge", s.out_of_sync_bytes.to_string());
+    gauge(
+        "rempart_repl_sync_done_percent",
+        "Resync progress.",
+        "gauge",
+        s.sync_done_percent.unwrap_or(100.0).to_string(),
+    );
+    gauge(
+        "rempart_repl_replicated_bytes_total",
+        "Application bytes sent to the peer.",
+        "counter",
+        s.replicated_bytes.to_string(),
+    );
+    gauge("rempart_repl_resync_bytes_total", "Bytes resynced.", "counter", s.resync_bytes.to_string());
+    gauge("rempart_repl_split_brains_total", "Split brains detected.", "counter", s.split_brains.to_string());
+    gauge("rempart_repl_auth_failures_total", "Failed peer authentications.", "counter", s.auth_failures.to_string());
+    for (m, help, h) in [
+        ("rempart_repl_write_latency_seconds", "Client write latency (local and peer).", lat),
+        ("rempart_repl_local_write_latency_seconds", "Local disk write latency.", local),
+    ] {
+        o.push_str(&format!("# HELP {m} {help}\n# TYPE {m} histogram\n"));
+        for (b, c) in BUCKETS.iter().zip(h.counts) {
+            o.push_str(&format!("{m}_bucket{{resource=\"{name}\",le=\"{b}\"}} {c}\n"));
+        }
+        o.push_str(&format!("{m}_bucket{{resource=\"{name}\",le=\"+Inf\"}} {}\n", h.count));
+        o.push_str(&format!(
+            "{m}_sum{{resource=\"{name}\"}} {}\n{m}_count{{resource=\"{name}\"}} {}\n",
+            h.sum, h.count
+        ));
+    }
+    o
+}
+
+/// Serves the control socket: one command line per connection, answered by `ok` or
+/// `error: …` on the first line, then the output.
+pub async fn serve_control(listener: tokio::net::UnixListener, handle: Handle, name: String) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else { continue };
+        let handle = handle.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = sock.into_split();
+            let mut line = String::new();
+            let mut rd = tokio::io::BufReader::new(rd);
+            if tokio::io::AsyncBufReadExt::read_line(&mut rd, &mut line).await.is_err() {
+                return;
+            }
+            let reply = control(&handle, &name, line.trim()).await;
+            let text = match reply {
+                Ok(out) => format!("ok\n{out}"),
+                Err(e) => format!("error: {e}\n"),
+            };
+            let _ = wr.write_all(text.as_bytes()).await;
+            let _ = wr.shutdown().await;
+        });
+    }
+}
+
+async fn control(handle: &Handle, name: &str, line: &str) -> Result<String, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let admin = |c| async move { handle.admin(c).await.map(|()| String::new()) };
+    match words.as_slice() {
+        ["status"] => handle.status().await.map(|s| status_text(name, &s)).ok_or_else(|| "stopped".into()),
+        ["status", "--json"] => {
+            handle.status().await.map(|s| status_json(name, &s) + "\n").ok_or_else(|| "stopped".into())
+        }
+        ["primary"] => admin(Admin::Primary { force: false }).await,
+        ["primary", "--force"] => admin(Admin::Primary { force: true }).await,
+        ["secondary"] => admin(Admin::Secondary).await,
+        ["connect"] => admin(Admin::Connect { discard_my_data: false }).await,
+        ["connect", "--discard-my-data"] => admin(Admin::Connect { discard_my_data: true }).await,
+        ["disconnect"] => admin(Admin::Disconnect).await,
+        ["verify"] => admin(Admin::Verify).await,
+        ["invalidate"] => admin(Admin::Invalidate).await,
+        _ => Err(format!("unknown command {line:?}")),
+    }
+}
+
+/// Serves `GET /metrics` (any path) in Prometheus text format.
+pub async fn serve_metrics(listener: TcpListener, handle: Handle, name: String) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let handle = handle.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let _ = sock.read(&mut buf).await;
+            let Some(s) = handle.status().await else { return };
+            let body = metrics_text(&name, &s, &handle.latency(), &handle.local_latency());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_file_alternates_slots_and_survives_a_torn_update() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.md");
+        let mut m = Meta::fresh(64 << 20);
+        MetaFile::create(&path, &m).unwrap();
+        let (mut f, got) = MetaFile::open(&path).unwrap();
+        assert_eq!(got, m);
+        m.gen.current = 77;
+        f.write(&m).unwrap(); // seq 2 -> slot 0
+        m.gen.current = 78;
+        f.write(&m).unwrap(); // seq 3 -> slot 1
+        assert_eq!(load_meta(&path).unwrap().gen.current, 78);
+        // Tear the newest slot: the previous state comes back.
+        let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        raw.write_all_at(&[0xff; 64], slot_size(m.size) + 20).unwrap();
+        assert_eq!(load_meta(&path).unwrap().gen.current, 77);
+        // Both slots torn: a clear error, no panic.
+        raw.write_all_at(&[0xff; 64], 20).unwrap();
+        let e = load_meta(&path).unwrap_err().to_string();
+        assert!(e.contains("no valid metadata slot"), "{e}");
+    }
+
+    #[test]
+    fn status_text_has_drbdadm_layout() {
+        let s = Status {
+            role: crate::proto::Role::Primary,
+            disk: crate::proto::DiskState::UpToDate,
+            connection: crate::proto::ConnState::Connected,
+            replication: crate::proto::ReplState::SyncSource,
+            peer_role: Some(crate::proto::Role::Secondary),
+            peer_disk: Some(crate::proto::DiskState::Inconsistent),
+            out_of_sync_bytes: 1,
+            sync_done_percent: Some(42.1666),
+            replicated_bytes: 0,
+            resync_bytes: 0,
+            resync_wire_bytes: 0,
+            split_brains: 0,
+            auth_failures: 0,
+            verify_mismatches: 0,
+            gen: crate::meta::GenIds::fresh(),
+        };
+        assert_eq!(
+            status_text("r0", &s),
+            "r0 role:Primary\n  disk:UpToDate\n  peer role:Secondary\n    replication:SyncSource peer-disk:Inconsistent done:42.17\n"
+        );
+        let j: serde_json::Value = serde_json::from_str(&status_json("r0", &s)).unwrap();
+        assert_eq!(j["peer"]["disk"], "Inconsistent");
+        assert_eq!(j["sync_done_percent"], 42.1666);
+    }
+}

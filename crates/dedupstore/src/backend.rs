@@ -1,0 +1,304 @@
+//! Storage backends: where a repository's files live.
+//!
+//! The [`Backend`] trait is deliberately small (rustic_core's shape): list, read, read a part,
+//! write, create-if-absent and remove, by [`FileType`] and name. Everything above it (packs,
+//! index, manifest, locks) is expressed with these calls, so a remote backend (SSH, object store)
+//! only implements this trait. Every `write` must be atomic and durable when it returns: a reader
+//! sees either the old object or the complete new one, never a prefix, even after a crash.
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The kinds of objects a repository stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FileType {
+    /// The repository config (format version, id, mode, chunker parameters).
+    Config,
+    /// Key files (`repokey` mode keeps the passphrase-encrypted master key here).
+    Key,
+    /// The manifest: the list of archives. Replaced atomically, written last.
+    Manifest,
+    /// Index files: chunk id to pack location.
+    Index,
+    /// Pack files: many encrypted chunks, never rewritten in place.
+    Pack,
+    /// Archive metadata objects.
+    Archive,
+    /// The writer lock.
+    Lock,
+}
+
+impl FileType {
+    /// Directory (relative to the repository root) of this type.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileType::Config | FileType::Manifest | FileType::Lock => "",
+            FileType::Key => "keys",
+            FileType::Index => "index",
+            FileType::Pack => "data",
+            FileType::Archive => "archives",
+        }
+    }
+}
+
+/// A place that stores a repository's objects.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Human-readable location (for messages).
+    fn location(&self) -> String;
+    /// Whether the repository root exists and holds a config.
+    fn exists(&self) -> Result<bool>;
+    /// Creates the repository's directory structure; fails if it exists and is not empty.
+    fn create(&self) -> Result<()>;
+    /// Names of all objects of a type.
+    fn list(&self, t: FileType) -> Result<Vec<String>>;
+    /// Whole object.
+    fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>>;
+    /// `len` bytes at `offset`; fails if the object is shorter.
+    fn read_part(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Size in bytes.
+    fn size(&self, t: FileType, name: &str) -> Result<u64>;
+    /// Writes (or atomically replaces) an object; durable on return.
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()>;
+    /// Creates an object only if absent (returns `false` if it exists); durable on return.
+    fn create_new(&self, t: FileType, name: &str, data: &[u8]) -> Result<bool>;
+    /// Removes an object (missing is not an error).
+    fn remove(&self, t: FileType, name: &str) -> Result<()>;
+}
+
+/// A repository in a local directory.
+///
+/// Layout: `config`, `manifest`, `lock`, `keys/`, `index/`, `archives/`, `data/XX/` (packs
+/// fanned out by the first two hex digits of their name).
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (nothing is touched until a call).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of an object.
+    pub fn path(&self, t: FileType, name: &str) -> PathBuf {
+        match t {
+            FileType::Config => self.root.join("config"),
+            FileType::Manifest => self.root.join("manifest"),
+            FileType::Lock => self.root.join("lock"),
+            FileType::Pack => {
+                let fan = name.get(..2).unwrap_or("00");
+                self.root.join("data").join(fan).join(name)
+            }
+            _ => self.root.join(t.dir()).join(name),
+        }
+    }
+
+    fn sync_dir(dir: &Path) -> Result<()> {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    }
+
+    fn check_name(name: &str) -> Result<()> {
+        if name.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\0') || name.len() > 200 {
+            return Err(Error::InvalidArgument(format!("bad object name {name:?}")));
+        }
+        Ok(())
+    }
+}
+
+fn not_found_or(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::NotFound(path.display().to_string())
+    } else {
+        Error::io(path, e)
+    }
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn exists(&self) -> Result<bool> {
+        Ok(self.root.join("config").exists())
+    }
+
+    fn create(&self) -> Result<()> {
+        if self.root.exists() {
+            let mut rd = fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
+            if rd.next().is_some() {
+                return Err(Error::AlreadyExists(self.root.clone()));
+            }
+        }
+        for d in ["", "keys", "index", "archives", "data"] {
+            let p = self.root.join(d);
+            fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        if let Some(parent) = self.root.parent() {
+            if !parent.as_os_str().is_empty() {
+                Self::sync_dir(parent)?;
+            }
+        }
+        Self::sync_dir(&self.root)
+    }
+
+    fn list(&self, t: FileType) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        match t {
+            FileType::Config | FileType::Manifest | FileType::Lock => {
+                let p = self.path(t, "");
+                if p.exists() {
+                    out.push(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+                }
+            }
+            FileType::Pack => {
+                let dir = self.root.join("data");
+                let rd = fs::read_dir(&dir).map_err(|e| not_found_or(&dir, e))?;
+                for fan in rd {
+                    let fan = fan.map_err(|e| Error::io(&dir, e))?;
+                    let fp = fan.path();
+                    if !fp.is_dir() {
+                        continue;
+                    }
+                    for f in fs::read_dir(&fp).map_err(|e| Error::io(&fp, e))? {
+                        let f = f.map_err(|e| Error::io(&fp, e))?;
+                        let n = f.file_name().to_string_lossy().into_owned();
+                        if !n.starts_with('.') {
+                            out.push(n);
+                        }
+                    }
+                }
+            }
+            _ => {
+                let dir = self.root.join(t.dir());
+                let rd = fs::read_dir(&dir).map_err(|e| not_found_or(&dir, e))?;
+                for f in rd {
+                    let f = f.map_err(|e| Error::io(&dir, e))?;
+                    let n = f.file_name().to_string_lossy().into_owned();
+                    if !n.starts_with('.') {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
+        let p = self.path(t, name);
+        fs::read(&p).map_err(|e| not_found_or(&p, e))
+    }
+
+    fn read_part(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let p = self.path(t, name);
+        let mut f = File::open(&p).map_err(|e| not_found_or(&p, e))?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&p, e))?;
+        let len = usize::try_from(len).map_err(|_| Error::InvalidArgument(format!("read of {len} bytes")))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact(&mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::integrity(p.display().to_string(), "file is truncated")
+            } else {
+                Error::io(&p, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn size(&self, t: FileType, name: &str) -> Result<u64> {
+        let p = self.path(t, name);
+        fs::metadata(&p).map(|m| m.len()).map_err(|e| not_found_or(&p, e))
+    }
+
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
+        Self::check_name(name)?;
+        let p = self.path(t, name);
+        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            if let Some(pp) = dir.parent() {
+                Self::sync_dir(pp)?;
+            }
+        }
+        let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
+        let res = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &p)
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&p, e));
+        }
+        Self::sync_dir(&dir)
+    }
+
+    fn create_new(&self, t: FileType, name: &str, data: &[u8]) -> Result<bool> {
+        Self::check_name(name)?;
+        let p = self.path(t, name);
+        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
+        // Write a complete temp file, then hard-link it into place: link fails if the target
+        // exists, so readers never see a partially written lock.
+        let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
+        let res = (|| -> std::io::Result<bool> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            match fs::hard_link(&tmp, &p) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })();
+        let _ = fs::remove_file(&tmp);
+        let created = res.map_err(|e| Error::io(&p, e))?;
+        Self::sync_dir(&dir)?;
+        Ok(created)
+    }
+
+    fn remove(&self, t: FileType, name: &str) -> Result<()> {
+        let p = self.path(t, name);
+        match fs::remove_file(&p) {
+            Ok(()) => Self::sync_dir(p.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        b.create().unwrap();
+        assert!(matches!(b.create(), Err(Error::AlreadyExists(_))) || b.list(FileType::Pack).is_ok());
+        b.write(FileType::Pack, "abcdef", b"hello world").unwrap();
+        assert_eq!(b.list(FileType::Pack).unwrap(), vec!["abcdef".to_string()]);
+        assert_eq!(b.read_part(FileType::Pack, "abcdef", 6, 5).unwrap(), b"world");
+        assert!(matches!(b.read_part(FileType::Pack, "abcdef", 6, 50), Err(Error::Integrity { .. })));
+        assert!(b.create_new(FileType::Lock, "lock", b"a").unwrap());
+        assert!(!b.create_new(FileType::Lock, "lock", b"b").unwrap());
+        assert_eq!(b.read(FileType::Lock, "lock").unwrap(), b"a");
+        b.remove(FileType::Pack, "abcdef").unwrap();
+        assert!(b.list(FileType::Pack).unwrap().is_empty());
+        assert!(matches!(b.read(FileType::Pack, "abcdef"), Err(Error::NotFound(_))));
+        // no temp files left behind
+        let leftovers: Vec<_> = fs::read_dir(b.root().join("data/ab")).unwrap().collect();
+        assert!(leftovers.is_empty());
+    }
+}

@@ -1,0 +1,473 @@
+//! The other commands as library functions: list, info, delete, prune, compact, check.
+//! Destructive ones are plan + apply.
+
+use crate::archive::{decode_items, ArchiveMeta, Extent, Item, ManifestEntry};
+use crate::backend::FileType;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::prune::{prune_plan, PruneArchive, PrunePlan, PruneRules};
+use crate::repo::{BlobEntry, Index, IndexFile, PackBuilder, Repository};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Converts stored ns to a UTC time.
+pub fn time_of(ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32).unwrap_or_default()
+}
+
+/// Matches an archive name against `--glob-archives` (shell glob: `*`, `?`, `[..]`).
+pub fn glob_archives(pattern: &str, name: &str) -> bool {
+    crate::pattern::Pattern::parse(&format!("sh:{pattern}")).map(|p| p.matches_exact(name.as_bytes())).unwrap_or(false)
+}
+
+/// Archives of the manifest, oldest first.
+pub fn list_archives(repo: &Repository) -> Result<Vec<ManifestEntry>> {
+    let mut a = repo.manifest()?.archives;
+    a.sort_by_key(|e| e.time);
+    Ok(a)
+}
+
+/// Repository-wide figures for `info`.
+#[derive(Debug, Clone, Default)]
+pub struct RepoInfo {
+    /// Number of archives.
+    pub archives: usize,
+    /// Unique chunks.
+    pub unique_chunks: usize,
+    /// Sum of unique chunk plaintext sizes.
+    pub unique_size: u64,
+    /// Sum of unique chunk stored sizes.
+    pub unique_stored: u64,
+    /// Number of pack files.
+    pub packs: usize,
+}
+
+/// `info REPO`.
+pub fn repo_info(repo: &Repository) -> Result<RepoInfo> {
+    let index = repo.load_index()?;
+    Ok(RepoInfo {
+        archives: repo.manifest()?.archives.len(),
+        unique_chunks: index.chunks.len(),
+        unique_size: index.chunks.values().map(|l| u64::from(l.ulen)).sum(),
+        unique_stored: index.chunks.values().map(|l| u64::from(l.len)).sum(),
+        packs: index.packs.len(),
+    })
+}
+
+/// `info REPO::ARCHIVE`.
+pub fn archive_info(repo: &Repository, name: &str) -> Result<(ManifestEntry, ArchiveMeta)> {
+    let m = repo.manifest()?;
+    let e = m.get(name).ok_or_else(|| Error::NoSuchArchive(name.into()))?;
+    Ok((e.clone(), repo.archive(&e.id)?))
+}
+
+/// Deletes archives by name: the manifest is rewritten first (that is the commit), then the
+/// archive objects are removed. Space is freed by `compact`.
+pub fn delete_archives(repo: &Repository, names: &[&str]) -> Result<Vec<ManifestEntry>> {
+    let _lock = repo.lock()?;
+    let mut m = repo.manifest()?;
+    for n in names {
+        if m.get(n).is_none() {
+            return Err(Error::NoSuchArchive(n.to_string()));
+        }
+    }
+    let (gone, keep): (Vec<_>, Vec<_>) = m.archives.into_iter().partition(|a| names.contains(&a.name.as_str()));
+    m.archives = keep;
+    m.timestamp = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    repo.write_manifest(&m)?;
+    for a in &gone {
+        repo.backend().remove(FileType::Archive, &a.id.to_hex())?;
+    }
+    Ok(gone)
+}
+
+/// `prune` plan: which archives the rules keep (`glob` = `--glob-archives`).
+pub fn prune_repo_plan(
+    repo: &Repository,
+    rules: &PruneRules,
+    glob: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<PrunePlan> {
+    let archives: Vec<PruneArchive> = repo
+        .manifest()?
+        .archives
+        .iter()
+        .filter(|a| glob.map_or(true, |g| glob_archives(g, &a.name)))
+        .map(|a| PruneArchive { name: a.name.clone(), time: time_of(a.time) })
+        .collect();
+    prune_plan(&archives, rules, now, &|t| t.with_timezone(&chrono::Local).naive_local())
+}
+
+/// Applies a prune plan.
+pub fn prune_apply(repo: &Repository, plan: &PrunePlan) -> Result<usize> {
+    let names = plan.to_delete();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    Ok(delete_archives(repo, &names)?.len())
+}
+
+/// Every chunk id referenced by the archives (item streams and file content), with the
+/// (archive, item path) users when `with_users`.
+fn referenced(repo: &Repository, index: &Index, errors: &mut Vec<String>) -> Result<HashSet<Id>> {
+    let mut used = HashSet::new();
+    for a in repo.manifest()?.archives {
+        let meta = match repo.archive(&a.id) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(format!("archive {}: {e}", a.name));
+                continue;
+            }
+        };
+        used.extend(meta.items.iter().copied());
+        match load_items(repo, index, &meta) {
+            Ok(items) => {
+                for i in items {
+                    for c in i.chunks {
+                        if let Extent::Data { id, .. } = c {
+                            used.insert(id);
+                        }
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("archive {}: item stream: {e}", a.name)),
+        }
+    }
+    Ok(used)
+}
+
+fn load_items(repo: &Repository, index: &Index, meta: &ArchiveMeta) -> Result<Vec<Item>> {
+    let mut stream = Vec::new();
+    for id in &meta.items {
+        stream.extend_from_slice(&repo.read_chunk(index, id)?);
+    }
+    decode_items(&stream)
+}
+
+/// What `compact` will do.
+#[derive(Debug, Clone, Default)]
+pub struct CompactPlan {
+    /// Packs whose live blobs are copied to new packs, then deleted.
+    pub repack: Vec<Id>,
+    /// Packs with no live blob.
+    pub delete: Vec<Id>,
+    /// Packs no index refers to (left by interrupted commands).
+    pub orphans: Vec<Id>,
+    /// Bytes freed (approximately).
+    pub freed: u64,
+}
+
+/// Plans `compact [--threshold PCT]`: packs with more than `threshold` % unused bytes are
+/// rewritten.
+pub fn compact_plan(repo: &Repository, threshold: u8) -> Result<CompactPlan> {
+    let index = repo.load_index()?;
+    let mut errors = vec![];
+    let used = referenced(repo, &index, &mut errors)?;
+    if !errors.is_empty() {
+        return Err(Error::integrity(
+            "repository",
+            format!("refusing to compact a damaged repository (run check): {}", errors.join("; ")),
+        ));
+    }
+    let mut plan = CompactPlan::default();
+    for (pack, blobs) in &index.packs {
+        let total: u64 = blobs.iter().map(|b| u64::from(b.len)).sum();
+        let live: u64 = blobs
+            .iter()
+            .filter(|b| used.contains(&b.id) && index.chunks.get(&b.id).map(|l| l.pack) == Some(*pack))
+            .map(|b| u64::from(b.len))
+            .sum();
+        if live == 0 {
+            plan.delete.push(*pack);
+            plan.freed += total;
+        } else if (total - live) * 100 > total * u64::from(threshold) {
+            plan.repack.push(*pack);
+            plan.freed += total - live;
+        }
+    }
+    for name in repo.backend().list(FileType::Pack)? {
+        if let Some(id) = Id::from_hex(&name) {
+            if !index.packs.contains_key(&id) {
+                plan.orphans.push(id);
+                plan.freed += repo.backend().size(FileType::Pack, &name).unwrap_or(0);
+            }
+        }
+    }
+    plan.repack.sort();
+    plan.delete.sort();
+    Ok(plan)
+}
+
+/// Applies a compact plan. Crash-safe order: new packs, then one new index file that supersedes
+/// all old ones, then old index files are removed, then old packs.
+pub fn compact_apply(repo: &Repository, plan: &CompactPlan) -> Result<()> {
+    let _lock = repo.lock()?;
+    let index = repo.load_index()?;
+    let mut errors = vec![];
+    let used = referenced(repo, &index, &mut errors)?;
+    if !errors.is_empty() {
+        return Err(Error::integrity("repository", errors.join("; ")));
+    }
+    let gone: HashSet<Id> = plan.repack.iter().chain(&plan.delete).copied().collect();
+    let mut new_packs: Vec<(Id, Vec<BlobEntry>)> = Vec::new();
+    let mut pb = PackBuilder::new();
+    let mut copied = HashSet::new();
+    for pack in &plan.repack {
+        let Some(blobs) = index.packs.get(pack) else { continue };
+        for b in blobs {
+            if !used.contains(&b.id) || copied.contains(&b.id) {
+                continue;
+            }
+            if index.chunks.get(&b.id).map(|l| l.pack) != Some(*pack) {
+                continue;
+            }
+            let raw =
+                repo.backend().read_part(FileType::Pack, &pack.to_hex(), u64::from(b.offset), u64::from(b.len))?;
+            // Verify before copying so compact never spreads damage.
+            repo.open_chunk(&b.id, &raw, b.ulen)?;
+            pb.add(b.id, &raw, b.ulen);
+            copied.insert(b.id);
+            if pb.len() >= repo.config().pack_size as usize {
+                new_packs.push(std::mem::take(&mut pb).finish(repo)?);
+            }
+        }
+    }
+    if !pb.is_empty() {
+        new_packs.push(pb.finish(repo)?);
+    }
+    let mut packs: Vec<(Id, Vec<BlobEntry>)> =
+        index.packs.iter().filter(|(p, _)| !gone.contains(p)).map(|(p, b)| (*p, b.clone())).collect();
+    packs.sort_by_key(|p| p.0);
+    packs.extend(new_packs);
+    let old_files = repo.backend().list(FileType::Index)?;
+    let f = IndexFile { packs, supersedes: old_files.iter().filter_map(|n| Id::from_hex(n)).collect() };
+    let new_id = repo.write_index_file(&f)?;
+    for n in &old_files {
+        if *n != new_id.to_hex() {
+            repo.backend().remove(FileType::Index, n)?;
+        }
+    }
+    for p in gone.iter().chain(&plan.orphans) {
+        repo.backend().remove(FileType::Pack, &p.to_hex())?;
+    }
+    Ok(())
+}
+
+/// Options of `check`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Decrypt and verify every chunk.
+    pub verify_data: bool,
+    /// Rebuild the index from pack headers (orphan packs are indexed again, missing packs are
+    /// dropped from the index).
+    pub repair: bool,
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Problems (any means exit code 2 unless repaired).
+    pub errors: Vec<String>,
+    /// Damaged or missing chunks.
+    pub damaged_chunks: Vec<Id>,
+    /// (archive, file) pairs whose content is affected, sorted.
+    pub damaged_files: Vec<(String, String)>,
+    /// Packs no index refers to (harmless leftovers of interrupted commands).
+    pub orphan_packs: Vec<Id>,
+    /// Packs checked.
+    pub packs: usize,
+    /// Chunks verified by decryption.
+    pub chunks_verified: usize,
+    /// Whether a repair was written.
+    pub repaired: bool,
+}
+
+impl CheckReport {
+    /// No errors.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// `check [--verify-data] [--repair]`.
+pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
+    let _lock = if opts.repair { Some(repo.lock()?) } else { None };
+    let mut r = CheckReport::default();
+    let manifest = repo.manifest()?;
+    let mut index = repo.load_index()?;
+    let on_disk: HashSet<Id> = repo.backend().list(FileType::Pack)?.iter().filter_map(|n| Id::from_hex(n)).collect();
+    let mut damaged: HashSet<Id> = HashSet::new();
+    let mut missing_packs = Vec::new();
+    let mut packs: Vec<(&Id, &Vec<BlobEntry>)> = index.packs.iter().collect();
+    packs.sort_by_key(|p| *p.0);
+    for (pack, blobs) in packs {
+        r.packs += 1;
+        let name = pack.to_hex();
+        if !on_disk.contains(pack) {
+            r.errors.push(format!("pack {name}: missing"));
+            missing_packs.push(*pack);
+            damaged.extend(blobs.iter().map(|b| b.id));
+            continue;
+        }
+        let data = match repo.backend().read(FileType::Pack, &name) {
+            Ok(d) => d,
+            Err(e) => {
+                r.errors.push(format!("pack {name}: {e}"));
+                damaged.extend(blobs.iter().map(|b| b.id));
+                continue;
+            }
+        };
+        let hash_ok = Id::hash(&data) == *pack;
+        if !hash_ok {
+            r.errors.push(format!("pack {name}: content does not match its name (damaged)"));
+        }
+        if opts.verify_data || !hash_ok {
+            for b in blobs {
+                let raw = data.get(b.offset as usize..(b.offset as usize).saturating_add(b.len as usize));
+                let ok = match raw {
+                    Some(raw) => repo.open_chunk(&b.id, raw, b.ulen).is_ok(),
+                    None => false,
+                };
+                r.chunks_verified += 1;
+                if !ok {
+                    damaged.insert(b.id);
+                }
+            }
+        }
+    }
+    r.orphan_packs = on_disk.iter().filter(|p| !index.packs.contains_key(p)).copied().collect();
+    r.orphan_packs.sort();
+    // Archives: every item stream and every referenced chunk.
+    let mut users: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for a in &manifest.archives {
+        let meta = match repo.archive(&a.id) {
+            Ok(m) => m,
+            Err(e) => {
+                r.errors.push(format!("archive {}: {e}", a.name));
+                continue;
+            }
+        };
+        let items = match load_items(repo, &index, &meta) {
+            Ok(i) => i,
+            Err(e) => {
+                r.errors.push(format!("archive {}: item stream: {e}", a.name));
+                continue;
+            }
+        };
+        for i in items {
+            for c in &i.chunks {
+                if let Extent::Data { id, .. } = c {
+                    if !index.contains(id) {
+                        damaged.insert(*id);
+                    }
+                    if damaged.contains(id) {
+                        users.insert((a.name.clone(), i.path_lossy()), ());
+                    }
+                }
+            }
+        }
+    }
+    r.damaged_chunks = damaged.into_iter().collect();
+    r.damaged_chunks.sort();
+    r.damaged_files = users.into_keys().collect();
+    for (a, f) in &r.damaged_files {
+        r.errors.push(format!("archive {a}: file {f}: damaged or missing data"));
+    }
+    if opts.repair && (!r.orphan_packs.is_empty() || !missing_packs.is_empty()) {
+        let mut packs: Vec<(Id, Vec<BlobEntry>)> =
+            index.packs.drain().filter(|(p, _)| !missing_packs.contains(p)).collect();
+        for p in &r.orphan_packs {
+            match repo.pack_header(p) {
+                Ok(b) => packs.push((*p, b)),
+                Err(e) => r.errors.push(format!("pack {}: header: {e}", p.to_hex())),
+            }
+        }
+        packs.sort_by_key(|p| p.0);
+        let old = repo.backend().list(FileType::Index)?;
+        let new_id = repo
+            .write_index_file(&IndexFile { packs, supersedes: old.iter().filter_map(|n| Id::from_hex(n)).collect() })?;
+        for n in &old {
+            if *n != new_id.to_hex() {
+                repo.backend().remove(FileType::Index, n)?;
+            }
+        }
+        r.repaired = true;
+        r.errors.retain(|e| !e.ends_with(": missing"));
+    }
+    Ok(r)
+}
+
+/// Summary of chunk usage, used by tests and the bench.
+pub fn chunk_sizes(repo: &Repository) -> Result<HashMap<Id, (u32, u32)>> {
+    let index = repo.load_index()?;
+    Ok(index.chunks.iter().map(|(k, l)| (*k, (l.ulen, l.len))).collect())
+}
+
+/// One difference between two archives (`diff`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffEntry {
+    /// Archive path.
+    pub path: String,
+    /// borg-style change descriptions, e.g. `added 1234 B`, `+10 -5`, `[-rw-r--r-- -> ...]`.
+    pub changes: Vec<String>,
+}
+
+fn extent_bytes(item: &Item) -> HashMap<Id, u64> {
+    let mut m = HashMap::new();
+    for c in &item.chunks {
+        if let Extent::Data { id, len } = c {
+            *m.entry(*id).or_insert(0) += u64::from(*len);
+        }
+    }
+    m
+}
+
+/// Compares two archives by path: added, removed, content (+added -removed bytes, by chunk),
+/// mode, owner, symlink target, mtime.
+pub fn diff_archives(repo: &Repository, a: &str, b: &str) -> Result<Vec<DiffEntry>> {
+    let index = repo.load_index()?;
+    let load = |n: &str| -> Result<BTreeMap<Vec<u8>, Item>> {
+        Ok(crate::extract::archive_items(repo, &index, n)?.into_iter().map(|i| (i.path.clone(), i)).collect())
+    };
+    let (old, new) = (load(a)?, load(b)?);
+    let mut out = Vec::new();
+    let paths: std::collections::BTreeSet<&Vec<u8>> = old.keys().chain(new.keys()).collect();
+    for p in paths {
+        let mut changes = Vec::new();
+        match (old.get(p), new.get(p)) {
+            (None, Some(n)) => changes.push(format!("added {} B", n.size)),
+            (Some(o), None) => changes.push(format!("removed {} B", o.size)),
+            (Some(o), Some(n)) => {
+                if o.chunks != n.chunks {
+                    let (oc, nc) = (extent_bytes(o), extent_bytes(n));
+                    let plus: u64 = nc.iter().filter(|(k, _)| !oc.contains_key(*k)).map(|(_, v)| v).sum();
+                    let minus: u64 = oc.iter().filter(|(k, _)| !nc.contains_key(*k)).map(|(_, v)| v).sum();
+                    changes.push(format!("+{plus} B -{minus} B"));
+                }
+                if o.kind != n.kind || o.mode != n.mode {
+                    changes.push(format!("[{:?} {:o} -> {:?} {:o}]", o.kind, o.mode, n.kind, n.mode));
+                }
+                if (o.uid, o.gid, &o.user, &o.group) != (n.uid, n.gid, &n.user, &n.group) {
+                    changes.push(format!(
+                        "[{}:{} -> {}:{}]",
+                        o.user.clone().unwrap_or_else(|| o.uid.to_string()),
+                        o.group.clone().unwrap_or_else(|| o.gid.to_string()),
+                        n.user.clone().unwrap_or_else(|| n.uid.to_string()),
+                        n.group.clone().unwrap_or_else(|| n.gid.to_string())
+                    ));
+                }
+                if o.target != n.target {
+                    changes.push("changed link".into());
+                }
+                if o.mtime != n.mtime && changes.is_empty() {
+                    changes.push(format!("[mtime: {} -> {}]", time_of(o.mtime), time_of(n.mtime)));
+                }
+            }
+            (None, None) => {}
+        }
+        if !changes.is_empty() {
+            out.push(DiffEntry { path: String::from_utf8_lossy(p).into_owned(), changes });
+        }
+    }
+    Ok(out)
+}

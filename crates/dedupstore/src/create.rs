@@ -1,0 +1,562 @@
+//! `create`: walk the given paths, store new content, write the archive, commit the manifest.
+
+use crate::archive::{encode_item, ArchiveMeta, ArchiveStats, Extent, Item, ItemKind, ManifestEntry};
+use crate::cache::{FileEntry, FilesCache, RACY_WINDOW_NS};
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::pattern::Pattern;
+use crate::repo::{hostname, Repository};
+use crate::writer::{stored_sizes, ChunkWriter, WriterOptions};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of `create`.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Archive name (placeholders already expanded).
+    pub name: String,
+    /// Paths to back up.
+    pub paths: Vec<PathBuf>,
+    /// Compression.
+    pub compression: Compression,
+    /// Archive time instead of now (`--timestamp`).
+    pub timestamp: Option<DateTime<Utc>>,
+    /// Exclude patterns.
+    pub excludes: Vec<Pattern>,
+    /// Stay on the file system of each given path.
+    pub one_file_system: bool,
+    /// Read and chunk everything but write nothing.
+    pub dry_run: bool,
+    /// Worker threads (0 = all CPUs).
+    pub threads: usize,
+    /// Files cache directory (None = no files cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Checkpoint (index file) interval.
+    pub checkpoint_interval: Duration,
+    /// Command line recorded in the archive.
+    pub cmdline: Vec<String>,
+}
+
+impl CreateOptions {
+    /// Defaults for an archive name and paths.
+    pub fn new(name: impl Into<String>, paths: Vec<PathBuf>) -> Self {
+        CreateOptions {
+            name: name.into(),
+            paths,
+            compression: Compression::default(),
+            timestamp: None,
+            excludes: vec![],
+            one_file_system: false,
+            dry_run: false,
+            threads: 0,
+            cache_dir: None,
+            checkpoint_interval: Duration::from_secs(60),
+            cmdline: vec![],
+        }
+    }
+}
+
+/// Progress events of a long command.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// An item was processed (`status` is borg's letter: A added, M modified, U unchanged, d dir...).
+    Item {
+        /// Status letter.
+        status: char,
+        /// Archive path.
+        path: &'a [u8],
+    },
+    /// Running totals.
+    Progress {
+        /// Bytes of file content seen.
+        original: u64,
+        /// Files seen.
+        files: u64,
+    },
+    /// Something the user should know; the command will exit with a warning.
+    Warning(&'a str),
+}
+
+/// Result of `create`.
+#[derive(Debug, Clone)]
+pub struct CreateResult {
+    /// The archive (not stored on dry run).
+    pub archive: ArchiveMeta,
+    /// Its id.
+    pub id: Id,
+    /// Warnings (files that vanished or could not be read): borg's exit code 1.
+    pub warnings: Vec<String>,
+    /// Files whose content was taken from the files cache.
+    pub cached_files: u64,
+}
+
+/// Borg's path normalisation: strip leading `/` and `./`, collapse `//` and `/./`.
+pub fn archive_path(p: &Path) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in p.as_os_str().as_bytes().split(|&b| b == b'/') {
+        if c.is_empty() || c == b"." {
+            continue;
+        }
+        parts.push(c);
+    }
+    if parts.is_empty() {
+        return b".".to_vec();
+    }
+    parts.join(&b'/')
+}
+
+/// Files up to this size are read in one call rather than streamed.
+const SMALL_FILE: u64 = 1 << 20;
+
+pub(crate) fn ns(sec: i64, nsec: i64) -> i64 {
+    sec.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+struct Walker<'a> {
+    opts: &'a CreateOptions,
+    writer: Option<ChunkWriter>,
+    cache: Option<FilesCache>,
+    items: Vec<u8>,
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+    warnings: Vec<String>,
+    stats: ArchiveStats,
+    /// Stored bytes of referenced chunks that were already in the repository.
+    refs_known: u64,
+    /// References to chunks new in this run (their stored size is known at the end).
+    refs_new: HashMap<Id, u64>,
+    cached_files: u64,
+    chunker: Arc<crate::chunker::Chunker>,
+    key: crate::crypto::MasterKey,
+    on: &'a mut dyn FnMut(Event<'_>),
+}
+
+fn user_name(cache: &mut HashMap<u32, Option<String>>, uid: u32) -> Option<String> {
+    cache
+        .entry(uid)
+        .or_insert_with(|| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name))
+        .clone()
+}
+
+fn group_name(cache: &mut HashMap<u32, Option<String>>, gid: u32) -> Option<String> {
+    cache
+        .entry(gid)
+        .or_insert_with(|| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name))
+        .clone()
+}
+
+fn read_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(names) = xattr::list(p) {
+        for n in names {
+            if let Ok(Some(v)) = xattr::get(p, &n) {
+                out.push((n.as_bytes().to_vec(), v));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Data regions `(start, end)` of a file, using SEEK_DATA/SEEK_HOLE.
+fn data_regions(f: &File, size: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let size = size as i64;
+    while pos < size {
+        let Ok(data) = lseek(fd, pos, Whence::SeekData) else {
+            break;
+        };
+        let hole = lseek(fd, data, Whence::SeekHole).unwrap_or(size).min(size);
+        if hole <= data {
+            break;
+        }
+        out.push((data as u64, hole as u64));
+        pos = hole;
+    }
+    out
+}
+
+impl Walker<'_> {
+    fn warn(&mut self, msg: String) {
+        (self.on)(Event::Warning(&msg));
+        tracing::warn!("{msg}");
+        self.warnings.push(msg);
+    }
+
+    /// Counts a chunk reference for the compressed-size statistic (memory: new chunks only).
+    fn reference(&mut self, id: Id) {
+        if let Some(w) = &self.writer {
+            match w.known().chunks.get(&id) {
+                Some(l) => self.refs_known += u64::from(l.len),
+                None => *self.refs_new.entry(id).or_insert(0) += 1,
+            }
+        }
+    }
+
+    fn excluded(&self, ap: &[u8]) -> bool {
+        self.opts.excludes.iter().any(|p| p.matches(ap))
+    }
+
+    fn base_item(&mut self, ap: Vec<u8>, md: &fs::Metadata, kind: ItemKind, p: &Path) -> Item {
+        Item {
+            path: ap,
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            user: user_name(&mut self.users, md.uid()),
+            group: group_name(&mut self.groups, md.gid()),
+            mtime: ns(md.mtime(), md.mtime_nsec()),
+            atime: ns(md.atime(), md.atime_nsec()),
+            ctime: ns(md.ctime(), md.ctime_nsec()),
+            size: if kind == ItemKind::File { md.size() } else { 0 },
+            xattrs: read_xattrs(p),
+            target: None,
+            hardlink: None,
+            rdev: md.rdev(),
+            chunks: vec![],
+        }
+    }
+
+    fn emit(&mut self, item: &Item, status: char) {
+        (self.on)(Event::Item { status, path: &item.path });
+        encode_item(item, &mut self.items);
+    }
+
+    fn walk(&mut self, p: &Path, ap: Vec<u8>, root_dev: u64) -> Result<()> {
+        if self.excluded(&ap) {
+            return Ok(());
+        }
+        let md = match fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(format!("{}: {e}", p.display()));
+                return Ok(());
+            }
+        };
+        let ft = md.file_type();
+        if ft.is_dir() {
+            let item = self.base_item(ap.clone(), &md, ItemKind::Dir, p);
+            self.emit(&item, 'd');
+            if self.opts.one_file_system && md.dev() != root_dev {
+                return Ok(());
+            }
+            let mut entries: Vec<_> = match fs::read_dir(p) {
+                Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+                Err(e) => {
+                    self.warn(format!("{}: {e}", p.display()));
+                    return Ok(());
+                }
+            };
+            entries.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for name in entries {
+                let mut cap = if ap == b"." { Vec::new() } else { ap.clone() };
+                if !cap.is_empty() {
+                    cap.push(b'/');
+                }
+                cap.extend_from_slice(name.as_bytes());
+                self.walk(&p.join(&name), cap, root_dev)?;
+            }
+        } else if ft.is_file() {
+            self.file(p, ap, &md)?;
+        } else if ft.is_symlink() {
+            let mut item = self.base_item(ap, &md, ItemKind::Symlink, p);
+            match fs::read_link(p) {
+                Ok(t) => item.target = Some(t.as_os_str().as_bytes().to_vec()),
+                Err(e) => {
+                    self.warn(format!("{}: {e}", p.display()));
+                    return Ok(());
+                }
+            }
+            self.emit(&item, 's');
+        } else {
+            let kind = if ft.is_fifo() {
+                ItemKind::Fifo
+            } else if ft.is_char_device() {
+                ItemKind::CharDev
+            } else if ft.is_block_device() {
+                ItemKind::BlockDev
+            } else {
+                ItemKind::Socket
+            };
+            let item = self.base_item(ap, &md, kind, p);
+            self.emit(&item, if kind == ItemKind::Fifo { 'f' } else { 'c' });
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, p: &Path, ap: Vec<u8>, md: &fs::Metadata) -> Result<()> {
+        let mut item = self.base_item(ap, md, ItemKind::File, p);
+        self.stats.nfiles += 1;
+        self.stats.original_size += md.size();
+        if md.nlink() > 1 {
+            if let Some(first) = self.hardlinks.get(&(md.dev(), md.ino())) {
+                item.hardlink = Some(first.clone());
+            } else {
+                self.hardlinks.insert((md.dev(), md.ino()), item.path.clone());
+            }
+        }
+        // `p` is absolute (see `create`): the files cache is keyed by it.
+        let key = p.as_os_str().as_bytes().to_vec();
+        // Files cache: unchanged inode/size/times and every chunk still in the repository.
+        if let (Some(cache), Some(w)) = (&self.cache, &self.writer) {
+            if let Ok(Some(e)) = cache.get(&key) {
+                let same = !e.racy
+                    && e.ino == md.ino()
+                    && e.size == md.size()
+                    && e.mtime == item.mtime
+                    && e.ctime == item.ctime;
+                let present = e.chunks.iter().all(|c| match c {
+                    Extent::Data { id, .. } => w.has(id),
+                    Extent::Hole(_) => true,
+                });
+                if same && present {
+                    item.chunks = e.chunks;
+                    for c in &item.chunks {
+                        if let Extent::Data { id, .. } = c {
+                            self.reference(*id);
+                        }
+                    }
+                    self.cached_files += 1;
+                    self.emit(&item, 'U');
+                    return Ok(());
+                }
+            }
+        }
+        let read_start = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        match self.read_content(p, md.size()) {
+            Ok(chunks) => {
+                item.size = chunks
+                    .iter()
+                    .map(|c| match c {
+                        Extent::Data { len, .. } => u64::from(*len),
+                        Extent::Hole(n) => *n,
+                    })
+                    .sum();
+                item.chunks = chunks;
+            }
+            Err(e) => {
+                self.warn(format!("{}: {e}", p.display()));
+                self.stats.nfiles -= 1;
+                self.stats.original_size -= md.size();
+                return Ok(());
+            }
+        }
+        // The file changed while we read it?
+        if let Ok(after) = fs::symlink_metadata(p) {
+            if after.size() != md.size() || ns(after.mtime(), after.mtime_nsec()) != item.mtime {
+                self.warn(format!("{}: file changed while we backed it up", p.display()));
+            }
+        }
+        if let Some(cache) = &self.cache {
+            let racy = item.ctime >= read_start - RACY_WINDOW_NS || item.mtime >= read_start - RACY_WINDOW_NS;
+            cache.put(
+                &key,
+                &FileEntry {
+                    ino: md.ino(),
+                    size: md.size(),
+                    mtime: item.mtime,
+                    ctime: item.ctime,
+                    chunks: item.chunks.clone(),
+                    racy,
+                },
+            )?;
+        }
+        self.emit(&item, 'A');
+        (self.on)(Event::Progress { original: self.stats.original_size, files: self.stats.nfiles });
+        Ok(())
+    }
+
+    fn read_content(&mut self, p: &Path, size: u64) -> std::io::Result<Vec<Extent>> {
+        let mut f = File::open(p)?;
+        let md = f.metadata()?;
+        let regions = if md.blocks() * 512 < size { data_regions(&f, size) } else { vec![(0, u64::MAX)] };
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        for (start, end) in regions {
+            if start > pos {
+                out.push(Extent::Hole(start - pos));
+            }
+            if start == 0 && end == u64::MAX && size <= SMALL_FILE {
+                // Small file: one read, no streaming buffer.
+                let mut data = Vec::with_capacity(size as usize);
+                (&mut f).take(SMALL_FILE + 1).read_to_end(&mut data)?;
+                let chunker = self.chunker.clone();
+                for c in chunker.split(&data) {
+                    pos += c.len() as u64;
+                    let len = c.len() as u32;
+                    let id = match &mut self.writer {
+                        Some(w) => w.store(c.to_vec()).map_err(std::io::Error::other)?.0,
+                        None => self.key.chunk_id(c),
+                    };
+                    self.reference(id);
+                    out.push(Extent::Data { id, len });
+                }
+                continue;
+            }
+            f.seek(SeekFrom::Start(start))?;
+            let reader = (&mut f).take(end.saturating_sub(start));
+            let chunker = self.chunker.clone();
+            let mut s = chunker.stream(reader);
+            let mut got = 0u64;
+            while let Some(c) = s.next_chunk()? {
+                got += c.len() as u64;
+                let len = c.len() as u32;
+                let id = match &mut self.writer {
+                    Some(w) => w.store(c).map_err(std::io::Error::other)?.0,
+                    None => self.key.chunk_id(&c),
+                };
+                self.reference(id);
+                out.push(Extent::Data { id, len });
+            }
+            pos = start + got;
+        }
+        if pos < size {
+            // trailing hole (or the file shrank while we read it)
+            out.push(Extent::Hole(size - pos));
+        }
+        Ok(out)
+    }
+}
+
+/// Backs up `opts.paths` into a new archive. Takes the lock; commits the manifest last.
+pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<'_>)) -> Result<CreateResult> {
+    if opts.paths.is_empty() {
+        return Err(Error::InvalidArgument("no paths to back up".into()));
+    }
+    if opts.name.is_empty() || opts.name.contains('/') {
+        return Err(Error::InvalidArgument(format!("archive name {:?}", opts.name)));
+    }
+    let _lock = if opts.dry_run { None } else { Some(repo.lock()?) };
+    let manifest = repo.manifest()?;
+    if manifest.get(&opts.name).is_some() {
+        return Err(Error::ArchiveExists(opts.name.clone()));
+    }
+    let start = Utc::now();
+    let index = Arc::new(repo.load_index()?);
+    let writer = if opts.dry_run {
+        None
+    } else {
+        Some(ChunkWriter::new(
+            repo,
+            index.clone(),
+            WriterOptions {
+                compression: opts.compression,
+                threads: opts.threads,
+                checkpoint_interval: opts.checkpoint_interval,
+                ..WriterOptions::default()
+            },
+        ))
+    };
+    let cache = match (&opts.cache_dir, opts.dry_run) {
+        (Some(d), false) => Some(FilesCache::open(d, &repo.config().id)?),
+        _ => None,
+    };
+    let mut w = Walker {
+        opts,
+        writer,
+        cache,
+        items: Vec::new(),
+        hardlinks: HashMap::new(),
+        users: HashMap::new(),
+        groups: HashMap::new(),
+        warnings: vec![],
+        stats: ArchiveStats::default(),
+        refs_known: 0,
+        refs_new: HashMap::new(),
+        cached_files: 0,
+        chunker: Arc::new(repo.chunker().clone()),
+        key: repo.crypto().key().clone(),
+        on,
+    };
+    for p in &opts.paths {
+        let dev = match fs::symlink_metadata(p) {
+            Ok(m) => m.dev(),
+            Err(e) => {
+                w.warn(format!("{}: {e}", p.display()));
+                continue;
+            }
+        };
+        let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+        w.walk(&abs, archive_path(p), dev)?;
+    }
+    // Store the item stream like file content.
+    let stream = std::mem::take(&mut w.items);
+    let mut item_ids = Vec::new();
+    for c in repo.chunker().split(&stream) {
+        let id = match &mut w.writer {
+            Some(wr) => wr.store(c.to_vec())?.0,
+            None => repo.crypto().key().chunk_id(c),
+        };
+        item_ids.push(id);
+    }
+    let out = match w.writer.take() {
+        Some(wr) => Some(wr.finish()?),
+        None => None,
+    };
+    let mut stats = w.stats;
+    if let Some(out) = &out {
+        let new = stored_sizes(out);
+        stats.deduplicated_size = out.stored;
+        stats.compressed_size = w.refs_known
+            + w
+                .refs_new
+                .iter()
+                .map(|(id, n)| n * u64::from(new.get(id).copied().unwrap_or(0)))
+                .sum::<u64>();
+    }
+    let time = opts.timestamp.unwrap_or(start);
+    let meta = ArchiveMeta {
+        version: 1,
+        name: opts.name.clone(),
+        hostname: hostname(),
+        username: user_name(&mut w.users, nix::unistd::getuid().as_raw()).unwrap_or_default(),
+        time: time.timestamp_nanos_opt().unwrap_or(0),
+        time_end: Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        cmdline: opts.cmdline.clone(),
+        items: item_ids,
+        stats,
+    };
+    let id = if opts.dry_run {
+        repo.crypto().key().chunk_id(&postcard::to_stdvec(&meta).unwrap_or_default())
+    } else {
+        let id = repo.write_archive(&meta)?;
+        let mut m = manifest;
+        m.archives.push(ManifestEntry { name: meta.name.clone(), id, time: meta.time });
+        m.timestamp = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        repo.write_manifest(&m)?;
+        if let Some(c) = &w.cache {
+            c.commit()?;
+        }
+        id
+    };
+    Ok(CreateResult { archive: meta, id, warnings: w.warnings, cached_files: w.cached_files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borg_path_normalisation() {
+        assert_eq!(archive_path(Path::new("/etc/ssl")), b"etc/ssl");
+        assert_eq!(archive_path(Path::new("./x")), b"x");
+        assert_eq!(archive_path(Path::new("a//b/./c/")), b"a/b/c");
+        assert_eq!(archive_path(Path::new(".")), b".");
+        assert_eq!(archive_path(Path::new("/")), b".");
+    }
+}

@@ -1,0 +1,375 @@
+//! `extract`: restore an archive's items with all their metadata.
+//!
+//! Chunks are fetched, authenticated and decompressed by worker threads in archive order (a
+//! bounded window), while the caller's thread writes files.
+
+use crate::archive::{decode_items, Extent, Item, ItemKind};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::repo::{Index, Repository};
+use crossbeam_channel::bounded;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Options of `extract`.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractOptions {
+    /// Destination directory (borg: the current directory).
+    pub dest: PathBuf,
+    /// Only these archive paths (and what is below them); empty = everything.
+    pub paths: Vec<Vec<u8>>,
+    /// Remove this many leading path components.
+    pub strip_components: usize,
+    /// Read and verify everything, write nothing.
+    pub dry_run: bool,
+    /// Use stored uid/gid, not the user/group names.
+    pub numeric_ids: bool,
+    /// Also make holes for all-zero chunks (holes recorded at backup are always restored).
+    pub sparse: bool,
+    /// Worker threads (0 = all CPUs).
+    pub threads: usize,
+}
+
+/// Result of `extract`.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractResult {
+    /// Items restored.
+    pub items: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Per-item errors (the command exits 2 if any).
+    pub errors: Vec<String>,
+}
+
+/// Loads an archive's items.
+pub fn archive_items(repo: &Repository, index: &Index, archive: &str) -> Result<Vec<Item>> {
+    let m = repo.manifest()?;
+    let e = m.get(archive).ok_or_else(|| Error::NoSuchArchive(archive.into()))?;
+    let meta = repo.archive(&e.id)?;
+    let mut stream = Vec::new();
+    for id in &meta.items {
+        stream.extend_from_slice(&repo.read_chunk(index, id)?);
+    }
+    decode_items(&stream)
+}
+
+fn selected(item: &Item, paths: &[Vec<u8>]) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| {
+            let p = p.strip_prefix(b"/").unwrap_or(p);
+            let p = p.strip_suffix(b"/").unwrap_or(p);
+            item.path == p || (item.path.starts_with(p) && item.path.get(p.len()) == Some(&b'/'))
+        })
+}
+
+/// The destination-relative path: strip components, drop `..`, `.` and leading `/`.
+fn target_path(item_path: &[u8], strip: usize) -> Option<PathBuf> {
+    let parts: Vec<&[u8]> =
+        item_path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b"." && *c != b"..").collect();
+    if parts.len() <= strip {
+        return None;
+    }
+    let mut p = PathBuf::new();
+    for c in &parts[strip..] {
+        p.push(OsStr::from_bytes(c));
+    }
+    Some(p)
+}
+
+type Fetched = (usize, Result<Vec<u8>>);
+
+/// Extracts an archive.
+pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Result<ExtractResult> {
+    let index = Arc::new(repo.load_index()?);
+    let items = archive_items(repo, &index, archive)?;
+    let todo: Vec<(Item, Option<PathBuf>)> = items
+        .into_iter()
+        .filter(|i| selected(i, &opts.paths))
+        .filter_map(|i| {
+            let t = target_path(&i.path, opts.strip_components);
+            if t.is_none() && i.kind != ItemKind::Dir {
+                return None;
+            }
+            Some((i, t))
+        })
+        .collect();
+    // Every chunk to fetch, in order.
+    let ids: Vec<Id> = todo
+        .iter()
+        .filter(|(i, _)| i.kind == ItemKind::File)
+        .flat_map(|(i, _)| {
+            i.chunks.iter().filter_map(|c| match c {
+                Extent::Data { id, .. } => Some(*id),
+                Extent::Hole(_) => None,
+            })
+        })
+        .collect();
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let (jtx, jrx) = bounded::<(usize, Id)>(threads * 4);
+    let (rtx, rrx) = bounded::<Fetched>(threads * 4);
+    let mut res = ExtractResult::default();
+    std::thread::scope(|s| -> Result<()> {
+        let ids = &ids;
+        s.spawn(move || {
+            for (n, id) in ids.iter().enumerate() {
+                if jtx.send((n, *id)).is_err() {
+                    return;
+                }
+            }
+        });
+        for _ in 0..threads {
+            let jrx = jrx.clone();
+            let rtx = rtx.clone();
+            let index = index.clone();
+            s.spawn(move || {
+                for (n, id) in jrx {
+                    if rtx.send((n, repo.read_chunk(&index, &id))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(rtx);
+        drop(jrx);
+        let mut fetcher = Fetcher { next: 0, pending: BTreeMap::new(), rrx, consumed: 0 };
+        let mut extracted: HashMap<Vec<u8>, PathBuf> = HashMap::new();
+        let mut dirs: Vec<(PathBuf, Item)> = Vec::new();
+        for (item, target) in &todo {
+            let Some(rel) = target else { continue };
+            let dest = opts.dest.join(rel);
+            fetcher.consumed = 0;
+            let r = restore_item(item, &dest, opts, &mut fetcher, &extracted, &mut res);
+            if r.is_err() && item.kind == ItemKind::File {
+                // Keep the chunk stream in step: skip this file's remaining chunks.
+                let n = item.chunks.iter().filter(|c| matches!(c, Extent::Data { .. })).count();
+                while fetcher.consumed < n {
+                    let _ = fetcher.fetch();
+                }
+            }
+            match r {
+                Ok(()) => {
+                    res.items += 1;
+                    if item.kind == ItemKind::Dir {
+                        dirs.push((dest.clone(), item.clone()));
+                    }
+                    extracted.insert(item.path.clone(), dest);
+                }
+                Err(e) => {
+                    res.errors.push(format!("{}: {e}", item.path_lossy()));
+                }
+            }
+        }
+        // Directory metadata last (children changed their mtime), deepest first.
+        if !opts.dry_run {
+            for (dest, item) in dirs.iter().rev() {
+                if let Err(e) = set_metadata(item, dest, opts) {
+                    res.errors.push(format!("{}: {e}", item.path_lossy()));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(res)
+}
+
+struct Fetcher {
+    next: usize,
+    pending: BTreeMap<usize, Result<Vec<u8>>>,
+    rrx: crossbeam_channel::Receiver<Fetched>,
+    consumed: usize,
+}
+
+impl Fetcher {
+    /// The next chunk in archive order.
+    fn fetch(&mut self) -> Result<Vec<u8>> {
+        self.consumed += 1;
+        loop {
+            if let Some(r) = self.pending.remove(&self.next) {
+                self.next += 1;
+                return r;
+            }
+            match self.rrx.recv() {
+                Ok((n, r)) => {
+                    self.pending.insert(n, r);
+                }
+                Err(_) => return Err(Error::PreviousIo),
+            }
+        }
+    }
+}
+
+fn restore_item(
+    item: &Item,
+    dest: &Path,
+    opts: &ExtractOptions,
+    fetcher: &mut Fetcher,
+    extracted: &HashMap<Vec<u8>, PathBuf>,
+    res: &mut ExtractResult,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io(dest, e);
+    if opts.dry_run {
+        // Read and verify the content anyway; the first error is reported after all chunks
+        // of the item were consumed, so the stream stays in step.
+        let mut first_err = None;
+        if item.kind == ItemKind::File {
+            for c in &item.chunks {
+                if let Extent::Data { .. } = c {
+                    match fetcher.fetch() {
+                        Ok(d) => res.bytes += d.len() as u64,
+                        Err(e) => first_err = first_err.or(Some(e)),
+                    }
+                }
+            }
+        }
+        return first_err.map_or(Ok(()), Err);
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    if item.kind != ItemKind::Dir {
+        match fs::symlink_metadata(dest) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(dest).map_err(io)?,
+            Ok(_) => fs::remove_file(dest).map_err(io)?,
+            Err(_) => {}
+        }
+    }
+    match item.kind {
+        ItemKind::Dir => {
+            match fs::symlink_metadata(dest) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => fs::remove_file(dest).map_err(io)?,
+                Err(_) => {}
+            }
+            fs::create_dir_all(dest).map_err(io)?;
+            return Ok(());
+        }
+        ItemKind::File => {
+            if let Some(src) = item.hardlink.as_ref().and_then(|h| extracted.get(h)) {
+                // Consume this item's chunks (they are the link target's content).
+                for c in &item.chunks {
+                    if let Extent::Data { .. } = c {
+                        let _ = fetcher.fetch();
+                    }
+                }
+                fs::hard_link(src, dest).map_err(io)?;
+                return Ok(());
+            }
+            let mut f = OpenOptions::new().write(true).create_new(true).open(dest).map_err(io)?;
+            let mut first_err = None;
+            for c in &item.chunks {
+                match c {
+                    Extent::Hole(n) => {
+                        f.seek(SeekFrom::Current(*n as i64)).map_err(io)?;
+                    }
+                    Extent::Data { .. } => match fetcher.fetch() {
+                        Ok(d) => {
+                            res.bytes += d.len() as u64;
+                            if first_err.is_some() {
+                                continue;
+                            }
+                            if opts.sparse && d.iter().all(|&b| b == 0) {
+                                f.seek(SeekFrom::Current(d.len() as i64)).map_err(io)?;
+                            } else {
+                                f.write_all(&d).map_err(io)?;
+                            }
+                        }
+                        Err(e) => first_err = first_err.or(Some(e)),
+                    },
+                }
+            }
+            if let Some(e) = first_err {
+                drop(f);
+                let _ = fs::remove_file(dest);
+                return Err(e);
+            }
+            f.set_len(item.size).map_err(io)?;
+            drop(f);
+        }
+        ItemKind::Symlink => {
+            let t = item.target.clone().unwrap_or_default();
+            std::os::unix::fs::symlink(OsStr::from_bytes(&t), dest).map_err(io)?;
+        }
+        ItemKind::Fifo => {
+            nix::unistd::mkfifo(dest, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| io(e.into()))?;
+        }
+        ItemKind::CharDev | ItemKind::BlockDev => {
+            let kind = if item.kind == ItemKind::CharDev {
+                nix::sys::stat::SFlag::S_IFCHR
+            } else {
+                nix::sys::stat::SFlag::S_IFBLK
+            };
+            nix::sys::stat::mknod(
+                dest,
+                kind,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                item.rdev as nix::libc::dev_t,
+            )
+            .map_err(|e| io(e.into()))?;
+        }
+        ItemKind::Socket => return Ok(()),
+    }
+    set_metadata(item, dest, opts)
+}
+
+fn set_metadata(item: &Item, dest: &Path, opts: &ExtractOptions) -> Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let io = |e: std::io::Error| Error::io(dest, e);
+    if nix::unistd::geteuid().is_root() {
+        let uid = (!opts.numeric_ids)
+            .then_some(item.user.as_deref())
+            .flatten()
+            .and_then(|n| nix::unistd::User::from_name(n).ok().flatten())
+            .map(|u| u.uid.as_raw())
+            .unwrap_or(item.uid);
+        let gid = (!opts.numeric_ids)
+            .then_some(item.group.as_deref())
+            .flatten()
+            .and_then(|n| nix::unistd::Group::from_name(n).ok().flatten())
+            .map(|g| g.gid.as_raw())
+            .unwrap_or(item.gid);
+        nix::unistd::fchownat(
+            None,
+            dest,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io(e.into()))?;
+    }
+    for (k, v) in &item.xattrs {
+        if let Err(e) = xattr::set(dest, OsStr::from_bytes(k), v) {
+            // Like borg: a file system without xattr support is a warning, not a failure.
+            tracing::warn!("{}: xattr {}: {e}", dest.display(), String::from_utf8_lossy(k));
+        }
+    }
+    if item.kind != ItemKind::Symlink {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dest, fs::Permissions::from_mode(item.mode)).map_err(io)?;
+    }
+    let ts = |n: i64| TimeSpec::new(n.div_euclid(1_000_000_000), n.rem_euclid(1_000_000_000));
+    utimensat(None, dest, &ts(item.atime), &ts(item.mtime), UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| io(e.into()))?;
+    Ok(())
+}
+
+/// Opens a file for verification in tests and `check`: content of an item as bytes.
+pub fn item_content(repo: &Repository, index: &Index, item: &Item) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(item.size as usize);
+    for c in &item.chunks {
+        match c {
+            Extent::Data { id, .. } => out.extend_from_slice(&repo.read_chunk(index, id)?),
+            Extent::Hole(n) => out.resize(out.len() + *n as usize, 0),
+        }
+    }
+    Ok(out)
+}

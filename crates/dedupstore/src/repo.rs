@@ -1,0 +1,579 @@
+//! The repository: config, keys, manifest, index, packs and the lock.
+
+use crate::archive::{ArchiveMeta, Manifest};
+use crate::backend::{Backend, FileType};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::compress::decompress;
+use crate::crypto::{Crypto, KdfParams, KeyFile, MasterKey, Mode};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Current repository format version.
+pub const FORMAT_VERSION: u32 = 1;
+/// Default pack size target.
+pub const DEFAULT_PACK_SIZE: u32 = 16 << 20;
+
+/// What the config authenticates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigBody {
+    /// Format version.
+    pub version: u32,
+    /// Repository id (hex).
+    pub id: String,
+    /// Encryption mode.
+    pub mode: Mode,
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// Pack size target.
+    pub pack_size: u32,
+}
+
+/// The repository config file (JSON, readable without the key; its MAC is checked once the key
+/// is open).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// The authenticated fields.
+    #[serde(flatten)]
+    pub body: ConfigBody,
+    /// keyed blake3 (MAC key) over postcard(body), hex.
+    pub mac: String,
+}
+
+/// Options for [`Repository::init`].
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Encryption mode.
+    pub mode: Mode,
+    /// Passphrase (required unless mode is `none`).
+    pub passphrase: Option<String>,
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// Directory for `keyfile` mode keys.
+    pub keys_dir: Option<PathBuf>,
+    /// Argon2id parameters.
+    pub kdf: KdfParams,
+    /// Pack size target in bytes.
+    pub pack_size: u32,
+}
+
+impl InitOptions {
+    /// Defaults for a mode.
+    pub fn new(mode: Mode, passphrase: Option<String>) -> Self {
+        InitOptions {
+            mode,
+            passphrase,
+            chunker: ChunkerParams::default(),
+            keys_dir: None,
+            kdf: KdfParams::default(),
+            pack_size: DEFAULT_PACK_SIZE,
+        }
+    }
+}
+
+/// Options for [`Repository::open`].
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Passphrase (required unless mode is `none`).
+    pub passphrase: Option<String>,
+    /// Directory for `keyfile` mode keys.
+    pub keys_dir: Option<PathBuf>,
+}
+
+/// Where a blob lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobEntry {
+    /// Chunk id.
+    pub id: Id,
+    /// Offset in the pack.
+    pub offset: u32,
+    /// Stored (sealed) length.
+    pub len: u32,
+    /// Plaintext length.
+    pub ulen: u32,
+}
+
+/// Contents of one index file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFile {
+    /// Packs and their blobs.
+    pub packs: Vec<(Id, Vec<BlobEntry>)>,
+    /// Index files this one replaces (written by `compact`); they are ignored if still present.
+    pub supersedes: Vec<Id>,
+}
+
+/// A chunk's location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// Pack id.
+    pub pack: Id,
+    /// Offset.
+    pub offset: u32,
+    /// Stored length.
+    pub len: u32,
+    /// Plaintext length.
+    pub ulen: u32,
+}
+
+/// The in-memory chunk index.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    /// Chunk id to location.
+    pub chunks: HashMap<Id, Location>,
+    /// Index files that make it up.
+    pub files: Vec<Id>,
+    /// Packs known to the index, with their blobs.
+    pub packs: HashMap<Id, Vec<BlobEntry>>,
+}
+
+impl Index {
+    /// Adds a pack's blobs (first location of a chunk wins).
+    pub fn add_pack(&mut self, pack: Id, blobs: Vec<BlobEntry>) {
+        for b in &blobs {
+            self.chunks.entry(b.id).or_insert(Location { pack, offset: b.offset, len: b.len, ulen: b.ulen });
+        }
+        self.packs.insert(pack, blobs);
+    }
+    /// Whether a chunk is known.
+    pub fn contains(&self, id: &Id) -> bool {
+        self.chunks.contains_key(id)
+    }
+}
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: ConfigBody,
+    crypto: Arc<Crypto>,
+    chunker: Chunker,
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+fn keyfile_path(dir: &Option<PathBuf>, id: &str) -> Result<PathBuf> {
+    let dir = dir
+        .clone()
+        .ok_or_else(|| Error::InvalidArgument("keyfile mode needs a key directory (REMPART_KEYS_DIR)".into()))?;
+    Ok(dir.join(id))
+}
+
+impl Repository {
+    /// Creates a repository. Nothing is written if the target exists and is not empty.
+    pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions) -> Result<Repository> {
+        opts.chunker.validate()?;
+        if opts.pack_size < 4096 || opts.pack_size > 1 << 30 {
+            return Err(Error::InvalidArgument("pack size".into()));
+        }
+        let pass = match (opts.mode.has_key(), &opts.passphrase) {
+            (true, None) => return Err(Error::PassphraseRequired),
+            (_, p) => p.clone().unwrap_or_default(),
+        };
+        let key = if opts.mode.has_key() { MasterKey::generate() } else { MasterKey::public() };
+        let id = Id::random();
+        let body = ConfigBody {
+            version: FORMAT_VERSION,
+            id: id.to_hex(),
+            mode: opts.mode,
+            chunker: opts.chunker,
+            pack_size: opts.pack_size,
+        };
+        let keyfile_target =
+            if opts.mode == Mode::Keyfile { Some(keyfile_path(&opts.keys_dir, &body.id)?) } else { None };
+        backend.create()?;
+        if opts.mode.has_key() {
+            let kf = KeyFile::seal(&key, &pass, &id, opts.kdf.clone())?;
+            let json = serde_json::to_vec_pretty(&kf).unwrap_or_default();
+            match &keyfile_target {
+                Some(p) => write_keyfile(p, &json)?,
+                None => backend.write(FileType::Key, "repokey", &json)?,
+            }
+        }
+        let repo = Repository {
+            chunker: Chunker::new(body.chunker, key.chunker_seed()),
+            crypto: Arc::new(Crypto::new(opts.mode, key)),
+            config: body,
+            backend,
+        };
+        repo.write_manifest(&Manifest { version: 1, timestamp: now_ns(), archives: vec![] })?;
+        // The config is written last: its presence means "initialised".
+        let cfg = Config {
+            mac: hex::encode(repo.crypto.key().mac(&postcard::to_stdvec(&repo.config).unwrap_or_default())),
+            body: repo.config.clone(),
+        };
+        repo.backend.write(FileType::Config, "config", &serde_json::to_vec_pretty(&cfg).unwrap_or_default())?;
+        Ok(repo)
+    }
+
+    /// Reads the config without any key (mode, id).
+    pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+        let raw = match backend.read(FileType::Config, "config") {
+            Ok(r) => r,
+            Err(Error::NotFound(_)) => return Err(Error::NotARepository(PathBuf::from(backend.location()))),
+            Err(e) => return Err(e),
+        };
+        let cfg: Config = serde_json::from_slice(&raw).map_err(|e| Error::integrity("config", e.to_string()))?;
+        if cfg.body.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion(cfg.body.version));
+        }
+        Ok(cfg)
+    }
+
+    /// Opens a repository (checks the key and the config's MAC).
+    pub fn open(backend: Arc<dyn Backend>, opts: &OpenOptions) -> Result<Repository> {
+        let cfg = Self::read_config(backend.as_ref())?;
+        let key = Self::load_key(backend.as_ref(), &cfg.body, opts)?;
+        let mac = hex::encode(key.mac(&postcard::to_stdvec(&cfg.body).unwrap_or_default()));
+        if mac != cfg.mac {
+            return Err(Error::integrity("config", "MAC mismatch (config tampered with)"));
+        }
+        cfg.body.chunker.validate()?;
+        Ok(Repository {
+            chunker: Chunker::new(cfg.body.chunker, key.chunker_seed()),
+            crypto: Arc::new(Crypto::new(cfg.body.mode, key)),
+            config: cfg.body,
+            backend,
+        })
+    }
+
+    fn load_key(backend: &dyn Backend, cfg: &ConfigBody, opts: &OpenOptions) -> Result<MasterKey> {
+        if !cfg.mode.has_key() {
+            return Ok(MasterKey::public());
+        }
+        let (raw, what) = if cfg.mode == Mode::Keyfile {
+            let p = keyfile_path(&opts.keys_dir, &cfg.id)?;
+            let raw = std::fs::read(&p).map_err(|e| Error::KeyFile { path: p.clone(), reason: e.to_string() })?;
+            (raw, p)
+        } else {
+            (backend.read(FileType::Key, "repokey")?, PathBuf::from(format!("{}/keys/repokey", backend.location())))
+        };
+        let kf: KeyFile =
+            serde_json::from_slice(&raw).map_err(|e| Error::KeyFile { path: what.clone(), reason: e.to_string() })?;
+        if kf.repository_id != cfg.id {
+            return Err(Error::KeyFile { path: what, reason: "belongs to another repository".into() });
+        }
+        let pass = opts.passphrase.as_deref().ok_or(Error::PassphraseRequired)?;
+        kf.open(pass)
+    }
+
+    /// Re-encrypts the master key under a new passphrase (`key change-passphrase`).
+    pub fn change_passphrase(&self, new: &str, keys_dir: &Option<PathBuf>) -> Result<()> {
+        if !self.config.mode.has_key() {
+            return Err(Error::InvalidArgument("mode none has no key".into()));
+        }
+        let id = Id::from_hex(&self.config.id).unwrap_or(Id([0; 32]));
+        let kf = KeyFile::seal(self.crypto.key(), new, &id, KdfParams::default())?;
+        let json = serde_json::to_vec_pretty(&kf).unwrap_or_default();
+        if self.config.mode == Mode::Keyfile {
+            write_keyfile(&keyfile_path(keys_dir, &self.config.id)?, &json)
+        } else {
+            self.backend.write(FileType::Key, "repokey", &json)
+        }
+    }
+
+    /// The stored key file (JSON) for `key export`.
+    pub fn export_key(&self, keys_dir: &Option<PathBuf>) -> Result<Vec<u8>> {
+        match self.config.mode {
+            Mode::Keyfile => {
+                let p = keyfile_path(keys_dir, &self.config.id)?;
+                std::fs::read(&p).map_err(|e| Error::io(p, e))
+            }
+            Mode::None => Err(Error::InvalidArgument("mode none has no key".into())),
+            _ => self.backend.read(FileType::Key, "repokey"),
+        }
+    }
+
+    /// Installs an exported key file (`key import`) after checking it opens with `pass`.
+    pub fn import_key(backend: &dyn Backend, data: &[u8], pass: &str, keys_dir: &Option<PathBuf>) -> Result<()> {
+        let cfg = Self::read_config(backend)?;
+        let kf: KeyFile = serde_json::from_slice(data).map_err(|e| Error::InvalidArgument(format!("key file: {e}")))?;
+        if kf.repository_id != cfg.body.id {
+            return Err(Error::InvalidArgument("key belongs to another repository".into()));
+        }
+        let key = kf.open(pass)?;
+        let mac = hex::encode(key.mac(&postcard::to_stdvec(&cfg.body).unwrap_or_default()));
+        if mac != cfg.mac {
+            return Err(Error::InvalidArgument("key does not match the repository".into()));
+        }
+        match cfg.body.mode {
+            Mode::Keyfile => write_keyfile(&keyfile_path(keys_dir, &cfg.body.id)?, data),
+            _ => backend.write(FileType::Key, "repokey", data),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+    /// The config.
+    pub fn config(&self) -> &ConfigBody {
+        &self.config
+    }
+    /// The crypto session.
+    pub fn crypto(&self) -> &Arc<Crypto> {
+        &self.crypto
+    }
+    /// The chunker.
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    /// Takes the exclusive writer lock.
+    pub fn lock(&self) -> Result<RepoLock> {
+        RepoLock::acquire(self.backend.clone())
+    }
+
+    /// Reads and authenticates the manifest.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let raw = self.backend.read(FileType::Manifest, "manifest")?;
+        let pt = self.crypto.open("manifest", b"manifest", &raw)?;
+        let m: Manifest = postcard::from_bytes(&pt).map_err(|e| Error::integrity("manifest", e.to_string()))?;
+        if m.version != 1 {
+            return Err(Error::UnsupportedVersion(m.version));
+        }
+        Ok(m)
+    }
+
+    /// Atomically replaces the manifest.
+    pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let pt = postcard::to_stdvec(m).unwrap_or_default();
+        let blob = self.crypto.seal(b"manifest", &pt);
+        self.backend.write(FileType::Manifest, "manifest", &blob)
+    }
+
+    /// Reads an archive object.
+    pub fn archive(&self, id: &Id) -> Result<ArchiveMeta> {
+        let raw = self.backend.read(FileType::Archive, &id.to_hex())?;
+        let what = format!("archive object {}", id.to_hex());
+        let pt = self.crypto.open(&what, &archive_aad(id), &raw)?;
+        postcard::from_bytes(&pt).map_err(|e| Error::integrity(what, e.to_string()))
+    }
+
+    /// Writes an archive object; returns its id.
+    pub fn write_archive(&self, meta: &ArchiveMeta) -> Result<Id> {
+        let pt = postcard::to_stdvec(meta).unwrap_or_default();
+        let id = self.crypto.key().chunk_id(&pt);
+        let blob = self.crypto.seal(&archive_aad(&id), &pt);
+        self.backend.write(FileType::Archive, &id.to_hex(), &blob)?;
+        Ok(id)
+    }
+
+    /// Reads one index file.
+    pub fn index_file(&self, name: &str) -> Result<IndexFile> {
+        let raw = self.backend.read(FileType::Index, name)?;
+        let what = format!("index file {name}");
+        if Id::hash(&raw).to_hex() != name {
+            return Err(Error::integrity(what, "content does not match its name"));
+        }
+        let pt = self.crypto.open(&what, b"index", &raw)?;
+        postcard::from_bytes(&pt).map_err(|e| Error::integrity(what, e.to_string()))
+    }
+
+    /// Writes an index file; returns its name.
+    pub fn write_index_file(&self, f: &IndexFile) -> Result<Id> {
+        let pt = postcard::to_stdvec(f).unwrap_or_default();
+        let blob = self.crypto.seal(b"index", &pt);
+        let id = Id::hash(&blob);
+        self.backend.write(FileType::Index, &id.to_hex(), &blob)?;
+        Ok(id)
+    }
+
+    /// Loads every index file (skipping superseded ones) into memory.
+    pub fn load_index(&self) -> Result<Index> {
+        let names = self.backend.list(FileType::Index)?;
+        let mut files = Vec::new();
+        let mut superseded = HashSet::new();
+        for n in &names {
+            let f = self.index_file(n)?;
+            superseded.extend(f.supersedes.iter().copied());
+            files.push((n.clone(), f));
+        }
+        let mut idx = Index::default();
+        for (n, f) in files {
+            let id = Id::from_hex(&n).unwrap_or(Id([0; 32]));
+            if superseded.contains(&id) {
+                continue;
+            }
+            idx.files.push(id);
+            for (pack, blobs) in f.packs {
+                idx.add_pack(pack, blobs);
+            }
+        }
+        Ok(idx)
+    }
+
+    /// Reads a pack's header (its list of blobs) from the pack itself.
+    pub fn pack_header(&self, pack: &Id) -> Result<Vec<BlobEntry>> {
+        let name = pack.to_hex();
+        let what = format!("pack {name}");
+        let size = self.backend.size(FileType::Pack, &name)?;
+        if size < 4 {
+            return Err(Error::integrity(what, "too short"));
+        }
+        let t = self.backend.read_part(FileType::Pack, &name, size - 4, 4)?;
+        let hlen = u64::from(u32::from_le_bytes([t[0], t[1], t[2], t[3]]));
+        if hlen + 4 > size {
+            return Err(Error::integrity(what, "bad header length"));
+        }
+        let h = self.backend.read_part(FileType::Pack, &name, size - 4 - hlen, hlen)?;
+        let pt = self.crypto.open(&what, b"pack header", &h)?;
+        postcard::from_bytes(&pt).map_err(|e| Error::integrity(what, e.to_string()))
+    }
+
+    /// Reads, authenticates, decompresses and verifies one chunk.
+    pub fn read_chunk(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
+        let loc = index
+            .chunks
+            .get(id)
+            .ok_or_else(|| Error::integrity(format!("chunk {}", id.to_hex()), "missing from the index"))?;
+        let blob =
+            self.backend.read_part(FileType::Pack, &loc.pack.to_hex(), u64::from(loc.offset), u64::from(loc.len))?;
+        self.open_chunk(id, &blob, loc.ulen)
+    }
+
+    /// Authenticates, decompresses and verifies a sealed chunk.
+    pub fn open_chunk(&self, id: &Id, blob: &[u8], ulen: u32) -> Result<Vec<u8>> {
+        let what = format!("chunk {}", id.to_hex());
+        let pt = self.crypto.open(&what, &id.0, blob)?;
+        let data = decompress(&pt, ulen as usize)?;
+        if self.crypto.key().chunk_id(&data) != *id {
+            return Err(Error::integrity(what, "content does not match its id"));
+        }
+        Ok(data)
+    }
+}
+
+fn archive_aad(id: &Id) -> Vec<u8> {
+    let mut v = b"archive".to_vec();
+    v.extend_from_slice(&id.0);
+    v
+}
+
+fn write_keyfile(p: &std::path::Path, data: &[u8]) -> Result<()> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, p)).map_err(|e| Error::io(p, e))
+}
+
+/// Builds pack files from sealed blobs.
+#[derive(Debug)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    blobs: Vec<BlobEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackBuilder {
+    /// An empty pack.
+    pub fn new() -> Self {
+        PackBuilder { buf: Vec::new(), blobs: Vec::new() }
+    }
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// Whether no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+    /// Appends a sealed blob.
+    pub fn add(&mut self, id: Id, sealed: &[u8], ulen: u32) {
+        self.blobs.push(BlobEntry { id, offset: self.buf.len() as u32, len: sealed.len() as u32, ulen });
+        self.buf.extend_from_slice(sealed);
+    }
+    /// Seals the header, writes the pack, returns its id and blobs.
+    pub fn finish(self, repo: &Repository) -> Result<(Id, Vec<BlobEntry>)> {
+        let mut buf = self.buf;
+        let header = repo.crypto.seal(b"pack header", &postcard::to_stdvec(&self.blobs).unwrap_or_default());
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        let id = Id::hash(&buf);
+        repo.backend.write(FileType::Pack, &id.to_hex(), &buf)?;
+        Ok((id, self.blobs))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct LockInfo {
+    host: String,
+    pid: i32,
+    time: String,
+}
+
+/// The exclusive writer lock; released on drop.
+#[derive(Debug)]
+pub struct RepoLock {
+    backend: Arc<dyn Backend>,
+    token: String,
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+fn pid_alive(pid: i32) -> bool {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::ESRCH) => false,
+        Err(_) => true,
+    }
+}
+
+impl RepoLock {
+    fn acquire(backend: Arc<dyn Backend>) -> Result<RepoLock> {
+        let host = hostname();
+        let pid = std::process::id() as i32;
+        let info = LockInfo { host: host.clone(), pid, time: chrono::Utc::now().to_rfc3339() };
+        let data = serde_json::to_vec(&info).unwrap_or_default();
+        for _ in 0..3 {
+            if backend.create_new(FileType::Lock, "lock", &data)? {
+                return Ok(RepoLock { backend, token: String::from_utf8_lossy(&data).into_owned() });
+            }
+            let cur = match backend.read(FileType::Lock, "lock") {
+                Ok(c) => c,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            match serde_json::from_slice::<LockInfo>(&cur) {
+                Ok(other) if other.host == host && !pid_alive(other.pid) => {
+                    tracing::warn!(pid = other.pid, "removing stale lock of a dead process");
+                    backend.remove(FileType::Lock, "lock")?;
+                }
+                Ok(other) => {
+                    return Err(Error::Locked { holder: format!("{}:{} since {}", other.host, other.pid, other.time) })
+                }
+                Err(_) => return Err(Error::Locked { holder: "an unreadable lock file".into() }),
+            }
+        }
+        Err(Error::Locked { holder: "a racing process".into() })
+    }
+
+    /// Removes any lock (`break-lock`).
+    pub fn break_lock(backend: &dyn Backend) -> Result<()> {
+        backend.remove(FileType::Lock, "lock")
+    }
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        // Only remove the lock if it is still ours (break-lock may have handed it on).
+        if let Ok(cur) = self.backend.read(FileType::Lock, "lock") {
+            if cur == self.token.as_bytes() {
+                let _ = self.backend.remove(FileType::Lock, "lock");
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The parallel write pipeline: new chunks are compressed and encrypted on worker threads and
+//! packed by one packer thread. All channels are bounded, so a slow disk slows the reader down
+//! instead of filling memory.
+//!
+//! ```text
+//!  reader+chunker+hasher ──(new chunks, bounded)──► N workers: compress, seal ──(bounded)──► packer
+//!   (caller's thread)         dedup against index                                 packs, index files
+//! ```
+
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::repo::{BlobEntry, Index, IndexFile, PackBuilder, Repository};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the packer did.
+#[derive(Debug, Default)]
+pub struct WriterOutput {
+    /// New packs and their blobs.
+    pub packs: Vec<(Id, Vec<BlobEntry>)>,
+    /// Index files written.
+    pub index_files: Vec<Id>,
+    /// Stored bytes of new chunks.
+    pub stored: u64,
+}
+
+/// A session that stores chunks into a repository.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    repo: Repository,
+    known: Arc<Index>,
+    new: HashSet<Id>,
+    tx: Option<Sender<(Id, Vec<u8>)>>,
+    workers: Vec<JoinHandle<()>>,
+    packer: Option<JoinHandle<Result<WriterOutput>>>,
+}
+
+/// Tuning of a [`ChunkWriter`].
+#[derive(Clone, Copy, Debug)]
+pub struct WriterOptions {
+    /// Compression of new chunks.
+    pub compression: Compression,
+    /// Worker threads (0 = number of CPUs).
+    pub threads: usize,
+    /// Write an index file (a checkpoint the next run reuses) at least this often.
+    pub checkpoint_interval: Duration,
+    /// ... or after this many packs.
+    pub checkpoint_packs: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            compression: Compression::default(),
+            threads: 0,
+            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_packs: 16,
+        }
+    }
+}
+
+impl ChunkWriter {
+    /// Starts the worker and packer threads.
+    pub fn new(repo: &Repository, known: Arc<Index>, opts: WriterOptions) -> ChunkWriter {
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            opts.threads
+        };
+        let (tx, rx) = bounded::<(Id, Vec<u8>)>(threads * 4);
+        let (ptx, prx) = bounded::<(Id, Vec<u8>, u32)>(threads * 4);
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                let ptx = ptx.clone();
+                let crypto = repo.crypto().clone();
+                let comp = opts.compression;
+                std::thread::spawn(move || {
+                    for (id, data) in rx {
+                        let z = comp.compress(&data);
+                        let sealed = crypto.seal(&id.0, &z);
+                        if ptx.send((id, sealed, data.len() as u32)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(ptx);
+        let prepo = repo.clone();
+        let packer = std::thread::spawn(move || packer(prepo, prx, opts));
+        ChunkWriter { repo: repo.clone(), known, new: HashSet::new(), tx: Some(tx), workers, packer: Some(packer) }
+    }
+
+    /// Whether a chunk is already stored (or queued).
+    pub fn has(&self, id: &Id) -> bool {
+        self.known.contains(id) || self.new.contains(id)
+    }
+
+    /// The index this session started from.
+    pub fn known(&self) -> &Index {
+        &self.known
+    }
+
+    /// Stores a chunk unless known; returns its id and whether it was new.
+    pub fn store(&mut self, data: Vec<u8>) -> Result<(Id, bool)> {
+        let id = self.repo.crypto().key().chunk_id(&data);
+        if self.has(&id) {
+            return Ok((id, false));
+        }
+        self.new.insert(id);
+        let sent = self.tx.as_ref().map(|tx| tx.send((id, data)).is_ok());
+        if sent != Some(true) {
+            // The packer stopped (an IO error): surface its error.
+            return Err(self.finish_inner().err().unwrap_or(Error::PreviousIo));
+        }
+        Ok((id, true))
+    }
+
+    fn finish_inner(&mut self) -> Result<WriterOutput> {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        match self.packer.take() {
+            Some(p) => p.join().unwrap_or(Err(Error::PreviousIo)),
+            None => Err(Error::PreviousIo),
+        }
+    }
+
+    /// Flushes everything (last pack, index file) and stops the threads.
+    pub fn finish(mut self) -> Result<WriterOutput> {
+        self.finish_inner()
+    }
+}
+
+impl Drop for ChunkWriter {
+    fn drop(&mut self) {
+        if self.packer.is_some() {
+            let _ = self.finish_inner();
+        }
+    }
+}
+
+fn packer(repo: Repository, rx: Receiver<(Id, Vec<u8>, u32)>, opts: WriterOptions) -> Result<WriterOutput> {
+    let pack_size = repo.config().pack_size as usize;
+    let mut out = WriterOutput::default();
+    let mut pack = PackBuilder::new();
+    let mut pending: Vec<(Id, Vec<BlobEntry>)> = Vec::new();
+    let mut last_index = Instant::now();
+    let write_index = |pending: &mut Vec<(Id, Vec<BlobEntry>)>, out: &mut WriterOutput| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let f = IndexFile { packs: std::mem::take(pending), supersedes: vec![] };
+        let id = repo.write_index_file(&f)?;
+        out.index_files.push(id);
+        out.packs.extend(f.packs);
+        Ok(())
+    };
+    for (id, sealed, ulen) in rx {
+        out.stored += sealed.len() as u64;
+        pack.add(id, &sealed, ulen);
+        if pack.len() >= pack_size {
+            let full = std::mem::take(&mut pack);
+            pending.push(full.finish(&repo)?);
+            if pending.len() >= opts.checkpoint_packs || last_index.elapsed() >= opts.checkpoint_interval {
+                write_index(&mut pending, &mut out)?;
+                last_index = Instant::now();
+            }
+        }
+    }
+    if !pack.is_empty() {
+        pending.push(pack.finish(&repo)?);
+    }
+    write_index(&mut pending, &mut out)?;
+    Ok(out)
+}
+
+/// Stored sizes of the chunks a writer session produced.
+pub fn stored_sizes(out: &WriterOutput) -> HashMap<Id, u32> {
+    out.packs.iter().flat_map(|(_, b)| b.iter().map(|b| (b.id, b.len))).collect()
+}

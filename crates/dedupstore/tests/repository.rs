@@ -1,0 +1,527 @@
+//! End-to-end tests of the library: round trips with full metadata, dedup, tamper detection,
+//! key and cache failures, compact and the files cache.
+
+use dedupstore::archive::Extent;
+use dedupstore::backend::{Backend, FileType, LocalBackend};
+use dedupstore::chunker::ChunkerParams;
+use dedupstore::commands::{self, CheckOptions};
+use dedupstore::compress::Compression;
+use dedupstore::create::{create, CreateOptions};
+use dedupstore::crypto::{KdfParams, Mode};
+use dedupstore::extract::{archive_items, extract, ExtractOptions};
+use dedupstore::repo::{InitOptions, OpenOptions, Repository};
+use dedupstore::Error;
+use rand::{Rng, SeedableRng};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; n];
+    r.fill(&mut v[..]);
+    v
+}
+
+fn fast_kdf() -> KdfParams {
+    KdfParams { m_cost: 1024, t_cost: 1, p_cost: 1 }
+}
+
+fn init(dir: &Path, mode: Mode) -> Repository {
+    let mut o = InitOptions::new(mode, Some("pw".into()));
+    o.kdf = fast_kdf();
+    o.keys_dir = Some(dir.join("keys"));
+    o.pack_size = 256 << 10;
+    o.chunker = ChunkerParams { min: 4 << 10, avg: 16 << 10, max: 64 << 10 };
+    Repository::init(Arc::new(LocalBackend::new(dir.join("repo"))), &o).unwrap()
+}
+
+fn reopen(dir: &Path, pass: &str) -> Result<Repository, Error> {
+    Repository::open(
+        Arc::new(LocalBackend::new(dir.join("repo"))),
+        &OpenOptions { passphrase: Some(pass.into()), keys_dir: Some(dir.join("keys")) },
+    )
+}
+
+fn backup(
+    repo: &Repository,
+    name: &str,
+    paths: Vec<PathBuf>,
+    cache: Option<&Path>,
+) -> dedupstore::create::CreateResult {
+    let mut o = CreateOptions::new(name, paths);
+    o.compression = Compression::Auto(3);
+    o.cache_dir = cache.map(Path::to_path_buf);
+    create(repo, &o, &mut |_| {}).unwrap()
+}
+
+/// Builds a tree with every kind of item and attribute.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    fs::write(root.join("dir/text.txt"), b"hello world\n".repeat(1000)).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::write(root.join("random.bin"), random_bytes(300_000, 1)).unwrap();
+    // sparse: 1 MiB hole, 4 KiB data, 2 MiB hole, data, trailing hole
+    let f = fs::File::create(root.join("sparse")).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[7u8; 4096], 1 << 20).unwrap();
+    f.write_all_at(&[9u8; 4096], 3 << 20).unwrap();
+    f.set_len(5 << 20).unwrap();
+    drop(f);
+    // non-UTF-8 name
+    fs::write(root.join(OsStr::from_bytes(b"caf\xe9-\xff.txt")), b"latin1").unwrap();
+    std::os::unix::fs::symlink("dir/text.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("dir/text.txt"), root.join("dir/sub/hardlink")).unwrap();
+    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    fs::set_permissions(root.join("random.bin"), fs::Permissions::from_mode(0o4751)).unwrap();
+    xattr::set(root.join("dir/text.txt"), "user.comment", b"some \x00 value").unwrap();
+    if rempart_testkit::require_root("mknod and chown in the round trip") {
+        nix::sys::stat::mknod(
+            &root.join("chardev"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        nix::unistd::chown(
+            &root.join("empty"),
+            Some(nix::unistd::Uid::from_raw(4242)),
+            Some(nix::unistd::Gid::from_raw(4343)),
+        )
+        .unwrap();
+    }
+    // ns timestamps, including one before the epoch
+    let set = |p: &Path, sec: i64, nsec: i64| {
+        nix::sys::stat::utimensat(
+            None,
+            p,
+            &nix::sys::time::TimeSpec::new(sec, nsec),
+            &nix::sys::time::TimeSpec::new(sec, nsec),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    };
+    set(&root.join("empty"), -86_400 * 400, 123_456_789);
+    set(&root.join("link"), 1_600_000_000, 5);
+    set(&root.join("dir/sub"), 1_500_000_000, 999_999_999);
+}
+
+#[derive(Debug, PartialEq)]
+struct Meta {
+    kind: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+    rdev: u64,
+    nlink: u64,
+    content: Option<Vec<u8>>,
+    target: Option<PathBuf>,
+    xattrs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+fn snapshot(root: &Path) -> Vec<(PathBuf, Meta)> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, p: &Path, out: &mut Vec<(PathBuf, Meta)>) {
+        let md = fs::symlink_metadata(p).unwrap();
+        let ft = md.file_type();
+        let mut xattrs: Vec<_> = xattr::list(p)
+            .map(|l| l.map(|n| (n.as_bytes().to_vec(), xattr::get(p, &n).ok().flatten())).collect())
+            .unwrap_or_default();
+        xattrs.sort();
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        out.push((
+            rel,
+            Meta {
+                kind: md.mode() & 0o170000,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                size: if ft.is_file() { md.size() } else { 0 },
+                mtime: (md.mtime(), md.mtime_nsec()),
+                rdev: md.rdev(),
+                nlink: if ft.is_dir() { 0 } else { md.nlink() },
+                content: ft.is_file().then(|| fs::read(p).unwrap()),
+                target: ft.is_symlink().then(|| fs::read_link(p).unwrap()),
+                xattrs,
+            },
+        ));
+        if ft.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).collect();
+            names.sort();
+            for n in names {
+                walk(root, &n, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn round_trip_restores_content_and_metadata() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tree(&src);
+    let repo = init(d.path(), Mode::Repokey);
+    let before = snapshot(&src);
+    let res = backup(&repo, "a", vec![src.clone()], None);
+    assert!(res.warnings.is_empty(), "{:?}", res.warnings);
+    let dest = d.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    let r =
+        extract(&reopen(d.path(), "pw").unwrap(), "a", &ExtractOptions { dest: dest.clone(), ..Default::default() })
+            .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    // archive paths are stored as borg stores them: absolute without the leading '/'
+    let restored_root = dest.join(src.strip_prefix("/").unwrap());
+    let after = snapshot(&restored_root);
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b, a, "{}", b.0.display());
+    }
+    // holes restored as holes (not allocated)
+    let sp = fs::metadata(restored_root.join("sparse")).unwrap();
+    assert!(sp.blocks() * 512 < 1 << 20, "sparse file allocated {} blocks", sp.blocks());
+    // hard link restored as a link
+    assert_eq!(
+        fs::metadata(restored_root.join("dir/text.txt")).unwrap().ino(),
+        fs::metadata(restored_root.join("dir/sub/hardlink")).unwrap().ino()
+    );
+    // the sparse file was stored with hole extents
+    let idx = repo.load_index().unwrap();
+    let items = archive_items(&repo, &idx, "a").unwrap();
+    let sparse = items.iter().find(|i| i.path.ends_with(b"/sparse")).unwrap();
+    assert!(sparse.chunks.iter().any(|c| matches!(c, Extent::Hole(n) if *n >= 1 << 20)));
+}
+
+#[test]
+fn partial_extract_strip_components_and_hardlink_outside_selection() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tree(&src);
+    let repo = init(d.path(), Mode::None);
+    // relative paths are stored as given
+    let cwd = std::env::current_dir().unwrap();
+    let _ = cwd;
+    backup(&repo, "a", vec![src.clone()], None);
+    let dest = d.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    let ap = src.strip_prefix("/").unwrap().as_os_str().as_bytes().to_vec();
+    let mut sub = ap.clone();
+    sub.extend_from_slice(b"/dir/sub");
+    let r = extract(
+        &repo,
+        "a",
+        &ExtractOptions {
+            dest: dest.clone(),
+            paths: vec![sub],
+            strip_components: ap.split(|&b| b == b'/').count(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    // the hard link's first name was not selected: its content is restored anyway
+    assert_eq!(fs::read(dest.join("dir/sub/hardlink")).unwrap(), b"hello world\n".repeat(1000));
+    assert!(!dest.join("random.bin").exists());
+}
+
+#[test]
+fn shifted_copy_of_a_large_file_deduplicates() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let big = random_bytes(4 << 20, 5);
+    fs::write(src.join("big"), &big).unwrap();
+    let repo = init(d.path(), Mode::Repokey);
+    let first = backup(&repo, "a", vec![src.clone()], None);
+    // a copy shifted by 1000 bytes, and an exact copy
+    let mut shifted = random_bytes(1000, 6);
+    shifted.extend_from_slice(&big);
+    fs::write(src.join("shifted"), &shifted).unwrap();
+    let second = backup(&repo, "b", vec![src.clone()], None);
+    let added = second.archive.stats.deduplicated_size;
+    assert!(
+        added * 10 < first.archive.stats.deduplicated_size,
+        "shifted copy added {added} bytes vs {} for the original",
+        first.archive.stats.deduplicated_size
+    );
+}
+
+#[test]
+fn tampered_pack_is_named_by_check_and_extract_fails_only_for_the_damaged_file() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("victim"), random_bytes(100_000, 7)).unwrap();
+    let repo = init(d.path(), Mode::Repokey);
+    backup(&repo, "a", vec![src.join("victim")], None);
+    // the healthy file goes into another pack (a second backup)
+    fs::write(src.join("healthy"), random_bytes(50_000, 8)).unwrap();
+    backup(&repo, "b", vec![src.join("healthy")], None);
+    let idx = repo.load_index().unwrap();
+    let items = archive_items(&repo, &idx, "a").unwrap();
+    let Extent::Data { id, .. } = items[0].chunks[0] else { panic!() };
+    let loc = idx.chunks[&id];
+    let b = LocalBackend::new(d.path().join("repo"));
+    let path = b.path(FileType::Pack, &loc.pack.to_hex());
+    let mut data = fs::read(&path).unwrap();
+    data[loc.offset as usize + 40] ^= 1;
+    fs::write(&path, &data).unwrap();
+
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    assert!(!r.ok());
+    assert_eq!(r.damaged_chunks, vec![id]);
+    assert_eq!(r.damaged_files.len(), 1, "{:?}", r.damaged_files);
+    assert_eq!(r.damaged_files[0].0, "a");
+    assert!(r.damaged_files[0].1.ends_with("victim"));
+
+    let dest = d.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    let ok = extract(&repo, "b", &ExtractOptions { dest: dest.clone(), ..Default::default() }).unwrap();
+    assert!(ok.errors.is_empty());
+    let bad = extract(&repo, "a", &ExtractOptions { dest: dest.clone(), ..Default::default() }).unwrap();
+    assert_eq!(bad.errors.len(), 1);
+    assert!(bad.errors[0].contains("victim") && bad.errors[0].contains("authentication failed"), "{}", bad.errors[0]);
+}
+
+#[test]
+fn wrong_passphrase_wrong_keyfile_truncated_pack_missing_index() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(200_000, 9)).unwrap();
+    let repo = init(d.path(), Mode::Keyfile);
+    backup(&repo, "a", vec![src.clone()], None);
+    let listing = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v = vec![];
+        for e in walkdir(p) {
+            if e.is_file() {
+                v.push((e.clone(), fs::read(&e).unwrap()));
+            }
+        }
+        v
+    };
+    let before = listing(&d.path().join("repo"));
+    assert!(matches!(reopen(d.path(), "nope"), Err(Error::WrongPassphrase)));
+    // a key file of another repository
+    let other = tempfile::tempdir().unwrap();
+    let _o = init(other.path(), Mode::Keyfile);
+    let key_name = fs::read_dir(d.path().join("keys")).unwrap().next().unwrap().unwrap().file_name();
+    let other_key = fs::read_dir(other.path().join("keys")).unwrap().next().unwrap().unwrap().path();
+    fs::copy(&other_key, d.path().join("keys").join(&key_name)).unwrap();
+    let e = reopen(d.path(), "pw").unwrap_err();
+    assert!(matches!(e, Error::KeyFile { .. }), "{e}");
+    assert!(e.to_string().contains("another repository"));
+    assert_eq!(before, listing(&d.path().join("repo")), "nothing in the repository changed");
+    fs::remove_dir_all(d.path().join("keys")).unwrap();
+    assert!(matches!(reopen(d.path(), "pw"), Err(Error::KeyFile { .. })));
+
+    // truncated pack and missing index: clear errors
+    let d = tempfile::tempdir().unwrap();
+    let repo = init(d.path(), Mode::Repokey);
+    backup(&repo, "a", vec![src.clone()], None);
+    let b = LocalBackend::new(d.path().join("repo"));
+    let pack = b.list(FileType::Pack).unwrap()[0].clone();
+    let p = b.path(FileType::Pack, &pack);
+    let len = fs::metadata(&p).unwrap().len();
+    let original = fs::read(&p).unwrap();
+    fs::File::options().write(true).open(&p).unwrap().set_len(len / 2).unwrap();
+    let r = commands::check(&repo, CheckOptions::default()).unwrap();
+    assert!(r.errors.iter().any(|e| e.contains(&pack)), "{:?}", r.errors);
+    assert!(r.errors.iter().any(|e| e.contains("archive a")), "{:?}", r.errors);
+    let dest = d.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    // the item stream lives in the truncated pack: one clear error
+    let x = extract(&repo, "a", &ExtractOptions { dest, ..Default::default() }).unwrap_err();
+    assert!(x.to_string().contains("truncated"), "{x}");
+    fs::write(&p, &original).unwrap();
+    for i in b.list(FileType::Index).unwrap() {
+        b.remove(FileType::Index, &i).unwrap();
+    }
+    let e = extract(&repo, "a", &ExtractOptions { dest: d.path().into(), ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("missing from the index"), "{e}");
+    // check --repair rebuilds the index from the pack headers
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    assert!(r.repaired);
+    assert!(repo.load_index().unwrap().chunks.len() > 1);
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    assert!(r.ok(), "{:?}", r.errors);
+}
+
+fn walkdir(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if p.is_dir() {
+        let mut e: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).collect();
+        e.sort();
+        for x in e {
+            out.extend(walkdir(&x));
+        }
+    }
+    out
+}
+
+#[test]
+fn tampered_manifest_and_config_are_detected() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = init(d.path(), Mode::Authenticated);
+    let src = d.path().join("f");
+    fs::write(&src, b"data").unwrap();
+    backup(&repo, "a", vec![src], None);
+    let b = LocalBackend::new(d.path().join("repo"));
+    let m = b.path(FileType::Manifest, "manifest");
+    let mut data = fs::read(&m).unwrap();
+    data[3] ^= 0x20;
+    fs::write(&m, &data).unwrap();
+    let e = repo.manifest().unwrap_err();
+    assert!(matches!(e, Error::Integrity { .. }), "{e}");
+    data[3] ^= 0x20;
+    fs::write(&m, &data).unwrap();
+    // config downgrade: switch the chunker params
+    let c = b.path(FileType::Config, "config");
+    let s = fs::read_to_string(&c).unwrap().replace("\"max\": 65536", "\"max\": 131072");
+    fs::write(&c, s).unwrap();
+    assert!(matches!(reopen(d.path(), "pw"), Err(Error::Integrity { .. })));
+}
+
+#[test]
+fn files_cache_skips_unchanged_files_including_the_newest_and_survives_deletion() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..5 {
+        fs::write(src.join(format!("f{i}")), random_bytes(10_000, i)).unwrap();
+    }
+    // all files were written "a while ago" (3 s in the past: outside the racy window)
+    let old = chrono::Utc::now().timestamp() - 10;
+    for i in 0..5 {
+        nix::sys::stat::utimensat(
+            None,
+            &src.join(format!("f{i}")),
+            &nix::sys::time::TimeSpec::new(old, 0),
+            &nix::sys::time::TimeSpec::new(old + i as i64, 0),
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        )
+        .unwrap();
+    }
+    let cache = d.path().join("cache");
+    let repo = init(d.path(), Mode::Repokey);
+    let a = backup(&repo, "a", vec![src.clone()], Some(&cache));
+    assert_eq!(a.cached_files, 0);
+    // Regression test for borg #5992: the newest file of the previous run (f4) is not re-read.
+    // (ctime is "now" for all files, since utimensat changes it; wait until it leaves the window)
+    let b = backup(&repo, "b", vec![src.clone()], Some(&cache));
+    let racy = b.cached_files;
+    assert!(racy == 0 || racy == 5);
+    // after the racy window, every file is trusted, including the newest one
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let c = backup(&repo, "c", vec![src.clone()], Some(&cache));
+    let c2 = backup(&repo, "c2", vec![src.clone()], Some(&cache));
+    assert_eq!(c2.cached_files, 5, "all five unchanged files, the newest included, come from the cache");
+    let _ = c;
+    // a modified file is re-read
+    fs::write(src.join("f0"), b"changed").unwrap();
+    let e = backup(&repo, "e", vec![src.clone()], Some(&cache));
+    assert_eq!(e.cached_files, 4);
+    let diff = commands::diff_archives(&repo, "c2", "e").unwrap();
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert!(diff[0].path.ends_with("/f0") && diff[0].changes[0] == "+7 B -10000 B", "{diff:?}");
+    // delete the cache: the next run rebuilds it and the archive is identical in content
+    fs::remove_dir_all(&cache).unwrap();
+    let f = backup(&repo, "f", vec![src.clone()], Some(&cache));
+    assert_eq!(f.cached_files, 0);
+    // only the item stream (atimes changed by reading) is new; no file content
+    assert!(f.archive.stats.deduplicated_size < 2000, "{}", f.archive.stats.deduplicated_size);
+    let idx = repo.load_index().unwrap();
+    let fe: Vec<_> = archive_items(&repo, &idx, "e").unwrap().into_iter().map(|i| i.chunks).collect();
+    let ff: Vec<_> = archive_items(&repo, &idx, "f").unwrap().into_iter().map(|i| i.chunks).collect();
+    assert_eq!(fe, ff);
+}
+
+#[test]
+fn delete_then_compact_frees_space_and_keeps_other_archives_intact() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("keep"), random_bytes(300_000, 1)).unwrap();
+    let repo = init(d.path(), Mode::Repokey);
+    backup(&repo, "a", vec![src.clone()], None);
+    fs::write(src.join("gone"), random_bytes(600_000, 2)).unwrap();
+    backup(&repo, "b", vec![src.clone()], None);
+    fs::remove_file(src.join("gone")).unwrap();
+    backup(&repo, "c", vec![src.clone()], None);
+    let size =
+        |p: &Path| walkdir(p).iter().filter(|f| f.is_file()).map(|f| fs::metadata(f).unwrap().len()).sum::<u64>();
+    let before = size(&d.path().join("repo"));
+    commands::delete_archives(&repo, &["b"]).unwrap();
+    assert!(size(&d.path().join("repo")) + 1000 > before, "delete frees nothing by itself");
+    let plan = commands::compact_plan(&repo, 10).unwrap();
+    assert!(plan.freed >= 500_000, "{plan:?}");
+    commands::compact_apply(&repo, &plan).unwrap();
+    let after = size(&d.path().join("repo"));
+    assert!(after + 500_000 < before, "{after} vs {before}");
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    assert!(r.ok(), "{:?}", r.errors);
+    assert_eq!(r.orphan_packs.len(), 0);
+    let names: Vec<_> = commands::list_archives(&repo).unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, vec!["a", "c"]);
+    let dest = d.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    let x = extract(&repo, "c", &ExtractOptions { dest: dest.clone(), ..Default::default() }).unwrap();
+    assert!(x.errors.is_empty());
+    assert_eq!(fs::read(dest.join(src.strip_prefix("/").unwrap()).join("keep")).unwrap(), random_bytes(300_000, 1));
+}
+
+#[test]
+fn lock_is_exclusive_and_stale_locks_of_dead_processes_are_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = init(d.path(), Mode::None);
+    let l = repo.lock().unwrap();
+    assert!(matches!(repo.lock(), Err(Error::Locked { .. })));
+    drop(l);
+    let l2 = repo.lock().unwrap();
+    drop(l2);
+    // a lock left by a dead process on this host
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let b = LocalBackend::new(d.path().join("repo"));
+    let info = format!(r#"{{"host":"{}","pid":{pid},"time":"x"}}"#, dedupstore::repo::hostname());
+    assert!(b.create_new(FileType::Lock, "lock", info.as_bytes()).unwrap());
+    let l3 = repo.lock().unwrap();
+    drop(l3);
+    // a lock of another host is not removed
+    let info = r#"{"host":"elsewhere","pid":1,"time":"x"}"#;
+    assert!(b.create_new(FileType::Lock, "lock", info.as_bytes()).unwrap());
+    let e = repo.lock().unwrap_err();
+    assert!(e.to_string().contains("elsewhere"), "{e}");
+    dedupstore::repo::RepoLock::break_lock(&b).unwrap();
+    repo.lock().unwrap();
+}
+
+#[test]
+fn excludes_and_relative_paths() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::write(src.join("cache/x"), b"x").unwrap();
+    fs::write(src.join("a.tmp"), b"x").unwrap();
+    fs::write(src.join("keep"), b"x").unwrap();
+    let repo = init(d.path(), Mode::None);
+    let mut o = CreateOptions::new("a", vec![src.clone()]);
+    o.excludes = vec![
+        dedupstore::pattern::Pattern::parse("*.tmp").unwrap(),
+        dedupstore::pattern::Pattern::parse("sh:**/cache").unwrap(),
+    ];
+    create(&repo, &o, &mut |_| {}).unwrap();
+    let idx = repo.load_index().unwrap();
+    let paths: Vec<String> = archive_items(&repo, &idx, "a").unwrap().iter().map(|i| i.path_lossy()).collect();
+    let base = src.strip_prefix("/").unwrap().to_string_lossy().into_owned();
+    assert_eq!(paths, vec![base.clone(), format!("{base}/keep")]);
+}

@@ -1,0 +1,209 @@
+use super::keepalived::parse;
+use super::*;
+
+fn p(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
+    parse(text, Path::new("/etc/keepalived/keepalived.conf"))
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples").join(name)
+}
+
+#[test]
+fn example_files_load_and_agree() {
+    let k = load(&example("vrrp-keepalived.conf")).unwrap();
+    assert!(k.warnings.is_empty(), "{:?}", k.warnings);
+    let t = load(&example("vrrp.toml")).unwrap();
+    let (ki, ti) = (&k.config.instances[0], &t.config.instances[0]);
+    assert_eq!(ki.name, "VI_MGMT");
+    assert_eq!(ki.vrid, 50);
+    assert_eq!(ki.priority, 150);
+    assert_eq!(ki.auth_pass.as_deref(), Some("rempart1"));
+    assert_eq!(ki.virtual_ipaddress, ti.virtual_ipaddress);
+    assert_eq!(ki.virtual_ipaddress[0].to_string(), "192.168.50.50/24");
+    assert_eq!(ki.track_script, ti.track_script);
+    assert_eq!(k.config.scripts[0], {
+        let mut s = t.config.scripts[0].clone();
+        s.loc = k.config.scripts[0].loc.clone();
+        s
+    });
+    assert_eq!(ti.advert_int, Duration::from_millis(100));
+    assert_eq!(t.config.global.vrrp_version, 3);
+    assert_eq!(k.config.global.vrrp_version, 2);
+    assert!(k.config.global.enable_script_security);
+}
+
+#[test]
+fn full_instance() {
+    let (c, w) = p(r#"
+global_defs {
+  router_id r1   # comment
+  vrrp_version 3
+}
+vrrp_script chk { script "/bin/check --x" 
+  interval 0.5
+  weight -20
+  fall 3
+}
+vrrp_instance VI_1
+{
+  state MASTER
+  interface eth0
+  virtual_router_id 51
+  priority 150
+  advert_int 0.05
+  nopreempt
+  preempt_delay 10
+  accept
+  unicast_src_ip 10.0.0.1
+  unicast_peer {
+    10.0.0.2
+    10.0.0.3
+  }
+  virtual_ipaddress {
+    10.0.0.100
+    10.0.1.100/24
+  }
+  track_interface {
+    eth1 weight -30
+    eth2
+  }
+  track_script {
+    chk weight -10
+  }
+  notify_master "/bin/n master"
+  notify /bin/notify
+  garp_master_delay 2
+  garp_master_repeat 3
+  garp_master_refresh 60
+}
+vrrp_sync_group G {
+  group {
+    VI_1
+  }
+}
+"#)
+    .unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    let i = &c.instances[0];
+    assert_eq!(i.state.as_deref(), Some("MASTER"));
+    assert_eq!(i.advert_int, Duration::from_millis(50));
+    assert!(!i.preempt);
+    assert_eq!(i.preempt_delay, Duration::from_secs(10));
+    assert!(i.accept);
+    assert_eq!(i.unicast_peer.len(), 2);
+    assert_eq!(i.virtual_ipaddress[0].prefix, 32);
+    assert_eq!(i.virtual_ipaddress[1].prefix, 24);
+    assert_eq!(i.track_interface[0].weight, Some(-30));
+    assert_eq!(i.track_interface[1].weight, None);
+    assert_eq!(i.track_script[0].weight, Some(-10));
+    assert_eq!(i.notify_master.as_deref(), Some("/bin/n master"));
+    assert_eq!(i.garp_master_refresh, Some(Duration::from_secs(60)));
+    assert_eq!(c.scripts[0].script, "/bin/check --x");
+    assert_eq!(c.scripts[0].fall, 3);
+    assert_eq!(c.sync_groups[0].group, vec!["VI_1".to_string()]);
+    assert_eq!(i.loc.as_ref().unwrap().line, 11);
+}
+
+#[test]
+fn unknown_keyword_is_a_warning_with_file_and_line() {
+    let (c, w) = p("global_defs {\n  notification_email { a@b }\n}\nvirtual_server 1.2.3.4 80 {\n}\n").unwrap();
+    assert_eq!(c.instances.len(), 0);
+    assert_eq!(w.len(), 2);
+    assert_eq!(
+        w[0].to_string(),
+        "/etc/keepalived/keepalived.conf:2: unsupported keyword 'notification_email' in global_defs (ignored)"
+    );
+    assert_eq!(w[1].loc.line, 4);
+}
+
+#[test]
+fn malformed_is_an_error_with_line_and_column() {
+    let e = p("vrrp_instance X {\n  priority abc\n}\n").unwrap_err();
+    assert_eq!(e.to_string(), "/etc/keepalived/keepalived.conf:2:12: invalid priority \"abc\"");
+    let e = p("vrrp_instance X {\n  priority 1\n").unwrap_err();
+    assert_eq!(e.to_string(), "/etc/keepalived/keepalived.conf:1:1: block 'vrrp_instance' is never closed");
+    let e = p("global_defs {\n}\n }\n").unwrap_err();
+    assert!(e.to_string().starts_with("/etc/keepalived/keepalived.conf:3:2: unexpected '}'"), "{e}");
+    let e = p("vrrp_script s {\n script \"/bin/true\n}\n").unwrap_err();
+    assert!(e.to_string().contains(":2:9: unterminated"), "{e}");
+    let e = p("vrrp_instance X {\n virtual_ipaddress {\n   10.0.0.300\n }\n}\n").unwrap_err();
+    assert!(e.to_string().contains(":3:4: invalid address"), "{e}");
+    let e = p("vrrp_instance X {\n authentication {\n auth_type AH\n }\n}\n").unwrap_err();
+    assert!(e.to_string().contains(":3:12: auth_type AH"), "{e}");
+}
+
+#[test]
+fn validate_reports_every_problem() {
+    let (c, _) = p(r#"
+vrrp_instance A {
+  interface eth0
+  virtual_router_id 0
+  advert_int 0.5
+  track_script { missing }
+}
+vrrp_instance B {
+  interface eth0
+  virtual_router_id 7
+  version 3
+  advert_int 0.015
+  authentication { auth_pass x }
+  virtual_ipaddress { 10.0.0.1 }
+}
+vrrp_instance C {
+  interface eth0
+  virtual_router_id 7
+  version 3
+  virtual_ipaddress { 10.0.0.2 }
+}
+vrrp_sync_group G { group { A Z } }
+"#)
+    .unwrap();
+    let probs = c.validate();
+    let text: Vec<String> = probs.iter().map(ToString::to_string).collect();
+    let has = |s: &str| text.iter().any(|t| t.contains(s));
+    assert!(has(":2 (vrrp_instance A): virtual_router_id must be 1..255"), "{text:#?}");
+    assert!(has("(vrrp_instance A): no virtual_ipaddress"));
+    assert!(has("(vrrp_instance A): advert_int 500ms must be whole seconds with VRRPv2"));
+    assert!(has("(vrrp_instance A): track_script missing is not a vrrp_script"));
+    assert!(has("(vrrp_instance B): authentication requires VRRPv2"));
+    assert!(has("(vrrp_instance B): advert_int must be a multiple of 10 ms"));
+    assert!(has("(vrrp_instance C): virtual_router_id 7 used twice on eth0"));
+    assert!(has(":22 (vrrp_sync_group G): member Z is not a vrrp_instance"));
+    assert_eq!(probs.len(), 8, "{text:#?}");
+    let err = ConfigError::Invalid(probs);
+    assert!(err.to_string().starts_with("8 problem(s):"));
+}
+
+#[test]
+fn include_with_glob() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/a.conf"),
+        "vrrp_instance A {\n interface e\n virtual_router_id 1\n virtual_ipaddress { 10.0.0.1 }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/b.conf"),
+        "vrrp_instance B {\n interface e\n virtual_router_id 2\n virtual_ipaddress { 10.0.0.2 }\n bogus 1\n}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("conf.d/skip.txt"), "garbage {").unwrap();
+    let main = dir.path().join("keepalived.conf");
+    std::fs::write(&main, "global_defs {\n vrrp_version 3\n}\ninclude conf.d/*.conf\n").unwrap();
+    let l = load(&main).unwrap();
+    let names: Vec<&str> = l.config.instances.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["A", "B"]);
+    assert_eq!(l.warnings.len(), 1);
+    assert!(l.warnings[0].to_string().contains("conf.d/b.conf:5:"));
+}
+
+#[test]
+fn toml_errors_and_unknown_fields() {
+    let e = from_toml("[[instance]]\nname = \"x\"\nbogus = 1\n", Path::new("x.toml")).unwrap_err();
+    assert!(e.to_string().contains("bogus"), "{e}");
+    let e = from_toml("[global\n", Path::new("x.toml")).unwrap_err();
+    assert!(e.to_string().contains("line 1"), "{e}");
+}

@@ -1,0 +1,767 @@
+//! The daemon: one tokio task drives every [`proto::Instance`] from packets, timers, tracked
+//! scripts and interfaces, and signals; performs their actions (adverts, VIPs, GARPs, notify
+//! scripts); publishes status on a control socket and metrics over HTTP.
+//!
+//! ```text
+//!  raw socket per interface ──▶ reader task ──┐
+//!  vrrp_script tasks ─────────────────────────┼──▶ mpsc ──▶ main loop ──▶ proto::Instance
+//!  SIGTERM / SIGHUP / link poll / timers ─────┘                │ poll_action()
+//!                 netlink (VIPs) ◀── adverts (raw socket) ◀────┘ ──▶ GARP, notify, status, metrics
+//! ```
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use socket2::Socket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::metrics::{DropLabels, InstanceLabels, Metrics, ScriptLabels};
+use super::net::{self, IfInfo, Netlink};
+use crate::config::{self, ChecksumForm, Config, Script};
+use crate::proto::{self, Action, Reason, State};
+use crate::wire::{self, Auth, ChecksumKind, Packet, Repr, Version};
+
+/// File name of the control socket inside the run directory.
+pub const CONTROL_SOCKET: &str = "rempart-vrrp.sock";
+/// File name of the pid file inside the run directory.
+pub const PID_FILE: &str = "rempart-vrrp.pid";
+
+/// Daemon settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// keepalived.conf or `.toml`.
+    pub config_path: PathBuf,
+    /// Directory for the pid file and control socket.
+    pub run_dir: PathBuf,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The configuration did not load.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// An OS operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A configuration the IO layer cannot run (yet).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Status of one instance, as `rempart-vrrp status --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// Instance name.
+    pub name: String,
+    /// Interface.
+    pub interface: String,
+    /// VRID.
+    pub vrid: u8,
+    /// `MASTER`, `BACKUP`, `FAULT`, `INIT`.
+    pub state: String,
+    /// Base priority.
+    pub priority: u8,
+    /// Effective priority.
+    pub effective_priority: u8,
+    /// Current master's address, if known.
+    pub master: Option<IpAddr>,
+    /// Virtual addresses.
+    pub vips: Vec<String>,
+    /// Seconds since the Unix epoch of the last transition.
+    pub last_transition_unix: Option<f64>,
+    /// Why.
+    pub last_reason: Option<String>,
+}
+
+struct Inst {
+    cfg: config::Instance,
+    version: Version,
+    m: proto::Instance,
+    ifc: IfInfo,
+    src: Ipv4Addr,
+    send: Socket,
+    dsts: Vec<Ipv4Addr>,
+    form: ChecksumKind,
+    labels: InstanceLabels,
+    garp_next: Option<Instant>,
+    holds: bool,
+    last: Option<(SystemTime, Reason)>,
+}
+
+enum Ev {
+    Packet(String, Vec<u8>),
+    Script(String, bool),
+}
+
+struct ScriptTask {
+    def: Script,
+    task: JoinHandle<()>,
+}
+
+struct Daemon {
+    opts: Options,
+    cfg: Config,
+    insts: Vec<Inst>,
+    readers: std::collections::HashSet<String>,
+    scripts: HashMap<String, ScriptTask>,
+    script_ok: HashMap<String, Option<bool>>,
+    nl: Netlink,
+    tx: mpsc::UnboundedSender<Ev>,
+    metrics: Arc<Metrics>,
+    status: Arc<Mutex<Vec<InstanceStatus>>>,
+}
+
+fn same_instance(a: &config::Instance, b: &config::Instance) -> bool {
+    let mut a = a.clone();
+    let mut b = b.clone();
+    a.loc = None;
+    b.loc = None;
+    a == b
+}
+
+fn std_now(t: Instant) -> std::time::Instant {
+    t.into_std()
+}
+
+impl Daemon {
+    fn build_inst(&self, c: &config::Instance) -> Result<Inst, DaemonError> {
+        let vip_addrs: Vec<IpAddr> = c.virtual_ipaddress.iter().map(|v| v.addr).collect();
+        if vip_addrs.iter().any(IpAddr::is_ipv6) {
+            return Err(DaemonError::Unsupported(format!(
+                "instance {}: IPv6 virtual addresses are not supported by rempart-vrrp's IO layer yet",
+                c.name
+            )));
+        }
+        let ifc = net::if_info(&c.interface, &vip_addrs)
+            .map_err(io_err(format!("instance {}: interface {}", c.name, c.interface)))?;
+        let src = match c.unicast_src_ip {
+            Some(IpAddr::V4(a)) => a,
+            _ => ifc.primary_v4.ok_or_else(|| {
+                DaemonError::Unsupported(format!("instance {}: interface {} has no IPv4 address", c.name, c.interface))
+            })?,
+        };
+        let ver = c.effective_version(&self.cfg.global);
+        let version = if ver == 2 { Version::V2 } else { Version::V3 };
+        let auth = match (&c.auth_pass, version) {
+            (Some(p), Version::V2) => Auth::pass(p),
+            _ => Auth::None,
+        };
+        let pcfg = proto::Config {
+            vrid: c.vrid,
+            version,
+            priority: c.priority,
+            adver_int: c.advert_int,
+            preempt: c.preempt,
+            preempt_delay: c.preempt_delay,
+            primary: IpAddr::V4(src),
+            auth,
+        };
+        let send = net::send_socket_v4(&ifc, src).map_err(io_err(format!("instance {}: send socket", c.name)))?;
+        let dsts = if c.unicast_peer.is_empty() {
+            vec![wire::MCAST_V4]
+        } else {
+            c.unicast_peer
+                .iter()
+                .filter_map(|p| match p {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                })
+                .collect()
+        };
+        Ok(Inst {
+            labels: InstanceLabels {
+                instance: c.name.clone(),
+                interface: c.interface.clone(),
+                vrid: u32::from(c.vrid),
+            },
+            cfg: c.clone(),
+            version,
+            m: proto::Instance::new(pcfg),
+            ifc,
+            src,
+            send,
+            dsts,
+            form: match self.cfg.global.checksum {
+                ChecksumForm::PseudoHeader => ChecksumKind::PseudoHeader,
+                ChecksumForm::MessageOnly => ChecksumKind::MessageOnly,
+            },
+            garp_next: None,
+            holds: false,
+            last: None,
+        })
+    }
+
+    fn ensure_reader(&mut self, ifc: &IfInfo) -> Result<(), DaemonError> {
+        if self.readers.contains(&ifc.name) {
+            return Ok(());
+        }
+        let fd = net::recv_socket_v4(ifc).map_err(io_err(format!("receive socket on {}", ifc.name)))?;
+        let tx = self.tx.clone();
+        let name = ifc.name.clone();
+        // A plain thread with a blocking socket: tokio's AsyncFd registration is unsafe, and one
+        // thread per interface is cheap. It ends when the daemon's channel closes.
+        std::thread::Builder::new()
+            .name(format!("vrrp-rx-{name}"))
+            .spawn(move || {
+                let mut buf = vec![0u8; 2048];
+                loop {
+                    match net::recv(&fd, &mut buf) {
+                        Ok(n) => {
+                            if tx.send(Ev::Packet(name.clone(), buf[..n].to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(interface = %name, "receive failed: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+            .map_err(io_err("spawn receive thread"))?;
+        self.readers.insert(ifc.name.clone());
+        Ok(())
+    }
+
+    fn sync_scripts(&mut self) {
+        let wanted: HashMap<String, Script> = self
+            .cfg
+            .scripts
+            .iter()
+            .filter(|s| self.cfg.instances.iter().any(|i| i.track_script.iter().any(|t| t.name == s.name)))
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
+        self.scripts.retain(|name, t| {
+            let keep = wanted.get(name).is_some_and(|w| {
+                let mut a = w.clone();
+                a.loc = None;
+                let mut b = t.def.clone();
+                b.loc = None;
+                a == b
+            });
+            if !keep {
+                t.task.abort();
+            }
+            keep
+        });
+        self.script_ok.retain(|k, _| self.scripts.contains_key(k));
+        for (name, def) in wanted {
+            if self.scripts.contains_key(&name) {
+                continue;
+            }
+            self.script_ok.insert(name.clone(), None);
+            self.metrics.script_status.get_or_create(&ScriptLabels { script: name.clone() }).set(-1);
+            let tx = self.tx.clone();
+            let d = def.clone();
+            let task = tokio::spawn(async move { script_loop(d, tx).await });
+            self.scripts.insert(name, ScriptTask { def, task });
+        }
+    }
+
+    /// Recomputes fault and priority offsets from links and scripts.
+    fn recompute_tracking(&mut self, now: Instant) {
+        let ifs = pnet_datalink::interfaces();
+        let running = |name: &str| ifs.iter().find(|i| i.name == name).is_some_and(|i| i.is_up() && i.is_running());
+        for inst in &mut self.insts {
+            let mut fault = !running(&inst.cfg.interface);
+            let mut offset = 0i32;
+            for t in &inst.cfg.track_interface {
+                let up = running(&t.name);
+                match t.weight.unwrap_or(0) {
+                    0 => fault |= !up,
+                    w if w < 0 && !up => offset += w,
+                    w if w > 0 && up => offset += w,
+                    _ => {}
+                }
+            }
+            for t in &inst.cfg.track_script {
+                let Some(def) = self.cfg.scripts.iter().find(|s| s.name == t.name) else {
+                    continue;
+                };
+                let st = self.script_ok.get(&t.name).copied().flatten();
+                match (t.weight.unwrap_or(def.weight), st) {
+                    (0, Some(false)) => fault = true,
+                    (w, Some(false)) if w < 0 => offset += w,
+                    (w, Some(true)) if w > 0 => offset += w,
+                    _ => {}
+                }
+            }
+            inst.m.set_priority_offset(std_now(now), offset);
+            inst.m.set_fault(std_now(now), fault);
+        }
+    }
+
+    fn handle_packet(&mut self, ifname: &str, data: &[u8]) {
+        let now = std_now(Instant::now());
+        let drop = |m: &Metrics, r: wire::DropReason| {
+            debug!(interface = %ifname, "dropped VRRP packet: {r}");
+            m.invalid_packets
+                .get_or_create(&DropLabels { interface: ifname.to_string(), reason: r.label().to_string() })
+                .inc();
+        };
+        let (src, dst, ttl, msg) = match wire::split_ipv4(data) {
+            Ok(x) => x,
+            Err(r) => return drop(&self.metrics, r),
+        };
+        let parsed = Packet::new_checked(msg).and_then(|p| Repr::parse(&p, IpAddr::V4(src), IpAddr::V4(dst)));
+        let (repr, kind) = match parsed {
+            Ok(x) => x,
+            Err(r) => return drop(&self.metrics, r),
+        };
+        let Some(inst) = self.insts.iter_mut().find(|i| i.cfg.interface == ifname && i.cfg.vrid == repr.vrid) else {
+            return drop(&self.metrics, wire::DropReason::UnknownVrid);
+        };
+        if inst.version == Version::V3 && kind == ChecksumKind::MessageOnly {
+            self.metrics.message_only_checksum.get_or_create(&inst.labels).inc();
+        }
+        match inst.m.handle_packet(now, IpAddr::V4(src), ttl, &repr) {
+            Ok(()) => {
+                self.metrics.adverts_received.get_or_create(&inst.labels).inc();
+            }
+            Err(r) => drop(&self.metrics, r),
+        }
+    }
+
+    /// Performs every queued action of every instance, propagating sync groups.
+    async fn process(&mut self) {
+        loop {
+            let mut any = false;
+            for idx in 0..self.insts.len() {
+                while let Some(a) = self.insts[idx].m.poll_action() {
+                    any = true;
+                    self.perform(idx, a).await;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        self.publish();
+    }
+
+    async fn perform(&mut self, idx: usize, a: Action) {
+        let now = Instant::now();
+        let inst = &mut self.insts[idx];
+        match a {
+            Action::SendAdvert { priority } => {
+                let repr = Repr {
+                    version: inst.version,
+                    vrid: inst.cfg.vrid,
+                    priority,
+                    interval: inst.m.config().wire_interval(),
+                    auth: inst.m.config().auth,
+                    addrs: inst.cfg.virtual_ipaddress.iter().map(|v| v.addr).collect(),
+                };
+                for dst in &inst.dsts {
+                    match repr.to_bytes(IpAddr::V4(inst.src), IpAddr::V4(*dst), inst.form) {
+                        Ok(b) => {
+                            if let Err(e) = net::send(&inst.send, &b, *dst) {
+                                warn!(instance = %inst.cfg.name, "send advert to {dst}: {e}");
+                            } else {
+                                self.metrics.adverts_sent.get_or_create(&inst.labels).inc();
+                            }
+                        }
+                        Err(e) => warn!(instance = %inst.cfg.name, "cannot build advert: {e}"),
+                    }
+                }
+            }
+            Action::AddVips => {
+                inst.holds = true;
+                for v in &inst.cfg.virtual_ipaddress {
+                    if let Err(e) = self.nl.add(inst.ifc.index, *v).await {
+                        warn!(instance = %inst.cfg.name, "{e}");
+                    }
+                }
+            }
+            Action::RemoveVips => {
+                inst.holds = false;
+                inst.garp_next = None;
+                for v in &inst.cfg.virtual_ipaddress {
+                    if let Err(e) = self.nl.del(inst.ifc.index, *v).await {
+                        warn!(instance = %inst.cfg.name, "{e}");
+                    }
+                }
+            }
+            Action::Announce => {
+                garp(inst);
+                inst.garp_next = (!inst.cfg.garp_master_delay.is_zero()).then(|| now + inst.cfg.garp_master_delay);
+            }
+            Action::StateChange { from, to, reason } => {
+                info!(
+                    instance = %inst.cfg.name,
+                    "{} -> {} ({reason})",
+                    from.keepalived_name(),
+                    to.keepalived_name()
+                );
+                inst.last = Some((SystemTime::now(), reason));
+                if to == State::Master {
+                    self.metrics.become_master.get_or_create(&inst.labels).inc();
+                }
+                notify(inst, to, reason);
+                if reason != Reason::SyncGroup {
+                    let name = inst.cfg.name.clone();
+                    let members: Vec<String> = self
+                        .cfg
+                        .sync_groups
+                        .iter()
+                        .filter(|g| g.group.contains(&name))
+                        .flat_map(|g| g.group.clone())
+                        .filter(|m| *m != name)
+                        .collect();
+                    for other in self.insts.iter_mut().filter(|i| members.contains(&i.cfg.name)) {
+                        other.m.sync_to(std_now(now), to);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut v = Vec::new();
+        for i in &self.insts {
+            let st = i.m.state();
+            self.metrics.state.get_or_create(&i.labels).set(st as i64);
+            self.metrics.effective_priority.get_or_create(&i.labels).set(i64::from(i.m.effective_priority()));
+            v.push(InstanceStatus {
+                name: i.cfg.name.clone(),
+                interface: i.cfg.interface.clone(),
+                vrid: i.cfg.vrid,
+                state: st.keepalived_name().to_string(),
+                priority: i.cfg.priority,
+                effective_priority: i.m.effective_priority(),
+                master: i.m.master(),
+                vips: i.cfg.virtual_ipaddress.iter().map(ToString::to_string).collect(),
+                last_transition_unix: i
+                    .last
+                    .and_then(|(t, _)| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())),
+                last_reason: i.last.map(|(_, r)| r.to_string()),
+            });
+        }
+        if let Ok(mut s) = self.status.lock() {
+            *s = v;
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.insts.iter().flat_map(|i| [i.m.poll_timeout().map(Instant::from_std), i.garp_next]).flatten().min()
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        for inst in &mut self.insts {
+            if inst.m.poll_timeout().is_some_and(|t| Instant::from_std(t) <= now) {
+                inst.m.handle_timeout(std_now(now));
+            }
+            if inst.garp_next.is_some_and(|t| t <= now) {
+                garp(inst);
+                inst.garp_next = inst.cfg.garp_master_refresh.map(|r| now + r);
+            }
+        }
+    }
+
+    async fn start_instance(&mut self, mut inst: Inst) -> Result<(), DaemonError> {
+        self.ensure_reader(&inst.ifc.clone())?;
+        // VIPs of ours left by a crashed predecessor: we are not master yet.
+        for v in &inst.cfg.virtual_ipaddress {
+            if inst.ifc.addrs.contains(&v.addr) {
+                info!(instance = %inst.cfg.name, "removing stale VIP {v}");
+                if let Err(e) = self.nl.del(inst.ifc.index, *v).await {
+                    warn!(instance = %inst.cfg.name, "{e}");
+                }
+            }
+        }
+        inst.m.start(std_now(Instant::now()));
+        self.insts.push(inst);
+        Ok(())
+    }
+
+    async fn shutdown_all(&mut self) {
+        let now = std_now(Instant::now());
+        for i in &mut self.insts {
+            i.m.shutdown(now);
+        }
+        self.process().await;
+    }
+
+    async fn reload(&mut self) {
+        let loaded = match config::load(&self.opts.config_path) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        for w in &loaded.warnings {
+            warn!("{w}");
+        }
+        let new = loaded.config;
+        let global_same = new.global == self.cfg.global;
+        let old_insts = std::mem::take(&mut self.insts);
+        let mut kept = Vec::new();
+        let mut stopped = Vec::new();
+        for i in old_insts {
+            let same = global_same && new.instances.iter().any(|n| n.name == i.cfg.name && same_instance(n, &i.cfg));
+            if same {
+                kept.push(i);
+            } else {
+                stopped.push(i);
+            }
+        }
+        // Stop what changed or disappeared.
+        self.insts = stopped;
+        self.shutdown_all().await;
+        self.insts = kept;
+        self.cfg = new.clone();
+        for c in &new.instances {
+            if self.insts.iter().any(|i| i.cfg.name == c.name) {
+                continue;
+            }
+            match self.build_inst(c) {
+                Ok(inst) => {
+                    if let Err(e) = self.start_instance(inst).await {
+                        warn!(instance = %c.name, "cannot start: {e}");
+                    }
+                }
+                Err(e) => warn!(instance = %c.name, "cannot start: {e}"),
+            }
+        }
+        // Keep config order.
+        self.insts.sort_by_key(|i| new.instances.iter().position(|c| c.name == i.cfg.name).unwrap_or(usize::MAX));
+        self.sync_scripts();
+        self.recompute_tracking(Instant::now());
+        info!("configuration reloaded ({} instances kept)", self.insts.len());
+        self.process().await;
+    }
+}
+
+fn garp(inst: &Inst) {
+    if let Err(e) =
+        net::send_garps(&inst.cfg.interface, &inst.cfg.virtual_ipaddress, inst.cfg.garp_master_repeat.max(1))
+    {
+        warn!(instance = %inst.cfg.name, "gratuitous ARP: {e}");
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn notify(inst: &Inst, to: State, reason: Reason) {
+    let stop = to == State::Initialize && reason == Reason::Shutdown;
+    let specific = match to {
+        State::Master => inst.cfg.notify_master.as_ref(),
+        State::Backup => inst.cfg.notify_backup.as_ref(),
+        State::Fault => inst.cfg.notify_fault.as_ref(),
+        State::Initialize if stop => inst.cfg.notify_stop.as_ref(),
+        State::Initialize => None,
+    };
+    let mut cmds: Vec<String> = specific.cloned().into_iter().collect();
+    if let Some(n) = &inst.cfg.notify {
+        let st = if stop { "STOP" } else { to.keepalived_name() };
+        cmds.push(format!("{n} INSTANCE {} {st} {}", shell_quote(&inst.cfg.name), inst.m.effective_priority()));
+    }
+    for c in cmds {
+        let name = inst.cfg.name.clone();
+        tokio::spawn(async move {
+            match tokio::process::Command::new("/bin/sh").arg("-c").arg(&c).kill_on_drop(true).status().await {
+                Ok(s) if s.success() => debug!(instance = %name, "notify {c:?}: ok"),
+                Ok(s) => warn!(instance = %name, "notify {c:?}: {s}"),
+                Err(e) => warn!(instance = %name, "notify {c:?}: {e}"),
+            }
+        });
+    }
+}
+
+async fn script_loop(def: Script, tx: mpsc::UnboundedSender<Ev>) {
+    let timeout = def.timeout.unwrap_or(def.interval);
+    let mut status: Option<bool> = None;
+    let (mut ok_run, mut ko_run) = (0u32, 0u32);
+    loop {
+        let started = Instant::now();
+        let child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&def.script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        let ok = matches!(tokio::time::timeout(timeout, child).await, Ok(Ok(s)) if s.success());
+        if ok {
+            ok_run += 1;
+            ko_run = 0;
+        } else {
+            ko_run += 1;
+            ok_run = 0;
+        }
+        let new = if ok && ok_run >= def.rise && status != Some(true) {
+            Some(true)
+        } else if !ok && ko_run >= def.fall && status != Some(false) {
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(n) = new {
+            status = Some(n);
+            if tx.send(Ev::Script(def.name.clone(), n)).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep_until(started + def.interval).await;
+    }
+}
+
+async fn serve_control(path: PathBuf, status: Arc<Mutex<Vec<InstanceStatus>>>) {
+    let _ = std::fs::remove_file(&path);
+    let l = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("control socket {}: {e}", path.display());
+            return;
+        }
+    };
+    loop {
+        let Ok((mut s, _)) = l.accept().await else {
+            continue;
+        };
+        let body = status.lock().map(|v| serde_json::to_string(&*v).unwrap_or_default()).unwrap_or_default();
+        tokio::spawn(async move {
+            let _ = s.write_all(body.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
+
+async fn serve_metrics(l: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let reg = Arc::new(metrics.registry());
+    loop {
+        let Ok((mut s, _)) = l.accept().await else {
+            continue;
+        };
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+            let body = super::metrics::render(&reg);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                super::metrics::CONTENT_TYPE,
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
+
+/// Reads the status from a running daemon's control socket in `run_dir`.
+pub async fn query_status(run_dir: &Path) -> Result<Vec<InstanceStatus>, DaemonError> {
+    let path = run_dir.join(CONTROL_SOCKET);
+    let mut s = tokio::net::UnixStream::connect(&path).await.map_err(io_err(format!("connect {}", path.display())))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.map_err(io_err("read status"))?;
+    serde_json::from_str(&body)
+        .map_err(|e| DaemonError::Io { what: "parse status".into(), source: std::io::Error::other(e) })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `config` is already loaded and validated.
+pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&opts.run_dir).map_err(io_err(format!("create {}", opts.run_dir.display())))?;
+    let pid_path = opts.run_dir.join(PID_FILE);
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(io_err(format!("write {}", pid_path.display())))?;
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let metrics = Arc::new(Metrics::default());
+    let status = Arc::new(Mutex::new(Vec::new()));
+    let control = tokio::spawn(serve_control(opts.run_dir.join(CONTROL_SOCKET), status.clone()));
+    let metrics_task = match opts.metrics_listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a).await.map_err(io_err(format!("metrics listen {a}")))?;
+            Some(tokio::spawn(serve_metrics(l, metrics.clone())))
+        }
+        None => None,
+    };
+    let mut d = Daemon {
+        opts: opts.clone(),
+        cfg: config.clone(),
+        insts: Vec::new(),
+        readers: std::collections::HashSet::new(),
+        scripts: HashMap::new(),
+        script_ok: HashMap::new(),
+        nl: Netlink::new().map_err(io_err("netlink"))?,
+        tx,
+        metrics,
+        status,
+    };
+    let mut built = Vec::new();
+    for c in &config.instances {
+        built.push(d.build_inst(c)?);
+    }
+    for inst in built {
+        d.start_instance(inst).await?;
+    }
+    d.sync_scripts();
+    d.recompute_tracking(Instant::now());
+    d.process().await;
+    let mut link_tick = tokio::time::interval(Duration::from_millis(100));
+    link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = d.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(Ev::Packet(ifname, data)) => d.handle_packet(&ifname, &data),
+                Some(Ev::Script(name, ok)) => {
+                    info!(script = %name, "track script now {}", if ok { "OK" } else { "KO" });
+                    d.script_ok.insert(name.clone(), Some(ok));
+                    d.metrics.script_status.get_or_create(&ScriptLabels { script: name }).set(i64::from(ok));
+                    d.recompute_tracking(Instant::now());
+                }
+                None => {}
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = link_tick.tick() => d.recompute_tracking(Instant::now()),
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => { info!("SIGHUP: reloading"); d.reload().await; }
+        }
+        d.fire_timers();
+        d.process().await;
+    }
+    d.shutdown_all().await;
+    for (_, t) in d.scripts.drain() {
+        t.task.abort();
+    }
+    control.abort();
+    if let Some(m) = metrics_task {
+        m.abort();
+    }
+    let _ = std::fs::remove_file(opts.run_dir.join(CONTROL_SOCKET));
+    let _ = std::fs::remove_file(&pid_path);
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Linux networking for VRRP: interface facts, raw protocol-112 sockets, VIPs through netlink,
+//! gratuitous ARP through AF_PACKET. No `unsafe`: socket2, rtnetlink and pnet_datalink do it.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
+
+use crate::config::Vip;
+use crate::wire::{IP_PROTOCOL, MCAST_V4, TTL};
+
+/// Facts about one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfInfo {
+    /// Name.
+    pub name: String,
+    /// Index.
+    pub index: u32,
+    /// MAC address.
+    pub mac: Option<[u8; 6]>,
+    /// First IPv4 address that is not one of `exclude` (the VIPs).
+    pub primary_v4: Option<Ipv4Addr>,
+    /// Administratively up and carrier present.
+    pub running: bool,
+    /// Every address on the interface.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Looks an interface up; `exclude` are addresses not to take as primary (our VIPs).
+pub fn if_info(name: &str, exclude: &[IpAddr]) -> io::Result<IfInfo> {
+    let ifs = pnet_datalink::interfaces();
+    let i = ifs
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}")))?;
+    let primary_v4 = i.ips.iter().find_map(|n| match n.ip() {
+        IpAddr::V4(a) if !exclude.contains(&IpAddr::V4(a)) => Some(a),
+        _ => None,
+    });
+    Ok(IfInfo {
+        name: i.name.clone(),
+        index: i.index,
+        mac: i.mac.map(|m| m.octets()),
+        primary_v4,
+        running: i.is_up() && i.is_running(),
+        addrs: i.ips.iter().map(|n| n.ip()).collect(),
+    })
+}
+
+/// The receiving socket of an interface: every protocol-112 packet that reaches it, IP header
+/// included, multicast group 224.0.0.18 joined.
+pub fn recv_socket_v4(ifc: &IfInfo) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IP_PROTOCOL))))?;
+    s.bind_device(Some(ifc.name.as_bytes()))?;
+    s.join_multicast_v4_n(&MCAST_V4, &InterfaceIndexOrAddress::Index(ifc.index))?;
+    s.set_multicast_loop_v4(false)?;
+    Ok(s)
+}
+
+/// Reads one datagram (IP header included), blocking.
+pub fn recv(s: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut r: &Socket = s;
+    r.read(buf)
+}
+
+/// The sending socket of an instance: bound to its source address and interface, TTL 255,
+/// DSCP CS6 (tos 0xc0) like keepalived.
+pub fn send_socket_v4(ifc: &IfInfo, src: Ipv4Addr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IP_PROTOCOL))))?;
+    s.bind_device(Some(ifc.name.as_bytes()))?;
+    s.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))?;
+    s.set_multicast_if_v4(&src)?;
+    s.set_multicast_ttl_v4(u32::from(TTL))?;
+    s.set_ttl(u32::from(TTL))?;
+    s.set_multicast_loop_v4(false)?;
+    s.set_tos(0xc0)?;
+    // This socket only sends; keep what the kernel queues for it small.
+    s.set_recv_buffer_size(256)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Sends a VRRP message to `dst`.
+pub fn send(s: &Socket, msg: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+    s.send_to(msg, &SockAddr::from(SocketAddr::new(IpAddr::V4(dst), 0)))?;
+    Ok(())
+}
+
+/// Builds a gratuitous ARP: a broadcast ARP request whose sender and target IP are the VIP.
+#[must_use]
+pub fn garp_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&vip.octets());
+    f[32..38].copy_from_slice(&[0xff; 6]);
+    f[38..42].copy_from_slice(&vip.octets());
+    f
+}
+
+/// Sends `repeat` gratuitous ARPs for every IPv4 VIP on `ifname`.
+pub fn send_garps(ifname: &str, vips: &[Vip], repeat: u32) -> io::Result<()> {
+    let ifs = pnet_datalink::interfaces();
+    let Some(ni) = ifs.into_iter().find(|i| i.name == ifname) else {
+        return Err(io::Error::new(io::ErrorKind::NotFound, ifname.to_string()));
+    };
+    let Some(mac) = ni.mac.map(|m| m.octets()) else {
+        return Ok(());
+    };
+    let ch = pnet_datalink::channel(&ni, pnet_datalink::Config::default())?;
+    let pnet_datalink::Channel::Ethernet(mut tx, _rx) = ch else {
+        return Err(io::Error::other("unexpected datalink channel type"));
+    };
+    for _ in 0..repeat {
+        for v in vips {
+            if let IpAddr::V4(a) = v.addr {
+                if let Some(r) = tx.send_to(&garp_frame(mac, a), None) {
+                    r?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds and removes VIPs through rtnetlink.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+const EEXIST: i32 = 17;
+const EADDRNOTAVAIL: i32 = 99;
+const ENOENT: i32 = 2;
+
+fn nl_code(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// Opens a netlink connection (spawned on the current tokio runtime).
+    pub fn new() -> io::Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Adds `vip` to interface `index` (already present is fine).
+    pub async fn add(&self, index: u32, vip: Vip) -> io::Result<()> {
+        match self.handle.address().add(index, vip.addr, vip.prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if nl_code(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(io::Error::other(format!("add {vip}: {e}"))),
+        }
+    }
+
+    /// Removes `vip` from interface `index` (absent is fine).
+    pub async fn del(&self, index: u32, vip: Vip) -> io::Result<()> {
+        let mut req = self.handle.address().add(index, vip.addr, vip.prefix);
+        let msg = req.message_mut().clone();
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(nl_code(&e), Some(EADDRNOTAVAIL | ENOENT)) => Ok(()),
+            Err(e) => Err(io::Error::other(format!("remove {vip}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garp_golden() {
+        let f = garp_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::new(192, 168, 50, 50));
+        let want: [u8; 42] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0,
+            1, 192, 168, 50, 50, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 192, 168, 50, 50,
+        ];
+        assert_eq!(f, want);
+    }
+}
