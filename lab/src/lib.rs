@@ -123,7 +123,7 @@ pub trait Step {
 
 /// The drill's steps, in order.
 pub fn default_steps() -> Vec<Box<dyn Step>> {
-    vec![Box::new(steps::Reachability::default())]
+    vec![Box::new(steps::Reachability::default()), Box::new(steps::VrrpFailover)]
 }
 
 /// Runs `steps` in order on `lab`, calling `report` with each line as it completes. Stops at the

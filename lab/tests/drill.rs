@@ -20,6 +20,8 @@ fn drill_reaches_every_host_and_cleans_up() {
     assert!(lines.iter().all(|l| l.outcome == Outcome::Ok), "{lines:#?}");
     // 4 hosts on mgmt (12 ordered pairs) + 2 on repl (2 pairs).
     assert!(lines[0].detail.starts_with("14 host pairs"), "{}", lines[0].detail);
+    let failover = lines.iter().find(|l| l.step == "vrrp-failover").expect("failover step");
+    assert!(failover.detail.contains("main → backup"), "{}", failover.detail);
     let left: Vec<_> = list_namespaces().expect("list").into_iter().filter(|n| n.starts_with(&id)).collect();
     assert!(left.is_empty(), "drill left namespaces: {left:?}");
 }
