@@ -123,7 +123,11 @@ pub trait Step {
 
 /// The drill's steps, in order.
 pub fn default_steps() -> Vec<Box<dyn Step>> {
-    vec![Box::new(steps::Reachability::default()), Box::new(steps::VrrpFailover)]
+    vec![
+        Box::new(steps::Reachability::default()),
+        Box::new(steps::VrrpFailover),
+        Box::new(steps::ReplicatedVolume::default()),
+    ]
 }
 
 /// Runs `steps` in order on `lab`, calling `report` with each line as it completes. Stops at the
