@@ -127,6 +127,7 @@ pub fn default_steps() -> Vec<Box<dyn Step>> {
         Box::new(steps::Reachability::default()),
         Box::new(steps::VrrpFailover),
         Box::new(steps::ReplicatedVolume::default()),
+        Box::new(steps::BackupRestore::default()),
     ]
 }
 
