@@ -25,9 +25,36 @@ const PASS: &str = "bench-passphrase";
 
 fn words(rng: &mut impl Rng, n: usize) -> Vec<u8> {
     const W: &[&str] = &[
-        "the", "backup", "server", "of", "a", "small", "organisation", "keeps", "running", "when",
-        "disk", "dies", "and", "brings", "it", "back", "configuration", "file", "network", "user",
-        "home", "directory", "log", "entry", "error", "warning", "info", "debug", "request", "time",
+        "the",
+        "backup",
+        "server",
+        "of",
+        "a",
+        "small",
+        "organisation",
+        "keeps",
+        "running",
+        "when",
+        "disk",
+        "dies",
+        "and",
+        "brings",
+        "it",
+        "back",
+        "configuration",
+        "file",
+        "network",
+        "user",
+        "home",
+        "directory",
+        "log",
+        "entry",
+        "error",
+        "warning",
+        "info",
+        "debug",
+        "request",
+        "time",
     ];
     let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
@@ -172,7 +199,7 @@ fn du(p: &Path) -> u64 {
 }
 
 /// Runs a command under GNU time: (wall seconds, peak RSS in MB).
-fn timed(mut c: Command, what: &str) -> (f64, f64) {
+fn timed(c: Command, what: &str) -> (f64, f64) {
     let stats = std::env::temp_dir().join(format!("rempart-bench-time-{}", std::process::id()));
     let prog = c.get_program().to_owned();
     let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
@@ -210,9 +237,8 @@ impl Tool {
         let mut c = match self.name {
             "rempart" => {
                 let bin = std::env::var("REMPART_BACKUP_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-                    let t = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
-                        format!("{}/../target", env!("CARGO_MANIFEST_DIR"))
-                    });
+                    let t = std::env::var("CARGO_TARGET_DIR")
+                        .unwrap_or_else(|_| format!("{}/../target", env!("CARGO_MANIFEST_DIR")));
                     PathBuf::from(t).join("release/rempart-backup")
                 });
                 assert!(bin.exists(), "{} missing: cargo build --release -p rempart-backup", bin.display());
@@ -299,7 +325,10 @@ impl Tool {
 fn chunk_table(file: &Path) -> String {
     let data = std::fs::read(file).unwrap();
     let mut out = String::new();
-    let _ = writeln!(out, "| chunker (min/avg/max) | stored of the shifted-duplicates file | chunks (index entries) | chunking speed |");
+    let _ = writeln!(
+        out,
+        "| chunker (min/avg/max) | stored of the shifted-duplicates file | chunks (index entries) | chunking speed |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|");
     for (label, p) in [
         ("16K/64K/256K (default)", ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10 }),
@@ -339,10 +368,8 @@ fn main() {
     let src = dir.join("corpus");
     eprintln!("generating a {mb} MB corpus in {}", src.display());
     let size = generate(&src, mb) as f64;
-    let tools: Vec<Tool> = ["rempart", "borg", "restic"]
-        .iter()
-        .map(|n| Tool { name: n, repo: dir.join(format!("{n}-repo")) })
-        .collect();
+    let tools: Vec<Tool> =
+        ["rempart", "borg", "restic"].iter().map(|n| Tool { name: n, repo: dir.join(format!("{n}-repo")) }).collect();
     for t in &tools {
         std::fs::create_dir_all(t.home()).unwrap();
         t.init();
@@ -361,7 +388,10 @@ fn main() {
     push("unchanged backup (s)", second.iter().map(|r| format!("{:.2}", r.0)).collect());
     let changed = modify(&src, 77);
     let third: Vec<_> = tools.iter().map(|t| t.backup("third", &src)).collect();
-    push(&format!("backup after modifying 5 % ({changed} files) (s)"), third.iter().map(|r| format!("{:.2}", r.0)).collect());
+    push(
+        &format!("backup after modifying 5 % ({changed} files) (s)"),
+        third.iter().map(|r| format!("{:.2}", r.0)).collect(),
+    );
     let restore: Vec<_> = tools
         .iter()
         .map(|t| {
@@ -377,8 +407,16 @@ fn main() {
     let check: Vec<_> = tools.iter().map(|t| t.check()).collect();
     push("check --verify-data (s)", check.iter().map(|r| format!("{:.2}", r.0)).collect());
     let mut out = String::new();
-    let _ = writeln!(out, "corpus: {:.0} MB; {} cores", size / 1e6, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let _ = writeln!(out, "| metric | rempart-backup | borg 1.2.4 (zstd,3) | restic 0.14 | rempart/borg | rempart/restic |");
+    let _ = writeln!(
+        out,
+        "corpus: {:.0} MB; {} cores",
+        size / 1e6,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let _ = writeln!(
+        out,
+        "| metric | rempart-backup | borg 1.2.4 (zstd,3) | restic 0.14 | rempart/borg | rempart/restic |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     for (m, v) in &rows {
         let ratio = |i: usize| -> String {

@@ -13,7 +13,7 @@
 //! cargo bench -p rempart-benches --bench vrrp_failover
 //! ```
 //! Env: `VRRP_BENCH_TRIALS` (default 20), `VRRP_BENCH_INTERVALS` (default `1,0.1`),
-//! `REMPART_VRRP_BIN` (default: `$CARGO_TARGET_DIR` or `target/`, `release/rempart-vrrp`).
+//! `VRRP_BENCH_CPU_SECS` (default 10), `REMPART_VRRP_BIN` (default: `$CARGO_TARGET_DIR` or `target/`, `release/rempart-vrrp`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -84,8 +84,7 @@ fn has_vip(lab: &Lab, host: &str) -> bool {
         nix::ifaddrs::getifaddrs()
             .map(|mut it| {
                 it.any(|i| {
-                    i.interface_name == LAN
-                        && i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())) == Some(VIP)
+                    i.interface_name == LAN && i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())) == Some(VIP)
                 })
             })
             .unwrap_or(false)
@@ -105,8 +104,9 @@ fn trial(lab: &Lab, imp: Imp, int: &str, dir: &Path) -> anyhow::Result<(Duration
     let mut a = start(lab, imp, "a", &dir.join("a"), 150, int)?;
     wait::until(adv * 4 + Duration::from_secs(5), "VIP on a", || has_vip(lab, "a"))?;
     let mut b = start(lab, imp, "b", &dir.join("b"), 100, int)?;
-    // Settle: b hears a few adverts (a fixed wait is fine in a bench; it is not measured).
-    std::thread::sleep(adv * 3 + Duration::from_millis(300));
+    // Settle: b hears a few adverts, then a random fraction of an interval so that the kill falls
+    // at a random phase of the advert cycle (the wait is not measured).
+    std::thread::sleep(adv * 3 + Duration::from_millis(300) + adv.mul_f64(rand::random::<f64>()));
     if has_vip(lab, "b") {
         bail!("{imp:?}: VIP on both routers before the kill");
     }
@@ -219,9 +219,7 @@ fn main() -> anyhow::Result<()> {
         lab.attach(LAN, h, addr)?;
     }
     // The service on the VIP: a listener in b bound to all addresses.
-    let listener: TcpListener = lab
-        .enter("b", || TcpListener::bind(("0.0.0.0", PORT)))?
-        .context("listen in b")?;
+    let listener: TcpListener = lab.enter("b", || TcpListener::bind(("0.0.0.0", PORT)))?.context("listen in b")?;
     std::thread::spawn(move || {
         for s in listener.incoming() {
             drop(s);
@@ -252,7 +250,8 @@ fn main() -> anyhow::Result<()> {
         rows.push(Row { metric: format!("advert {int} s: kill -9 → VIP on backup (s)"), ours: ov, anchor: kv });
         rows.push(Row { metric: format!("advert {int} s: kill -9 → first TCP connect (s)"), ours: ot, anchor: kt });
     }
-    let window = Duration::from_secs(5);
+    let window =
+        Duration::from_secs(std::env::var("VRRP_BENCH_CPU_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
     let (om, ob) = cpu(&lab, Imp::Ours, &work.path().join("cpu-ours"), window)?;
     let (km, kb) = cpu(&lab, Imp::Keepalived, &work.path().join("cpu-k"), window)?;
     rows.push(Row { metric: "CPU at 10 ms adverts, master (% of a core)".into(), ours: vec![om], anchor: vec![km] });

@@ -271,6 +271,12 @@ fn daemon(
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        // A clean stop demotes first, so the next start is not treated as a crashed Primary
+        // (which would resync the activity log). Refused while writes are in flight: then the
+        // activity log covers them.
+        if let Err(e) = handle.admin(io::Admin::Secondary).await {
+            tracing::warn!(error = %e, "could not demote before stopping");
+        }
         info!("stopping");
         Ok(ExitCode::SUCCESS)
     })

@@ -13,8 +13,19 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_rempart-repl");
 const SIZE: u64 = 32 << 20;
 
+/// A free port below the ephemeral range (32768+), so that no outgoing connection (e.g. the proxy
+/// retrying towards a daemon that is down) can take it as its source port, or self-connect on it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10000;
+        let p = 20000 + (p - 20000) % 11000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p + 1000)).is_ok() {
+            return p;
+        }
+    }
 }
 
 struct Node {
@@ -133,7 +144,9 @@ nbd = "127.0.0.1:{}"
         let sock = node.run_dir.join("repl.ctl");
         let _ = std::fs::remove_file(&sock); // stale after a kill -9
         node.child = Some(cmd.spawn().unwrap());
-        wait::until(Duration::from_secs(10), "control socket", || sock.exists()).unwrap();
+        if let Err(e) = wait::until(Duration::from_secs(10), "control socket", || sock.exists()) {
+            panic!("{n}: {e}\n{}", self.logs());
+        }
     }
 
     fn kill9(&mut self, n: &str) {
@@ -534,4 +547,79 @@ fn invalidate_then_checksum_resync_sends_only_what_differs() {
     assert_eq!(u(&after, "resync_bytes") - u(&before, "resync_bytes"), SIZE, "{after}");
     assert_eq!(u(&after, "resync_wire_bytes"), u(&before, "resync_wire_bytes"), "data was sent: {after}");
     assert!(p.images_identical());
+}
+
+#[test]
+fn link_cut_in_network_namespaces_resyncs_only_dirty_blocks() {
+    if !rempart_testkit::require_root("network namespaces") {
+        return;
+    }
+    let mut lab = rempart_testkit::Lab::new().unwrap();
+    lab.add_host("main").unwrap();
+    lab.add_host("backup").unwrap();
+    lab.link("main", "backup", "192.168.56.10/24", "192.168.56.20/24").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("r0.secret"), "namespace secret\n").unwrap();
+    std::fs::write(
+        d.join("r0.toml"),
+        "[resource]\nname = \"r0\"\nsecret-file = \"r0.secret\"\npeer-timeout-ms = 1000\n\n\
+         [[node]]\nname = \"main\"\naddress = \"192.168.56.10:7789\"\ndisk = \"main.img\"\nnbd = \"192.168.56.10:10809\"\n\n\
+         [[node]]\nname = \"backup\"\naddress = \"192.168.56.20:7789\"\ndisk = \"backup.img\"\nnbd = \"192.168.56.20:10809\"\n",
+    )
+    .unwrap();
+    let cfg = d.join("r0.toml");
+    let mut procs = Vec::new();
+    for n in ["main", "backup"] {
+        std::fs::File::create(d.join(format!("{n}.img"))).unwrap().set_len(SIZE).unwrap();
+        let out = lab.cmd(n, BIN).args(["create-md", "-c"]).arg(&cfg).args(["--node", n]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut c = lab.cmd(n, BIN);
+        c.args(["run", "-c"]).arg(&cfg).args(["--node", n, "--run-dir"]).arg(d.join(format!("run-{n}")));
+        c.stdout(Stdio::null()).stderr(std::fs::File::create(d.join(format!("{n}.log"))).unwrap());
+        procs.push(lab.spawn(n, c).unwrap());
+    }
+    let ctl = |n: &str, args: &[&str]| -> String {
+        let out = lab.cmd(n, BIN).args(args).arg("--run-dir").arg(d.join(format!("run-{n}"))).output().unwrap();
+        assert!(out.status.success(), "{n} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = |n: &str| -> Value {
+        let out =
+            lab.cmd(n, BIN).args(["status", "--json", "--run-dir"]).arg(d.join(format!("run-{n}"))).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let wait = |n: &str, what: &str, f: &dyn Fn(&Value) -> bool| {
+        wait::until(Duration::from_secs(30), what, || f(&status(n))).unwrap_or_else(|e| panic!("{n}: {e}"));
+    };
+    let synced =
+        |s: &Value| s["replication"] == "Established" && s["peer"]["disk"] == "UpToDate" && s["out_of_sync_bytes"] == 0;
+    let qemu_io = |cmds: &[&str]| {
+        let mut c = lab.cmd("main", "qemu-io");
+        c.args(["-f", "raw"]);
+        for x in cmds {
+            c.args(["-c", x]);
+        }
+        let out = c.arg("nbd://192.168.56.10:10809/r0").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !text.contains("Pattern verification failed"), "{text}");
+    };
+    wait("main", "connected", &|s| s["connection"] == "Connected");
+    ctl("main", &["primary", "--force"]);
+    wait("main", "initial sync", &synced);
+    qemu_io(&["write -P 0x31 0 2M"]);
+    // Pull the cable: the Primary notices after the peer timeout and carries on degraded.
+    lab.cut("main", "backup").unwrap();
+    wait("main", "degraded", &|s| s["connection"] != "Connected");
+    qemu_io(&["write -P 0x32 4M 256k", "write -P 0x33 9M 4k"]);
+    let before = status("main");
+    assert_eq!(before["out_of_sync_bytes"], (256 << 10) + 4096, "{before}");
+    lab.heal("main", "backup").unwrap();
+    wait("main", "resync after heal", &synced);
+    let after = status("main");
+    let moved = after["resync_bytes"].as_u64().unwrap() - before["resync_bytes"].as_u64().unwrap();
+    assert_eq!(moved, (256 << 10) + 4096, "{after}");
+    let a = std::fs::read(d.join("main.img")).unwrap();
+    let b = std::fs::read(d.join("backup.img")).unwrap();
+    assert!(a == b, "replicas differ after resync");
 }

@@ -39,6 +39,36 @@ fn vip_on_master_only_then_kill9_moves_it_and_client_follows_garp() {
     let st = status_json(&lab, "b", &_b);
     assert_eq!(st[0]["state"], "MASTER");
     assert_eq!(st[0]["last_reason"], "master down interval expired");
+
+    // kill -9 left a's VIP behind; a restarted daemon (now a lower priority, so it stays backup)
+    // removes it at startup.
+    assert!(has_vip(&lab, "a"), "expected a stale VIP after kill -9");
+    let da2 = tempdir();
+    let _a2 = start_ours(&lab, "a", da2.path(), &Conf::v3(50, "0.1"), &[]);
+    wait_no_vip(&lab, "a", Duration::from_secs(3));
+    assert!(has_vip(&lab, "b"));
+}
+
+#[test]
+fn interface_down_means_fault_and_takeover() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let a = start_ours(&lab, "a", da.path(), &Conf::v3(150, "0.1"), &[]);
+    let _b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "0.1"), &[]);
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    // Unplug a's cable at the switch: a loses carrier, enters FAULT and drops the VIP.
+    lab.cut("a", LAN).expect("cut");
+    wait_vip(&lab, "b", Duration::from_secs(3));
+    wait::until(Duration::from_secs(2), "a in FAULT", || try_status(&lab, "a", &a)[0]["state"] == "FAULT")
+        .expect("fault");
+    assert!(!has_vip(&lab, "a"), "a kept the VIP in FAULT");
+    // Plug it back: a leaves FAULT and, with the higher priority, preempts.
+    lab.heal("a", LAN).expect("heal");
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    wait_no_vip(&lab, "b", Duration::from_secs(3));
 }
 
 #[test]
@@ -209,4 +239,121 @@ fn check_config_reports_errors_with_location() {
         .output()
         .expect("run");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
+
+fn two_instances(prio: u8, script: Option<&std::path::Path>) -> String {
+    let (top, track) = match script {
+        Some(f) => (
+            format!(
+                "vrrp_script chk {{\n  script \"/usr/bin/test -e {}\"\n  interval 0.1\n  weight 0\n}}\n",
+                f.display()
+            ),
+            "  track_script {\n    chk\n  }\n".to_string(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let inst = |name: &str, vrid: u8, vip: &str, track: &str| {
+        format!(
+            "vrrp_instance {name} {{\n  interface {LAN}\n  virtual_router_id {vrid}\n  priority {prio}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {vip}/24\n  }}\n{track}}}\n"
+        )
+    };
+    format!(
+        "global_defs {{\n  vrrp_version 3\n}}\n{top}{}{}vrrp_sync_group G {{\n  group {{\n    VI_1\n    VI_2\n  }}\n}}\n",
+        inst("VI_1", 81, "10.77.0.61", &track),
+        inst("VI_2", 82, "10.77.0.62", ""),
+    )
+}
+
+#[test]
+fn sync_group_fails_over_together() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let flag = da.path().join("ok");
+    std::fs::write(&flag, "").expect("flag");
+    let start = |host: &str, dir: &std::path::Path, text: String| {
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(&conf, text).expect("conf");
+        let log = std::fs::File::create(dir.join("log")).expect("log");
+        let mut cmd = lab.cmd(host, bin());
+        cmd.args(["--run-dir", &dir.join("run").to_string_lossy(), "run", "-f", &conf.to_string_lossy()])
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        lab.spawn(host, cmd).expect("spawn")
+    };
+    let _a = start("a", da.path(), two_instances(150, Some(&flag)));
+    let _b = start("b", db.path(), two_instances(100, None));
+    let v61: std::net::IpAddr = "10.77.0.61".parse().expect("ip");
+    let v62: std::net::IpAddr = "10.77.0.62".parse().expect("ip");
+    wait::until(Duration::from_secs(5), "both VIPs on a", || {
+        let x = addrs(&lab, "a");
+        x.contains(&v61) && x.contains(&v62)
+    })
+    .expect("a master of both");
+    // Only VI_1 tracks the script; its fault takes VI_2 along through the sync group.
+    std::fs::remove_file(&flag).expect("rm");
+    wait::until(Duration::from_secs(5), "both VIPs on b", || {
+        let x = addrs(&lab, "b");
+        x.contains(&v61) && x.contains(&v62)
+    })
+    .expect("b master of both");
+    let x = addrs(&lab, "a");
+    assert!(!x.contains(&v61) && !x.contains(&v62), "a kept a VIP: {x:?}");
+}
+
+#[test]
+fn ipv6_vip_on_master_only_then_kill9_moves_it_with_unsolicited_na() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let mut a = start_ours(&lab, "a", da.path(), &v6(150, "0.1"), &[]);
+    let b = start_ours(&lab, "b", db.path(), &v6(100, "0.1"), &[]);
+    wait_vip6(&lab, "a", Duration::from_secs(5));
+    wait::until(Duration::from_secs(3), "b hears a over IPv6", || {
+        try_status(&lab, "b", &b)[0]["master"].as_str().is_some_and(|m| m.starts_with("fe80::"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\na:\n{}\nb:\n{}", log(&a), log(&b)));
+    assert!(!has_vip6(&lab, "b"));
+    let o = lab.run("c", &["ip", "-6", "addr", "add", "fd00:77::3/64", "dev", LAN]).expect("ip");
+    assert!(o.status.success());
+    let ping = lab.run("c", &["ping", "-6", "-c", "1", "-W", "2", VIP6]).expect("ping");
+    assert!(ping.status.success(), "client cannot reach the IPv6 VIP on a");
+    a.proc.kill();
+    wait_vip6(&lab, "b", Duration::from_secs(3));
+    let bmac = mac(&lab, "b");
+    wait::until(Duration::from_secs(2), "client neighbour entry points at b", || {
+        let out = lab.run("c", &["ip", "-6", "neigh", "show", VIP6, "dev", LAN]).expect("neigh");
+        String::from_utf8_lossy(&out.stdout).contains(&bmac)
+    })
+    .expect("unsolicited NA updated the client");
+}
+
+#[test]
+fn notify_scripts_get_keepalived_arguments() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let out = da.path().join("notify.log");
+    let script = da.path().join("notify.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$*\" >> {}\n", out.display())).expect("script");
+    let master_flag = da.path().join("became-master");
+    let mut c = Conf::v3(150, "0.1");
+    c.extra = format!("  notify {}\n  notify_master \"/usr/bin/touch {}\"\n", script.display(), master_flag.display());
+    let o = std::process::Command::new("chmod").arg("+x").arg(&script).output().expect("chmod");
+    assert!(o.status.success());
+    let a = start_ours(&lab, "a", da.path(), &c, &[]);
+    let _b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "0.1"), &[]);
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait::until(Duration::from_secs(5), "notify MASTER", || read().contains("INSTANCE VI_1 MASTER 150"))
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", read(), log(&a)));
+    assert!(read().starts_with("INSTANCE VI_1 BACKUP 150\n"), "{:?}", read());
+    wait::until(Duration::from_secs(2), "notify_master ran", || master_flag.exists()).expect("notify_master");
+    a.proc.term();
+    wait::until(Duration::from_secs(5), "notify STOP", || read().contains("INSTANCE VI_1 STOP 150")).expect("stop");
 }

@@ -431,7 +431,7 @@ impl Actor {
             }
             Cmd::DiskDone { io, result } => self.rep.handle_disk_done(now, io, result),
             Cmd::Connected { id, tx } => {
-                if self.link.is_some() {
+                if self.link.take().is_some() {
                     self.rep.handle_disconnected(now);
                 }
                 if !self.rep.wants_connection() {
@@ -495,7 +495,16 @@ impl Actor {
                 }
                 Action::Send(m) => {
                     if let Some((_, tx)) = &self.link {
-                        let _ = tx.send(m.to_vec());
+                        match m {
+                            // Large payloads go to the socket from their own buffer, uncopied.
+                            Msg::Data { seq, offset, len, flags, data } if !data.is_empty() => {
+                                let _ = tx.send(crate::wire::data_prefix(seq, offset, len, flags, data.len()));
+                                let _ = tx.send(data);
+                            }
+                            m => {
+                                let _ = tx.send(m.to_vec());
+                            }
+                        }
                     }
                 }
                 Action::Complete { req, result } => {
@@ -623,6 +632,18 @@ async fn read_frames(
         rd.read_exact(&mut hdr).await.map_err(|e| e.to_string())?;
         let p = FramePacket::new_checked(&hdr[..]).map_err(|e| e.to_string())?;
         let len = p.check_header().map_err(|e| e.to_string())?;
+        if p.frame_type() == crate::wire::FrameType::Data && len >= crate::wire::DATA_FIXED {
+            // Read the payload straight into the buffer that goes to the disk.
+            let mut fixed = [0u8; crate::wire::DATA_FIXED];
+            rd.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
+            let mut payload = vec![0u8; len - crate::wire::DATA_FIXED];
+            rd.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
+            let msg = crate::wire::data_from_parts(p.flags(), &fixed, payload).map_err(|e| e.to_string())?;
+            if tx.send(Cmd::Frame { id, msg }).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
         let mut frame = vec![0u8; HEADER_LEN + len];
         frame[..HEADER_LEN].copy_from_slice(&hdr);
         rd.read_exact(&mut frame[HEADER_LEN..]).await.map_err(|e| e.to_string())?;

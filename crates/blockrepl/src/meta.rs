@@ -264,7 +264,7 @@ impl Bitmap {
             return;
         }
         let first = off / BLOCK;
-        let last = ((off + len - 1) / BLOCK).min(self.blocks.saturating_sub(1));
+        let last = (off.saturating_add(len - 1) / BLOCK).min(self.blocks.saturating_sub(1));
         for b in first..=last {
             self.set(b);
         }

@@ -803,17 +803,21 @@ impl Replica {
         let replicating = self.replicating();
         let protocol = self.cfg.protocol;
         let Some(w) = self.writes.get_mut(&wid) else { return };
-        let op = match &w.data {
-            Some(d) => DiskOp::Write { off: w.off, data: d.clone(), fua: w.fua },
-            None => DiskOp::Zero { off: w.off, len: w.len, fua: w.fua },
+        // The request no longer needs its bytes once dispatched: move them, copy once for the peer.
+        let data = w.data.take();
+        let zero = data.is_none();
+        let (off, len, fua) = (w.off, w.len, w.fua);
+        let peer_data = if replicating { data.clone() } else { None };
+        let op = match data {
+            Some(d) => DiskOp::Write { off, data: d, fua },
+            None => DiskOp::Zero { off, len, fua },
         };
-        let (off, len, fua, data) = (w.off, w.len, w.fua, w.data.clone());
         if replicating {
             let seq = self.next_seq;
             self.next_seq += 1;
             self.seq_to_wid.insert(seq, wid);
             let mut flags = if fua { DATA_FUA } else { 0 };
-            if data.is_none() {
+            if zero {
                 flags |= DATA_ZERO;
             }
             if protocol == Protocol::A {
@@ -821,7 +825,7 @@ impl Replica {
             }
             self.replicated_bytes += u64::from(len);
             self.tlog.push((self.epoch, off, u64::from(len)));
-            self.send(Msg::Data { seq, offset: off, len, flags, data: data.unwrap_or_default() });
+            self.send(Msg::Data { seq, offset: off, len, flags, data: peer_data.unwrap_or_default() });
         } else {
             w.peer_done = true;
             self.bitmap.set_range(off, u64::from(len));
@@ -1283,7 +1287,7 @@ impl Replica {
                 self.start_peer_waiting(now);
             }
             Msg::Barrier { epoch } => {
-                self.recv_epoch = epoch + 1;
+                self.recv_epoch = epoch.saturating_add(1);
                 self.barriers.push_back(epoch);
                 self.check_barriers();
             }
@@ -1350,7 +1354,7 @@ impl Replica {
                 }
                 self.active.retain(|(r, o)| !(*o == u64::MAX && r.0 == offset));
                 let first = offset / BLOCK;
-                let last = (offset + u64::from(len)).div_ceil(BLOCK);
+                let last = offset.saturating_add(u64::from(len)).div_ceil(BLOCK);
                 for b in first..last {
                     self.bitmap.clear(b);
                 }

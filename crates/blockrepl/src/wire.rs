@@ -582,6 +582,35 @@ impl Msg {
     }
 }
 
+/// Fixed part of a `Data` payload (seq, offset, len) before the bytes.
+pub const DATA_FIXED: usize = 20;
+
+/// Header and fixed fields of a `Data` frame carrying `payload_len` bytes, so that a sender can
+/// write the payload from its own buffer without copying it into a frame.
+pub fn data_prefix(seq: u64, offset: u64, len: u32, flags: u8, payload_len: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN + DATA_FIXED);
+    b.extend_from_slice(&MAGIC.to_be_bytes());
+    b.push(FrameType::Data.into());
+    b.push(flags);
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&((DATA_FIXED + payload_len) as u32).to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// Builds a `Data` message from its header flags, fixed fields and separately read payload,
+/// with the same checks as [`Msg::parse`].
+pub fn data_from_parts(flags: u8, fixed: &[u8; DATA_FIXED], payload: Vec<u8>) -> Result<Msg, WireError> {
+    let len = be32(&fixed[16..]);
+    let zero = flags & DATA_ZERO != 0;
+    if (zero && !payload.is_empty()) || (!zero && payload.len() != len as usize) {
+        return Err(WireError::BadLength(FrameType::Data));
+    }
+    Ok(Msg::Data { seq: be64(fixed), offset: be64(&fixed[8..]), len, flags, data: payload })
+}
+
 struct Writer<'a> {
     b: &'a mut [u8],
     at: usize,
@@ -666,6 +695,17 @@ mod tests {
         for m in msgs {
             assert_eq!(Msg::parse_bytes(&m.to_vec()), Ok(m.clone()), "{m:?}");
         }
+    }
+
+    #[test]
+    fn data_in_parts_matches_whole_frame() {
+        let m = golden_msg();
+        let mut v = data_prefix(9, 4096, 4, DATA_FUA, 4);
+        v.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(v, GOLDEN_DATA);
+        let fixed: [u8; DATA_FIXED] = GOLDEN_DATA[12..32].try_into().unwrap();
+        assert_eq!(data_from_parts(DATA_FUA, &fixed, vec![0xde, 0xad, 0xbe, 0xef]), Ok(m));
+        assert!(data_from_parts(DATA_FUA, &fixed, vec![1]).is_err());
     }
 
     #[test]

@@ -130,20 +130,18 @@ impl Chunker {
         }
         let normal = (self.params.avg as usize).min(max);
         let mut h: u64 = 0;
-        let mut i = min;
-        while i < normal {
-            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
+        let gear = &*self.gear;
+        for (i, &b) in data[min..normal].iter().enumerate() {
+            h = (h << 1).wrapping_add(gear[b as usize]);
             if h & self.mask_s == 0 {
-                return i + 1;
+                return min + i + 1;
             }
-            i += 1;
         }
-        while i < max {
-            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
+        for (i, &b) in data[normal..max].iter().enumerate() {
+            h = (h << 1).wrapping_add(gear[b as usize]);
             if h & self.mask_l == 0 {
-                return i + 1;
+                return normal + i + 1;
             }
-            i += 1;
         }
         max
     }

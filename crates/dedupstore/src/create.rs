@@ -135,6 +135,8 @@ struct Walker<'a> {
     refs_known: u64,
     /// References to chunks new in this run (their stored size is known at the end).
     refs_new: HashMap<Id, u64>,
+    /// A repository error seen while reading a file.
+    fatal: Option<Error>,
     cached_files: u64,
     chunker: Arc<crate::chunker::Chunker>,
     key: crate::crypto::MasterKey,
@@ -195,6 +197,13 @@ impl Walker<'_> {
         (self.on)(Event::Warning(&msg));
         tracing::warn!("{msg}");
         self.warnings.push(msg);
+    }
+
+    /// Records a repository error (fatal, unlike a source file that cannot be read).
+    fn fail(&mut self, e: Error) -> std::io::Error {
+        let msg = e.to_string();
+        self.fatal = Some(e);
+        std::io::Error::other(msg)
     }
 
     /// Counts a chunk reference for the compressed-size statistic (memory: new chunks only).
@@ -350,6 +359,9 @@ impl Walker<'_> {
                 item.chunks = chunks;
             }
             Err(e) => {
+                if let Some(fatal) = self.fatal.take() {
+                    return Err(fatal);
+                }
                 self.warn(format!("{}: {e}", p.display()));
                 self.stats.nfiles -= 1;
                 self.stats.original_size -= md.size();
@@ -400,7 +412,10 @@ impl Walker<'_> {
                     pos += c.len() as u64;
                     let len = c.len() as u32;
                     let id = match &mut self.writer {
-                        Some(w) => w.store(c.to_vec()).map_err(std::io::Error::other)?.0,
+                        Some(w) => match w.store(c.to_vec()) {
+                            Ok((id, _)) => id,
+                            Err(e) => return Err(self.fail(e)),
+                        },
                         None => self.key.chunk_id(c),
                     };
                     self.reference(id);
@@ -417,7 +432,10 @@ impl Walker<'_> {
                 got += c.len() as u64;
                 let len = c.len() as u32;
                 let id = match &mut self.writer {
-                    Some(w) => w.store(c).map_err(std::io::Error::other)?.0,
+                    Some(w) => match w.store(c) {
+                        Ok((id, _)) => id,
+                        Err(e) => return Err(self.fail(e)),
+                    },
                     None => self.key.chunk_id(&c),
                 };
                 self.reference(id);
@@ -478,6 +496,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         stats: ArchiveStats::default(),
         refs_known: 0,
         refs_new: HashMap::new(),
+        fatal: None,
         cached_files: 0,
         chunker: Arc::new(repo.chunker().clone()),
         key: repo.crypto().key().clone(),
@@ -513,11 +532,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         let new = stored_sizes(out);
         stats.deduplicated_size = out.stored;
         stats.compressed_size = w.refs_known
-            + w
-                .refs_new
-                .iter()
-                .map(|(id, n)| n * u64::from(new.get(id).copied().unwrap_or(0)))
-                .sum::<u64>();
+            + w.refs_new.iter().map(|(id, n)| n * u64::from(new.get(id).copied().unwrap_or(0))).sum::<u64>();
     }
     let time = opts.timestamp.unwrap_or(start);
     let meta = ArchiveMeta {

@@ -163,6 +163,9 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
                     }
                     extracted.insert(item.path.clone(), dest);
                 }
+                // The destination itself fails (read-only, full, no permission): stop at once
+                // with one clear error instead of one per item.
+                Err(e @ Error::Io { .. }) => return Err(e),
                 Err(e) => {
                     res.errors.push(format!("{}: {e}", item.path_lossy()));
                 }
@@ -364,11 +367,16 @@ fn set_metadata(item: &Item, dest: &Path, opts: &ExtractOptions) -> Result<()> {
 
 /// Opens a file for verification in tests and `check`: content of an item as bytes.
 pub fn item_content(repo: &Repository, index: &Index, item: &Item) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(item.size as usize);
+    let mut out = Vec::with_capacity(item.size.min(1 << 26) as usize);
     for c in &item.chunks {
         match c {
             Extent::Data { id, .. } => out.extend_from_slice(&repo.read_chunk(index, id)?),
-            Extent::Hole(n) => out.resize(out.len() + *n as usize, 0),
+            Extent::Hole(n) => {
+                if out.len() as u64 + n > 1 << 30 {
+                    return Err(Error::InvalidArgument("item_content is for items up to 1 GiB".into()));
+                }
+                out.resize(out.len() + *n as usize, 0)
+            }
         }
     }
     Ok(out)

@@ -480,6 +480,10 @@ impl PackBuilder {
     pub fn new() -> Self {
         PackBuilder { buf: Vec::new(), blobs: Vec::new() }
     }
+    /// An empty pack with room for `n` bytes (avoids doubling reallocations of big packs).
+    pub fn with_capacity(n: usize) -> Self {
+        PackBuilder { buf: Vec::with_capacity(n), blobs: Vec::new() }
+    }
     /// Bytes so far.
     pub fn len(&self) -> usize {
         self.buf.len()

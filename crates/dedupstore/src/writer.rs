@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repo::{BlobEntry, Index, IndexFile, PackBuilder, Repository};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -146,10 +146,18 @@ impl Drop for ChunkWriter {
     }
 }
 
+/// A pack being written on its own thread.
+type Upload = JoinHandle<Result<(Id, Vec<BlobEntry>)>>;
+
+/// Packs being written concurrently.
+const UPLOADS: usize = 1;
+
 fn packer(repo: Repository, rx: Receiver<(Id, Vec<u8>, u32)>, opts: WriterOptions) -> Result<WriterOutput> {
     let pack_size = repo.config().pack_size as usize;
     let mut out = WriterOutput::default();
-    let mut pack = PackBuilder::new();
+    // room for a full pack, its last chunk and the header: no doubling reallocation
+    let cap = pack_size + (repo.chunker().params().max as usize) * 2 + (1 << 20);
+    let mut pack = PackBuilder::with_capacity(cap);
     let mut pending: Vec<(Id, Vec<BlobEntry>)> = Vec::new();
     let mut last_index = Instant::now();
     let write_index = |pending: &mut Vec<(Id, Vec<BlobEntry>)>, out: &mut WriterOutput| -> Result<()> {
@@ -162,20 +170,37 @@ fn packer(repo: Repository, rx: Receiver<(Id, Vec<u8>, u32)>, opts: WriterOption
         out.packs.extend(f.packs);
         Ok(())
     };
+    // Packs are written (and fsynced) on their own threads, at most UPLOADS at a time, so the
+    // pipeline keeps going during an fsync. An index file only names packs already durable.
+    let mut uploads: VecDeque<Upload> = VecDeque::new();
+    let join = |h: Upload| h.join().unwrap_or(Err(Error::PreviousIo));
     for (id, sealed, ulen) in rx {
         out.stored += sealed.len() as u64;
         pack.add(id, &sealed, ulen);
         if pack.len() >= pack_size {
-            let full = std::mem::take(&mut pack);
-            pending.push(full.finish(&repo)?);
+            let full = std::mem::replace(&mut pack, PackBuilder::with_capacity(cap));
+            let r = repo.clone();
+            uploads.push_back(std::thread::spawn(move || full.finish(&r)));
+            while uploads.len() > UPLOADS {
+                if let Some(h) = uploads.pop_front() {
+                    pending.push(join(h)?);
+                }
+            }
             if pending.len() >= opts.checkpoint_packs || last_index.elapsed() >= opts.checkpoint_interval {
+                while let Some(h) = uploads.pop_front() {
+                    pending.push(join(h)?);
+                }
                 write_index(&mut pending, &mut out)?;
                 last_index = Instant::now();
             }
         }
     }
     if !pack.is_empty() {
-        pending.push(pack.finish(&repo)?);
+        let r = repo.clone();
+        uploads.push_back(std::thread::spawn(move || pack.finish(&r)));
+    }
+    while let Some(h) = uploads.pop_front() {
+        pending.push(join(h)?);
     }
     write_index(&mut pending, &mut out)?;
     Ok(out)

@@ -36,11 +36,21 @@ pub struct Conf {
     pub extra: String,
     pub top: String,
     pub vrid: u8,
+    pub vip: &'static str,
 }
 
 impl Conf {
     pub fn v3(priority: u8, advert_int: &'static str) -> Conf {
-        Conf { version: 3, priority, advert_int, auth_pass: None, extra: String::new(), top: String::new(), vrid: 77 }
+        Conf {
+            version: 3,
+            priority,
+            advert_int,
+            auth_pass: None,
+            extra: String::new(),
+            top: String::new(),
+            vrid: 77,
+            vip: "10.77.0.50/24",
+        }
     }
     pub fn v2_pass(priority: u8) -> Conf {
         Conf {
@@ -51,6 +61,7 @@ impl Conf {
             extra: String::new(),
             top: String::new(),
             vrid: 78,
+            vip: "10.77.0.50/24",
         }
     }
     /// The keepalived.conf text (read by both implementations).
@@ -60,13 +71,14 @@ impl Conf {
             .map(|p| format!("  authentication {{\n    auth_type PASS\n    auth_pass {p}\n  }}\n"))
             .unwrap_or_default();
         format!(
-            "global_defs {{\n  router_id {router_id}\n  vrrp_version {v}\n}}\n{top}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface {LAN}\n  virtual_router_id {vrid}\n  priority {p}\n  advert_int {i}\n{auth}  virtual_ipaddress {{\n    {VIP}/24\n  }}\n{extra}}}\n",
+            "global_defs {{\n  router_id {router_id}\n  vrrp_version {v}\n}}\n{top}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface {LAN}\n  virtual_router_id {vrid}\n  priority {p}\n  advert_int {i}\n{auth}  virtual_ipaddress {{\n    {vip}\n  }}\n{extra}}}\n",
             v = self.version,
             top = self.top,
             vrid = self.vrid,
             p = self.priority,
             i = self.advert_int,
             extra = self.extra,
+            vip = self.vip,
         )
     }
 }
@@ -130,12 +142,37 @@ pub fn addrs(lab: &Lab, host: &str) -> Vec<IpAddr> {
         nix::ifaddrs::getifaddrs()
             .map(|it| {
                 it.filter(|i| i.interface_name == LAN)
-                    .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip()))))
+                    .filter_map(|i| {
+                        i.address.and_then(|a| {
+                            a.as_sockaddr_in()
+                                .map(|s| IpAddr::V4(s.ip()))
+                                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+                        })
+                    })
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default()
     })
     .expect("enter")
+}
+
+pub const VIP6: &str = "fd00:77::50";
+
+/// VRRPv3 over IPv6 with a VIP in fd00:77::/64.
+pub fn v6(priority: u8, advert_int: &'static str) -> Conf {
+    let mut c = Conf::v3(priority, advert_int);
+    c.vip = "fd00:77::50/64";
+    c.vrid = 76;
+    c
+}
+
+pub fn has_vip6(lab: &Lab, host: &str) -> bool {
+    let vip: IpAddr = VIP6.parse().expect("vip6");
+    addrs(lab, host).contains(&vip)
+}
+
+pub fn wait_vip6(lab: &Lab, host: &str, within: Duration) -> Duration {
+    wait::until(within, &format!("IPv6 VIP on {host}"), || has_vip6(lab, host)).expect("VIP6")
 }
 
 pub fn has_vip(lab: &Lab, host: &str) -> bool {

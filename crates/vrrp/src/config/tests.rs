@@ -34,6 +34,19 @@ fn example_files_load_and_agree() {
 }
 
 #[test]
+fn lab_drill_examples_load() {
+    for (f, prio) in [("vrrp-lab-main.conf", 150), ("vrrp-lab-backup.conf", 100)] {
+        let l = load(&example(f)).unwrap();
+        assert!(l.warnings.is_empty(), "{f}: {:?}", l.warnings);
+        let i = &l.config.instances[0];
+        assert_eq!(i.priority, prio);
+        assert_eq!(i.interface, "mgmt");
+        assert_eq!(i.virtual_ipaddress[0].to_string(), "192.168.50.50/24");
+        assert_eq!(i.effective_version(&l.config.global), 3);
+    }
+}
+
+#[test]
 fn full_instance() {
     let (c, w) = p(r#"
 global_defs {

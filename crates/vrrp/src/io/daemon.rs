@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -101,9 +101,9 @@ struct Inst {
     version: Version,
     m: proto::Instance,
     ifc: IfInfo,
-    src: Ipv4Addr,
+    src: IpAddr,
     send: Socket,
-    dsts: Vec<Ipv4Addr>,
+    dsts: Vec<IpAddr>,
     form: ChecksumKind,
     labels: InstanceLabels,
     garp_next: Option<Instant>,
@@ -112,7 +112,8 @@ struct Inst {
 }
 
 enum Ev {
-    Packet(String, Vec<u8>),
+    /// Interface, IPv6 packet (else IPv4 datagram), bytes.
+    Packet(String, bool, Vec<u8>),
     Script(String, bool),
 }
 
@@ -125,7 +126,7 @@ struct Daemon {
     opts: Options,
     cfg: Config,
     insts: Vec<Inst>,
-    readers: std::collections::HashSet<String>,
+    readers: std::collections::HashSet<(String, bool)>,
     scripts: HashMap<String, ScriptTask>,
     script_ok: HashMap<String, Option<bool>>,
     nl: Netlink,
@@ -149,19 +150,20 @@ fn std_now(t: Instant) -> std::time::Instant {
 impl Daemon {
     fn build_inst(&self, c: &config::Instance) -> Result<Inst, DaemonError> {
         let vip_addrs: Vec<IpAddr> = c.virtual_ipaddress.iter().map(|v| v.addr).collect();
-        if vip_addrs.iter().any(IpAddr::is_ipv6) {
-            return Err(DaemonError::Unsupported(format!(
-                "instance {}: IPv6 virtual addresses are not supported by rempart-vrrp's IO layer yet",
-                c.name
-            )));
-        }
+        let v6 = vip_addrs.first().is_some_and(IpAddr::is_ipv6);
         let ifc = net::if_info(&c.interface, &vip_addrs)
             .map_err(io_err(format!("instance {}: interface {}", c.name, c.interface)))?;
-        let src = match c.unicast_src_ip {
-            Some(IpAddr::V4(a)) => a,
-            _ => ifc.primary_v4.ok_or_else(|| {
+        let src: IpAddr = match (c.unicast_src_ip, v6) {
+            (Some(a), _) => a,
+            (None, false) => IpAddr::V4(ifc.primary_v4.ok_or_else(|| {
                 DaemonError::Unsupported(format!("instance {}: interface {} has no IPv4 address", c.name, c.interface))
-            })?,
+            })?),
+            (None, true) => IpAddr::V6(ifc.link_local_v6.ok_or_else(|| {
+                DaemonError::Unsupported(format!(
+                    "instance {}: interface {} has no IPv6 link-local address",
+                    c.name, c.interface
+                ))
+            })?),
         };
         let ver = c.effective_version(&self.cfg.global);
         let version = if ver == 2 { Version::V2 } else { Version::V3 };
@@ -176,20 +178,20 @@ impl Daemon {
             adver_int: c.advert_int,
             preempt: c.preempt,
             preempt_delay: c.preempt_delay,
-            primary: IpAddr::V4(src),
+            primary: src,
             auth,
         };
-        let send = net::send_socket_v4(&ifc, src).map_err(io_err(format!("instance {}: send socket", c.name)))?;
-        let dsts = if c.unicast_peer.is_empty() {
-            vec![wire::MCAST_V4]
+        let send = match src {
+            IpAddr::V4(a) => net::send_socket_v4(&ifc, a),
+            IpAddr::V6(a) => net::send_socket_v6(&ifc, a),
+        }
+        .map_err(io_err(format!("instance {}: send socket", c.name)))?;
+        let dsts = if !c.unicast_peer.is_empty() {
+            c.unicast_peer.clone()
+        } else if v6 {
+            vec![IpAddr::V6(wire::MCAST_V6)]
         } else {
-            c.unicast_peer
-                .iter()
-                .filter_map(|p| match p {
-                    IpAddr::V4(a) => Some(*a),
-                    IpAddr::V6(_) => None,
-                })
-                .collect()
+            vec![IpAddr::V4(wire::MCAST_V4)]
         };
         Ok(Inst {
             labels: InstanceLabels {
@@ -214,23 +216,28 @@ impl Daemon {
         })
     }
 
-    fn ensure_reader(&mut self, ifc: &IfInfo) -> Result<(), DaemonError> {
-        if self.readers.contains(&ifc.name) {
+    fn ensure_reader(&mut self, ifc: &IfInfo, v6: bool) -> Result<(), DaemonError> {
+        let key = (ifc.name.clone(), v6);
+        if self.readers.contains(&key) {
             return Ok(());
         }
-        let fd = net::recv_socket_v4(ifc).map_err(io_err(format!("receive socket on {}", ifc.name)))?;
         let tx = self.tx.clone();
         let name = ifc.name.clone();
-        // A plain thread with a blocking socket: tokio's AsyncFd registration is unsafe, and one
-        // thread per interface is cheap. It ends when the daemon's channel closes.
-        std::thread::Builder::new()
-            .name(format!("vrrp-rx-{name}"))
-            .spawn(move || {
-                let mut buf = vec![0u8; 2048];
-                loop {
-                    match net::recv(&fd, &mut buf) {
-                        Ok(n) => {
-                            if tx.send(Ev::Packet(name.clone(), buf[..n].to_vec())).is_err() {
+        if v6 {
+            // IPv6 raw sockets hide the hop limit (reading it needs ancillary data, hence unsafe
+            // code); AF_PACKET frames carry the whole IPv6 header.
+            let mut rx = net::frame_receiver(&ifc.name).map_err(io_err(format!("AF_PACKET on {}", ifc.name)))?;
+            let own = ifc.mac;
+            std::thread::Builder::new()
+                .name(format!("vrrp-rx6-{name}"))
+                .spawn(move || loop {
+                    match rx.next() {
+                        Ok(frame) => {
+                            let Some(pkt) = wire::ipv6_from_frame(frame, own) else { continue };
+                            if pkt.len() > 6
+                                && pkt[6] == wire::IP_PROTOCOL
+                                && tx.send(Ev::Packet(name.clone(), true, pkt.to_vec())).is_err()
+                            {
                                 return;
                             }
                         }
@@ -239,10 +246,35 @@ impl Daemon {
                             std::thread::sleep(Duration::from_millis(100));
                         }
                     }
+                })
+                .map_err(io_err("spawn receive thread"))?;
+            self.readers.insert(key);
+            return Ok(());
+        }
+        let fd = net::recv_socket_v4(ifc).map_err(io_err(format!("receive socket on {}", ifc.name)))?;
+        // tokio's AsyncFd registration is unsafe; a raw IP socket is a datagram socket, so tokio's
+        // UdpSocket drives it (recv() is the same syscall) and packets are read on the runtime's
+        // own thread, without a thread hop per advert.
+        fd.set_nonblocking(true).map_err(io_err("nonblocking receive socket"))?;
+        let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
+            .map_err(io_err(format!("register receive socket on {}", ifc.name)))?;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match sock.recv(&mut buf).await {
+                    Ok(n) => {
+                        if tx.send(Ev::Packet(name.clone(), false, buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(interface = %name, "receive failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
-            })
-            .map_err(io_err("spawn receive thread"))?;
-        self.readers.insert(ifc.name.clone());
+            }
+        });
+        self.readers.insert(key);
         Ok(())
     }
 
@@ -314,7 +346,7 @@ impl Daemon {
         }
     }
 
-    fn handle_packet(&mut self, ifname: &str, data: &[u8]) {
+    fn handle_packet(&mut self, ifname: &str, v6: bool, data: &[u8]) {
         let now = std_now(Instant::now());
         let drop = |m: &Metrics, r: wire::DropReason| {
             debug!(interface = %ifname, "dropped VRRP packet: {r}");
@@ -322,22 +354,31 @@ impl Daemon {
                 .get_or_create(&DropLabels { interface: ifname.to_string(), reason: r.label().to_string() })
                 .inc();
         };
-        let (src, dst, ttl, msg) = match wire::split_ipv4(data) {
+        let split = if v6 {
+            wire::split_ipv6(data).map(|(s, d, t, m)| (IpAddr::V6(s), IpAddr::V6(d), t, m))
+        } else {
+            wire::split_ipv4(data).map(|(s, d, t, m)| (IpAddr::V4(s), IpAddr::V4(d), t, m))
+        };
+        let (src, dst, ttl, msg) = match split {
             Ok(x) => x,
             Err(r) => return drop(&self.metrics, r),
         };
-        let parsed = Packet::new_checked(msg).and_then(|p| Repr::parse(&p, IpAddr::V4(src), IpAddr::V4(dst)));
+        let parsed = Packet::new_checked(msg).and_then(|p| Repr::parse(&p, src, dst));
         let (repr, kind) = match parsed {
             Ok(x) => x,
             Err(r) => return drop(&self.metrics, r),
         };
-        let Some(inst) = self.insts.iter_mut().find(|i| i.cfg.interface == ifname && i.cfg.vrid == repr.vrid) else {
+        let Some(inst) = self
+            .insts
+            .iter_mut()
+            .find(|i| i.cfg.interface == ifname && i.cfg.vrid == repr.vrid && i.src.is_ipv6() == v6)
+        else {
             return drop(&self.metrics, wire::DropReason::UnknownVrid);
         };
-        if inst.version == Version::V3 && kind == ChecksumKind::MessageOnly {
+        if inst.version == Version::V3 && kind == ChecksumKind::MessageOnly && !v6 {
             self.metrics.message_only_checksum.get_or_create(&inst.labels).inc();
         }
-        match inst.m.handle_packet(now, IpAddr::V4(src), ttl, &repr) {
+        match inst.m.handle_packet(now, src, ttl, &repr) {
             Ok(()) => {
                 self.metrics.adverts_received.get_or_create(&inst.labels).inc();
             }
@@ -346,12 +387,16 @@ impl Daemon {
     }
 
     /// Performs every queued action of every instance, propagating sync groups.
+    /// Status and gauges are republished on every state change and on the 100 ms link tick
+    /// (not on every advert: at 10 ms adverts that would dominate the daemon's CPU time).
     async fn process(&mut self) {
+        let mut changed = false;
         loop {
             let mut any = false;
             for idx in 0..self.insts.len() {
                 while let Some(a) = self.insts[idx].m.poll_action() {
                     any = true;
+                    changed |= matches!(a, Action::StateChange { .. });
                     self.perform(idx, a).await;
                 }
             }
@@ -359,7 +404,9 @@ impl Daemon {
                 break;
             }
         }
-        self.publish();
+        if changed {
+            self.publish();
+        }
     }
 
     async fn perform(&mut self, idx: usize, a: Action) {
@@ -376,9 +423,13 @@ impl Daemon {
                     addrs: inst.cfg.virtual_ipaddress.iter().map(|v| v.addr).collect(),
                 };
                 for dst in &inst.dsts {
-                    match repr.to_bytes(IpAddr::V4(inst.src), IpAddr::V4(*dst), inst.form) {
+                    match repr.to_bytes(inst.src, *dst, inst.form) {
                         Ok(b) => {
-                            if let Err(e) = net::send(&inst.send, &b, *dst) {
+                            let sent = match dst {
+                                IpAddr::V4(d) => net::send(&inst.send, &b, *d),
+                                IpAddr::V6(d) => net::send_v6(&inst.send, &b, *d, inst.ifc.index),
+                            };
+                            if let Err(e) = sent {
                                 warn!(instance = %inst.cfg.name, "send advert to {dst}: {e}");
                             } else {
                                 self.metrics.adverts_sent.get_or_create(&inst.labels).inc();
@@ -483,7 +534,7 @@ impl Daemon {
     }
 
     async fn start_instance(&mut self, mut inst: Inst) -> Result<(), DaemonError> {
-        self.ensure_reader(&inst.ifc.clone())?;
+        self.ensure_reader(&inst.ifc.clone(), inst.src.is_ipv6())?;
         // VIPs of ours left by a crashed predecessor: we are not master yet.
         for v in &inst.cfg.virtual_ipaddress {
             if inst.ifc.addrs.contains(&v.addr) {
@@ -558,10 +609,14 @@ impl Daemon {
 }
 
 fn garp(inst: &Inst) {
-    if let Err(e) =
-        net::send_garps(&inst.cfg.interface, &inst.cfg.virtual_ipaddress, inst.cfg.garp_master_repeat.max(1))
-    {
-        warn!(instance = %inst.cfg.name, "gratuitous ARP: {e}");
+    let repeat = inst.cfg.garp_master_repeat.max(1);
+    let r = if inst.src.is_ipv6() {
+        net::send_unsolicited_nas(&inst.ifc, &inst.cfg.virtual_ipaddress, repeat)
+    } else {
+        net::send_garps(&inst.cfg.interface, &inst.cfg.virtual_ipaddress, repeat)
+    };
+    if let Err(e) = r {
+        warn!(instance = %inst.cfg.name, "gratuitous ARP / unsolicited NA: {e}");
     }
 }
 
@@ -584,14 +639,19 @@ fn notify(inst: &Inst, to: State, reason: Reason) {
         cmds.push(format!("{n} INSTANCE {} {st} {}", shell_quote(&inst.cfg.name), inst.m.effective_priority()));
     }
     for c in cmds {
+        // A plain child process, reaped by a small thread: it starts at once and survives our
+        // exit, so notify_stop runs even though the daemon is going away.
         let name = inst.cfg.name.clone();
-        tokio::spawn(async move {
-            match tokio::process::Command::new("/bin/sh").arg("-c").arg(&c).kill_on_drop(true).status().await {
-                Ok(s) if s.success() => debug!(instance = %name, "notify {c:?}: ok"),
-                Ok(s) => warn!(instance = %name, "notify {c:?}: {s}"),
-                Err(e) => warn!(instance = %name, "notify {c:?}: {e}"),
+        match std::process::Command::new("/bin/sh").arg("-c").arg(&c).stdin(std::process::Stdio::null()).spawn() {
+            Ok(mut child) => {
+                let _ = std::thread::Builder::new().name("vrrp-notify".into()).spawn(move || match child.wait() {
+                    Ok(s) if s.success() => debug!(instance = %name, "notify {c:?}: ok"),
+                    Ok(s) => warn!(instance = %name, "notify {c:?}: {s}"),
+                    Err(e) => warn!(instance = %name, "notify {c:?}: {e}"),
+                });
             }
-        });
+            Err(e) => warn!(instance = %name, "notify {c:?}: {e}"),
+        }
     }
 }
 
@@ -735,7 +795,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
         let deadline = d.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(Ev::Packet(ifname, data)) => d.handle_packet(&ifname, &data),
+                Some(Ev::Packet(ifname, v6, data)) => d.handle_packet(&ifname, v6, &data),
                 Some(Ev::Script(name, ok)) => {
                     info!(script = %name, "track script now {}", if ok { "OK" } else { "KO" });
                     d.script_ok.insert(name.clone(), Some(ok));
@@ -745,7 +805,10 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
                 None => {}
             },
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = link_tick.tick() => d.recompute_tracking(Instant::now()),
+            _ = link_tick.tick() => {
+                d.recompute_tracking(Instant::now());
+                d.publish();
+            }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
             _ = hup.recv() => { info!("SIGHUP: reloading"); d.reload().await; }

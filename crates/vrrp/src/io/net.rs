@@ -2,12 +2,12 @@
 //! gratuitous ARP through AF_PACKET. No `unsafe`: socket2, rtnetlink and pnet_datalink do it.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 
 use crate::config::Vip;
-use crate::wire::{IP_PROTOCOL, MCAST_V4, TTL};
+use crate::wire::{IP_PROTOCOL, MCAST_V4, MCAST_V6, TTL};
 
 /// Facts about one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct IfInfo {
     pub mac: Option<[u8; 6]>,
     /// First IPv4 address that is not one of `exclude` (the VIPs).
     pub primary_v4: Option<Ipv4Addr>,
+    /// First IPv6 link-local address (the source of VRRPv3/IPv6 adverts).
+    pub link_local_v6: Option<Ipv6Addr>,
     /// Administratively up and carrier present.
     pub running: bool,
     /// Every address on the interface.
@@ -37,31 +39,30 @@ pub fn if_info(name: &str, exclude: &[IpAddr]) -> io::Result<IfInfo> {
         IpAddr::V4(a) if !exclude.contains(&IpAddr::V4(a)) => Some(a),
         _ => None,
     });
+    let link_local_v6 = i.ips.iter().find_map(|n| match n.ip() {
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some(a),
+        _ => None,
+    });
     Ok(IfInfo {
         name: i.name.clone(),
         index: i.index,
         mac: i.mac.map(|m| m.octets()),
         primary_v4,
+        link_local_v6,
         running: i.is_up() && i.is_running(),
         addrs: i.ips.iter().map(|n| n.ip()).collect(),
     })
 }
 
 /// The receiving socket of an interface: every protocol-112 packet that reaches it, IP header
-/// included, multicast group 224.0.0.18 joined.
+/// included, multicast group 224.0.0.18 joined. Blocking; the daemon makes it non-blocking and
+/// hands it to tokio.
 pub fn recv_socket_v4(ifc: &IfInfo) -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IP_PROTOCOL))))?;
     s.bind_device(Some(ifc.name.as_bytes()))?;
     s.join_multicast_v4_n(&MCAST_V4, &InterfaceIndexOrAddress::Index(ifc.index))?;
     s.set_multicast_loop_v4(false)?;
     Ok(s)
-}
-
-/// Reads one datagram (IP header included), blocking.
-pub fn recv(s: &Socket, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    let mut r: &Socket = s;
-    r.read(buf)
 }
 
 /// The sending socket of an instance: bound to its source address and interface, TTL 255,
@@ -84,6 +85,75 @@ pub fn send_socket_v4(ifc: &IfInfo, src: Ipv4Addr) -> io::Result<Socket> {
 /// Sends a VRRP message to `dst`.
 pub fn send(s: &Socket, msg: &[u8], dst: Ipv4Addr) -> io::Result<()> {
     s.send_to(msg, &SockAddr::from(SocketAddr::new(IpAddr::V4(dst), 0)))?;
+    Ok(())
+}
+
+/// The sending socket of a VRRPv3/IPv6 instance: bound to its link-local source and interface,
+/// hop limit 255; it also joins ff02::12 so that the interface accepts the group's frames, which
+/// the IPv6 receive path reads through AF_PACKET (it needs the hop limit from the IPv6 header).
+pub fn send_socket_v6(ifc: &IfInfo, src: Ipv6Addr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(i32::from(IP_PROTOCOL))))?;
+    s.bind_device(Some(ifc.name.as_bytes()))?;
+    s.bind(&SockAddr::from(SocketAddrV6::new(src, 0, 0, ifc.index)))?;
+    s.set_multicast_if_v6(ifc.index)?;
+    s.set_multicast_hops_v6(u32::from(TTL))?;
+    s.set_unicast_hops_v6(u32::from(TTL))?;
+    s.set_multicast_loop_v6(false)?;
+    s.join_multicast_v6(&MCAST_V6, ifc.index)?;
+    s.set_recv_buffer_size(256)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Sends a VRRP message to an IPv6 destination (scope: the interface index).
+pub fn send_v6(s: &Socket, msg: &[u8], dst: Ipv6Addr, scope: u32) -> io::Result<()> {
+    s.send_to(msg, &SockAddr::from(SocketAddrV6::new(dst, 0, 0, scope)))?;
+    Ok(())
+}
+
+/// Reads Ethernet frames of an interface (AF_PACKET through pnet), for the IPv6 receive path.
+pub fn frame_receiver(ifname: &str) -> io::Result<Box<dyn pnet_datalink::DataLinkReceiver>> {
+    let ni = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == ifname)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, ifname.to_string()))?;
+    match pnet_datalink::channel(&ni, pnet_datalink::Config::default())? {
+        pnet_datalink::Channel::Ethernet(_tx, rx) => Ok(rx),
+        _ => Err(io::Error::other("unexpected datalink channel type")),
+    }
+}
+
+/// Builds an unsolicited neighbour advertisement (ICMPv6 type 136, O=1, S=0) for `target`, with
+/// the target link-layer address option. The kernel fills in the ICMPv6 checksum.
+#[must_use]
+pub fn unsolicited_na(mac: [u8; 6], target: Ipv6Addr) -> [u8; 32] {
+    let mut m = [0u8; 32];
+    m[0] = 136;
+    m[4] = 0x20; // Override
+    m[8..24].copy_from_slice(&target.octets());
+    m[24] = 2; // target link-layer address
+    m[25] = 1; // 8 bytes
+    m[26..32].copy_from_slice(&mac);
+    m
+}
+
+/// Sends `repeat` unsolicited NAs to ff02::1 (hop limit 255) for every IPv6 VIP on `ifc`.
+pub fn send_unsolicited_nas(ifc: &IfInfo, vips: &[Vip], repeat: u32) -> io::Result<()> {
+    let Some(mac) = ifc.mac else {
+        return Ok(());
+    };
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    s.bind_device(Some(ifc.name.as_bytes()))?;
+    s.set_multicast_if_v6(ifc.index)?;
+    s.set_multicast_hops_v6(255)?;
+    let all_nodes = SockAddr::from(SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, ifc.index));
+    for _ in 0..repeat {
+        for v in vips {
+            if let IpAddr::V6(a) = v.addr {
+                s.send_to(&unsolicited_na(mac, a), &all_nodes)?;
+            }
+        }
+    }
     Ok(())
 }
 

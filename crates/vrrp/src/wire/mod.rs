@@ -582,5 +582,36 @@ pub fn split_ipv4(datagram: &[u8]) -> Result<(Ipv4Addr, Ipv4Addr, u8, &[u8]), Dr
     Ok((src, dst, datagram[8], &datagram[ihl..end]))
 }
 
+/// Parses an IPv6 packet carrying VRRP directly after the fixed header (as VRRP packets are
+/// sent: no extension headers): returns source, destination, hop limit and the VRRP message.
+pub fn split_ipv6(packet: &[u8]) -> Result<(Ipv6Addr, Ipv6Addr, u8, &[u8]), DropReason> {
+    if packet.len() < 40 || packet[0] >> 4 != 6 {
+        return Err(DropReason::Truncated);
+    }
+    if packet[6] != IP_PROTOCOL {
+        return Err(DropReason::Type(packet[6]));
+    }
+    let plen = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+    let end = (40 + plen).min(packet.len());
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&packet[8..24]);
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&packet[24..40]);
+    Ok((Ipv6Addr::from(s), Ipv6Addr::from(d), packet[7], &packet[40..end]))
+}
+
+/// Strips an untagged Ethernet header from a frame, returning the IPv6 packet if the frame
+/// carries IPv6 (ethertype 0x86dd) and comes from another station than `own_mac`.
+#[must_use]
+pub fn ipv6_from_frame(frame: &[u8], own_mac: Option<[u8; 6]>) -> Option<&[u8]> {
+    if frame.len() < 14 || frame[12..14] != [0x86, 0xdd] {
+        return None;
+    }
+    if own_mac.is_some_and(|m| frame[6..12] == m) {
+        return None;
+    }
+    Some(&frame[14..])
+}
+
 #[cfg(test)]
 mod tests;

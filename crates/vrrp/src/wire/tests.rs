@@ -135,6 +135,42 @@ fn v3_ipv6_golden_both_ways() {
 }
 
 #[test]
+fn split_ipv6_and_frames() {
+    let src: Ipv6Addr = "fe80::1".parse().unwrap();
+    let repr = Repr {
+        version: Version::V3,
+        vrid: 9,
+        priority: 100,
+        interval: 100,
+        auth: Auth::None,
+        addrs: vec!["fd00::50".parse().unwrap()],
+    };
+    let msg = repr.to_bytes(IpAddr::V6(src), IpAddr::V6(MCAST_V6), ChecksumKind::PseudoHeader).unwrap();
+    let mut frame = vec![0x33, 0x33, 0, 0, 0, 0x12, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[112, 255]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&MCAST_V6.octets());
+    frame.extend_from_slice(&msg);
+    frame.extend_from_slice(&[0, 0, 0, 0]); // Ethernet padding is ignored
+    let pkt = ipv6_from_frame(&frame, Some([2, 0, 0, 0, 0, 2])).unwrap();
+    let (s, d, hop, m) = split_ipv6(pkt).unwrap();
+    assert_eq!((s, d, hop), (src, MCAST_V6, 255));
+    let (back, _) = Repr::parse(&Packet::new_checked(m).unwrap(), IpAddr::V6(s), IpAddr::V6(d)).unwrap();
+    assert_eq!(back, repr);
+    // Our own frames and non-IPv6 frames are skipped.
+    assert!(ipv6_from_frame(&frame, Some([2, 0, 0, 0, 0, 1])).is_none());
+    let mut arp = frame.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert!(ipv6_from_frame(&arp, None).is_none());
+    let mut other = pkt.to_vec();
+    other[6] = 58;
+    assert_eq!(split_ipv6(&other).unwrap_err(), DropReason::Type(58));
+    assert!(split_ipv6(&pkt[..39]).is_err());
+}
+
+#[test]
 fn every_validation_rule() {
     let src = v4([10, 99, 0, 1]);
     let good = KEEPALIVED_V3_DATAGRAM[20..].to_vec();
