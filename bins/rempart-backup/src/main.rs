@@ -10,7 +10,7 @@
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Local, NaiveDateTime, Utc};
 use clap::{Parser, Subcommand};
-use dedupstore::backend::LocalBackend;
+use dedupstore::backend::{Backend, LocalBackend};
 use dedupstore::chunker::ChunkerParams;
 use dedupstore::commands::{self, time_of, CheckOptions};
 use dedupstore::compress::Compression;
@@ -19,11 +19,12 @@ use dedupstore::crypto::Mode;
 use dedupstore::extract::{archive_items, extract, ExtractOptions};
 use dedupstore::pattern::Pattern;
 use dedupstore::prune::PruneRules;
+use dedupstore::remote::{RepoLocation, ServeOptions, SshBackend, SshOptions};
 use dedupstore::repo::{InitOptions, OpenOptions, RepoLock, Repository};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Parser, Debug)]
 #[command(name = "rempart-backup", version, about = "Deduplicated, encrypted backups (borg's command set)")]
@@ -31,6 +32,12 @@ struct Cli {
     /// More logging (repeat for debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// ssh command for remote repositories (default: REMPART_RSH, else "ssh").
+    #[arg(long, global = true)]
+    rsh: Option<String>,
+    /// Path of rempart-backup on the remote host.
+    #[arg(long, global = true, default_value = "rempart-backup")]
+    remote_path: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -184,6 +191,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
+    /// Serve a repository over stdin/stdout (run by ssh on the backup host; see docs/backup-remote.md).
+    Serve {
+        /// Only allow repositories under PATH (repeatable).
+        #[arg(long = "restrict-to-path", value_name = "PATH")]
+        restrict_to_paths: Vec<PathBuf>,
+        /// Refuse every removal and overwrite; keep every manifest version.
+        #[arg(long)]
+        append_only: bool,
+    },
+    /// Operator, on the backup host: list manifest versions kept by an append-only server, or
+    /// make one current again.
+    Rollback {
+        /// Make this manifest version current (without it: list the versions).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Local repository path.
+        repo: PathBuf,
+    },
     /// Remove a stale lock.
     BreakLock {
         /// Repository.
@@ -331,8 +356,21 @@ fn split_target(t: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
     Ok((repo, archive.filter(|a| !a.is_empty())))
 }
 
+static SSH: OnceLock<SshOptions> = OnceLock::new();
+
+/// The backend for a repository location: a local directory or `ssh://` / `user@host:path`.
+fn backend(repo: &str) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match RepoLocation::parse(repo)? {
+        RepoLocation::Local(p) => Arc::new(LocalBackend::new(p)),
+        loc => {
+            let opts = SSH.get().cloned().unwrap_or_default();
+            Arc::new(SshBackend::connect(&loc, &opts).with_context(|| format!("repository {repo}"))?)
+        }
+    })
+}
+
 fn open(repo: &str) -> anyhow::Result<Repository> {
-    let backend = Arc::new(LocalBackend::new(repo));
+    let backend = backend(repo)?;
     let cfg = Repository::read_config(backend.as_ref()).with_context(|| format!("repository {repo}"))?;
     let pass = if cfg.body.mode.has_key() { passphrase("Enter passphrase: ", "REMPART_PASSPHRASE")? } else { None };
     Repository::open(backend, &OpenOptions { passphrase: pass, keys_dir: keys_dir() })
@@ -426,7 +464,35 @@ fn mode_string(kind: dedupstore::archive::ItemKind, mode: u32) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let rsh = cli.rsh.or_else(|| std::env::var("REMPART_RSH").ok()).unwrap_or_else(|| "ssh".into());
+    let _ = SSH.set(SshOptions { rsh, remote_path: cli.remote_path, ..SshOptions::default() });
     match cli.cmd {
+        Cmd::Serve { restrict_to_paths, append_only } => {
+            let opts = ServeOptions { restrict_to_paths, append_only };
+            let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+            dedupstore::remote::serve(opts, &mut input, &mut output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rollback { to, repo } => {
+            let versions = dedupstore::remote::manifest_versions(&repo)
+                .with_context(|| format!("{}: no manifest history (not served with --append-only?)", repo.display()))?;
+            match to {
+                None => {
+                    for (seq, p) in versions {
+                        let t = std::fs::metadata(&p)?.modified()?;
+                        println!("{seq:>8}  {}", fmt_time(DateTime::<Utc>::from(t)));
+                    }
+                }
+                Some(seq) => {
+                    let moved = dedupstore::remote::rollback(&repo, seq)?;
+                    eprintln!(
+                        "manifest version {seq} is current again ({moved} later index files moved to rolled-back/index/)"
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Init { encryption, chunker_params, pack_size, repo } => {
             let (repo, _) = split_target(repo.as_deref())?;
             let mode = Mode::parse(&encryption)?;
@@ -445,7 +511,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(c) = chunker_params {
                 opts.chunker = ChunkerParams::parse(&c)?;
             }
-            let r = Repository::init(Arc::new(LocalBackend::new(&repo)), &opts)
+            let r = Repository::init(backend(&repo)?, &opts)
                 .with_context(|| format!("repository {repo}"))?;
             if mode.has_key() {
                 eprintln!(
@@ -842,7 +908,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let data = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
                 let pass = passphrase("Enter passphrase: ", "REMPART_PASSPHRASE")?
                     .ok_or_else(|| anyhow!("a passphrase is needed"))?;
-                Repository::import_key(&LocalBackend::new(&repo), &data, &pass, &keys_dir())?;
+                Repository::import_key(backend(&repo)?.as_ref(), &data, &pass, &keys_dir())?;
                 Ok(ExitCode::SUCCESS)
             }
             KeyCmd::ChangePassphrase { repo } => {
@@ -856,7 +922,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Cmd::BreakLock { repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
-            RepoLock::break_lock(&LocalBackend::new(&repo_path))?;
+            RepoLock::break_lock(backend(&repo_path)?.as_ref())?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -318,6 +318,9 @@ fn ipv6_vip_on_master_only_then_kill9_moves_it_with_unsolicited_na() {
     })
     .unwrap_or_else(|e| panic!("{e}\na:\n{}\nb:\n{}", log(&a), log(&b)));
     assert!(!has_vip6(&lab, "b"));
+    let shown = lab.run("a", &["ip", "-6", "addr", "show", "dev", LAN]).expect("ip");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("inet6 fd00:77::50/64 scope global nodad"), "{shown}");
     let o = lab.run("c", &["ip", "-6", "addr", "add", "fd00:77::3/64", "dev", LAN]).expect("ip");
     assert!(o.status.success());
     let ping = lab.run("c", &["ping", "-6", "-c", "1", "-W", "2", VIP6]).expect("ping");

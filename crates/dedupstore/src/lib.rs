@@ -84,6 +84,7 @@ pub mod extract;
 pub mod id;
 pub mod pattern;
 pub mod prune;
+pub mod remote;
 pub mod repo;
 pub mod writer;
 

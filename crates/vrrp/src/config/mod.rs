@@ -304,7 +304,7 @@ impl<'de> Deserialize<'de> for Vip {
 pub struct Instance {
     /// Instance name.
     pub name: String,
-    /// `state MASTER|BACKUP` (a hint, as in keepalived; only priority 255 starts as master).
+    /// `state MASTER|BACKUP` (a hint: only priority 255 starts as master).
     #[serde(default)]
     pub state: Option<String>,
     /// `interface`.

@@ -228,7 +228,13 @@ impl Netlink {
 
     /// Adds `vip` to interface `index` (already present is fine).
     pub async fn add(&self, index: u32, vip: Vip) -> io::Result<()> {
-        match self.handle.address().add(index, vip.addr, vip.prefix).execute().await {
+        let mut req = self.handle.address().add(index, vip.addr, vip.prefix);
+        if vip.addr.is_ipv6() {
+            // Like keepalived: a VIP moves between routers, duplicate address detection would
+            // only delay it.
+            req.message_mut().header.flags |= rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
+        }
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if nl_code(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(io::Error::other(format!("add {vip}: {e}"))),

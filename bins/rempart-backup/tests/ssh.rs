@@ -1,0 +1,351 @@
+//! Remote repositories through the real OpenSSH client and a real `sshd` on 127.0.0.1 with
+//! forced commands (`command="rempart-backup serve --restrict-to-path … [--append-only]",restrict`).
+
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rempart-backup");
+
+/// A private sshd; killed (with every session it spawned) on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    base: PathBuf,
+}
+
+fn sh(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for k in kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()) {
+        out.extend(descendants(k));
+        out.push(k);
+    }
+    out
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+impl Sshd {
+    /// Starts sshd with two client keys: `plain` (serve) and `ao` (serve --append-only), both
+    /// restricted to `base/srv`.
+    fn start(base: &Path) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        std::fs::create_dir_all(base.join("srv")).unwrap();
+        for k in ["hostkey", "plain", "ao"] {
+            sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(base.join(k)));
+        }
+        let srv = base.join("srv");
+        let mut auth = String::new();
+        for (k, extra) in [("plain", ""), ("ao", " --append-only")] {
+            let pubkey = std::fs::read_to_string(base.join(format!("{k}.pub"))).unwrap();
+            auth.push_str(&format!(
+                "command=\"{BIN} serve --restrict-to-path {}{extra}\",restrict {}",
+                srv.display(),
+                pubkey.trim()
+            ));
+            auth.push('\n');
+        }
+        std::fs::write(base.join("authorized_keys"), auth).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+             LogLevel ERROR\n",
+            base.join("hostkey").display(),
+            base.join("authorized_keys").display()
+        );
+        std::fs::write(base.join("sshd_config"), cfg).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(base.join("sshd_config"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Sshd { child, port, base: base.to_path_buf() };
+        rempart_testkit::wait::until(Duration::from_secs(10), "sshd listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .unwrap();
+        d
+    }
+
+    fn rsh(&self, key: &str) -> String {
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            self.base.join(key).display()
+        )
+    }
+
+    fn url(&self, repo: &str) -> String {
+        format!("ssh://root@127.0.0.1:{}{}/{repo}", self.port, self.base.join("srv").display())
+    }
+
+    /// Kills every running ssh session (not the listener).
+    fn kill_sessions(&self) -> usize {
+        let d = descendants(self.child.id());
+        for &p in &d {
+            kill(p);
+        }
+        d.len()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        for p in descendants(self.child.id()) {
+            kill(p);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ours(home: &Path, rsh: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("REMPART_PASSPHRASE", "test-pass")
+        .env("REMPART_KEYS_DIR", home.join("keys"))
+        .env("REMPART_CACHE_DIR", home.join("cache"))
+        .env("REMPART_RSH", rsh)
+        .env_remove("REMPART_PASSCOMMAND")
+        .env_remove("REMPART_REPO");
+    c
+}
+
+fn ok(mut c: Command) -> String {
+    let dbg = format!("{c:?}");
+    let out = c.output().expect("spawn");
+    assert!(out.status.success(), "{dbg}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs, expects exit code 2, returns stderr.
+fn fails(mut c: Command) -> String {
+    let dbg = format!("{c:?}");
+    let out = c.output().expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{dbg}: expected exit 2\n{err}");
+    err
+}
+
+fn write_tree(root: &Path, seed: u64, files: usize, size: usize) {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    std::fs::create_dir_all(root).unwrap();
+    for i in 0..files {
+        let mut v = vec![0u8; size];
+        r.fill(&mut v[..]);
+        std::fs::write(root.join(format!("f{i:03}")), v).unwrap();
+    }
+}
+
+/// Extracts `archive` into a fresh directory and compares every file with `src`.
+fn extract_and_compare(home: &Path, rsh: &str, url: &str, archive: &str, src: &Path, into: &str) {
+    let dest = home.join(into);
+    std::fs::create_dir_all(&dest).unwrap();
+    let mut c = ours(home, rsh);
+    c.current_dir(&dest).arg("extract").arg(format!("{url}::{archive}"));
+    ok(c);
+    let got = dest.join(src.strip_prefix("/").unwrap());
+    let mut n = 0;
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let a = std::fs::read(e.path()).unwrap();
+        let b = std::fs::read(got.join(e.file_name())).unwrap();
+        assert!(a == b, "{archive}: {:?} differs after extract over ssh", e.file_name());
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+fn list(home: &Path, rsh: &str, url: &str) -> Vec<String> {
+    let mut c = ours(home, rsh);
+    c.args(["list", "--short", url]);
+    let mut v: Vec<String> = ok(c).lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn create_list_extract_check_over_real_ssh_and_restrict_to_path() {
+    if !rempart_testkit::require_root("sshd needs root to start with its own config") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let sshd = Sshd::start(&home.join("ssh"));
+    let rsh = sshd.rsh("plain");
+    let url = sshd.url("repo");
+    let src = home.join("src");
+    write_tree(&src, 1, 4, 300_000);
+    let mut c = ours(home, &rsh);
+    c.args(["init", "-e", "repokey", url.as_str()]);
+    ok(c);
+    // the server stores only ciphertext, in the restricted directory
+    assert!(sshd.base.join("srv/repo/config").exists());
+    let mut c = ours(home, &rsh);
+    c.args(["create", "--json"]).arg(format!("{url}::first")).arg(&src);
+    let v: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    assert_eq!(v["archive"]["stats"]["nfiles"].as_u64(), Some(4));
+    // the scp-like form (borg's user@host:path) through --rsh with a port option
+    let scp = format!("root@127.0.0.1:{}", sshd.base.join("srv/repo").display());
+    let mut c = ours(home, "unused-env");
+    c.arg("--rsh").arg(format!("{rsh} -p {}", sshd.port)).args(["create"]).arg(format!("{scp}::second")).arg(&src);
+    ok(c);
+    assert_eq!(list(home, &rsh, &url), vec!["first", "second"]);
+    extract_and_compare(home, &rsh, &url, "first", &src, "out1");
+    let mut c = ours(home, &rsh);
+    c.args(["check", "--verify-data", url.as_str()]);
+    ok(c);
+    // without --append-only, prune works over ssh
+    let mut c = ours(home, &rsh);
+    c.args(["prune", "--keep-last", "1", url.as_str()]);
+    ok(c);
+    assert_eq!(list(home, &rsh, &url), vec!["second"]);
+    // --restrict-to-path: a path outside (also through ..) is refused
+    for other in [
+        format!("ssh://root@127.0.0.1:{}{}/elsewhere", sshd.port, home.display()),
+        format!("ssh://root@127.0.0.1:{}{}/srv/../../elsewhere", sshd.port, sshd.base.display()),
+    ] {
+        let mut c = ours(home, &rsh);
+        c.args(["init", "-e", "repokey", other.as_str()]);
+        let err = fails(c);
+        assert!(err.contains("outside the allowed paths"), "{err}");
+    }
+    assert!(!home.join("elsewhere").exists());
+}
+
+#[test]
+fn append_only_refuses_delete_prune_compact_and_rollback_restores() {
+    if !rempart_testkit::require_root("sshd needs root to start with its own config") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let sshd = Sshd::start(&home.join("ssh"));
+    let rsh = sshd.rsh("ao");
+    let url = sshd.url("repo");
+    let server_repo = sshd.base.join("srv/repo");
+    let src1 = home.join("src1");
+    let src2 = home.join("src2");
+    write_tree(&src1, 1, 3, 200_000);
+    write_tree(&src2, 2, 3, 200_000);
+    let mut c = ours(home, &rsh);
+    c.args(["init", "-e", "repokey", "--pack-size", "65536", url.as_str()]);
+    ok(c);
+    for (name, src) in [("a1", &src1), ("a2", &src2)] {
+        let mut c = ours(home, &rsh);
+        c.arg("create").arg(format!("{url}::{name}")).arg(src);
+        ok(c);
+    }
+    let good = dedupstore::remote::manifest_versions(&server_repo).unwrap().last().unwrap().0;
+    let packs_before = count_files(&server_repo.join("data"));
+    // the client tries to destroy history: every attempt fails with exit 2
+    let mut c = ours(home, &rsh);
+    c.arg("delete").arg(format!("{url}::a1"));
+    let err = fails(c);
+    assert!(err.contains("append-only"), "{err}");
+    let mut c = ours(home, &rsh);
+    c.args(["prune", "--keep-last", "0", "--keep-daily", "0", "--keep-within", "1H", url.as_str()]);
+    let out = c.output().unwrap();
+    // (a prune keeping everything within the hour deletes nothing: allowed; the point is below)
+    assert!(out.status.code() == Some(0) || out.status.code() == Some(2));
+    let mut c = ours(home, &rsh);
+    c.args(["compact", "--threshold", "0", url.as_str()]);
+    let err = fails(c);
+    assert!(err.contains("append-only"), "{err}");
+    // nothing was removed on the server
+    assert!(count_files(&server_repo.join("data")) >= packs_before);
+    assert_eq!(std::fs::read_dir(server_repo.join("archives")).unwrap().count(), 2);
+    // the operator rolls back on the server
+    let out = Command::new(BIN).arg("rollback").arg(&server_repo).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listing.lines().count() as u64 >= good + 1, "{listing}");
+    ok({
+        let mut c = Command::new(BIN);
+        c.args(["rollback", "--to", &good.to_string()]).arg(&server_repo);
+        c
+    });
+    assert_eq!(list(home, &rsh, &url), vec!["a1", "a2"]);
+    extract_and_compare(home, &rsh, &url, "a1", &src1, "out1");
+    extract_and_compare(home, &rsh, &url, "a2", &src2, "out2");
+    let mut c = ours(home, &rsh);
+    c.args(["check", "--verify-data", url.as_str()]);
+    ok(c);
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        n += if p.is_dir() { count_files(&p) } else { 1 };
+    }
+    n
+}
+
+#[test]
+fn broken_connection_is_exit_2_and_leaves_the_repository_consistent() {
+    if !rempart_testkit::require_root("sshd needs root to start with its own config") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    // a bogus ssh command: clear error, exit 2
+    let mut c = ours(home, "false");
+    c.args(["list", "ssh://root@127.0.0.1:9/nowhere"]);
+    let err = fails(c);
+    assert!(err.contains("connection to the server lost"), "{err}");
+    let mut c = ours(home, "/nonexistent/ssh");
+    c.args(["list", "ssh://root@127.0.0.1:9/nowhere"]);
+    let err = fails(c);
+    assert!(err.contains("cannot start ssh command"), "{err}");
+
+    let sshd = Sshd::start(&home.join("ssh"));
+    let rsh = sshd.rsh("ao");
+    let url = sshd.url("repo");
+    let server_repo = sshd.base.join("srv/repo");
+    let small = home.join("small");
+    write_tree(&small, 3, 2, 100_000);
+    let big = home.join("big");
+    write_tree(&big, 4, 12, 1 << 20);
+    let mut c = ours(home, &rsh);
+    c.args(["init", "-e", "repokey", "--pack-size", "65536", url.as_str()]);
+    ok(c);
+    let mut c = ours(home, &rsh);
+    c.arg("create").arg(format!("{url}::small")).arg(&small);
+    ok(c);
+    let packs0 = count_files(&server_repo.join("data"));
+    let mut c = ours(home, &rsh);
+    c.args(["create", "-c", "1"]).arg(format!("{url}::big")).arg(&big).stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    rempart_testkit::wait::until(Duration::from_secs(30), "packs arriving on the server", || {
+        count_files(&server_repo.join("data")) >= packs0 + 20
+    })
+    .unwrap();
+    assert!(sshd.kill_sessions() > 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("connection to the server lost"), "{err}");
+    // consistent: check passes, only the complete archive is listed, and it extracts
+    let mut c = ours(home, &rsh);
+    c.args(["check", url.as_str()]);
+    ok(c);
+    assert_eq!(list(home, &rsh, &url), vec!["small"]);
+    extract_and_compare(home, &rsh, &url, "small", &small, "out");
+    // the next run completes (the stale lock of the dead client is taken over)
+    let mut c = ours(home, &rsh);
+    c.args(["create", "--json"]).arg(format!("{url}::big")).arg(&big);
+    let v: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    assert_eq!(v["archive"]["stats"]["nfiles"].as_u64(), Some(12));
+    assert_eq!(list(home, &rsh, &url), vec!["big", "small"]);
+}

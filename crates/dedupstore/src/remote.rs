@@ -1,0 +1,974 @@
+//! Remote repositories over SSH: locations, the wire protocol, the client [`SshBackend`] and the
+//! server loop ([`serve`]) behind `rempart-backup serve`.
+//!
+//! ```text
+//!  client (rempart-backup create …)                       server (forced command in authorized_keys)
+//!  Repository ─► SshBackend ══ ssh stdin/stdout ══► rempart-backup serve --restrict-to-path P --append-only
+//!                 │  requests are pipelined:                  │ Hello(path) checked against P
+//!                 │  pack/index/archive writes do not wait    ▼
+//!                 │  for their answer (up to a window);    LocalBackend(path)
+//!                 │  anything else first drains them, so   append-only: no remove (except the lock),
+//!                 │  the manifest is only sent once every  no overwrite of a different object,
+//!                 ▼  object it names is acknowledged.      every manifest version kept in manifests/
+//! ```
+//!
+//! Frames (all integers big-endian); a request:
+//!
+//! ```text
+//!  0        4    5      6        8          8+n
+//!  +--------+----+------+--------+----------+----------------------+
+//!  | length | op | type | namelen| name     | payload              |
+//!  +--------+----+------+--------+----------+----------------------+
+//! ```
+//!
+//! and a response `| length | status | payload |`. `length` counts the bytes after itself. The
+//! payload of `Hello` is the repository path, of `ReadPart` offset and length (u64 each), of
+//! `Write`/`CreateNew` the object. Responses carry the data, a size (u64), a flag (u8), names
+//! separated by `\n`, or an error message.
+//!
+//! Why the server never needs trust in the client: it never sees keys or plaintext, and with
+//! `--append-only` it refuses every removal and every overwrite of an existing object with
+//! different bytes (objects are content-addressed, so a legitimate client never does that),
+//! except the manifest, whose every version is kept so an operator can [`rollback`].
+
+use crate::backend::{Backend, FileType, LocalBackend};
+use crate::error::{Error, Result};
+use std::collections::VecDeque;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+/// Where a repository lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RepoLocation {
+    /// A local directory.
+    Local(PathBuf),
+    /// A directory on another host, reached with ssh.
+    Ssh {
+        /// Login name, if given.
+        user: Option<String>,
+        /// Host name or address.
+        host: String,
+        /// Port, if given.
+        port: Option<u16>,
+        /// Path on the server (relative paths are relative to the login directory).
+        path: String,
+    },
+}
+
+impl RepoLocation {
+    /// Parses `ssh://[user@]host[:port]/path`, `[user@]host:path` (borg's forms) or a local path.
+    pub fn parse(s: &str) -> Result<RepoLocation> {
+        let bad = |why: &str| Error::InvalidArgument(format!("repository location {s:?}: {why}"));
+        if let Some(rest) = s.strip_prefix("ssh://") {
+            let (auth, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => return Err(bad("missing /path")),
+            };
+            let (user, hostport) = split_user(auth);
+            let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+                let (h, after) = h.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+                let port = match after.strip_prefix(':') {
+                    Some(p) => Some(p.parse::<u16>().map_err(|_| bad("bad port"))?),
+                    None if after.is_empty() => None,
+                    None => return Err(bad("junk after ]")),
+                };
+                (h.to_string(), port)
+            } else {
+                match hostport.rsplit_once(':') {
+                    Some((h, p)) => (h.to_string(), Some(p.parse::<u16>().map_err(|_| bad("bad port"))?)),
+                    None => (hostport.to_string(), None),
+                }
+            };
+            if host.is_empty() {
+                return Err(bad("empty host"));
+            }
+            // borg: ssh://host/./rel and ssh://host/~/rel are relative to the home directory.
+            let path = path.strip_prefix("/./").or_else(|| path.strip_prefix("/~/")).unwrap_or(path);
+            return Ok(RepoLocation::Ssh { user, host, port, path: path.to_string() });
+        }
+        if s.contains("://") {
+            return Err(bad("unsupported scheme (use ssh:// or a path)"));
+        }
+        // scp-like `[user@]host:path`: a colon before any slash.
+        if let Some(i) = s.find(':') {
+            if !s[..i].contains('/') && i > 0 {
+                let (user, host) = split_user(&s[..i]);
+                let path = &s[i + 1..];
+                if host.is_empty() || path.is_empty() {
+                    return Err(bad("expected [user@]host:path"));
+                }
+                return Ok(RepoLocation::Ssh { user, host: host.to_string(), port: None, path: path.to_string() });
+            }
+        }
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        Ok(RepoLocation::Local(PathBuf::from(s)))
+    }
+}
+
+fn split_user(auth: &str) -> (Option<String>, &str) {
+    match auth.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, auth),
+    }
+}
+
+/// Request operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// Open a repository path (payload: path). Answer: flag append-only.
+    Hello,
+    /// Whether the repository exists.
+    Exists,
+    /// Create the repository directories.
+    Create,
+    /// List names of a type.
+    List,
+    /// Read a whole object.
+    Read,
+    /// Read a part (payload: offset, length).
+    ReadPart,
+    /// Object size.
+    Size,
+    /// Write (replace) an object (payload: data).
+    Write,
+    /// Create if absent (payload: data). Answer: flag created.
+    CreateNew,
+    /// Remove an object.
+    Remove,
+}
+
+impl Op {
+    fn code(self) -> u8 {
+        match self {
+            Op::Hello => 1,
+            Op::Exists => 2,
+            Op::Create => 3,
+            Op::List => 4,
+            Op::Read => 5,
+            Op::ReadPart => 6,
+            Op::Size => 7,
+            Op::Write => 8,
+            Op::CreateNew => 9,
+            Op::Remove => 10,
+        }
+    }
+    fn from_code(c: u8) -> Option<Op> {
+        Some(match c {
+            1 => Op::Hello,
+            2 => Op::Exists,
+            3 => Op::Create,
+            4 => Op::List,
+            5 => Op::Read,
+            6 => Op::ReadPart,
+            7 => Op::Size,
+            8 => Op::Write,
+            9 => Op::CreateNew,
+            10 => Op::Remove,
+            _ => return None,
+        })
+    }
+}
+
+fn type_code(t: FileType) -> u8 {
+    match t {
+        FileType::Config => 1,
+        FileType::Key => 2,
+        FileType::Manifest => 3,
+        FileType::Index => 4,
+        FileType::Pack => 5,
+        FileType::Archive => 6,
+        FileType::Lock => 7,
+    }
+}
+
+fn type_from_code(c: u8) -> Option<FileType> {
+    Some(match c {
+        1 => FileType::Config,
+        2 => FileType::Key,
+        3 => FileType::Manifest,
+        4 => FileType::Index,
+        5 => FileType::Pack,
+        6 => FileType::Archive,
+        7 => FileType::Lock,
+        _ => return None,
+    })
+}
+
+/// Largest frame accepted (a pack is at most 1 GiB plus headers).
+pub const MAX_FRAME: usize = (1 << 30) + (1 << 20);
+
+fn malformed(why: &str) -> Error {
+    Error::InvalidArgument(format!("malformed frame: {why}"))
+}
+
+/// A request frame body (after the length field) over a byte buffer.
+#[derive(Debug, Clone)]
+pub struct RequestPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> RequestPacket<T> {
+    /// Wraps a buffer, checking the fixed header and the name fit.
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        let b = buffer.as_ref();
+        if b.len() < 4 {
+            return Err(malformed("request shorter than its header"));
+        }
+        let n = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        if b.len() < 4 + n {
+            return Err(malformed("name runs past the frame"));
+        }
+        Ok(RequestPacket { buffer })
+    }
+    /// Operation code.
+    pub fn op(&self) -> u8 {
+        self.buffer.as_ref()[0]
+    }
+    /// Object type code.
+    pub fn file_type(&self) -> u8 {
+        self.buffer.as_ref()[1]
+    }
+    /// Object name bytes.
+    pub fn name(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        let n = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        &b[4..4 + n]
+    }
+    /// Payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        let n = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        &b[4 + n..]
+    }
+}
+
+/// A parsed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRepr<'a> {
+    /// Operation.
+    pub op: Op,
+    /// Object type (ignored by `Hello`, `Exists`, `Create`).
+    pub file_type: FileType,
+    /// Object name.
+    pub name: &'a str,
+    /// Payload (see the module docs).
+    pub payload: &'a [u8],
+}
+
+impl<'a> RequestRepr<'a> {
+    /// Parses a checked packet.
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &'a RequestPacket<&'a T>) -> Result<Self> {
+        let op = Op::from_code(p.op()).ok_or_else(|| malformed("unknown operation"))?;
+        let file_type = type_from_code(p.file_type()).ok_or_else(|| malformed("unknown object type"))?;
+        let b: &'a [u8] = p.buffer.as_ref();
+        let n = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        let name = std::str::from_utf8(&b[4..4 + n]).map_err(|_| malformed("name is not UTF-8"))?;
+        Ok(RequestRepr { op, file_type, name, payload: &b[4 + n..] })
+    }
+    /// Bytes of the body (without the length field).
+    pub fn buffer_len(&self) -> usize {
+        4 + self.name.len() + self.payload.len()
+    }
+    /// Emits the body into `buf` (exactly [`Self::buffer_len`] bytes).
+    pub fn emit(&self, buf: &mut [u8]) {
+        buf[0] = self.op.code();
+        buf[1] = type_code(self.file_type);
+        buf[2..4].copy_from_slice(&(self.name.len() as u16).to_be_bytes());
+        buf[4..4 + self.name.len()].copy_from_slice(self.name.as_bytes());
+        buf[4 + self.name.len()..self.buffer_len()].copy_from_slice(self.payload);
+    }
+    /// The whole frame, length field included.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let n = self.buffer_len();
+        let mut v = vec![0u8; 4 + n];
+        v[..4].copy_from_slice(&(n as u32).to_be_bytes());
+        self.emit(&mut v[4..]);
+        v
+    }
+}
+
+/// Response status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// Success; payload is the answer.
+    Ok,
+    /// The object does not exist; payload is its description.
+    NotFound,
+    /// Refused by policy (append-only, restricted path); payload is the reason.
+    Refused,
+    /// Any other failure; payload is the message.
+    Failed,
+    /// `Create` on a non-empty directory.
+    AlreadyExists,
+}
+
+impl Status {
+    fn code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::NotFound => 1,
+            Status::Refused => 2,
+            Status::Failed => 3,
+            Status::AlreadyExists => 4,
+        }
+    }
+    fn from_code(c: u8) -> Option<Status> {
+        Some(match c {
+            0 => Status::Ok,
+            1 => Status::NotFound,
+            2 => Status::Refused,
+            3 => Status::Failed,
+            4 => Status::AlreadyExists,
+            _ => return None,
+        })
+    }
+}
+
+/// A parsed response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseRepr<'a> {
+    /// Status.
+    pub status: Status,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+impl<'a> ResponseRepr<'a> {
+    /// Parses a response body (after the length field).
+    pub fn parse(b: &'a [u8]) -> Result<Self> {
+        let (&s, payload) = b.split_first().ok_or_else(|| malformed("empty response"))?;
+        let status = Status::from_code(s).ok_or_else(|| malformed("unknown status"))?;
+        Ok(ResponseRepr { status, payload })
+    }
+    /// The whole frame, length field included.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let n = 1 + self.payload.len();
+        let mut v = Vec::with_capacity(4 + n);
+        v.extend_from_slice(&(n as u32).to_be_bytes());
+        v.push(self.status.code());
+        v.extend_from_slice(self.payload);
+        v
+    }
+}
+
+/// Reads one frame body; `Ok(None)` on a clean end of stream before a frame.
+pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..])?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+    }
+    let mut buf = vec![0u8; n];
+    r.read_exact(&mut buf)?;
+    Ok(Some(buf))
+}
+
+fn conn_lost(loc: &str, e: impl std::fmt::Display) -> Error {
+    Error::Io {
+        path: PathBuf::from(loc),
+        source: std::io::Error::new(std::io::ErrorKind::BrokenPipe, format!("connection to the server lost: {e}")),
+    }
+}
+
+/// How the client reaches the server.
+#[derive(Clone, Debug)]
+pub struct SshOptions {
+    /// The ssh command and its options (`REMPART_RSH`, `--rsh`), split on whitespace.
+    pub rsh: String,
+    /// The server's binary (`--remote-path`).
+    pub remote_path: String,
+    /// Most pipelined writes without an answer.
+    pub window: usize,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions { rsh: "ssh".into(), remote_path: "rempart-backup".into(), window: 64 }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    child: Child,
+    tx: Option<BufWriter<ChildStdin>>,
+    rx: BufReader<ChildStdout>,
+    /// Names of pipelined writes whose answer is not read yet.
+    pending: VecDeque<String>,
+    /// First failure; every later call fails with it.
+    broken: Option<String>,
+}
+
+/// A repository on another host: `ssh … rempart-backup serve`, framed requests over the pipe.
+#[derive(Debug)]
+pub struct SshBackend {
+    location: String,
+    append_only: bool,
+    window: usize,
+    conn: Mutex<Conn>,
+}
+
+impl SshBackend {
+    /// Starts ssh and opens the repository path on the server.
+    pub fn connect(loc: &RepoLocation, opts: &SshOptions) -> Result<SshBackend> {
+        let RepoLocation::Ssh { user, host, port, path } = loc else {
+            return Err(Error::InvalidArgument("not an ssh location".into()));
+        };
+        let mut words = opts.rsh.split_whitespace();
+        let prog = words.next().ok_or_else(|| Error::InvalidArgument("empty ssh command".into()))?;
+        let mut cmd = Command::new(prog);
+        cmd.args(words);
+        if let Some(p) = port {
+            cmd.arg("-p").arg(p.to_string());
+        }
+        let dest = match user {
+            Some(u) => format!("{u}@{host}"),
+            None => host.clone(),
+        };
+        let location = match port {
+            Some(p) => format!("ssh://{dest}:{p}{}", if path.starts_with('/') { "" } else { "/./" }) + path,
+            None => format!("{dest}:{path}"),
+        };
+        cmd.arg(&dest).arg(&opts.remote_path).arg("serve");
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child =
+            cmd.spawn().map_err(|e| Error::InvalidArgument(format!("cannot start ssh command {prog:?}: {e}")))?;
+        let (Some(tx), Some(rx)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::InvalidArgument("ssh pipes".into()));
+        };
+        let conn = Conn {
+            child,
+            tx: Some(BufWriter::with_capacity(1 << 20, tx)),
+            rx: BufReader::with_capacity(1 << 16, rx),
+            pending: VecDeque::new(),
+            broken: None,
+        };
+        let mut b = SshBackend { location, append_only: false, window: opts.window.max(1), conn: Mutex::new(conn) };
+        let ans = b.call(RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: path.as_bytes() })?;
+        b.append_only = ans.first() == Some(&1);
+        Ok(b)
+    }
+
+    /// Whether the server runs with `--append-only`.
+    pub fn append_only(&self) -> bool {
+        self.append_only
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, c: &mut Conn, e: impl std::fmt::Display) -> Error {
+        // Reap ssh if it died, to report its exit status.
+        let extra = match c.child.try_wait() {
+            Ok(Some(st)) => format!(" (ssh exited with {st})"),
+            _ => String::new(),
+        };
+        let msg = format!("{e}{extra}");
+        c.broken = Some(msg.clone());
+        conn_lost(&self.location, msg)
+    }
+
+    fn read_answer(&self, c: &mut Conn, what: &str) -> Result<Vec<u8>> {
+        let body = match read_frame(&mut c.rx) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(self.fail(c, "end of stream")),
+            Err(e) => return Err(self.fail(c, e)),
+        };
+        let r = ResponseRepr::parse(&body).map_err(|e| self.fail(c, e))?;
+        let msg = || String::from_utf8_lossy(r.payload).into_owned();
+        match r.status {
+            Status::Ok => Ok(r.payload.to_vec()),
+            Status::NotFound => Err(Error::NotFound(format!("{}: {}", self.location, msg()))),
+            Status::AlreadyExists => Err(Error::AlreadyExists(PathBuf::from(&self.location))),
+            Status::Refused => Err(Error::InvalidArgument(format!("{}: server refused {what}: {}", self.location, msg()))),
+            _ => Err(Error::InvalidArgument(format!("{}: server error on {what}: {}", self.location, msg()))),
+        }
+    }
+
+    /// Reads every outstanding pipelined answer; the first failure is returned (and sticks).
+    fn drain(&self, c: &mut Conn) -> Result<()> {
+        let mut first = None;
+        while let Some(name) = c.pending.pop_front() {
+            if let Err(e) = self.read_answer(c, &format!("write of {name}")) {
+                if c.broken.is_none() {
+                    c.broken = Some(e.to_string());
+                }
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, c: &mut Conn, req: &RequestRepr<'_>) -> Result<()> {
+        if let Some(b) = &c.broken {
+            return Err(conn_lost(&self.location, b.clone()));
+        }
+        let n = req.buffer_len();
+        let mut hdr = [0u8; 8];
+        hdr[..4].copy_from_slice(&(n as u32).to_be_bytes());
+        let small = RequestRepr { payload: &[], ..req.clone() };
+        let mut head = vec![0u8; small.buffer_len()];
+        small.emit(&mut head);
+        let r = c.tx().and_then(|t| {
+            t.write_all(&hdr[..4])?;
+            t.write_all(&head)?;
+            t.write_all(req.payload)
+        });
+        r.map_err(|e| self.fail(c, e))
+    }
+
+    /// One synchronous request: drains the pipeline, sends, flushes, waits.
+    fn call(&self, req: RequestRepr<'_>) -> Result<Vec<u8>> {
+        let mut c = self.lock();
+        self.drain(&mut c)?;
+        self.send(&mut c, &req)?;
+        c.tx().and_then(|t| t.flush()).map_err(|e| self.fail(&mut c, e))?;
+        self.read_answer(&mut c, &format!("{:?} {:?} {}", req.op, req.file_type, req.name))
+    }
+}
+
+impl Drop for SshBackend {
+    fn drop(&mut self) {
+        let c = self.conn.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = c.drain_quietly();
+        // Closing stdin ends the server loop, then ssh exits.
+        c.tx = None;
+        let _ = c.child.wait();
+    }
+}
+
+impl Conn {
+    fn tx(&mut self) -> std::io::Result<&mut BufWriter<ChildStdin>> {
+        self.tx.as_mut().ok_or_else(|| std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn drain_quietly(&mut self) -> std::io::Result<()> {
+        self.tx()?.flush()?;
+        while self.pending.pop_front().is_some() {
+            read_frame(&mut self.rx)?;
+        }
+        Ok(())
+    }
+}
+
+fn flag(v: &[u8]) -> bool {
+    v.first() == Some(&1)
+}
+
+impl Backend for SshBackend {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+    fn exists(&self) -> Result<bool> {
+        Ok(flag(&self.call(RequestRepr { op: Op::Exists, file_type: FileType::Config, name: "", payload: &[] })?))
+    }
+    fn create(&self) -> Result<()> {
+        self.call(RequestRepr { op: Op::Create, file_type: FileType::Config, name: "", payload: &[] }).map(|_| ())
+    }
+    fn list(&self, t: FileType) -> Result<Vec<String>> {
+        let v = self.call(RequestRepr { op: Op::List, file_type: t, name: "", payload: &[] })?;
+        let s = String::from_utf8_lossy(&v);
+        Ok(s.split('\n').filter(|n| !n.is_empty()).map(str::to_string).collect())
+    }
+    fn read(&self, t: FileType, name: &str) -> Result<Vec<u8>> {
+        self.call(RequestRepr { op: Op::Read, file_type: t, name, payload: &[] })
+    }
+    fn read_part(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut p = [0u8; 16];
+        p[..8].copy_from_slice(&offset.to_be_bytes());
+        p[8..].copy_from_slice(&len.to_be_bytes());
+        let v = self.call(RequestRepr { op: Op::ReadPart, file_type: t, name, payload: &p })?;
+        if v.len() as u64 != len {
+            return Err(Error::integrity(format!("{} {name}", self.location), "short read from the server"));
+        }
+        Ok(v)
+    }
+    fn size(&self, t: FileType, name: &str) -> Result<u64> {
+        let v = self.call(RequestRepr { op: Op::Size, file_type: t, name, payload: &[] })?;
+        let a: [u8; 8] = v.as_slice().try_into().map_err(|_| Error::integrity("size answer", "not 8 bytes"))?;
+        Ok(u64::from_be_bytes(a))
+    }
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
+        let req = RequestRepr { op: Op::Write, file_type: t, name, payload: data };
+        match t {
+            // Content-addressed objects are pipelined: nothing refers to them until the
+            // manifest (or a later index) is written, and those are sent synchronously after
+            // every pending answer has been read.
+            FileType::Pack | FileType::Index | FileType::Archive => {
+                let mut c = self.lock();
+                self.send(&mut c, &req)?;
+                c.pending.push_back(name.to_string());
+                if c.pending.len() >= self.window {
+                    c.tx().and_then(|t| t.flush()).map_err(|e| self.fail(&mut c, e))?;
+                    let name = c.pending.pop_front().unwrap_or_default();
+                    self.read_answer(&mut c, &format!("write of {name}")).inspect_err(|e| {
+                        c.broken.get_or_insert(e.to_string());
+                    })?;
+                }
+                Ok(())
+            }
+            _ => self.call(req).map(|_| ()),
+        }
+    }
+    fn create_new(&self, t: FileType, name: &str, data: &[u8]) -> Result<bool> {
+        Ok(flag(&self.call(RequestRepr { op: Op::CreateNew, file_type: t, name, payload: data })?))
+    }
+    fn remove(&self, t: FileType, name: &str) -> Result<()> {
+        self.call(RequestRepr { op: Op::Remove, file_type: t, name, payload: &[] }).map(|_| ())
+    }
+}
+
+/// Server policy.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Only repositories under these directories (empty: any).
+    pub restrict_to_paths: Vec<PathBuf>,
+    /// Refuse removals and overwrites; keep manifest history.
+    pub append_only: bool,
+}
+
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    // The repository may not exist yet (init): resolve the nearest existing ancestor.
+    let mut tail = Vec::new();
+    let mut p = path.to_path_buf();
+    loop {
+        match p.canonicalize() {
+            Ok(c) => {
+                let mut c = c;
+                for t in tail.iter().rev() {
+                    c.push(t);
+                }
+                return Ok(c);
+            }
+            Err(e) => {
+                let name = p.file_name().map(|n| n.to_os_string());
+                match (name, p.parent()) {
+                    (Some(n), Some(parent)) => {
+                        if n == ".." {
+                            return Err(e);
+                        }
+                        tail.push(n);
+                        p = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Server-side state for one connection.
+#[derive(Debug)]
+pub struct Server {
+    opts: ServeOptions,
+    backend: Option<LocalBackend>,
+}
+
+type Answer = (Status, Vec<u8>);
+
+fn err_answer(e: Error) -> Answer {
+    match e {
+        Error::NotFound(m) => (Status::NotFound, m.into_bytes()),
+        Error::AlreadyExists(p) => (Status::AlreadyExists, p.display().to_string().into_bytes()),
+        e => (Status::Failed, e.to_string().into_bytes()),
+    }
+}
+
+/// Directory (under the repository) where the append-only server keeps manifest versions.
+pub const MANIFEST_HISTORY: &str = "manifests";
+
+impl Server {
+    /// A server with a policy.
+    pub fn new(opts: ServeOptions) -> Server {
+        Server { opts, backend: None }
+    }
+
+    /// Handles one request body; returns the response frame.
+    pub fn handle(&mut self, body: &[u8]) -> Vec<u8> {
+        let (status, payload) = match RequestPacket::new_checked(body).and_then(|p| {
+            let p: RequestPacket<&[u8]> = p;
+            RequestRepr::parse(&p).map(|r| self.dispatch(&r))
+        }) {
+            Ok(a) => a,
+            Err(e) => (Status::Failed, e.to_string().into_bytes()),
+        };
+        ResponseRepr { status, payload: &payload }.to_frame()
+    }
+
+    fn refuse(why: String) -> Answer {
+        (Status::Refused, why.into_bytes())
+    }
+
+    fn dispatch(&mut self, r: &RequestRepr<'_>) -> Answer {
+        if r.op == Op::Hello {
+            let path = PathBuf::from(String::from_utf8_lossy(r.payload).into_owned());
+            let resolved = match resolve(&path) {
+                Ok(p) => p,
+                Err(e) => return (Status::Failed, format!("{}: {e}", path.display()).into_bytes()),
+            };
+            if !self.opts.restrict_to_paths.is_empty() {
+                let ok = self
+                    .opts
+                    .restrict_to_paths
+                    .iter()
+                    .any(|rp| resolve(rp).map(|rp| resolved.starts_with(rp)).unwrap_or(false));
+                if !ok {
+                    return Self::refuse(format!("{} is outside the allowed paths (--restrict-to-path)", path.display()));
+                }
+            }
+            self.backend = Some(LocalBackend::new(resolved));
+            return (Status::Ok, vec![u8::from(self.opts.append_only)]);
+        }
+        let Some(b) = self.backend.clone() else {
+            return (Status::Failed, b"no Hello yet".to_vec());
+        };
+        let res = match r.op {
+            Op::Exists => b.exists().map(|x| vec![u8::from(x)]),
+            Op::Create => b.create().map(|_| vec![]),
+            Op::List => b.list(r.file_type).map(|v| v.join("\n").into_bytes()),
+            Op::Read => b.read(r.file_type, r.name),
+            Op::ReadPart => {
+                let Ok(p) = <[u8; 16]>::try_from(r.payload) else {
+                    return (Status::Failed, b"ReadPart payload must be 16 bytes".to_vec());
+                };
+                let off = u64::from_be_bytes(p[..8].try_into().unwrap_or_default());
+                let len = u64::from_be_bytes(p[8..].try_into().unwrap_or_default());
+                b.read_part(r.file_type, r.name, off, len)
+            }
+            Op::Size => b.size(r.file_type, r.name).map(|s| s.to_be_bytes().to_vec()),
+            Op::Write => {
+                if self.opts.append_only {
+                    if let Some(a) = self.append_only_write(&b, r) {
+                        return a;
+                    }
+                }
+                b.write(r.file_type, r.name, r.payload).map(|_| vec![])
+            }
+            Op::CreateNew => b.create_new(r.file_type, r.name, r.payload).map(|x| vec![u8::from(x)]),
+            Op::Remove => {
+                if self.opts.append_only && r.file_type != FileType::Lock {
+                    return Self::refuse(format!(
+                        "append-only repository: removing {:?} {} is not allowed",
+                        r.file_type, r.name
+                    ));
+                }
+                b.remove(r.file_type, r.name).map(|_| vec![])
+            }
+            Op::Hello => unreachable_hello(),
+        };
+        match res {
+            Ok(v) => (Status::Ok, v),
+            Err(e) => err_answer(e),
+        }
+    }
+
+    /// Append-only policy for writes: `None` lets the write proceed.
+    fn append_only_write(&self, b: &LocalBackend, r: &RequestRepr<'_>) -> Option<Answer> {
+        let t = r.file_type;
+        if t == FileType::Manifest {
+            // Every version is kept: manifests/<seq> (the current one included).
+            let dir = b.root().join(MANIFEST_HISTORY);
+            let seq = std::fs::read_dir(&dir)
+                .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok()).max().unwrap_or(0))
+                .unwrap_or(0)
+                + 1;
+            let res = std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(dir.join(format!("{seq:08}")), r.payload))
+                .and_then(|_| std::fs::File::open(&dir)?.sync_all());
+            if let Err(e) = res {
+                return Some((Status::Failed, format!("manifest history: {e}").into_bytes()));
+            }
+            return None;
+        }
+        if t == FileType::Lock {
+            return None;
+        }
+        match b.read(t, r.name) {
+            Ok(cur) if cur == r.payload => Some((Status::Ok, vec![])),
+            Ok(_) => Some(Self::refuse(format!(
+                "append-only repository: overwriting {:?} {} is not allowed",
+                t, r.name
+            ))),
+            Err(_) => None,
+        }
+    }
+}
+
+fn unreachable_hello() -> Result<Vec<u8>> {
+    Err(Error::InvalidArgument("Hello handled above".into()))
+}
+
+/// Serves requests from `input` until it ends (the client closed the connection).
+pub fn serve(opts: ServeOptions, input: &mut impl Read, output: &mut impl Write) -> Result<()> {
+    let mut s = Server::new(opts);
+    loop {
+        let body = match read_frame(input) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(Error::io("<client>", e)),
+        };
+        let ans = s.handle(&body);
+        output.write_all(&ans).map_err(|e| Error::io("<client>", e))?;
+        // Flush only when no further request is already buffered is not knowable for a
+        // generic reader; flushing each answer keeps latency low and costs one syscall.
+        output.flush().map_err(|e| Error::io("<client>", e))?;
+    }
+}
+
+/// Manifest versions kept by an append-only server, oldest first: (sequence, path).
+pub fn manifest_versions(repo: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = repo.join(MANIFEST_HISTORY);
+    let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut v: Vec<(u64, PathBuf)> =
+        rd.filter_map(|e| e.ok()).filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path()))).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Operator-side rollback (run on the server, with the client locked out): makes manifest
+/// version `seq` current again, and moves index files written after it into
+/// `rolled-back/index/` (so a later compaction's superseding index no longer hides the chunks of
+/// the restored archives). Packs and archive objects are never removed in append-only mode, so
+/// everything that version names is present. Returns the number of index files moved aside.
+pub fn rollback(repo: &Path, seq: u64) -> Result<usize> {
+    let versions = manifest_versions(repo)?;
+    let (_, p) = versions
+        .iter()
+        .find(|(s, _)| *s == seq)
+        .ok_or_else(|| Error::InvalidArgument(format!("no manifest version {seq}")))?;
+    let since = std::fs::metadata(p).and_then(|m| m.modified()).map_err(|e| Error::io(p, e))?;
+    let b = LocalBackend::new(repo);
+    let aside = repo.join("rolled-back").join("index");
+    std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    let mut moved = 0;
+    for n in b.list(FileType::Index)? {
+        let ip = b.path(FileType::Index, &n);
+        let m = std::fs::metadata(&ip).and_then(|m| m.modified()).map_err(|e| Error::io(&ip, e))?;
+        if m > since {
+            std::fs::rename(&ip, aside.join(&n)).map_err(|e| Error::io(&ip, e))?;
+            moved += 1;
+        }
+    }
+    let data = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+    b.write(FileType::Manifest, "manifest", &data)?;
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssh(user: Option<&str>, host: &str, port: Option<u16>, path: &str) -> RepoLocation {
+        RepoLocation::Ssh { user: user.map(str::to_string), host: host.into(), port, path: path.into() }
+    }
+
+    #[test]
+    fn locations() {
+        let p = RepoLocation::parse;
+        assert_eq!(p("ssh://borg@10.0.0.1:2222/srv/r").unwrap(), ssh(Some("borg"), "10.0.0.1", Some(2222), "/srv/r"));
+        assert_eq!(p("ssh://host/srv/r").unwrap(), ssh(None, "host", None, "/srv/r"));
+        assert_eq!(p("ssh://u@[::1]:22/x").unwrap(), ssh(Some("u"), "::1", Some(22), "/x"));
+        assert_eq!(p("ssh://u@h/./rel").unwrap(), ssh(Some("u"), "h", None, "rel"));
+        assert_eq!(
+            p("borguser@192.168.50.20:/srv/borg/mediaschool").unwrap(),
+            ssh(Some("borguser"), "192.168.50.20", None, "/srv/borg/mediaschool")
+        );
+        assert_eq!(p("host:repo").unwrap(), ssh(None, "host", None, "repo"));
+        assert_eq!(p("/srv/repo").unwrap(), RepoLocation::Local("/srv/repo".into()));
+        assert_eq!(p("./a:b").unwrap(), RepoLocation::Local("./a:b".into()));
+        assert!(p("ssh://host").is_err());
+        assert!(p("ssh://h:99999/x").is_err());
+        assert!(p("http://h/x").is_err());
+        assert!(p("h:").is_err());
+    }
+
+    #[test]
+    fn request_golden() {
+        let r = RequestRepr { op: Op::ReadPart, file_type: FileType::Pack, name: "ab", payload: &[0, 1] };
+        let mut buf = vec![0xa5u8; r.buffer_len() + 2];
+        r.emit(&mut buf);
+        assert_eq!(buf, [6, 5, 0, 2, b'a', b'b', 0, 1, 0xa5, 0xa5]);
+        assert_eq!(r.to_frame(), [0, 0, 0, 8, 6, 5, 0, 2, b'a', b'b', 0, 1]);
+        let p = RequestPacket::new_checked(&buf[..8]).unwrap();
+        assert_eq!(RequestRepr::parse(&p).unwrap(), r);
+        assert!(RequestPacket::new_checked(&buf[..3]).is_err());
+        assert!(RequestPacket::new_checked(&[6u8, 5, 0, 9, b'a'][..]).is_err());
+        let bad = [99u8, 5, 0, 0];
+        assert!(RequestRepr::parse(&RequestPacket::new_checked(&bad[..]).unwrap()).is_err());
+    }
+
+    #[test]
+    fn response_golden() {
+        let r = ResponseRepr { status: Status::Refused, payload: b"no" };
+        assert_eq!(r.to_frame(), [0, 0, 0, 3, 2, b'n', b'o']);
+        assert_eq!(ResponseRepr::parse(&[2, b'n', b'o']).unwrap(), r);
+        assert!(ResponseRepr::parse(&[]).is_err());
+        assert!(ResponseRepr::parse(&[77]).is_err());
+    }
+
+    fn ask(s: &mut Server, r: RequestRepr<'_>) -> (Status, Vec<u8>) {
+        let f = r.to_frame();
+        let a = s.handle(&f[4..]);
+        let rr = ResponseRepr::parse(&a[4..]).unwrap();
+        (rr.status, rr.payload.to_vec())
+    }
+
+    #[test]
+    fn server_restricts_paths_and_enforces_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        let opts = ServeOptions { restrict_to_paths: vec![allowed.clone()], append_only: true };
+        let mut s = Server::new(opts);
+        let hello = |p: &Path| format!("{}", p.display()).into_bytes();
+        let outside = hello(&dir.path().join("other"));
+        let (st, _) = ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &outside });
+        assert_eq!(st, Status::Refused);
+        let sneaky = hello(&allowed.join("../other"));
+        let (st, _) = ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &sneaky });
+        assert_eq!(st, Status::Refused);
+        let inside = hello(&allowed.join("repo"));
+        let (st, v) = ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &inside });
+        assert_eq!((st, v), (Status::Ok, vec![1]));
+        let w = |t, name, payload| RequestRepr { op: Op::Write, file_type: t, name, payload };
+        assert_eq!(ask(&mut s, RequestRepr { op: Op::Create, file_type: FileType::Config, name: "", payload: &[] }).0, Status::Ok);
+        assert_eq!(ask(&mut s, w(FileType::Pack, "aa01", b"x")).0, Status::Ok);
+        assert_eq!(ask(&mut s, w(FileType::Pack, "aa01", b"x")).0, Status::Ok, "identical rewrite is harmless");
+        assert_eq!(ask(&mut s, w(FileType::Pack, "aa01", b"y")).0, Status::Refused);
+        let rm = |t, name| RequestRepr { op: Op::Remove, file_type: t, name, payload: &[] };
+        assert_eq!(ask(&mut s, rm(FileType::Pack, "aa01")).0, Status::Refused);
+        assert_eq!(ask(&mut s, rm(FileType::Archive, "bb")).0, Status::Refused);
+        assert_eq!(ask(&mut s, rm(FileType::Lock, "lock")).0, Status::Ok);
+        assert_eq!(ask(&mut s, w(FileType::Manifest, "manifest", b"m1")).0, Status::Ok);
+        assert_eq!(ask(&mut s, w(FileType::Manifest, "manifest", b"m2")).0, Status::Ok);
+        let repo = allowed.join("repo");
+        assert_eq!(std::fs::read(repo.join("data/aa/aa01")).unwrap(), b"x");
+        let versions = manifest_versions(&repo).unwrap();
+        assert_eq!(versions.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1, 2]);
+        rollback(&repo, 1).unwrap();
+        assert_eq!(std::fs::read(repo.join("manifest")).unwrap(), b"m1");
+        // garbage never panics
+        let a = s.handle(&[1]);
+        assert_eq!(ResponseRepr::parse(&a[4..]).unwrap().status, Status::Failed);
+    }
+}
