@@ -250,7 +250,7 @@ impl MetaFile {
             let mut b = vec![0u8; slot as usize];
             file.read_exact_at(&mut b, i * slot)?;
             if let Some((seq, m)) = decode_slot(&b) {
-                if best.as_ref().map_or(true, |(s, _)| seq > *s) {
+                if best.as_ref().is_none_or(|(s, _)| seq > *s) {
                     best = Some((seq, m));
                 }
             }

@@ -722,7 +722,7 @@ impl Replica {
             self.actions.push_back(Action::Complete { req, result: Err(ReplError::NotPrimary) });
             return;
         }
-        if off.checked_add(u64::from(len)).map_or(true, |e| e > self.size) {
+        if off.checked_add(u64::from(len)).is_none_or(|e| e > self.size) {
             self.actions.push_back(Action::Complete { req, result: Err(ReplError::OutOfRange) });
             return;
         }
@@ -1175,7 +1175,7 @@ impl Replica {
                 }
             }
         }
-        if self.established && !self.tlog.is_empty() && self.last_barrier.map_or(true, |b| now >= b + AUTO_BARRIER) {
+        if self.established && !self.tlog.is_empty() && self.last_barrier.is_none_or(|b| now >= b + AUTO_BARRIER) {
             self.send_barrier(now);
         }
         self.refill(now);
@@ -1274,7 +1274,7 @@ impl Replica {
                     self.close(now, "peer sent data to a Primary");
                     return;
                 }
-                if offset.checked_add(u64::from(len)).map_or(true, |e| e > self.size) {
+                if offset.checked_add(u64::from(len)).is_none_or(|e| e > self.size) {
                     self.close(now, "peer wrote outside the device");
                     return;
                 }
@@ -1317,7 +1317,7 @@ impl Replica {
                     self.rs_deferred.push_back(Msg::RsData { offset, len, flags, data });
                     return;
                 }
-                if offset.checked_add(u64::from(len)).map_or(true, |e| e > self.size) {
+                if offset.checked_add(u64::from(len)).is_none_or(|e| e > self.size) {
                     self.close(now, "resync data outside the device");
                     return;
                 }
@@ -1332,7 +1332,7 @@ impl Replica {
                     self.rs_deferred.push_back(Msg::RsCsum { offset, len, hash });
                     return;
                 }
-                if offset.checked_add(u64::from(len)).map_or(true, |e| e > self.size) {
+                if offset.checked_add(u64::from(len)).is_none_or(|e| e > self.size) {
                     self.close(now, "resync checksum outside the device");
                     return;
                 }
@@ -1378,7 +1378,7 @@ impl Replica {
                 self.io(Io::TargetFinalFlush { conn }, DiskOp::Flush);
             }
             Msg::VerifyReq { offset, len } => {
-                if offset.checked_add(u64::from(len)).map_or(true, |e| e > self.size) {
+                if offset.checked_add(u64::from(len)).is_none_or(|e| e > self.size) {
                     return;
                 }
                 if self.repl == ReplState::Established {
