@@ -199,6 +199,9 @@ enum Cmd {
         /// Refuse every removal and overwrite; keep every manifest version.
         #[arg(long)]
         append_only: bool,
+        /// Refuse writes past SIZE (e.g. 500G; units K, M, G, T, powers of 1000).
+        #[arg(long, value_name = "SIZE")]
+        storage_quota: Option<String>,
     },
     /// Operator, on the backup host: list manifest versions kept by an append-only server, or
     /// make one current again.
@@ -467,8 +470,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rsh = cli.rsh.or_else(|| std::env::var("REMPART_RSH").ok()).unwrap_or_else(|| "ssh".into());
     let _ = SSH.set(SshOptions { rsh, remote_path: cli.remote_path, ..SshOptions::default() });
     match cli.cmd {
-        Cmd::Serve { restrict_to_paths, append_only } => {
-            let opts = ServeOptions { restrict_to_paths, append_only };
+        Cmd::Serve { restrict_to_paths, append_only, storage_quota } => {
+            let storage_quota = storage_quota.as_deref().map(dedupstore::remote::parse_size).transpose()?;
+            let opts = ServeOptions { restrict_to_paths, append_only, storage_quota };
             let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
             let mut output = std::io::BufWriter::new(std::io::stdout().lock());
             dedupstore::remote::serve(opts, &mut input, &mut output)?;
@@ -511,8 +515,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(c) = chunker_params {
                 opts.chunker = ChunkerParams::parse(&c)?;
             }
-            let r = Repository::init(backend(&repo)?, &opts)
-                .with_context(|| format!("repository {repo}"))?;
+            let r = Repository::init(backend(&repo)?, &opts).with_context(|| format!("repository {repo}"))?;
             if mode.has_key() {
                 eprintln!(
                     "Repository {repo} created ({}). Keep a copy of the key: rempart-backup key export {repo} FILE",
@@ -615,7 +618,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => {
                     let archives: Vec<_> = commands::list_archives(&repo)?
                         .into_iter()
-                        .filter(|a| glob_archives.as_deref().map_or(true, |g| commands::glob_archives(g, &a.name)))
+                        .filter(|a| glob_archives.as_deref().is_none_or(|g| commands::glob_archives(g, &a.name)))
                         .collect();
                     if json {
                         let list: Vec<_> = archives

@@ -92,7 +92,7 @@ pub fn prune_repo_plan(
         .manifest()?
         .archives
         .iter()
-        .filter(|a| glob.map_or(true, |g| glob_archives(g, &a.name)))
+        .filter(|a| glob.is_none_or(|g| glob_archives(g, &a.name)))
         .map(|a| PruneArchive { name: a.name.clone(), time: time_of(a.time) })
         .collect();
     prune_plan(&archives, rules, now, &|t| t.with_timezone(&chrono::Local).naive_local())

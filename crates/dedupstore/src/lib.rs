@@ -38,6 +38,12 @@
 //! removes; the manifest still names only complete archives. `delete` rewrites the manifest
 //! first, `compact` writes its new packs and a superseding index before it removes anything.
 //!
+//! ## Remote repositories
+//!
+//! [`remote`] holds the SSH backend (`ssh://user@host:port/path`, `user@host:path`), its framed,
+//! pipelined protocol and the server behind `rempart-backup serve` (`--restrict-to-path`,
+//! `--append-only` with manifest history and [`remote::rollback`], `--storage-quota`).
+//!
 //! ## Memory and parallelism
 //!
 //! `create` reads, chunks and hashes on the caller's thread; new chunks go through bounded

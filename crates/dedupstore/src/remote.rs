@@ -461,7 +461,8 @@ impl SshBackend {
             broken: None,
         };
         let mut b = SshBackend { location, append_only: false, window: opts.window.max(1), conn: Mutex::new(conn) };
-        let ans = b.call(RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: path.as_bytes() })?;
+        let ans =
+            b.call(RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: path.as_bytes() })?;
         b.append_only = ans.first() == Some(&1);
         Ok(b)
     }
@@ -498,13 +499,19 @@ impl SshBackend {
             Status::Ok => Ok(r.payload.to_vec()),
             Status::NotFound => Err(Error::NotFound(format!("{}: {}", self.location, msg()))),
             Status::AlreadyExists => Err(Error::AlreadyExists(PathBuf::from(&self.location))),
-            Status::Refused => Err(Error::InvalidArgument(format!("{}: server refused {what}: {}", self.location, msg()))),
+            Status::Refused => {
+                Err(Error::InvalidArgument(format!("{}: server refused {what}: {}", self.location, msg())))
+            }
             _ => Err(Error::InvalidArgument(format!("{}: server error on {what}: {}", self.location, msg()))),
         }
     }
 
     /// Reads every outstanding pipelined answer; the first failure is returned (and sticks).
     fn drain(&self, c: &mut Conn) -> Result<()> {
+        if c.pending.is_empty() {
+            return Ok(());
+        }
+        c.tx().and_then(|t| t.flush()).map_err(|e| self.fail(c, e))?;
         let mut first = None;
         while let Some(name) = c.pending.pop_front() {
             if let Err(e) = self.read_answer(c, &format!("write of {name}")) {
@@ -645,6 +652,43 @@ pub struct ServeOptions {
     pub restrict_to_paths: Vec<PathBuf>,
     /// Refuse removals and overwrites; keep manifest history.
     pub append_only: bool,
+    /// Refuse writes that would make the repository larger than this many bytes.
+    pub storage_quota: Option<u64>,
+}
+
+/// Parses a size like `500M`, `10G`, `2T` or plain bytes (powers of 1000, as borg).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1_000,
+                'M' => 1_000_000,
+                'G' => 1_000_000_000,
+                'T' => 1_000_000_000_000,
+                'P' => 1_000_000_000_000_000,
+                _ => return Err(Error::InvalidArgument(format!("size {s:?}: unknown unit"))),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| Error::InvalidArgument(format!("size {s:?}")))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(Error::InvalidArgument(format!("size {s:?}")));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn resolve(path: &Path) -> std::io::Result<PathBuf> {
@@ -682,6 +726,8 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
 pub struct Server {
     opts: ServeOptions,
     backend: Option<LocalBackend>,
+    /// Bytes in the repository (measured at the first write when a quota is set).
+    used: Option<u64>,
 }
 
 type Answer = (Status, Vec<u8>);
@@ -700,7 +746,7 @@ pub const MANIFEST_HISTORY: &str = "manifests";
 impl Server {
     /// A server with a policy.
     pub fn new(opts: ServeOptions) -> Server {
-        Server { opts, backend: None }
+        Server { opts, backend: None, used: None }
     }
 
     /// Handles one request body; returns the response frame.
@@ -733,7 +779,10 @@ impl Server {
                     .iter()
                     .any(|rp| resolve(rp).map(|rp| resolved.starts_with(rp)).unwrap_or(false));
                 if !ok {
-                    return Self::refuse(format!("{} is outside the allowed paths (--restrict-to-path)", path.display()));
+                    return Self::refuse(format!(
+                        "{} is outside the allowed paths (--restrict-to-path)",
+                        path.display()
+                    ));
                 }
             }
             self.backend = Some(LocalBackend::new(resolved));
@@ -756,6 +805,12 @@ impl Server {
                 b.read_part(r.file_type, r.name, off, len)
             }
             Op::Size => b.size(r.file_type, r.name).map(|s| s.to_be_bytes().to_vec()),
+            Op::Write | Op::CreateNew if self.over_quota(&b, r.payload.len()) => {
+                return Self::refuse(format!(
+                    "storage quota of {} bytes exceeded (--storage-quota)",
+                    self.opts.storage_quota.unwrap_or(0)
+                ));
+            }
             Op::Write => {
                 if self.opts.append_only {
                     if let Some(a) = self.append_only_write(&b, r) {
@@ -782,6 +837,17 @@ impl Server {
         }
     }
 
+    /// Whether writing `n` more bytes would exceed the quota (counts them if not).
+    fn over_quota(&mut self, b: &LocalBackend, n: usize) -> bool {
+        let Some(q) = self.opts.storage_quota else { return false };
+        let used = *self.used.get_or_insert_with(|| dir_size(b.root()));
+        if used.saturating_add(n as u64) > q {
+            return true;
+        }
+        self.used = Some(used + n as u64);
+        false
+    }
+
     /// Append-only policy for writes: `None` lets the write proceed.
     fn append_only_write(&self, b: &LocalBackend, r: &RequestRepr<'_>) -> Option<Answer> {
         let t = r.file_type;
@@ -805,10 +871,9 @@ impl Server {
         }
         match b.read(t, r.name) {
             Ok(cur) if cur == r.payload => Some((Status::Ok, vec![])),
-            Ok(_) => Some(Self::refuse(format!(
-                "append-only repository: overwriting {:?} {} is not allowed",
-                t, r.name
-            ))),
+            Ok(_) => {
+                Some(Self::refuse(format!("append-only repository: overwriting {:?} {} is not allowed", t, r.name)))
+            }
             Err(_) => None,
         }
     }
@@ -938,20 +1003,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let allowed = dir.path().join("allowed");
         std::fs::create_dir(&allowed).unwrap();
-        let opts = ServeOptions { restrict_to_paths: vec![allowed.clone()], append_only: true };
+        let opts = ServeOptions { restrict_to_paths: vec![allowed.clone()], append_only: true, storage_quota: None };
         let mut s = Server::new(opts);
         let hello = |p: &Path| format!("{}", p.display()).into_bytes();
         let outside = hello(&dir.path().join("other"));
-        let (st, _) = ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &outside });
+        let (st, _) =
+            ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &outside });
         assert_eq!(st, Status::Refused);
         let sneaky = hello(&allowed.join("../other"));
-        let (st, _) = ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &sneaky });
+        let (st, _) =
+            ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &sneaky });
         assert_eq!(st, Status::Refused);
         let inside = hello(&allowed.join("repo"));
-        let (st, v) = ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &inside });
+        let (st, v) =
+            ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &inside });
         assert_eq!((st, v), (Status::Ok, vec![1]));
         let w = |t, name, payload| RequestRepr { op: Op::Write, file_type: t, name, payload };
-        assert_eq!(ask(&mut s, RequestRepr { op: Op::Create, file_type: FileType::Config, name: "", payload: &[] }).0, Status::Ok);
+        assert_eq!(
+            ask(&mut s, RequestRepr { op: Op::Create, file_type: FileType::Config, name: "", payload: &[] }).0,
+            Status::Ok
+        );
         assert_eq!(ask(&mut s, w(FileType::Pack, "aa01", b"x")).0, Status::Ok);
         assert_eq!(ask(&mut s, w(FileType::Pack, "aa01", b"x")).0, Status::Ok, "identical rewrite is harmless");
         assert_eq!(ask(&mut s, w(FileType::Pack, "aa01", b"y")).0, Status::Refused);
@@ -970,5 +1041,54 @@ mod tests {
         // garbage never panics
         let a = s.handle(&[1]);
         assert_eq!(ResponseRepr::parse(&a[4..]).unwrap().status, Status::Failed);
+    }
+
+    #[test]
+    fn parsers_and_server_never_panic_on_random_bytes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..5000 {
+            let n = rng.gen_range(0..40);
+            let mut data = vec![0u8; n];
+            rng.fill(&mut data[..]);
+            if n > 0 && rng.gen_bool(0.5) {
+                data[0] = rng.gen_range(1..=10); // a valid op, so deeper paths run
+            }
+            // same calls as fuzz/fuzz_targets/backup_remote_frame.rs
+            if let Ok(p) = RequestPacket::new_checked(&data[..]) {
+                let _ = RequestRepr::parse(&p);
+            }
+            let _ = ResponseRepr::parse(&data);
+            let _ = RepoLocation::parse(&String::from_utf8_lossy(&data));
+            let opts = ServeOptions {
+                restrict_to_paths: vec!["/nonexistent-fuzz-root".into()],
+                append_only: true,
+                storage_quota: Some(1),
+            };
+            let a = Server::new(opts).handle(&data);
+            assert!(ResponseRepr::parse(&a[4..]).is_ok());
+        }
+    }
+
+    #[test]
+    fn storage_quota_refuses_writes_past_it() {
+        assert_eq!(parse_size("10G").unwrap(), 10_000_000_000);
+        assert_eq!(parse_size("1.5M").unwrap(), 1_500_000);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("5X").is_err() && parse_size("-1").is_err() && parse_size("").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server::new(ServeOptions { storage_quota: Some(1000), ..ServeOptions::default() });
+        let path = dir.path().join("r").display().to_string().into_bytes();
+        assert_eq!(
+            ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &path }).0,
+            Status::Ok
+        );
+        let w = |name, payload| RequestRepr { op: Op::Write, file_type: FileType::Pack, name, payload };
+        assert_eq!(ask(&mut s, w("aa01", &[0u8; 600])).0, Status::Ok);
+        let (st, msg) = ask(&mut s, w("aa02", &[0u8; 600]));
+        assert_eq!(st, Status::Refused);
+        assert!(String::from_utf8_lossy(&msg).contains("quota"));
+        assert!(!dir.path().join("r/data/aa/aa02").exists());
+        assert_eq!(ask(&mut s, w("aa03", &[0u8; 300])).0, Status::Ok);
     }
 }
