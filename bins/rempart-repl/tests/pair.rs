@@ -396,6 +396,38 @@ impl Drop for Cleanup {
     }
 }
 
+/// nbdfuse serving an export as a file; unmounted and stopped on drop, also on panic. `losetup -d`
+/// releases the loop device asynchronously, so the first `fusermount3 -u` can fail with EBUSY (a
+/// single attempt once left nbdfuse running and the test waiting on it forever): retry until the
+/// mount is gone, then kill nbdfuse by pid and unmount lazily if it still is not.
+struct NbdFuse {
+    child: Child,
+    dir: PathBuf,
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let dir = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*dir)))
+        .unwrap_or(false)
+}
+
+impl Drop for NbdFuse {
+    fn drop(&mut self) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let _ = wait::until(Duration::from_secs(10), "FUSE unmount", || {
+            let _ = Command::new("fusermount3").args(["-u", &dir]).output();
+            !is_mounted(&self.dir)
+        });
+        let _ = wait::until(Duration::from_secs(5), "nbdfuse exit", || matches!(self.child.try_wait(), Ok(Some(_))));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3").args(["-u", "-z", &dir]).output();
+        }
+    }
+}
+
 fn sh(argv: &[&str]) -> String {
     let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -418,14 +450,16 @@ fn ext4_made_through_nbdfuse_on_the_primary_checks_clean_on_the_backup_after_fai
     std::fs::create_dir_all(&mnt).unwrap();
     let mut undo = Cleanup(Vec::new());
     {
-        let mut fuse = Command::new("nbdfuse")
-            .arg(&fuse_dir)
-            .arg(p.url("main"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        undo.0.push(vec!["fusermount3".into(), "-u".into(), fuse_dir.to_string_lossy().into()]);
+        let fuse = NbdFuse {
+            child: Command::new("nbdfuse")
+                .arg(&fuse_dir)
+                .arg(p.url("main"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            dir: fuse_dir.clone(),
+        };
         let dev_file = fuse_dir.join("nbd");
         wait::until(Duration::from_secs(10), "nbdfuse file", || {
             std::fs::metadata(&dev_file).map(|m| m.len() == SIZE).unwrap_or(false)
@@ -441,7 +475,7 @@ fn ext4_made_through_nbdfuse_on_the_primary_checks_clean_on_the_backup_after_fai
         sh(&["sync"]);
         // Tear down in order: unmount, detach, unmount FUSE.
         drop(std::mem::replace(&mut undo, Cleanup(Vec::new())));
-        let _ = fuse.wait();
+        drop(fuse);
     }
     // Fail over: kill -9 main, promote backup; the filesystem on the backup is clean.
     p.kill9("main");
