@@ -154,10 +154,15 @@ mod field {
     pub(super) const LENGTH: Range<usize> = 8..12;
 }
 
-fn be32(b: &[u8]) -> u32 {
+/// Big-endian field readers shared by both codecs (replication frames and NBD). Callers pass a
+/// slice already length-checked by their `new_checked`.
+pub(crate) fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+pub(crate) fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
-fn be64(b: &[u8]) -> u64 {
+pub(crate) fn be64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)

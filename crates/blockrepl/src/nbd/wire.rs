@@ -172,17 +172,7 @@ pub const REQUEST_LEN: usize = 28;
 /// Length of a simple reply header.
 pub const SIMPLE_REPLY_LEN: usize = 16;
 
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-fn be64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
-}
+use crate::wire::{be16, be32, be64};
 
 /// A transmission request header, smoltcp style: length-checked view over a buffer.
 #[derive(Debug, Clone)]
