@@ -362,6 +362,12 @@ fn main() {
         return;
     }
     let mb: usize = std::env::var("REMPART_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1100);
+    if let Ok(only) = std::env::var("REMPART_BENCH_GENERATE_ONLY") {
+        // For profiling one tool by hand: write the corpus and stop.
+        let size = generate(Path::new(&only), mb);
+        println!("{only}: {:.0} MB", size as f64 / 1e6);
+        return;
+    }
     let dir = PathBuf::from(std::env::var("REMPART_BENCH_DIR").unwrap_or_else(|_| "/tmp/rempart-backup-bench".into()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -2,26 +2,39 @@
 //! volume, same machine, same run, same client (`qemu-img bench`), backing files on the same
 //! filesystem. Also resync throughput of a dirty region versus a plain sequential write.
 //!
-//! Run: `cargo bench -p rempart-benches --bench repl_nbd` (env `REPL_BENCH_REPS`, default 3).
-//! Everything runs on loopback; the replicated pair runs in this process.
+//! Run (root, for the network namespaces):
+//! `cargo bench -p rempart-benches --bench repl_nbd` (env `REPL_BENCH_REPS`, default 5;
+//! `REPL_BENCH_CONFIGS=0,1` / `REPL_BENCH_WORKLOADS=2` pick rows and columns, `REPL_BENCH_RESYNC=0`
+//! skips the resync part, `REPL_BENCH_DIR` places the images, default /var/tmp).
+//!
+//! ```text
+//!   netns "main"                                         netns "backup"
+//!   qemu-img bench ─loopback─▶ NBD ─▶ Primary ══ veth 192.168.56.0/24 ══▶ Secondary
+//!   qemu-img bench ─loopback─▶ qemu-nbd (anchor)
+//! ```
+//!
+//! Each replica runs in-process on a tokio runtime whose threads entered the host's namespace.
+//! Besides the table it prints the QD1 FUA latency bound of the issue — qemu-nbd + one round trip
+//! on the replication link + one fdatasync of a 4 KiB write on the same disk, each measured in
+//! the same run — and where the time of a QD1 FUA write goes inside rempart (local disk versus
+//! the rest).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockrepl::io::{self, Admin, Handle, LinkConfig};
+use blockrepl::io::{self, Admin, Handle, Histogram, LinkConfig};
 use blockrepl::meta::Meta;
 use blockrepl::nbd::NbdServer;
-use blockrepl::proto::{auth_key, Config, Protocol, ReplState};
+use blockrepl::proto::{auth_key, Config, DiskState, Protocol, ReplState};
 use rempart_benches::{markdown_table, median, Row};
+use rempart_testkit::Lab;
 
 const SIZE: u64 = 512 << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+const MAIN_IP: [u8; 4] = [192, 168, 56, 10];
+const BACKUP_IP: [u8; 4] = [192, 168, 56, 20];
 
 fn image(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
@@ -36,35 +49,134 @@ struct Workload {
     count: u64,
     /// Converts (seconds, count) to the reported value.
     metric: fn(f64, u64) -> f64,
+    /// Run with a CPU-bound sibling process (see [`Spinner`]).
+    spin: bool,
 }
+
+const QD1: usize = 0;
+const QD1_SPIN: usize = 1;
+const SEQ: usize = 3;
 
 const WORKLOADS: &[Workload] = &[
     Workload {
         name: "4 KiB write QD1 FUA latency (µs)",
         args: &["-t", "writethrough", "-s", "4k", "-d", "1"],
-        count: 4000,
+        count: 3000,
         metric: |s, c| s / c as f64 * 1e6,
+        spin: false,
+    },
+    Workload {
+        name: "same, one CPU kept busy (µs)",
+        args: &["-t", "writethrough", "-s", "4k", "-d", "1"],
+        count: 3000,
+        metric: |s, c| s / c as f64 * 1e6,
+        spin: true,
     },
     Workload {
         name: "4 KiB write QD32 (kIOPS)",
         args: &["-t", "none", "-s", "4k", "-d", "32"],
         count: 40000,
         metric: |s, c| c as f64 / s / 1000.0,
+        spin: false,
     },
     Workload {
         name: "1 MiB sequential write QD4 (MiB/s)",
         args: &["-t", "none", "-s", "1M", "-d", "4"],
-        count: 400,
+        count: 800,
         metric: |s, c| c as f64 / s,
+        spin: false,
     },
 ];
 
-fn qemu_img_bench(url: &str, w: &Workload) -> f64 {
+/// A tokio runtime whose threads live in a lab host's network namespace: every socket its tasks
+/// open is in that namespace. Dropping it shuts the runtime down (closing every socket and file
+/// of the replicas on it).
+struct NsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsRuntime {
+    fn start(lab: &Lab, host: &str) -> NsRuntime {
+        let path = format!("/run/netns/{}", lab.netns(host));
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            // Worker threads are started from this thread and inherit its namespace.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            htx.send(rt.handle().clone()).unwrap();
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+        NsRuntime { handle: hrx.recv().unwrap(), stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Runs `f` on this runtime's threads (inside the namespace) and waits for it.
+    fn run<T: Send + 'static>(&self, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        let j = self.handle.spawn(f);
+        futures_block_on(j).unwrap()
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits for a future from a plain thread (outside any runtime).
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+}
+
+/// A busy-looping shell process, killed by pid on drop.
+///
+/// On this kind of VM (Firecracker, 2 vCPUs) an idle vCPU that waits for an I/O completion is
+/// woken at the next 4 ms tick: a lone `pwrite` + `fdatasync` loop measures ~4 ms per call, the
+/// same loop with any other runnable thread on the machine ~0.05-0.2 ms (`fdatasync_4k_us`
+/// prints both). A QD1 FUA benchmark is therefore dominated by whether something else keeps a
+/// vCPU awake — the replication peer does, qemu-nbd alone does not. The "busy" rows take that
+/// artefact out of the comparison.
+struct Spinner(std::process::Child);
+
+impl Spinner {
+    fn start() -> Spinner {
+        Spinner(
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn qemu_img_bench(lab: &Lab, url: &str, w: &Workload) -> f64 {
     // Start every measurement with no dirty pages from the previous one (fsync latency depends
     // on background writeback).
     let _ = Command::new("sync").status();
+    let _spin = w.spin.then(Spinner::start);
     let count = w.count.to_string();
-    let out = Command::new("qemu-img")
+    let out = lab
+        .cmd("main", "qemu-img")
         .args(["bench", "-f", "raw", "-w", "-c", &count])
         .args(w.args)
         .arg(url)
@@ -81,72 +193,92 @@ fn qemu_img_bench(url: &str, w: &Workload) -> f64 {
     (w.metric)(secs, w.count)
 }
 
-struct QemuNbd(Child);
-
-impl Drop for QemuNbd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn qemu_nbd(img: &Path) -> (QemuNbd, String) {
+/// qemu-nbd serving `img` on loopback inside host `main`.
+fn qemu_nbd(lab: &Lab, img: &Path) -> (rempart_testkit::Proc, String) {
     let port = free_port();
-    let child = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-x", "r0", "-b", "127.0.0.1", "-p", &port.to_string(), "-t"])
+    let mut c = lab.cmd("main", "qemu-nbd");
+    c.args(["-f", "raw", "-x", "r0", "-b", "127.0.0.1", "-p", &port.to_string(), "-t"])
         .arg(img)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-nbd");
+        .stderr(Stdio::null());
+    let p = lab.spawn("main", c).expect("qemu-nbd");
     let url = format!("nbd://127.0.0.1:{port}/r0");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "qemu-nbd did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (QemuNbd(child), url)
+    rempart_testkit::wait::until(Duration::from_secs(10), "qemu-nbd listening", || {
+        lab.enter("main", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).unwrap_or(false)
+    })
+    .unwrap();
+    (p, url)
 }
 
-async fn replica(dir: &Path, name: &str, proto: Protocol, tiebreak: bool, listen: u16, dial: Option<u16>) -> Handle {
+fn replica(rt: &NsRuntime, dir: &Path, name: &str, proto: Protocol, me: [u8; 4], peer: Option<[u8; 4]>) -> Handle {
     let img = image(dir, &format!("{name}.img"));
     let meta = dir.join(format!("{name}.img.md"));
     io::store_meta(&meta, &Meta::fresh(SIZE)).unwrap();
-    let mut cfg = Config::new(auth_key(b"bench secret"), tiebreak, u64::from(listen));
+    let tiebreak = peer.is_some();
+    let mut cfg = Config::new(auth_key(b"bench secret"), tiebreak, u64::from(me[3]));
     cfg.protocol = proto;
     cfg.resync_rate = 4 << 30;
-    let link = LinkConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], listen)),
-        dial: dial.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
-    };
-    io::start(cfg, &img, &meta, link).await.unwrap()
+    let link = LinkConfig { listen: SocketAddr::from((me, 7789)), dial: peer.map(|p| SocketAddr::from((p, 7789))) };
+    rt.run(async move { io::start(cfg, &img, &meta, link).await.unwrap() })
 }
 
-async fn wait_synced(h: &Handle) -> Duration {
+async fn wait_until(h: &Handle, what: &str, f: impl Fn(&blockrepl::proto::Status) -> bool) -> Duration {
     let start = Instant::now();
     loop {
         let s = h.status().await.unwrap();
-        if s.replication == ReplState::Established && s.out_of_sync_bytes == 0 && s.peer_disk.is_some() {
+        if f(&s) {
             return start.elapsed();
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no sync: {s:?}");
+        assert!(start.elapsed() < Duration::from_secs(300), "{what}: {s:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
-/// A Primary (with a peer over loopback when `peer` is set) served over NBD.
-async fn served(dir: &Path, proto: Protocol, peer: bool) -> (Handle, Option<Handle>, String) {
-    let (pa, pb) = (free_port(), free_port());
-    let a = replica(dir, "a", proto, true, pa, Some(pb)).await;
-    let b = if peer { Some(replica(dir, "b", proto, false, pb, None).await) } else { None };
-    a.admin(Admin::Primary { force: true }).await.unwrap();
-    if peer {
-        wait_synced(&a).await;
-    }
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("nbd://127.0.0.1:{}/r0", l.local_addr().unwrap().port());
-    tokio::spawn(NbdServer::new("r0", Arc::new(a.clone())).serve_tcp(l));
-    (a, b, url)
+fn in_sync(s: &blockrepl::proto::Status) -> bool {
+    s.replication == ReplState::Established
+        && s.disk == DiskState::UpToDate
+        && s.out_of_sync_bytes == 0
+        && s.peer_disk == Some(DiskState::UpToDate)
+}
+
+/// A Primary in `main` (with its peer in `backup` when `peer`), served over NBD on main's
+/// loopback. The runtimes own everything: drop them to stop.
+struct Served {
+    a: Handle,
+    b: Option<Handle>,
+    url: String,
+    _rts: Vec<NsRuntime>,
+}
+
+fn served(lab: &Lab, dir: &Path, proto: Protocol, peer: bool) -> Served {
+    let main_rt = NsRuntime::start(lab, "main");
+    let a = replica(&main_rt, dir, "a", proto, MAIN_IP, Some(BACKUP_IP));
+    let mut rts = Vec::new();
+    let b = if peer {
+        let backup_rt = NsRuntime::start(lab, "backup");
+        let b = replica(&backup_rt, dir, "b", proto, BACKUP_IP, None);
+        rts.push(backup_rt);
+        Some(b)
+    } else {
+        None
+    };
+    let a2 = a.clone();
+    let port = main_rt.run(async move {
+        a2.admin(Admin::Primary { force: true }).await.unwrap();
+        if peer {
+            wait_until(&a2, "initial sync", in_sync).await;
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(NbdServer::new("r0", Arc::new(a2)).serve_tcp(l));
+        port
+    });
+    rts.insert(0, main_rt);
+    Served { a, b, url: format!("nbd://127.0.0.1:{port}/r0"), _rts: rts }
 }
 
 fn plain_sequential_write_mibs(dir: &Path, mib: usize) -> f64 {
@@ -162,36 +294,133 @@ fn plain_sequential_write_mibs(dir: &Path, mib: usize) -> f64 {
     mib as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Median latency (µs) of a 4 KiB write + fdatasync at fresh offsets of a sparse file on the
+/// bench disk: what the peer pays for a FUA write.
+fn fdatasync_4k_us(dir: &Path, spin: bool) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let p = image(dir, "fsync.img");
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let buf = vec![0x5au8; 4096];
+    let _ = Command::new("sync").status();
+    let _spin = spin.then(Spinner::start);
+    let mut s = Vec::new();
+    for i in 0..300u64 {
+        let t = Instant::now();
+        f.write_all_at(&buf, i * 4096).unwrap();
+        f.sync_data().unwrap();
+        s.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    median(&s).unwrap()
+}
+
+/// Median TCP round trip (µs) on the replication link, main → backup, 64-byte messages with
+/// `TCP_NODELAY`, as the replication frames travel.
+fn link_rtt_us(lab: &Lab) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backup = NsRuntime::start(lab, "backup");
+    let main = NsRuntime::start(lab, "main");
+    let l = backup.run(async { tokio::net::TcpListener::bind(SocketAddr::from((BACKUP_IP, 7790))).await.unwrap() });
+    backup.handle.spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 64];
+        while s.read_exact(&mut b).await.is_ok() {
+            if s.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let samples = main.run(async {
+        let mut s = tokio::net::TcpStream::connect(SocketAddr::from((BACKUP_IP, 7790))).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [7u8; 64];
+        let mut v = Vec::new();
+        for _ in 0..2000 {
+            let t = Instant::now();
+            s.write_all(&b).await.unwrap();
+            s.read_exact(&mut b).await.unwrap();
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        v
+    });
+    median(&samples).unwrap()
+}
+
+/// Mean of the observations added to `after` since `before`, in µs.
+fn mean_since(before: &Histogram, after: &Histogram) -> f64 {
+    let n = after.count.saturating_sub(before.count);
+    if n == 0 {
+        return f64::NAN;
+    }
+    (after.sum - before.sum) / n as f64 * 1e6
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::var("REPL_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap()
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: run anyway.
-    let reps: usize = std::env::var("REPL_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if !rempart_testkit::require_root("the replication bench runs the peer in a network namespace") {
+        return;
+    }
+    let reps: usize = std::env::var("REPL_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let pick =
+        |var: &str, i: usize| std::env::var(var).map_or(true, |v| v.split(',').any(|x| x.trim() == i.to_string()));
+    let mut lab = Lab::new().unwrap();
+    lab.add_host("main").unwrap();
+    lab.add_host("backup").unwrap();
+    lab.link("main", "backup", "192.168.56.10/24", "192.168.56.20/24").unwrap();
+
     let configs: &[(&str, Option<(Protocol, bool)>)] = &[
         ("qemu-nbd, plain file", None),
-        ("rempart protocol C, peer on loopback", Some((Protocol::C, true))),
-        ("rempart protocol B, peer on loopback", Some((Protocol::B, true))),
-        ("rempart protocol A, peer on loopback", Some((Protocol::A, true))),
+        ("rempart protocol C, peer in another netns", Some((Protocol::C, true))),
+        ("rempart protocol B, peer in another netns", Some((Protocol::B, true))),
+        ("rempart protocol A, peer in another netns", Some((Protocol::A, true))),
         ("rempart Primary, no peer", Some((Protocol::C, false))),
     ];
     // samples[config][workload]
     let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); WORKLOADS.len()]; configs.len()];
+    // QD1 FUA breakdown per config: (client-visible mean in the replica, local write+fdatasync mean).
+    let mut breakdown: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![Vec::new(); 2]; configs.len()];
+    let mut rtt = Vec::new();
+    let mut fsync = Vec::new();
+    let mut fsync_spin = Vec::new();
     for _ in 0..reps {
+        rtt.push(link_rtt_us(&lab));
+        {
+            let dir = bench_dir();
+            fsync.push(fdatasync_4k_us(dir.path(), false));
+            fsync_spin.push(fdatasync_4k_us(dir.path(), true));
+        }
         for (ci, (_, cfg)) in configs.iter().enumerate() {
-            let dir =
-                tempfile::tempdir_in(std::env::var("REPL_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
+            if !pick("REPL_BENCH_CONFIGS", ci) {
+                continue;
+            }
+            let dir = bench_dir();
             match cfg {
                 None => {
                     let img = image(dir.path(), "q.img");
-                    let (_q, url) = qemu_nbd(&img);
+                    let (_q, url) = qemu_nbd(&lab, &img);
                     for (wi, w) in WORKLOADS.iter().enumerate() {
-                        samples[ci][wi].push(qemu_img_bench(&url, w));
+                        if pick("REPL_BENCH_WORKLOADS", wi) {
+                            samples[ci][wi].push(qemu_img_bench(&lab, &url, w));
+                        }
                     }
                 }
                 Some((proto, peer)) => {
-                    let (_a, _b, url) = rt.block_on(served(dir.path(), *proto, *peer));
+                    let s = served(&lab, dir.path(), *proto, *peer);
                     for (wi, w) in WORKLOADS.iter().enumerate() {
-                        samples[ci][wi].push(qemu_img_bench(&url, w));
+                        if pick("REPL_BENCH_WORKLOADS", wi) {
+                            let (c0, l0) = (s.a.latency(), s.a.local_latency());
+                            samples[ci][wi].push(qemu_img_bench(&lab, &s.url, w));
+                            if wi == QD1 || wi == QD1_SPIN {
+                                breakdown[ci][usize::from(wi == QD1_SPIN)]
+                                    .push((mean_since(&c0, &s.a.latency()), mean_since(&l0, &s.a.local_latency())));
+                            }
+                        }
                     }
+                    drop(s);
                 }
             }
         }
@@ -205,67 +434,96 @@ fn main() {
     }
     let mut rows = Vec::new();
     for (wi, w) in WORKLOADS.iter().enumerate() {
-        rows.push(Row {
-            metric: format!("{} — protocol C", w.name),
-            ours: samples[1][wi].clone(),
-            anchor: samples[0][wi].clone(),
-        });
-        rows.push(Row {
-            metric: format!("{} — no peer", w.name),
-            ours: samples[4][wi].clone(),
-            anchor: samples[0][wi].clone(),
-        });
+        for (ci, label) in [(1, "protocol C"), (4, "no peer")] {
+            if samples[ci][wi].is_empty() {
+                continue;
+            }
+            rows.push(Row {
+                metric: format!("{} — {label}", w.name),
+                ours: samples[ci][wi].clone(),
+                anchor: samples[0][wi].clone(),
+            });
+        }
     }
     println!("\n{}", markdown_table("qemu-nbd", &rows));
+
+    let rtt_m = median(&rtt).unwrap_or(f64::NAN);
+    println!("## QD1 FUA latency bound (issue 4: protocol C ≤ qemu-nbd + one RTT + one peer fdatasync)\n");
+    println!("replication link RTT (median of {} runs): {rtt_m:.1} µs\n", rtt.len());
+    for (wi, fs, label) in [(QD1, &fsync, "idle machine"), (QD1_SPIN, &fsync_spin, "one CPU kept busy")] {
+        let fsync_m = median(fs).unwrap_or(f64::NAN);
+        let q = median(&samples[0][wi]).unwrap_or(f64::NAN);
+        let c = median(&samples[1][wi]).unwrap_or(f64::NAN);
+        let bound = q + rtt_m + fsync_m;
+        println!(
+            "{label}: 4 KiB write + fdatasync {fsync_m:.1} µs; bound = {q:.1} + {rtt_m:.1} + {fsync_m:.1} = {bound:.1} µs; \
+             protocol C = {c:.1} µs -> {}",
+            if c <= bound { "HOLDS" } else { "DOES NOT HOLD" }
+        );
+    }
+    let seq_ratio = median(&samples[1][SEQ]).unwrap_or(f64::NAN) / median(&samples[0][SEQ]).unwrap_or(f64::NAN);
+    println!(
+        "\n1 MiB sequential, protocol C / qemu-nbd = {seq_ratio:.2} (target ≥ 0.70) -> {}\n",
+        if seq_ratio >= 0.7 { "MET" } else { "NOT MET" }
+    );
+    println!("QD1 FUA inside rempart (medians of per-run means): client-visible write latency in the replica");
+    println!("vs its local pwrite + fdatasync; the rest is the peer round trip, queueing and task hand-offs.\n");
+    println!(
+        "| configuration | CPU | replica write (µs) | local pwrite+fdatasync (µs) | rest (µs) | at qemu-img (µs) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for (ci, (name, _)) in configs.iter().enumerate() {
+        for (k, (wi, label)) in [(QD1, "idle"), (QD1_SPIN, "busy")].into_iter().enumerate() {
+            let b = &breakdown[ci][k];
+            if b.is_empty() {
+                continue;
+            }
+            let cl = median(&b.iter().map(|x| x.0).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+            let lo = median(&b.iter().map(|x| x.1).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+            let e2e = median(&samples[ci][wi]).unwrap_or(f64::NAN);
+            println!("| {name} | {label} | {cl:.1} | {lo:.1} | {:.1} | {e2e:.1} |", cl - lo);
+        }
+    }
 
     // Resync of a dirty region versus a plain sequential write on the same disk.
     let mut resync = Vec::new();
     let mut plain = Vec::new();
     const DIRTY_MIB: usize = 128;
     for _ in 0..reps {
-        let dir = tempfile::tempdir_in(std::env::var("REPL_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
+        if std::env::var("REPL_BENCH_RESYNC").is_ok_and(|v| v == "0") {
+            break;
+        }
+        let dir = bench_dir();
         plain.push(plain_sequential_write_mibs(dir.path(), DIRTY_MIB));
-        let mibs = rt.block_on(async {
-            let (a, _b, url) = served(dir.path(), Protocol::C, true).await;
-            a.admin(Admin::Disconnect).await.unwrap();
-            let count = DIRTY_MIB.to_string();
-            let url2 = url.clone();
-            tokio::task::spawn_blocking(move || {
-                let out = Command::new("qemu-img")
-                    .args([
-                        "bench",
-                        "-f",
-                        "raw",
-                        "-w",
-                        "-t",
-                        "none",
-                        "-s",
-                        "1M",
-                        "-d",
-                        "4",
-                        "-c",
-                        &count,
-                        "--pattern",
-                        "90",
-                    ])
-                    .arg(&url2)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success());
-            })
-            .await
+        let s = served(&lab, dir.path(), Protocol::C, true);
+        let a = s.a.clone();
+        futures_block_on(a.admin(Admin::Disconnect)).unwrap();
+        let count = DIRTY_MIB.to_string();
+        let out = lab
+            .cmd("main", "qemu-img")
+            .args(["bench", "-f", "raw", "-w", "-t", "none", "-s", "1M", "-d", "4", "-c", &count, "--pattern", "90"])
+            .arg(&s.url)
+            .output()
             .unwrap();
-            let oos = a.status().await.unwrap().out_of_sync_bytes;
-            assert_eq!(oos, (DIRTY_MIB as u64) << 20);
+        assert!(out.status.success());
+        let oos = futures_block_on(a.status()).unwrap().out_of_sync_bytes;
+        assert_eq!(oos, (DIRTY_MIB as u64) << 20);
+        let _ = Command::new("sync").status();
+        let b = s.b.clone().unwrap();
+        let t = futures_block_on(async move {
             a.admin(Admin::Connect { discard_my_data: false }).await.unwrap();
-            let t = wait_synced(&a).await;
-            DIRTY_MIB as f64 / t.as_secs_f64()
+            // Done when the target has flushed and recorded itself UpToDate.
+            wait_until(&b, "resync", |st| st.disk == DiskState::UpToDate && st.replication == ReplState::Established)
+                .await
         });
-        resync.push(mibs);
+        resync.push(DIRTY_MIB as f64 / t.as_secs_f64());
+        drop(s);
     }
-    println!("\n## Resync of a {DIRTY_MIB} MiB dirty region vs plain sequential write + fdatasync\n");
-    println!(
-        "{}",
-        markdown_table("plain write", &[Row { metric: "throughput (MiB/s)".into(), ours: resync, anchor: plain }])
-    );
+    if !resync.is_empty() {
+        println!("\n## Resync of a {DIRTY_MIB} MiB dirty region vs plain sequential write + fdatasync\n");
+        println!(
+            "{}",
+            markdown_table("plain write", &[Row { metric: "throughput (MiB/s)".into(), ours: resync, anchor: plain }])
+        );
+    }
 }

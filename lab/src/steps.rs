@@ -240,10 +240,15 @@ impl Step for ReplicatedVolume {
     }
 }
 
-/// Backup and restore of a service's data: a generated tree (text, incompressible binaries, a
-/// file with repeated blocks, a symlink) is backed up into an encrypted repository (repokey),
-/// deleted, restored in place and verified item by item (content and metadata). Reports the
-/// sizes, the backup and restore times, and the restore time as the RTO of the data.
+/// Backup and restore of a service's data, as the reference deployment does it: main runs
+/// `rempart-backup run` (the borgmatic-style runner) with the reference retention (24 hourly, 7
+/// daily, 4 weekly, 6 monthly) against a repository on backup over ssh — an OpenSSH server started
+/// inside backup's namespace, keys generated for the drill, `authorized_keys` forcing
+/// `rempart-backup serve --restrict-to-path`. A generated tree (text, incompressible binaries, a
+/// file with repeated blocks, a symlink) is backed up twice (the second run shows deduplication
+/// and the files cache, then prune applies the retention), checked, restore-tested (restored into
+/// a temporary directory and every file verified against the archive), then deleted on main and
+/// restored in place over ssh and compared item by item with what was there. Reports the times.
 #[derive(Debug)]
 pub struct BackupRestore {
     /// Approximate size of the generated tree, in MiB.
@@ -289,27 +294,172 @@ pub fn generate_tree(root: &std::path::Path, mib: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` (made with [`Lab::cmd`]) to completion with a deadline; kills it on timeout.
+fn run_with_deadline(lab: &Lab, host: &str, mut cmd: std::process::Command, what: &str) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut p = lab.spawn(host, cmd)?;
+    let mut so = p.child_mut().stdout.take().context("stdout")?;
+    let mut se = p.child_mut().stderr.take().context("stderr")?;
+    let to = std::thread::spawn(move || {
+        let mut v = String::new();
+        let _ = so.read_to_string(&mut v);
+        v
+    });
+    let te = std::thread::spawn(move || {
+        let mut v = String::new();
+        let _ = se.read_to_string(&mut v);
+        v
+    });
+    let status = p.wait_timeout(Duration::from_secs(240));
+    if status.is_none() {
+        p.kill();
+    }
+    let (out, err) = (to.join().unwrap_or_default(), te.join().unwrap_or_default());
+    match status {
+        Some(s) if s.success() => Ok(out),
+        Some(s) => anyhow::bail!("{what}: {s}: {}", err.trim()),
+        None => anyhow::bail!("{what}: still running after 240 s (killed)"),
+    }
+}
+
 impl Step for BackupRestore {
     fn name(&self) -> &'static str {
         "backup-restore"
     }
 
     fn run(&mut self, lab: &mut Lab) -> anyhow::Result<String> {
+        use std::process::Command;
+        use std::time::Instant;
+
+        let bin = sibling_binary("rempart-backup")?;
         let dir = std::env::temp_dir().join(format!("rempart-drill-backup-{}", lab.id()));
         let _cleanup = RemoveDir(dir.clone());
         let source = dir.join("main-data");
         generate_tree(&source, self.mib)?;
-        let r = dedupstore::drill::drill_step(&source, &dir.join("repo"), "drill passphrase")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mb = r.bytes as f64 / 1e6;
+        let fingerprint = |p: &std::path::Path| dedupstore::drill::fingerprint(p).map_err(|e| anyhow::anyhow!("{e}"));
+        let before = fingerprint(&source)?;
+
+        // backup: sshd on its management address, the client key forced to `serve`.
+        let ssh = dir.join("ssh");
+        let srv = dir.join("backup-srv");
+        std::fs::create_dir_all(&ssh)?;
+        std::fs::create_dir_all(&srv)?;
+        std::fs::create_dir_all("/run/sshd")?;
+        for k in ["hostkey", "main_key"] {
+            let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(ssh.join(k)).output()?;
+            anyhow::ensure!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let pubkey = std::fs::read_to_string(ssh.join("main_key.pub"))?;
+        std::fs::write(
+            ssh.join("authorized_keys"),
+            format!("command=\"{} serve --restrict-to-path {}\",restrict {}\n", bin.display(), srv.display(), pubkey.trim()),
+        )?;
+        let backup_ip = crate::host("backup").context("backup host")?.mgmt;
+        std::fs::write(
+            ssh.join("sshd_config"),
+            format!(
+                "Port 22\nListenAddress {backup_ip}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+                 LogLevel ERROR\n",
+                ssh.join("hostkey").display(),
+                ssh.join("authorized_keys").display()
+            ),
+        )?;
+        let mut c = lab.cmd("backup", "/usr/sbin/sshd");
+        c.args(["-D", "-e", "-f"]).arg(ssh.join("sshd_config"));
+        let _sshd = lab.spawn("backup", c)?;
+        let addr = SocketAddr::new(backup_ip.parse()?, 22);
+        rempart_testkit::wait::until(Duration::from_secs(10), "sshd on backup", || {
+            lab.enter("main", || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+                .unwrap_or(false)
+        })?;
+        let rsh = format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            ssh.join("main_key").display()
+        );
+        let url = format!("ssh://root@{backup_ip}{}/mediaschool", srv.display());
+        let passfile = dir.join("passphrase");
+        std::fs::write(&passfile, "drill passphrase\n")?;
+        let ours = |args: &[&str]| {
+            let mut c = lab.cmd("main", &bin.to_string_lossy());
+            c.args(args)
+                .env("REMPART_KEYS_DIR", dir.join("keys"))
+                .env("REMPART_CACHE_DIR", dir.join("cache"))
+                .env("REMPART_PASSPHRASE", "drill passphrase")
+                .env("REMPART_RSH", &rsh)
+                .env_remove("REMPART_PASSCOMMAND");
+            c
+        };
+        run_with_deadline(lab, "main", ours(&["init", "-e", "repokey", &url]), "init over ssh")?;
+
+        // main: the runner, with the reference retention.
+        let cfg = format!(
+            "location:\n    source_directories:\n        - {}\n    repositories:\n        - path: {url}\n          label: backup\n\
+             storage:\n    encryption_passcommand: cat {}\n    compression: auto,zstd,3\n    \
+             archive_name_format: '{{hostname}}-{{now:%Y-%m-%dT%H:%M:%S.%f}}'\n    ssh_command: {rsh}\n\
+             retention:\n    keep_hourly: 24\n    keep_daily: 7\n    keep_weekly: 4\n    keep_monthly: 6\n\
+             consistency:\n    checks:\n        - name: repository\n          frequency: 1 day\n        - name: archives\n",
+            source.display(),
+            passfile.display()
+        );
+        let cfg_path = dir.join("borgmatic.yaml");
+        std::fs::write(&cfg_path, cfg)?;
+        let state = dir.join("state").display().to_string();
+        let metrics = dir.join("rempart_backup.prom").display().to_string();
+        let cfg_arg = cfg_path.display().to_string();
+        let runner = |actions: &[&str]| -> anyhow::Result<(f64, serde_json::Value)> {
+            let mut args = vec!["run", "-c", &cfg_arg, "--json", "--state-dir", &state, "--metrics-file", &metrics];
+            args.extend_from_slice(actions);
+            let t = Instant::now();
+            let out = run_with_deadline(lab, "main", ours(&args), "rempart-backup run")?;
+            let v: serde_json::Value = serde_json::from_str(&out).context("runner --json output")?;
+            let r = v.get(0).cloned().context("no repository in the runner's report")?;
+            anyhow::ensure!(r["exit_code"] == 0, "runner: {r}");
+            Ok((t.elapsed().as_secs_f64(), r))
+        };
+        let (t1, r1) = runner(&["create", "prune", "compact", "check"])?;
+        let (t2, r2) = runner(&["create", "prune", "compact", "check", "restore-test"])?;
+        let stats = |r: &serde_json::Value, k: &str| r["create"]["stats"][k].as_u64().unwrap_or(0);
+        let secs = |r: &serde_json::Value| r["create"]["duration"].as_f64().unwrap_or(0.0);
+        let rt = &r2["restore_test"];
+        anyhow::ensure!(rt["success"] == true, "restore test: {rt}");
+        let m = std::fs::read_to_string(&metrics)?;
+        anyhow::ensure!(
+            m.contains("rempart_backup_last_restore_test_success{repository=\"backup\"} 1"),
+            "metrics: {m}"
+        );
+
+        // Disaster on main: the data is gone; restore it in place over ssh and compare.
+        let archive = r2["create"]["name"].as_str().context("archive name")?.to_string();
+        std::fs::remove_dir_all(&source)?;
+        let t = Instant::now();
+        let mut c = ours(&["extract", &format!("{url}::{archive}")]);
+        c.current_dir("/");
+        run_with_deadline(lab, "main", c, "extract over ssh")?;
+        let restore = t.elapsed().as_secs_f64();
+        let after = fingerprint(&source)?;
+        anyhow::ensure!(before == after, "the tree restored over ssh differs from the original");
+
+        let mb = stats(&r1, "original_size") as f64 / 1e6;
         Ok(format!(
-            "{} items, {:.0} MB backed up in {:.2} s ({:.0} MB/s), restored and verified in {:.2} s ({:.0} MB/s)",
-            r.items,
-            mb,
-            r.backup.as_secs_f64(),
-            mb / r.backup.as_secs_f64().max(1e-9),
-            r.restore.as_secs_f64(),
-            mb / r.restore.as_secs_f64().max(1e-9)
+            "runner main → backup over ssh: run 1 {t1:.2} s (create {:.2} s, {mb:.0} MB, {:.0} MB/s), run 2 {t2:.2} s \
+             (create {:.2} s, {} kB new; prune 24h/7d/4w/6m deleted {}; checks {}); restore test {} files, {:.0} MB \
+             verified in {:.2} s, {} errors; {} items restored in place over ssh in {restore:.2} s ({:.0} MB/s, RTO of the data)",
+            secs(&r1),
+            mb / secs(&r1).max(1e-9),
+            secs(&r2),
+            stats(&r2, "deduplicated_size") / 1000,
+            r2["prune"]["deleted"],
+            r1["check"]["ran"],
+            rt["files"],
+            rt["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            rt["duration"].as_f64().unwrap_or(0.0),
+            rt["errors"].as_array().map(Vec::len).unwrap_or(0),
+            after.len(),
+            mb / restore.max(1e-9)
         ))
     }
 }

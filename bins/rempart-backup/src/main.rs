@@ -26,6 +26,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
+mod runner;
+
 #[derive(Parser, Debug)]
 #[command(name = "rempart-backup", version, about = "Deduplicated, encrypted backups (borg's command set)")]
 struct Cli {
@@ -38,6 +40,9 @@ struct Cli {
     /// Path of rempart-backup on the remote host.
     #[arg(long, global = true, default_value = "rempart-backup")]
     remote_path: String,
+    /// Seconds to wait for a lock another process holds (readers and writers exclude each other).
+    #[arg(long, global = true, default_value_t = 1)]
+    lock_wait: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -87,9 +92,12 @@ enum Cmd {
         /// List items with their status.
         #[arg(long)]
         list: bool,
-        /// Checkpoint interval in seconds.
-        #[arg(short = 'c', long, default_value_t = 60)]
+        /// Write a checkpoint archive (NAME.checkpoint) every this many seconds.
+        #[arg(short = 'c', long, default_value_t = 1800)]
         checkpoint_interval: u64,
+        /// ... or after every this many bytes of file content (0 = by time only).
+        #[arg(long, default_value_t = 0)]
+        checkpoint_volume: u64,
         /// Do not use the files cache.
         #[arg(long)]
         no_files_cache: bool,
@@ -212,10 +220,28 @@ enum Cmd {
         /// Local repository path.
         repo: PathBuf,
     },
+    /// Run borgmatic 1.7's configuration: create, prune, compact, check for each repository,
+    /// with hooks, check frequencies and a metrics textfile (docs/borgmatic.md). Exit codes are
+    /// borgmatic's: 0 ok, 1 something failed.
+    Run(runner::RunArgs),
+    /// Restore an archive (default: the newest) into a temporary directory and verify every file
+    /// against the archive.
+    RestoreTest(runner::RestoreTestArgs),
     /// Remove a stale lock.
     BreakLock {
         /// Repository.
         repo: Option<String>,
+    },
+    /// Run a command with the repository lock held (exclusive, or shared with --shared).
+    WithLock {
+        /// Take a shared (reader) lock instead of the exclusive one.
+        #[arg(long)]
+        shared: bool,
+        /// Repository.
+        repo: String,
+        /// Command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
 }
 
@@ -360,6 +386,7 @@ fn split_target(t: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
 }
 
 static SSH: OnceLock<SshOptions> = OnceLock::new();
+static LOCK_WAIT: OnceLock<u64> = OnceLock::new();
 
 /// The backend for a repository location: a local directory or `ssh://` / `user@host:path`.
 fn backend(repo: &str) -> anyhow::Result<Arc<dyn Backend>> {
@@ -376,8 +403,10 @@ fn open(repo: &str) -> anyhow::Result<Repository> {
     let backend = backend(repo)?;
     let cfg = Repository::read_config(backend.as_ref()).with_context(|| format!("repository {repo}"))?;
     let pass = if cfg.body.mode.has_key() { passphrase("Enter passphrase: ", "REMPART_PASSPHRASE")? } else { None };
-    Repository::open(backend, &OpenOptions { passphrase: pass, keys_dir: keys_dir() })
-        .with_context(|| format!("repository {repo}"))
+    let mut r = Repository::open(backend, &OpenOptions { passphrase: pass, keys_dir: keys_dir() })
+        .with_context(|| format!("repository {repo}"))?;
+    r.set_lock_wait(std::time::Duration::from_secs(LOCK_WAIT.get().copied().unwrap_or(1)));
+    Ok(r)
 }
 
 /// Expands borg's placeholders in archive names.
@@ -469,6 +498,7 @@ fn mode_string(kind: dedupstore::archive::ItemKind, mode: u32) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rsh = cli.rsh.or_else(|| std::env::var("REMPART_RSH").ok()).unwrap_or_else(|| "ssh".into());
     let _ = SSH.set(SshOptions { rsh, remote_path: cli.remote_path, ..SshOptions::default() });
+    let _ = LOCK_WAIT.set(cli.lock_wait);
     match cli.cmd {
         Cmd::Serve { restrict_to_paths, append_only, storage_quota } => {
             let storage_quota = storage_quota.as_deref().map(dedupstore::remote::parse_size).transpose()?;
@@ -536,6 +566,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             list,
             checkpoint_interval,
+            checkpoint_volume,
             no_files_cache,
             target,
             paths,
@@ -550,25 +581,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.one_file_system = one_file_system;
             opts.dry_run = dry_run;
             opts.checkpoint_interval = std::time::Duration::from_secs(checkpoint_interval.max(1));
+            opts.checkpoint_volume = checkpoint_volume;
             opts.cache_dir = if no_files_cache { None } else { env_dir("REMPART_CACHE_DIR", ".cache/rempart") };
             opts.cmdline = std::env::args().collect();
             let repo = open(&repo_path)?;
             let started = std::time::Instant::now();
-            let show_progress = progress && std::io::stderr().is_terminal();
+            // A progress bar only for a person at a terminal: never in --json output or logs.
+            let bar = (progress && !json && std::io::stderr().is_terminal()).then(|| {
+                let b = indicatif::ProgressBar::new_spinner();
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {bytes:>10} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                b.enable_steady_tick(std::time::Duration::from_millis(200));
+                b
+            });
             let mut on = |e: Event<'_>| match e {
-                Event::Item { status, path } if list => {
-                    eprintln!("{status} {}", String::from_utf8_lossy(path));
+                Event::Item { status, path } => {
+                    let p = String::from_utf8_lossy(path);
+                    match &bar {
+                        Some(b) if list => b.println(format!("{status} {p}")),
+                        None if list => eprintln!("{status} {p}"),
+                        _ => {}
+                    }
                 }
-                Event::Progress { original, files } if show_progress => {
-                    eprint!("\r{} O {files} N   ", size(original));
+                Event::Progress { original, files } => {
+                    if let Some(b) = &bar {
+                        b.set_position(original);
+                        b.set_message(format!("{files} files"));
+                    }
                 }
-                Event::Warning(w) => eprintln!("{w}"),
+                Event::Checkpoint { name } => match &bar {
+                    Some(b) => b.println(format!("checkpoint {name}")),
+                    None => tracing::info!("checkpoint {name}"),
+                },
+                Event::Warning(w) => match &bar {
+                    Some(b) => b.println(w),
+                    None => eprintln!("{w}"),
+                },
                 _ => {}
             };
-            let res = create(&repo, &opts, &mut on)?;
-            if show_progress {
-                eprintln!();
+            let res = create(&repo, &opts, &mut on);
+            if let Some(b) = &bar {
+                b.finish_and_clear();
             }
+            let res = res?;
             let a = &res.archive;
             let dur = started.elapsed().as_secs_f64();
             if json {
@@ -889,6 +946,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.orphan_packs.len()
                 );
             }
+            for n in &r.repaired_notes {
+                eprintln!("repaired: {n}");
+            }
+            if r.repaired && r.orphan_chunks > 0 {
+                eprintln!("{} orphaned chunks no archive references (compact removes them)", r.orphan_chunks);
+            }
+            for (a, n) in &r.zero_filled {
+                eprintln!("archive {a}: {n} chunks were replaced with zeros by an earlier repair");
+            }
             if r.ok() {
                 eprintln!("check: {} packs, {} chunks verified, no problems found", r.packs, r.chunks_verified);
                 Ok(ExitCode::SUCCESS)
@@ -923,10 +989,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Cmd::Run(a) => runner::run(a),
+        Cmd::RestoreTest(a) => runner::restore_test_cmd(a),
         Cmd::BreakLock { repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
             RepoLock::break_lock(backend(&repo_path)?.as_ref())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::WithLock { shared, repo, command } => {
+            let (repo_path, _) = split_target(Some(&repo))?;
+            let repo = open(&repo_path)?;
+            let _lock = if shared { repo.shared_lock()? } else { repo.lock()? };
+            let status = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .status()
+                .with_context(|| format!("running {}", command[0]))?;
+            // borg: the command's exit code, 2 if it was killed by a signal
+            Ok(ExitCode::from(status.code().map_or(2, |c| c.clamp(0, 255) as u8)))
         }
     }
 }

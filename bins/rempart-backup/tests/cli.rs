@@ -180,12 +180,30 @@ fn create_json(home: &Path, repo: &Path, name: &str, src: &Path) -> serde_json::
     serde_json::from_str(&ok(c)).unwrap()
 }
 
+/// `original_size` of an archive, 0 if it does not exist.
+fn checkpoint_size(home: &Path, repo: &Path, name: &str) -> u64 {
+    let mut c = ours(home);
+    c.args(["info", "--json"]).arg(format!("{}::{name}", repo.display()));
+    let out = run(c);
+    if !out.status.success() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["archives"][0]["stats"]["original_size"].as_u64().unwrap()
+}
+
+fn list_short(home: &Path, repo: &Path) -> Vec<String> {
+    let mut c = ours(home);
+    c.arg("list").arg("--short").arg(repo);
+    ok(c).lines().map(str::to_string).collect()
+}
+
 #[test]
 fn kill_9_during_create_leaves_a_clean_repository_and_the_next_create_reuses_chunks() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
     let src = home.join("src");
-    write_tree(&src, 1, 16, 1 << 20);
+    write_tree(&src, 1, 32, 1 << 20);
     let repo = home.join("repo");
     let mut c = ours(home);
     c.args(["init", "-e", "repokey", "--pack-size", "262144"]).arg(&repo);
@@ -194,13 +212,15 @@ fn kill_9_during_create_leaves_a_clean_repository_and_the_next_create_reuses_chu
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut reused_after_checkpoint = 0;
     for round in 0..4 {
+        let name = format!("run{round}");
+        let checkpoint = format!("{name}.checkpoint");
         let mut c = ours(home);
-        c.args(["create", "-c", "1", "--no-files-cache"])
-            .arg(format!("{}::run{round}", repo.display()))
+        // a checkpoint archive after every 3 MiB of the 32 MiB tree
+        c.args(["create", "--checkpoint-volume", "3145728", "--no-files-cache", "--compression", "none"])
+            .arg(format!("{}::{name}", repo.display()))
             .arg(&src)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let indexes_before = std::fs::read_dir(repo.join("index")).unwrap().count();
         let mut child = c.spawn().unwrap();
         let mut finished = false;
         if round % 2 == 0 {
@@ -215,10 +235,9 @@ fn kill_9_during_create_leaves_a_clean_repository_and_the_next_create_reuses_chu
                 std::thread::sleep(Duration::from_millis(5));
             }
         } else {
-            // right after the first checkpoint (index file) of this run
-            rempart_testkit::wait::until(Duration::from_secs(60), "a checkpoint", || {
-                std::fs::read_dir(repo.join("index")).unwrap().count() > indexes_before
-                    || child.try_wait().unwrap().is_some()
+            // right after a checkpoint archive covering at least 21 MiB is committed
+            rempart_testkit::wait::until(Duration::from_secs(60), "a checkpoint archive", || {
+                checkpoint_size(home, &repo, &checkpoint) >= 21 << 20 || child.try_wait().unwrap().is_some()
             })
             .unwrap();
             finished = child.try_wait().unwrap().is_some();
@@ -228,34 +247,47 @@ fn kill_9_during_create_leaves_a_clean_repository_and_the_next_create_reuses_chu
             child.kill().unwrap(); // SIGKILL
         }
         child.wait().unwrap();
-        // check is clean (leftover packs of the interrupted run are not errors)
+        // check --verify-data is clean (leftover packs of the interrupted run are not errors),
+        // and a killed create leaves at most its checkpoint, never the archive itself
         let mut c = ours(home);
-        c.arg("check").arg(&repo);
+        c.args(["check", "--verify-data"]).arg(&repo);
         let out = run(c);
         assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
-        let indexes = std::fs::read_dir(repo.join("index")).unwrap().count();
-        // the next create completes (the dead process's lock is removed as stale)
-        let name = format!("after{round}");
+        let names = list_short(home, &repo);
+        assert!(finished || !names.contains(&name), "a killed create left an archive: {names:?}");
+        let saved = if names.contains(&checkpoint) {
+            // the checkpoint is a readable archive of what was backed up before the kill
+            let mut c = ours(home);
+            c.args(["extract", "--dry-run"]).arg(format!("{}::{checkpoint}", repo.display()));
+            ok(c);
+            checkpoint_size(home, &repo, &checkpoint)
+        } else {
+            assert!(round % 2 == 0, "round {round}: no checkpoint archive: {names:?}");
+            0
+        };
+        // the next create of the same name completes (the dead process's lock is removed as
+        // stale), stores again only what the checkpoint did not cover, and removes it
         let v = create_json(home, &repo, &name, &src);
         let dedup = v["archive"]["stats"]["deduplicated_size"].as_u64().unwrap();
         let orig = v["archive"]["stats"]["original_size"].as_u64().unwrap();
-        assert!(orig >= 16 << 20);
+        assert_eq!(orig, 32 << 20);
+        // new bytes stored ≤ what the checkpoint did not cover (+ envelopes and item metadata)
+        assert!(dedup <= orig - saved + 100_000, "round {round}: stored {dedup} of {orig}, checkpoint had {saved}");
         if round % 2 == 1 {
-            assert!(indexes > indexes_before);
-            assert!(dedup + 200_000 < orig, "round {round}: nothing reused: {dedup} of {orig}");
+            // far less than a full second copy: at most 11 of the 32 MiB
+            assert!(saved >= 21 << 20, "round {round}: checkpoint covered only {saved}");
+            assert!(dedup < (11 << 20) + 100_000, "round {round}: stored {dedup} of {orig}");
             reused_after_checkpoint += 1;
         }
-        // everything committed is readable; remove the archives for the next round
+        let names = list_short(home, &repo);
+        assert!(!names.iter().any(|n| n.starts_with(&checkpoint)), "checkpoint not removed: {names:?}");
+        // everything committed is readable; remove the archive for the next round
         let mut c = ours(home);
         c.args(["check", "--verify-data"]).arg(&repo);
         ok(c);
         let mut c = ours(home);
         c.arg("delete").arg(format!("{}::{name}", repo.display()));
         ok(c);
-        let mut c = ours(home);
-        c.arg("list").arg("--short").arg(&repo);
-        let names = ok(c);
-        assert!(!names.contains("run") || finished, "a killed create must not leave an archive: {names}");
         let mut c = ours(home);
         c.arg("compact").arg(&repo);
         ok(c);
@@ -443,4 +475,41 @@ fn key_export_import_and_change_passphrase() {
     let out = run(c);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another repository"));
+}
+
+#[test]
+fn progress_bar_only_on_a_terminal_and_never_with_json() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let src = home.join("src");
+    write_tree(&src, 3, 8, 1 << 20);
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.args(["init", "-e", "none"]).arg(&repo);
+    ok(c);
+    // not a terminal: nothing but the JSON document
+    let mut c = ours(home);
+    c.args(["create", "--progress", "--json"]).arg(format!("{}::piped", repo.display())).arg(&src);
+    let out = run(c);
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["archive"]["stats"]["nfiles"], 8);
+    // a terminal (script(1) gives it a pty): the bar draws its counters
+    let cmd = format!("{BIN} create --progress {}::tty {}", repo.display(), src.display());
+    let mut c = Command::new("script");
+    c.args(["-qfec", &cmd, "/dev/null"])
+        .env("REMPART_CACHE_DIR", home.join("cache"))
+        .env("REMPART_KEYS_DIR", home.join("keys"));
+    let out = run(c);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(" files"), "no progress drawn: {shown:?}");
+    // and with --json on a terminal: no bar either
+    let cmd = format!("{BIN} create --progress --json {}::tty-json {}", repo.display(), src.display());
+    let mut c = Command::new("script");
+    c.args(["-qfec", &cmd, "/dev/null"]).env("REMPART_CACHE_DIR", home.join("cache"));
+    let out = run(c);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(" files"));
 }

@@ -1,5 +1,6 @@
 //! Two real `rempart-repl` processes on loopback with the testkit `FaultProxy` on the replication
-//! link, and qemu-io / qemu-img as the NBD client.
+//! link (drop, blackhole, forward), and qemu-io / qemu-img as the NBD client. The scenarios that
+//! only need a link to pull run in network namespaces, in `ns.rs`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -10,8 +11,9 @@ use rempart_testkit::proxy::{FaultProxy, Mode};
 use rempart_testkit::wait;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rempart-repl");
-const SIZE: u64 = 32 << 20;
+mod util;
+
+use util::{images_identical, qemu_io, u, BIN, SIZE};
 
 /// A free port below the ephemeral range (32768+), so that no outgoing connection (e.g. the proxy
 /// retrying towards a daemon that is down) can take it as its source port, or self-connect on it.
@@ -208,33 +210,14 @@ nbd = "127.0.0.1:{}"
     }
 
     fn qemu_io(&self, n: &str, cmds: &[&str]) {
-        let mut c = Command::new("qemu-io");
-        c.args(["-f", "raw"]);
-        for x in cmds {
-            c.args(["-c", x]);
+        if let Err(text) = qemu_io(&self.url(n), cmds) {
+            panic!("qemu-io {cmds:?} on {n}: {text}\n{}", self.logs());
         }
-        let out = c.arg(self.url(n)).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(
-            out.status.success() && !text.contains("Pattern verification failed") && !text.contains("error"),
-            "qemu-io {cmds:?} on {n}: {text}\n{}",
-            self.logs()
-        );
     }
 
     fn images_identical(&self) -> bool {
-        let out = Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&self.main.img)
-            .arg(&self.backup.img)
-            .output()
-            .unwrap();
-        out.status.success()
+        images_identical(&self.main.img, &self.backup.img)
     }
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 #[test]
@@ -311,182 +294,12 @@ fn initial_sync_degraded_writes_bitmap_resync_and_failover() {
 }
 
 #[test]
-fn wrong_secret_is_refused() {
-    let p = Pair::new("not the secret", "disconnect");
-    p.wait("main", "authentication failures", 10, |s| s["auth_failures"].as_u64().unwrap_or(0) > 0);
-    let s = p.status("main");
-    assert_ne!(s["connection"], "Connected", "{s}");
-    assert!(p.status("backup")["peer"].is_null());
-}
-
-#[test]
-fn split_brain_detected_then_repaired_with_discard_my_data() {
-    let p = Pair::new("correct horse battery staple", "disconnect");
-    p.wait("main", "connected", 10, |s| s["connection"] == "Connected");
-    p.ok("main", &["primary", "--force"]);
-    p.wait_synced();
-    p.qemu_io("main", &["write -P 0x01 0 1M"]);
-    p.proxy.set_mode(Mode::Drop);
-    p.wait("backup", "disconnected", 10, |s| s["connection"] != "Connected");
-    // Both sides write while apart.
-    p.ok("backup", &["primary"]);
-    p.qemu_io("backup", &["write -P 0x0b 2M 64k"]);
-    p.qemu_io("main", &["write -P 0x0a 4M 64k"]);
-    p.ok("backup", &["secondary"]);
-    p.ok("main", &["secondary"]);
-    p.proxy.set_mode(Mode::Forward);
-    for n in ["main", "backup"] {
-        p.wait(n, "split brain", 10, |s| {
-            s["split_brains"].as_u64().unwrap_or(0) >= 1 && s["connection"] == "StandAlone"
-        });
-    }
-    assert!(!p.images_identical());
-    // DRBD's manual recovery: the victim discards its data, the survivor reconnects.
-    p.ok("backup", &["connect", "--discard-my-data"]);
-    p.ok("main", &["connect"]);
-    p.wait_synced();
-    assert!(p.images_identical(), "replicas differ after split-brain recovery");
-    p.ok("main", &["primary"]);
-    // The survivor's writes are there, the victim's are gone.
-    p.qemu_io("main", &["read -P 0x0a 4M 64k", "read -P 0x01 0 1M", "read -P 0 2M 64k"]);
-}
-
-#[test]
-fn verify_finds_a_block_corrupted_behind_the_daemon() {
-    let p = Pair::new("correct horse battery staple", "disconnect");
-    p.wait("main", "connected", 10, |s| s["connection"] == "Connected");
-    p.ok("main", &["primary", "--force"]);
-    p.wait_synced();
-    p.qemu_io("main", &["write -P 0x5a 0 2M"]);
-    // Corrupt one 4 KiB block of the backup's disk behind its daemon.
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&p.backup.img).unwrap();
-        f.write_all_at(&[0xff; 4096], 1 << 20).unwrap();
-        f.sync_all().unwrap();
-    }
-    p.ok("main", &["verify"]);
-    p.wait("main", "verify done", 30, |s| s["replication"] == "Established" && u(s, "verify_mismatched_blocks") > 0);
-    let s = p.status("main");
-    assert!(u(&s, "out_of_sync_bytes") > 0, "{s}");
-    // The next resync repairs it.
-    p.ok("main", &["disconnect"]);
-    p.ok("main", &["connect"]);
-    p.wait_synced();
-    assert!(p.images_identical(), "verify + resync did not repair the block");
-}
-
-#[test]
 fn documented_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/repl-r0.toml");
     let out = Command::new(BIN).args(["create-md", "-c"]).arg(&path).args(["--node", "nobody"]).output().unwrap();
     // The file parses (the error is about the node name, not the file).
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no [[node]] named \"nobody\""), "{err}");
-}
-
-/// Undo list for mounts, loop devices and FUSE mounts, run in reverse on drop (also on panic).
-struct Cleanup(Vec<Vec<String>>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for argv in self.0.iter().rev() {
-            let _ = Command::new(&argv[0]).args(&argv[1..]).output();
-        }
-    }
-}
-
-/// nbdfuse serving an export as a file; unmounted and stopped on drop, also on panic. `losetup -d`
-/// releases the loop device asynchronously, so the first `fusermount3 -u` can fail with EBUSY (a
-/// single attempt once left nbdfuse running and the test waiting on it forever): retry until the
-/// mount is gone, then kill nbdfuse by pid and unmount lazily if it still is not.
-struct NbdFuse {
-    child: Child,
-    dir: PathBuf,
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let dir = dir.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*dir)))
-        .unwrap_or(false)
-}
-
-impl Drop for NbdFuse {
-    fn drop(&mut self) {
-        let dir = self.dir.to_string_lossy().into_owned();
-        let _ = wait::until(Duration::from_secs(10), "FUSE unmount", || {
-            let _ = Command::new("fusermount3").args(["-u", &dir]).output();
-            !is_mounted(&self.dir)
-        });
-        let _ = wait::until(Duration::from_secs(5), "nbdfuse exit", || matches!(self.child.try_wait(), Ok(Some(_))));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_mounted(&self.dir) {
-            let _ = Command::new("fusermount3").args(["-u", "-z", &dir]).output();
-        }
-    }
-}
-
-fn sh(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{argv:?}: {text}");
-    text
-}
-
-#[test]
-fn ext4_made_through_nbdfuse_on_the_primary_checks_clean_on_the_backup_after_failover() {
-    if !rempart_testkit::require_root("loop devices, mount and FUSE") {
-        return;
-    }
-    let mut p = Pair::new("correct horse battery staple", "disconnect");
-    p.wait("main", "connected", 10, |s| s["connection"] == "Connected");
-    p.ok("main", &["primary", "--force"]);
-    p.wait_synced();
-    let fuse_dir = p.dir.path().join("fuse");
-    let mnt = p.dir.path().join("mnt");
-    std::fs::create_dir_all(&fuse_dir).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut undo = Cleanup(Vec::new());
-    {
-        let fuse = NbdFuse {
-            child: Command::new("nbdfuse")
-                .arg(&fuse_dir)
-                .arg(p.url("main"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-            dir: fuse_dir.clone(),
-        };
-        let dev_file = fuse_dir.join("nbd");
-        wait::until(Duration::from_secs(10), "nbdfuse file", || {
-            std::fs::metadata(&dev_file).map(|m| m.len() == SIZE).unwrap_or(false)
-        })
-        .unwrap();
-        let loopdev = sh(&["losetup", "-f", "--show", &dev_file.to_string_lossy()]).trim().to_string();
-        undo.0.push(vec!["losetup".into(), "-d".into(), loopdev.clone()]);
-        sh(&["mkfs.ext4", "-q", "-F", &loopdev]);
-        sh(&["mount", &loopdev, &mnt.to_string_lossy()]);
-        undo.0.push(vec!["umount".into(), mnt.to_string_lossy().into()]);
-        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        std::fs::write(mnt.join("payload.bin"), &payload).unwrap();
-        sh(&["sync"]);
-        // Tear down in order: unmount, detach, unmount FUSE.
-        drop(std::mem::replace(&mut undo, Cleanup(Vec::new())));
-        drop(fuse);
-    }
-    // Fail over: kill -9 main, promote backup; the filesystem on the backup is clean.
-    p.kill9("main");
-    p.wait("backup", "peer gone", 10, |s| s["connection"] != "Connected");
-    p.ok("backup", &["primary"]);
-    sh(&["e2fsck", "-fn", &p.backup.img.to_string_lossy()]);
-    sh(&["mount", "-o", "ro,loop", &p.backup.img.to_string_lossy(), &mnt.to_string_lossy()]);
-    undo.0.push(vec!["umount".into(), mnt.to_string_lossy().into()]);
-    let got = std::fs::read(mnt.join("payload.bin")).unwrap();
-    assert_eq!(got.len(), 3_000_000);
-    assert!(got.iter().enumerate().all(|(i, b)| *b == ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8));
 }
 
 #[test]
@@ -581,79 +394,4 @@ fn invalidate_then_checksum_resync_sends_only_what_differs() {
     assert_eq!(u(&after, "resync_bytes") - u(&before, "resync_bytes"), SIZE, "{after}");
     assert_eq!(u(&after, "resync_wire_bytes"), u(&before, "resync_wire_bytes"), "data was sent: {after}");
     assert!(p.images_identical());
-}
-
-#[test]
-fn link_cut_in_network_namespaces_resyncs_only_dirty_blocks() {
-    if !rempart_testkit::require_root("network namespaces") {
-        return;
-    }
-    let mut lab = rempart_testkit::Lab::new().unwrap();
-    lab.add_host("main").unwrap();
-    lab.add_host("backup").unwrap();
-    lab.link("main", "backup", "192.168.56.10/24", "192.168.56.20/24").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("r0.secret"), "namespace secret\n").unwrap();
-    std::fs::write(
-        d.join("r0.toml"),
-        "[resource]\nname = \"r0\"\nsecret-file = \"r0.secret\"\npeer-timeout-ms = 1000\n\n\
-         [[node]]\nname = \"main\"\naddress = \"192.168.56.10:7789\"\ndisk = \"main.img\"\nnbd = \"192.168.56.10:10809\"\n\n\
-         [[node]]\nname = \"backup\"\naddress = \"192.168.56.20:7789\"\ndisk = \"backup.img\"\nnbd = \"192.168.56.20:10809\"\n",
-    )
-    .unwrap();
-    let cfg = d.join("r0.toml");
-    let mut procs = Vec::new();
-    for n in ["main", "backup"] {
-        std::fs::File::create(d.join(format!("{n}.img"))).unwrap().set_len(SIZE).unwrap();
-        let out = lab.cmd(n, BIN).args(["create-md", "-c"]).arg(&cfg).args(["--node", n]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut c = lab.cmd(n, BIN);
-        c.args(["run", "-c"]).arg(&cfg).args(["--node", n, "--run-dir"]).arg(d.join(format!("run-{n}")));
-        c.stdout(Stdio::null()).stderr(std::fs::File::create(d.join(format!("{n}.log"))).unwrap());
-        procs.push(lab.spawn(n, c).unwrap());
-    }
-    let ctl = |n: &str, args: &[&str]| -> String {
-        let out = lab.cmd(n, BIN).args(args).arg("--run-dir").arg(d.join(format!("run-{n}"))).output().unwrap();
-        assert!(out.status.success(), "{n} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let status = |n: &str| -> Value {
-        let out =
-            lab.cmd(n, BIN).args(["status", "--json", "--run-dir"]).arg(d.join(format!("run-{n}"))).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    };
-    let wait = |n: &str, what: &str, f: &dyn Fn(&Value) -> bool| {
-        wait::until(Duration::from_secs(30), what, || f(&status(n))).unwrap_or_else(|e| panic!("{n}: {e}"));
-    };
-    let synced =
-        |s: &Value| s["replication"] == "Established" && s["peer"]["disk"] == "UpToDate" && s["out_of_sync_bytes"] == 0;
-    let qemu_io = |cmds: &[&str]| {
-        let mut c = lab.cmd("main", "qemu-io");
-        c.args(["-f", "raw"]);
-        for x in cmds {
-            c.args(["-c", x]);
-        }
-        let out = c.arg("nbd://192.168.56.10:10809/r0").output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && !text.contains("Pattern verification failed"), "{text}");
-    };
-    wait("main", "connected", &|s| s["connection"] == "Connected");
-    ctl("main", &["primary", "--force"]);
-    wait("main", "initial sync", &synced);
-    qemu_io(&["write -P 0x31 0 2M"]);
-    // Pull the cable: the Primary notices after the peer timeout and carries on degraded.
-    lab.cut("main", "backup").unwrap();
-    wait("main", "degraded", &|s| s["connection"] != "Connected");
-    qemu_io(&["write -P 0x32 4M 256k", "write -P 0x33 9M 4k"]);
-    let before = status("main");
-    assert_eq!(before["out_of_sync_bytes"], (256 << 10) + 4096, "{before}");
-    lab.heal("main", "backup").unwrap();
-    wait("main", "resync after heal", &synced);
-    let after = status("main");
-    let moved = after["resync_bytes"].as_u64().unwrap() - before["resync_bytes"].as_u64().unwrap();
-    assert_eq!(moved, (256 << 10) + 4096, "{after}");
-    let a = std::fs::read(d.join("main.img")).unwrap();
-    let b = std::fs::read(d.join("backup.img")).unwrap();
-    assert!(a == b, "replicas differ after resync");
 }

@@ -59,11 +59,16 @@ fn interface_down_means_fault_and_takeover() {
     let a = start_ours(&lab, "a", da.path(), &Conf::v3(150, "0.1"), &[]);
     let _b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "0.1"), &[]);
     wait_vip(&lab, "a", Duration::from_secs(5));
-    // Unplug a's cable at the switch: a loses carrier, enters FAULT and drops the VIP.
+    // Unplug a's cable at the switch: a loses carrier, enters FAULT and drops the VIP. The
+    // carrier loss reaches the daemon as an rtnetlink link event (issue 3: no polling; the
+    // fallback re-read runs only every 10 s), so FAULT comes well within a second.
+    let t = Instant::now();
     lab.cut("a", LAN).expect("cut");
-    wait_vip(&lab, "b", Duration::from_secs(3));
-    wait::until(Duration::from_secs(2), "a in FAULT", || try_status(&lab, "a", &a)[0]["state"] == "FAULT")
+    wait::until(Duration::from_secs(3), "a in FAULT", || try_status(&lab, "a", &a)[0]["state"] == "FAULT")
         .expect("fault");
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(1500), "FAULT {took:?} after carrier loss: link events not watched?");
+    wait_vip(&lab, "b", Duration::from_secs(3));
     assert!(!has_vip(&lab, "a"), "a kept the VIP in FAULT");
     // Plug it back: a leaves FAULT and, with the higher priority, preempts.
     lab.heal("a", LAN).expect("heal");
@@ -273,18 +278,8 @@ fn sync_group_fails_over_together() {
     let (da, db) = (tempdir(), tempdir());
     let flag = da.path().join("ok");
     std::fs::write(&flag, "").expect("flag");
-    let start = |host: &str, dir: &std::path::Path, text: String| {
-        let conf = dir.join("keepalived.conf");
-        std::fs::write(&conf, text).expect("conf");
-        let log = std::fs::File::create(dir.join("log")).expect("log");
-        let mut cmd = lab.cmd(host, bin());
-        cmd.args(["--run-dir", &dir.join("run").to_string_lossy(), "run", "-f", &conf.to_string_lossy()])
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        lab.spawn(host, cmd).expect("spawn")
-    };
-    let _a = start("a", da.path(), two_instances(150, Some(&flag)));
-    let _b = start("b", db.path(), two_instances(100, None));
+    let _a = start_ours_text(&lab, "a", da.path(), &two_instances(150, Some(&flag)));
+    let _b = start_ours_text(&lab, "b", db.path(), &two_instances(100, None));
     let v61: std::net::IpAddr = "10.77.0.61".parse().expect("ip");
     let v62: std::net::IpAddr = "10.77.0.62".parse().expect("ip");
     wait::until(Duration::from_secs(5), "both VIPs on a", || {
@@ -359,4 +354,143 @@ fn notify_scripts_get_keepalived_arguments() {
     wait::until(Duration::from_secs(2), "notify_master ran", || master_flag.exists()).expect("notify_master");
     a.proc.term();
     wait::until(Duration::from_secs(5), "notify STOP", || read().contains("INSTANCE VI_1 STOP 150")).expect("stop");
+}
+
+/// Issue 3, accept mode: a non-owner master with `no_accept` drops what is addressed to its VIPs
+/// (nftables, as keepalived does) while its own address keeps working; with `accept` (the
+/// default) the same service answers on the VIP.
+#[test]
+fn no_accept_drops_traffic_to_the_vip_and_accept_lets_it_through() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let lab = lab();
+    let (da, db) = (tempdir(), tempdir());
+    let mut ca = Conf::v3(150, "0.1");
+    ca.extra = "  no_accept\n".into();
+    let a = start_ours(&lab, "a", da.path(), &ca, &[]);
+    let _b = start_ours(&lab, "b", db.path(), &Conf::v3(100, "0.1"), &[]);
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    // A TCP service on every address of a (the kernel completes handshakes into the backlog).
+    let listener = lab.enter("a", || std::net::TcpListener::bind("0.0.0.0:8080")).expect("enter").expect("listen");
+    let connect = |addr: &str| {
+        let sa: std::net::SocketAddr = format!("{addr}:8080").parse().expect("addr");
+        lab.enter("c", move || std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(700)).is_ok())
+            .expect("enter")
+    };
+    assert!(connect("10.77.0.1"), "the service does not answer on a's own address");
+    assert!(!connect(VIP), "no_accept: a non-owner master accepted a TCP connection to the VIP");
+    let ping = lab.run("c", &["ping", "-c", "1", "-W", "1", VIP]).expect("ping");
+    assert!(!ping.status.success(), "no_accept: the VIP answered a ping");
+    // ARP still resolves the VIP to a (only IP traffic to the VIP is dropped).
+    assert!(neigh(&lab, "c").contains(&mac(&lab, "a")), "neigh: {}", neigh(&lab, "c"));
+
+    // Same router, `accept`: SIGHUP restarts the instance (it hands over, then preempts back).
+    let mut c = Conf::v3(150, "0.1");
+    c.extra = "  accept\n".into();
+    write_conf(da.path(), &c, "a");
+    a.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait::until(Duration::from_secs(5), "a reloaded and master again", || {
+        log(&a).contains("configuration reloaded") && try_status(&lab, "a", &a)[0]["state"] == "MASTER"
+    })
+    .expect("a master");
+    wait::until(Duration::from_secs(3), "TCP connect to the VIP on a", || connect(VIP))
+        .unwrap_or_else(|e| panic!("{e}\n{}", log(&a)));
+    let ping = lab.run("c", &["ping", "-c", "1", "-W", "2", VIP]).expect("ping");
+    assert!(ping.status.success(), "accept: the VIP does not answer a ping");
+    drop(listener);
+}
+
+/// Issue 3: `virtual_ipaddress` options `dev`, `label`, `brd` and `scope` are honoured, on the
+/// master and on the backup that takes over.
+#[test]
+fn vip_dev_label_brd_scope_are_applied() {
+    if !require_root("network namespaces") {
+        return;
+    }
+    let mut lab = lab();
+    lab.add_lan("lan1").expect("lan1");
+    lab.attach("lan1", "a", "10.78.0.1/24").expect("attach a");
+    lab.attach("lan1", "b", "10.78.0.2/24").expect("attach b");
+    let (da, db) = (tempdir(), tempdir());
+    let vips = "10.77.0.50/24\n    10.78.0.50/24 dev lan1 label lan1:vip brd 10.78.0.255\n    10.77.0.52 scope link";
+    let mut ca = Conf::v3(150, "0.1");
+    ca.vip = vips;
+    let mut cb = Conf::v3(100, "0.1");
+    cb.vip = vips;
+    let mut a = start_ours(&lab, "a", da.path(), &ca, &[]);
+    let _b = start_ours(&lab, "b", db.path(), &cb, &[]);
+    wait_vip(&lab, "a", Duration::from_secs(5));
+    let show = |host: &str, dev: &str| {
+        let o = lab.run(host, &["ip", "-4", "addr", "show", "dev", dev]).expect("ip");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let check = |host: &str| {
+        let lan1 = show(host, "lan1");
+        assert!(lan1.contains("inet 10.78.0.50/24 brd 10.78.0.255 scope global secondary lan1:vip"), "{lan1}");
+        let lan0 = show(host, LAN);
+        assert!(lan0.contains("inet 10.77.0.52/32 scope link lan0"), "{lan0}");
+        assert!(!lan0.contains("10.78.0.50"), "dev ignored: {lan0}");
+        // No `brd` configured: none set (keepalived's behaviour).
+        assert!(lan0.contains("inet 10.77.0.50/24 scope global secondary lan0"), "{lan0}");
+    };
+    check("a");
+    a.proc.kill();
+    wait_vip(&lab, "b", Duration::from_secs(3));
+    wait::until(Duration::from_secs(2), "VIP on b's lan1", || show("b", "lan1").contains("10.78.0.50/24"))
+        .expect("lan1 VIP on b");
+    check("b");
+}
+
+/// Issue 3: `script_user` runs track and notify scripts as that user and group, and
+/// `enable_script_security` refuses a script that would run as root from a path writable by
+/// others (keepalived: "Disabling track script ... due to insecure"; it no longer counts).
+#[test]
+fn script_user_and_script_security() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("network namespaces and setuid") {
+        return;
+    }
+    let lab = lab();
+    let d = tempdir();
+    let root = d.path();
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");
+    };
+    chmod(root, 0o755);
+    let (bin, out) = (root.join("bin"), root.join("out"));
+    std::fs::create_dir(&bin).expect("mkdir");
+    std::fs::create_dir(&out).expect("mkdir");
+    chmod(&bin, 0o755);
+    chmod(&out, 0o777);
+    let who = bin.join("who.sh");
+    std::fs::write(&who, "#!/bin/sh\necho \"$(id -u):$(id -g)\" > \"$1\"\n").expect("write");
+    chmod(&who, 0o755);
+    let evil = bin.join("evil.sh");
+    std::fs::write(&evil, format!("#!/bin/sh\ntouch {}/evil\nexit 1\n", out.display())).expect("write");
+    chmod(&evil, 0o757); // writable by anyone: must not run as root
+    let text = format!(
+        "global_defs {{\n  vrrp_version 3\n  script_user nobody\n  enable_script_security\n}}\n\
+         vrrp_script who {{\n  script \"{who} {out}/track\"\n  interval 0.1\n}}\n\
+         vrrp_script evil {{\n  script \"{evil}\"\n  interval 0.1\n  user root\n}}\n\
+         vrrp_instance VI_1 {{\n  interface {LAN}\n  virtual_router_id 77\n  priority 150\n  advert_int 0.1\n\
+         \x20 virtual_ipaddress {{\n    {VIP}/24\n  }}\n  track_script {{\n    who\n    evil\n  }}\n\
+         \x20 notify_master \"{who} {out}/notify\"\n}}\n",
+        who = who.display(),
+        evil = evil.display(),
+        out = out.display(),
+    );
+    let a = start_ours_text(&lab, "a", root, &text);
+    let nobody = nix::unistd::User::from_name("nobody").expect("getpwnam").expect("user nobody");
+    let want = format!("{}:{}\n", nobody.uid, nobody.gid);
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+    wait::until(Duration::from_secs(5), "track script ran as nobody", || read("track") == want)
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", read("track"), log(&a)));
+    // The insecure weight-0 script would have put the instance in FAULT had it run.
+    wait::until(Duration::from_secs(5), "a master", || try_status(&lab, "a", &a)[0]["state"] == "MASTER")
+        .unwrap_or_else(|e| panic!("{e}\n{}", log(&a)));
+    wait::until(Duration::from_secs(3), "notify_master ran as nobody", || read("notify") == want)
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", read("notify"), log(&a)));
+    assert!(log(&a).contains("Disabling track script evil due to insecure"), "{}", log(&a));
+    assert!(!out.join("evil").exists(), "the insecure script ran");
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::meta::Meta;
 use crate::proto::{Action, Config, DiskOp, Replica, Status};
 use crate::store::{BlockStore, FileStore};
-use crate::wire::{FramePacket, Msg, HEADER_LEN};
+use crate::wire::{Bytes, FramePacket, Msg, HEADER_LEN};
 
 /// Administrative commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ enum Cmd {
     Admin { cmd: Admin, reply: oneshot::Sender<Result<(), String>> },
     Status { reply: oneshot::Sender<Status> },
     DiskDone { io: u64, result: Result<Option<Vec<u8>>, String> },
-    Connected { id: u64, tx: mpsc::UnboundedSender<Vec<u8>> },
+    Connected { id: u64, tx: mpsc::UnboundedSender<Bytes> },
     Frame { id: u64, msg: Msg },
     Lost { id: u64 },
 }
@@ -352,7 +352,7 @@ struct Actor {
     meta_file: Arc<Mutex<MetaFile>>,
     pending: HashMap<u64, oneshot::Sender<Result<(), String>>>,
     next_req: u64,
-    link: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    link: Option<(u64, mpsc::UnboundedSender<Bytes>)>,
     admin_waiting: Vec<oneshot::Sender<Result<(), String>>>,
     can_serve: Arc<AtomicBool>,
     wants_conn: Arc<AtomicBool>,
@@ -498,11 +498,15 @@ impl Actor {
                         match m {
                             // Large payloads go to the socket from their own buffer, uncopied.
                             Msg::Data { seq, offset, len, flags, data } if !data.is_empty() => {
-                                let _ = tx.send(crate::wire::data_prefix(seq, offset, len, flags, data.len()));
+                                let _ = tx.send(crate::wire::data_prefix(seq, offset, len, flags, data.len()).into());
+                                let _ = tx.send(data);
+                            }
+                            Msg::RsData { offset, len, flags, data } if !data.is_empty() => {
+                                let _ = tx.send(crate::wire::rs_data_prefix(offset, len, flags, data.len()).into());
                                 let _ = tx.send(data);
                             }
                             m => {
-                                let _ = tx.send(m.to_vec());
+                                let _ = tx.send(m.to_vec().into());
                             }
                         }
                     }
@@ -589,17 +593,24 @@ async fn link_manager(
 fn spawn_link(sock: TcpStream, id: u64, tx: mpsc::UnboundedSender<Cmd>) -> oneshot::Receiver<()> {
     let _ = sock.set_nodelay(true);
     let (mut rd, wr) = sock.into_split();
-    let (ftx, mut frx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (ftx, mut frx) = mpsc::unbounded_channel::<Bytes>();
     let (done_tx, done_rx) = oneshot::channel();
     let _ = tx.send(Cmd::Connected { id, tx: ftx });
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(1 << 20, wr);
+        let mut w = wr;
+        let mut batch: Vec<Bytes> = Vec::new();
         while let Some(f) = frx.recv().await {
-            if w.write_all(&f).await.is_err() {
-                break;
+            // Everything already queued goes out in one `writev`: no copy into a staging
+            // buffer, no small write per frame.
+            batch.push(f);
+            while batch.len() < MAX_IOV {
+                match frx.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
             }
-            if frx.is_empty() && w.flush().await.is_err() {
+            if write_all_vectored(&mut w, &mut batch).await.is_err() {
                 break;
             }
         }
@@ -622,11 +633,54 @@ fn spawn_link(sock: TcpStream, id: u64, tx: mpsc::UnboundedSender<Cmd>) -> onesh
     done_rx
 }
 
+/// Frames per `writev` (well under `IOV_MAX`).
+const MAX_IOV: usize = 256;
+
+/// Writes every buffer with as few `writev` calls as the socket allows; empties `bufs`.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    use bytes::Buf as _;
+    bufs.retain(|b| !b.is_empty());
+    let mut first = 0;
+    while first < bufs.len() {
+        let slices: Vec<io::IoSlice<'_>> = bufs[first..].iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < bufs.len() {
+            let l = bufs[first].len();
+            if n >= l {
+                n -= l;
+                first += 1;
+            } else {
+                bufs[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    bufs.clear();
+    Ok(())
+}
+
+/// Reads exactly `n` bytes into a fresh buffer without zero-filling it first.
+pub(crate) async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::Result<Vec<u8>> {
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let want = (n - v.len()) as u64;
+        if (&mut *rd).take(want).read_buf(&mut v).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(v)
+}
+
 async fn read_frames(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     id: u64,
     tx: &mpsc::UnboundedSender<Cmd>,
 ) -> Result<(), String> {
+    // Small frames (acks, barriers) come many to a `read`; payloads bypass the buffer.
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut hdr = [0u8; HEADER_LEN];
     loop {
         rd.read_exact(&mut hdr).await.map_err(|e| e.to_string())?;
@@ -636,9 +690,18 @@ async fn read_frames(
             // Read the payload straight into the buffer that goes to the disk.
             let mut fixed = [0u8; crate::wire::DATA_FIXED];
             rd.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
-            let mut payload = vec![0u8; len - crate::wire::DATA_FIXED];
-            rd.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
-            let msg = crate::wire::data_from_parts(p.flags(), &fixed, payload).map_err(|e| e.to_string())?;
+            let payload = read_payload(&mut rd, len - crate::wire::DATA_FIXED).await.map_err(|e| e.to_string())?;
+            let msg = crate::wire::data_from_parts(p.flags(), &fixed, payload.into()).map_err(|e| e.to_string())?;
+            if tx.send(Cmd::Frame { id, msg }).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        if p.frame_type() == crate::wire::FrameType::RsData && len >= crate::wire::RS_DATA_FIXED {
+            let mut fixed = [0u8; crate::wire::RS_DATA_FIXED];
+            rd.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
+            let payload = read_payload(&mut rd, len - crate::wire::RS_DATA_FIXED).await.map_err(|e| e.to_string())?;
+            let msg = crate::wire::rs_data_from_parts(p.flags(), &fixed, payload.into()).map_err(|e| e.to_string())?;
             if tx.send(Cmd::Frame { id, msg }).is_err() {
                 return Ok(());
             }

@@ -37,7 +37,7 @@ use crate::meta::{
     compare, resolve_split_brain, ActivityLog, AfterSb0Pri, Bitmap, GenIds, Meta, NodeFacts, SbFacts, SyncDecision,
     BLOCK, EXTENT,
 };
-use crate::wire::{Msg, StateMsg, DATA_FUA, DATA_ZERO};
+use crate::wire::{Bytes, Msg, StateMsg, DATA_FUA, DATA_ZERO};
 
 /// Node role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,8 +187,8 @@ pub enum DiskOp {
     Write {
         /// Offset.
         off: u64,
-        /// Bytes.
-        data: Vec<u8>,
+        /// Bytes (the same buffer the peer is sent: no copy).
+        data: Bytes,
         /// Force unit access.
         fua: bool,
     },
@@ -342,7 +342,7 @@ struct AppWrite {
     req: u64,
     off: u64,
     len: u32,
-    data: Option<Vec<u8>>, // None: zeroing
+    data: Option<Bytes>, // None: zeroing
     fua: bool,
     local_done: bool,
     peer_done: bool,
@@ -373,6 +373,8 @@ enum Io {
 #[derive(Debug)]
 enum MetaWaiter {
     Write(u64),
+    /// The SyncTarget's Outdated state is durable: now record it Inconsistent.
+    TargetOutdated(u64),
     TargetReady(u64),
     TargetDone(u64),
 }
@@ -380,8 +382,8 @@ enum MetaWaiter {
 /// A frame from the peer waiting for an overlapping peer write to finish.
 #[derive(Debug)]
 enum PeerOp {
-    Write { seq: u64, epoch: u64, off: u64, len: u32, flags: u8, data: Vec<u8> },
-    Rs { off: u64, len: u32, flags: u8, data: Vec<u8> },
+    Write { seq: u64, epoch: u64, off: u64, len: u32, flags: u8, data: Bytes },
+    Rs { off: u64, len: u32, flags: u8, data: Bytes },
     Csum { off: u64, len: u32, hash: [u8; 32] },
 }
 
@@ -479,7 +481,7 @@ pub struct Replica {
     verify_mismatches: u64,
 }
 
-const RS_CHUNK_BLOCKS: u64 = 64; // 256 KiB per resync request
+const RS_CHUNK_BLOCKS: u64 = 256; // 1 MiB per resync request
 const RS_MAX_INFLIGHT: usize = 8;
 const VERIFY_CHUNK: u64 = 256 * 1024;
 const AUTO_BARRIER: Duration = Duration::from_secs(1);
@@ -728,6 +730,7 @@ impl Replica {
         }
         let wid = self.next_wid;
         self.next_wid += 1;
+        let data = data.map(Bytes::from);
         self.writes
             .insert(wid, AppWrite { req, off, len, data, fua, local_done: false, peer_done: false, error: None });
         self.waiting.push_back(wid);
@@ -803,7 +806,8 @@ impl Replica {
         let replicating = self.replicating();
         let protocol = self.cfg.protocol;
         let Some(w) = self.writes.get_mut(&wid) else { return };
-        // The request no longer needs its bytes once dispatched: move them, copy once for the peer.
+        // The request no longer needs its bytes once dispatched: the disk write and the frame to
+        // the peer share one reference-counted buffer.
         let data = w.data.take();
         let zero = data.is_none();
         let (off, len, fua) = (w.off, w.len, w.fua);
@@ -923,8 +927,8 @@ impl Replica {
                 }
                 match result {
                     Ok(Some(data)) => {
-                        if data.iter().all(|b| *b == 0) {
-                            self.send(Msg::RsData { offset: off, len, flags: DATA_ZERO, data: Vec::new() });
+                        if is_zero(&data) {
+                            self.send(Msg::RsData { offset: off, len, flags: DATA_ZERO, data: Bytes::new() });
                         } else if self.cfg.checksum_resync && !send_data {
                             // Checksum-based resync: send the hash; the target asks for the data
                             // only if its copy differs.
@@ -932,7 +936,7 @@ impl Replica {
                             self.send(Msg::RsCsum { offset: off, len, hash });
                         } else {
                             self.resync_wire_bytes += data.len() as u64;
-                            self.send(Msg::RsData { offset: off, len, flags: 0, data });
+                            self.send(Msg::RsData { offset: off, len, flags: 0, data: Bytes::from(data) });
                         }
                     }
                     _ => {
@@ -1006,6 +1010,10 @@ impl Replica {
                 for (_, w) in ready {
                     match w {
                         MetaWaiter::Write(wid) => self.dispatch_write(wid),
+                        MetaWaiter::TargetOutdated(c) if c == self.conn_id => {
+                            self.disk = DiskState::Inconsistent;
+                            self.persist_then(false, MetaWaiter::TargetReady(c));
+                        }
                         MetaWaiter::TargetReady(c) if c == self.conn_id => {
                             self.target_ready = true;
                             while let Some(m) = self.rs_deferred.pop_front() {
@@ -1119,8 +1127,24 @@ impl Replica {
         }
     }
 
+    /// Marks an UpToDate Secondary's disk Outdated, durably: it is consistent but known to be
+    /// stale, so promotion needs `--force`.
+    fn outdate(&mut self, why: &str) {
+        if self.role == Role::Secondary && self.disk == DiskState::UpToDate {
+            warn!(why, "disk Outdated");
+            self.disk = DiskState::Outdated;
+            self.persist(false);
+        }
+    }
+
     /// Administrative `disconnect`: go StandAlone.
     pub fn disconnect(&mut self, now: Instant) {
+        if self.role == Role::Primary && self.established && self.disk == DiskState::UpToDate {
+            // As DRBD: a Primary that disconnects on purpose outdates its peer first (the frame
+            // goes out before the connection closes), so the peer cannot be promoted with stale
+            // data without --force.
+            self.announce_with(false, true);
+        }
         self.conn = ConnState::StandAlone;
         self.actions.push_back(Action::CloseConnection);
         self.handle_disconnected(now);
@@ -1233,6 +1257,10 @@ impl Replica {
     }
 
     fn announce(&mut self, changed_gens: bool) {
+        self.announce_with(changed_gens, false);
+    }
+
+    fn announce_with(&mut self, changed_gens: bool, outdate_peer: bool) {
         let st = StateMsg {
             gen: [self.gen.current, self.gen.bitmap, self.gen.history[0], self.gen.history[1]],
             size: self.size,
@@ -1240,10 +1268,15 @@ impl Replica {
             changed_blocks: self.bitmap.count(),
             role: role_code(self.role),
             disk: disk_code(self.disk),
-            flags: u8::from(self.crashed_primary) | u8::from(self.discard_my_data) << 1 | u8::from(changed_gens) << 2,
+            flags: u8::from(self.crashed_primary)
+                | u8::from(self.discard_my_data) << 1
+                | u8::from(changed_gens) << 2
+                | u8::from(outdate_peer) << 3,
         };
         self.send(Msg::State(st));
-        self.send(Msg::Bitmap(self.bitmap.to_bytes()));
+        if !outdate_peer {
+            self.send(Msg::Bitmap(self.bitmap.to_bytes()));
+        }
     }
 
     fn handle_frame_authed(&mut self, now: Instant, msg: Msg) {
@@ -1254,6 +1287,11 @@ impl Replica {
             Msg::State(s) => {
                 self.peer_role = Some(if s.role == 1 { Role::Primary } else { Role::Secondary });
                 self.peer_disk = Some(disk_from(s.disk));
+                if s.flags & 8 != 0 {
+                    // The Primary is leaving on purpose and will write without us.
+                    self.outdate("the Primary disconnected and goes on without this node");
+                    return;
+                }
                 self.peer_state = Some(s);
             }
             Msg::Bitmap(bytes) => {
@@ -1477,6 +1515,23 @@ impl Replica {
         self.conn = ConnState::Connected;
         match decision {
             SyncDecision::NoSync
+                if matches!(
+                    (self.disk, peer_disk),
+                    (DiskState::Inconsistent, DiskState::UpToDate) | (DiskState::UpToDate, DiskState::Inconsistent)
+                ) =>
+            {
+                // Same generation, but one side is still Inconsistent: a resync was cut short
+                // after the source had sent everything (it finished, the target never got
+                // SyncDone). The target's bitmap still marks whatever it may lack: resync it.
+                let d = if self.disk == DiskState::UpToDate {
+                    SyncDecision::BitmapSource
+                } else {
+                    SyncDecision::BitmapTarget
+                };
+                self.established = false;
+                self.apply_decision(now, d, ps, peer_bm);
+            }
+            SyncDecision::NoSync
                 if self.disk == DiskState::UpToDate && peer_disk == DiskState::UpToDate && {
                     let mut u = self.bitmap.clone();
                     u.union(peer_bm);
@@ -1493,7 +1548,9 @@ impl Replica {
             SyncDecision::NoSync => {
                 self.repl = ReplState::Established;
                 if self.disk == DiskState::Outdated && peer_disk == DiskState::UpToDate {
+                    // Same data generation as an UpToDate peer: nothing was missed after all.
                     self.disk = DiskState::UpToDate;
+                    self.persist(false);
                 }
                 info!("connected, in sync");
             }
@@ -1527,12 +1584,20 @@ impl Replica {
                     self.bitmap.union(peer_bm);
                 }
                 self.repl = ReplState::SyncTarget;
-                self.disk = DiskState::Inconsistent;
                 self.rs_total = self.bitmap.count().max(1);
                 self.target_ready = false;
                 let conn = self.conn_id;
                 info!(blocks = self.bitmap.count(), "resync started as SyncTarget");
-                self.persist_then(false, MetaWaiter::TargetReady(conn));
+                if self.disk == DiskState::UpToDate {
+                    // The peer's generation identifiers show newer data: this disk is Outdated
+                    // (durably, so that a crash now leaves it unpromotable without --force), and
+                    // Inconsistent once the first resync write may land.
+                    self.outdate("the peer has newer data");
+                    self.persist_then(false, MetaWaiter::TargetOutdated(conn));
+                } else {
+                    self.disk = DiskState::Inconsistent;
+                    self.persist_then(false, MetaWaiter::TargetReady(conn));
+                }
             }
             _ => {
                 self.refuse(now, "unrelated data: refusing to connect");
@@ -1807,6 +1872,13 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Whether every byte is zero (compared a page at a time: `memcmp` is vectorised, a byte loop
+/// is not, and the initial sync runs this over the whole device).
+fn is_zero(data: &[u8]) -> bool {
+    const ZERO: [u8; 4096] = [0; 4096];
+    data.chunks(ZERO.len()).all(|c| c == &ZERO[..c.len()])
 }
 
 fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -12,6 +12,7 @@
 //! [`FramePacket`] is the length-checked view (unknown types survive as [`FrameType::Unknown`]);
 //! [`Msg`] is the decoded form with `parse`, `buffer_len` and `emit`.
 
+pub use bytes::Bytes;
 use thiserror::Error;
 
 /// `RPRL`.
@@ -245,7 +246,8 @@ pub struct StateMsg {
     pub role: u8,
     /// Disk state code.
     pub disk: u8,
-    /// Bit 0: crashed primary; bit 1: discard my data; bit 2: this is a re-announcement.
+    /// Bit 0: crashed primary; bit 1: discard my data; bit 2: this is a re-announcement; bit 3:
+    /// the sender (a Primary disconnecting on purpose) tells the receiver its disk is Outdated.
     pub flags: u8,
 }
 
@@ -279,8 +281,8 @@ pub enum Msg {
         len: u32,
         /// [`DATA_FUA`], [`DATA_ZERO`].
         flags: u8,
-        /// Bytes.
-        data: Vec<u8>,
+        /// Bytes (shared with the local disk write, never copied).
+        data: Bytes,
     },
     /// Received (protocol B).
     RecvAck {
@@ -311,7 +313,7 @@ pub enum Msg {
         /// Flags.
         flags: u8,
         /// Bytes.
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// Resync range written.
     RsAck {
@@ -510,7 +512,7 @@ impl Msg {
                     return Err(bad());
                 }
                 let len = be32(&pl[16..]);
-                let data = pl[20..].to_vec();
+                let data = Bytes::copy_from_slice(&pl[20..]);
                 let zero = p.flags() & DATA_ZERO != 0;
                 if (zero && !data.is_empty()) || (!zero && data.len() != len as usize) {
                     return Err(bad());
@@ -538,7 +540,7 @@ impl Msg {
                     return Err(bad());
                 }
                 let len = be32(&pl[8..]);
-                let data = pl[12..].to_vec();
+                let data = Bytes::copy_from_slice(&pl[12..]);
                 let zero = p.flags() & DATA_ZERO != 0;
                 if (zero && !data.is_empty()) || (!zero && data.len() != len as usize) {
                     return Err(bad());
@@ -607,13 +609,41 @@ pub fn data_prefix(seq: u64, offset: u64, len: u32, flags: u8, payload_len: usiz
 
 /// Builds a `Data` message from its header flags, fixed fields and separately read payload,
 /// with the same checks as [`Msg::parse`].
-pub fn data_from_parts(flags: u8, fixed: &[u8; DATA_FIXED], payload: Vec<u8>) -> Result<Msg, WireError> {
+pub fn data_from_parts(flags: u8, fixed: &[u8; DATA_FIXED], payload: Bytes) -> Result<Msg, WireError> {
     let len = be32(&fixed[16..]);
     let zero = flags & DATA_ZERO != 0;
     if (zero && !payload.is_empty()) || (!zero && payload.len() != len as usize) {
         return Err(WireError::BadLength(FrameType::Data));
     }
     Ok(Msg::Data { seq: be64(fixed), offset: be64(&fixed[8..]), len, flags, data: payload })
+}
+
+/// Fixed part of an `RsData` payload (offset, len) before the bytes.
+pub const RS_DATA_FIXED: usize = 12;
+
+/// Header and fixed fields of an `RsData` frame carrying `payload_len` bytes (see
+/// [`data_prefix`]).
+pub fn rs_data_prefix(offset: u64, len: u32, flags: u8, payload_len: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN + RS_DATA_FIXED);
+    b.extend_from_slice(&MAGIC.to_be_bytes());
+    b.push(FrameType::RsData.into());
+    b.push(flags);
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&((RS_DATA_FIXED + payload_len) as u32).to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// Builds an `RsData` message from its header flags, fixed fields and separately read payload,
+/// with the same checks as [`Msg::parse`].
+pub fn rs_data_from_parts(flags: u8, fixed: &[u8; RS_DATA_FIXED], payload: Bytes) -> Result<Msg, WireError> {
+    let len = be32(&fixed[8..]);
+    let zero = flags & DATA_ZERO != 0;
+    if (zero && !payload.is_empty()) || (!zero && payload.len() != len as usize) {
+        return Err(WireError::BadLength(FrameType::RsData));
+    }
+    Ok(Msg::RsData { offset: be64(fixed), len, flags, data: payload })
 }
 
 struct Writer<'a> {
@@ -647,7 +677,7 @@ mod tests {
     ];
 
     fn golden_msg() -> Msg {
-        Msg::Data { seq: 9, offset: 4096, len: 4, flags: DATA_FUA, data: vec![0xde, 0xad, 0xbe, 0xef] }
+        Msg::Data { seq: 9, offset: 4096, len: 4, flags: DATA_FUA, data: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]) }
     }
 
     #[test]
@@ -683,11 +713,11 @@ mod tests {
                 flags: 3,
             }),
             Msg::Bitmap(vec![1, 2, 3]),
-            Msg::Data { seq: 1, offset: 0, len: 8192, flags: DATA_ZERO, data: vec![] },
+            Msg::Data { seq: 1, offset: 0, len: 8192, flags: DATA_ZERO, data: Bytes::new() },
             Msg::RecvAck { seq: 3 },
             Msg::WriteAck { seq: 4 },
             Msg::Barrier { epoch: 5 },
-            Msg::RsData { offset: 8, len: 2, flags: 0, data: vec![1, 2] },
+            Msg::RsData { offset: 8, len: 2, flags: 0, data: Bytes::from_static(&[1, 2]) },
             Msg::RsAck { offset: 8, len: 2 },
             Msg::SyncDone { gen: [4, 3, 2, 1] },
             Msg::Ping,
@@ -703,14 +733,27 @@ mod tests {
     }
 
     #[test]
+    fn rs_data_in_parts_matches_whole_frame() {
+        let m = Msg::RsData { offset: 8, len: 2, flags: 0, data: Bytes::from_static(&[1, 2]) };
+        let mut v = rs_data_prefix(8, 2, 0, 2);
+        v.extend_from_slice(&[1, 2]);
+        assert_eq!(v, m.to_vec());
+        let mut fixed = [0u8; RS_DATA_FIXED];
+        fixed.copy_from_slice(&v[HEADER_LEN..HEADER_LEN + RS_DATA_FIXED]);
+        assert_eq!(rs_data_from_parts(0, &fixed, Bytes::from_static(&[1, 2])), Ok(m));
+        assert!(rs_data_from_parts(0, &fixed, Bytes::from_static(&[1])).is_err());
+        assert!(rs_data_from_parts(DATA_ZERO, &fixed, Bytes::from_static(&[1, 2])).is_err());
+    }
+
+    #[test]
     fn data_in_parts_matches_whole_frame() {
         let m = golden_msg();
         let mut v = data_prefix(9, 4096, 4, DATA_FUA, 4);
         v.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(v, GOLDEN_DATA);
         let fixed: [u8; DATA_FIXED] = GOLDEN_DATA[12..32].try_into().unwrap();
-        assert_eq!(data_from_parts(DATA_FUA, &fixed, vec![0xde, 0xad, 0xbe, 0xef]), Ok(m));
-        assert!(data_from_parts(DATA_FUA, &fixed, vec![1]).is_err());
+        assert_eq!(data_from_parts(DATA_FUA, &fixed, Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef])), Ok(m));
+        assert!(data_from_parts(DATA_FUA, &fixed, Bytes::from_static(&[1])).is_err());
     }
 
     #[test]

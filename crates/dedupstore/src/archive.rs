@@ -145,6 +145,25 @@ pub struct ArchiveMeta {
     pub items: Vec<Id>,
     /// Statistics.
     pub stats: ArchiveStats,
+    /// Chunks `check --repair` found missing or damaged and replaced with zeros of the same
+    /// length (borg's all-zero replacement chunks). Not part of the postcard body: stored as a
+    /// trailer after it, only in repaired archives, so older archives decode unchanged.
+    #[serde(skip)]
+    pub broken: Vec<BrokenChunk>,
+}
+
+/// A chunk reference `check --repair` replaced with a zero-filled chunk; a later repair puts
+/// the original back if the chunk reappears (e.g. from another client's backup).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokenChunk {
+    /// Item path.
+    pub path: Vec<u8>,
+    /// Position in the item's extents.
+    pub extent: u32,
+    /// The original chunk.
+    pub id: Id,
+    /// Its length.
+    pub len: u32,
 }
 
 /// One archive in the manifest.

@@ -94,7 +94,9 @@ impl LocalBackend {
         match t {
             FileType::Config => self.root.join("config"),
             FileType::Manifest => self.root.join("manifest"),
-            FileType::Lock => self.root.join("lock"),
+            // the exclusive lock; shared (reader) locks live in `locks/`
+            FileType::Lock if name.is_empty() || name == "lock" => self.root.join("lock"),
+            FileType::Lock => self.root.join("locks").join(name),
             FileType::Pack => {
                 let fan = name.get(..2).unwrap_or("00");
                 self.root.join("data").join(fan).join(name)
@@ -158,6 +160,17 @@ impl Backend for LocalBackend {
                 let p = self.path(t, "");
                 if p.exists() {
                     out.push(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+                }
+                if t == FileType::Lock {
+                    let dir = self.root.join("locks");
+                    if let Ok(rd) = fs::read_dir(&dir) {
+                        for f in rd {
+                            let n = f.map_err(|e| Error::io(&dir, e))?.file_name().to_string_lossy().into_owned();
+                            if !n.starts_with('.') {
+                                out.push(n);
+                            }
+                        }
+                    }
                 }
             }
             FileType::Pack => {
@@ -248,6 +261,9 @@ impl Backend for LocalBackend {
         Self::check_name(name)?;
         let p = self.path(t, name);
         let dir = p.parent().unwrap_or(&self.root).to_path_buf();
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
         // Write a complete temp file, then hard-link it into place: link fails if the target
         // exists, so readers never see a partially written lock.
         let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));

@@ -157,19 +157,24 @@ impl Chunker {
         out
     }
 
-    /// A streaming chunker over a reader: memory stays at about `2 * max` bytes.
+    /// A streaming chunker over a reader: memory stays at about `max(2 * max, 4 MiB)` bytes.
     pub fn stream<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
-        ChunkStream { chunker: self, reader, buf: Vec::with_capacity(2 * self.params.max as usize), pos: 0, eof: false }
+        ChunkStream { chunker: self, reader, buf: Vec::new(), pos: 0, end: 0, eof: false }
     }
 }
+
+/// Read-ahead of [`Chunker::stream`].
+const STREAM_BUF: usize = 4 << 20;
 
 /// Iterator-like streaming chunker, see [`Chunker::stream`].
 #[derive(Debug)]
 pub struct ChunkStream<'a, R> {
     chunker: &'a Chunker,
     reader: R,
+    /// Allocated once; `pos..end` is read but not yet chunked.
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
     eof: bool,
 }
 
@@ -177,29 +182,28 @@ impl<R: Read> ChunkStream<'_, R> {
     /// The next chunk, or `None` at the end of the stream.
     pub fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         let max = self.chunker.params.max as usize;
-        if self.buf.len() - self.pos < max && !self.eof {
-            self.buf.drain(..self.pos);
+        if self.end - self.pos < max && !self.eof {
+            if self.buf.is_empty() {
+                // Read ahead well past `max`: the unconsumed tail moved to the front on each
+                // refill is then a small fraction of what is read.
+                self.buf = vec![0; (2 * max).max(STREAM_BUF)];
+            }
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
             self.pos = 0;
-            let want = 2 * max;
-            while self.buf.len() < want {
-                let old = self.buf.len();
-                self.buf.resize(want, 0);
-                match self.reader.read(&mut self.buf[old..]) {
+            while self.end < self.buf.len() {
+                match self.reader.read(&mut self.buf[self.end..]) {
                     Ok(0) => {
-                        self.buf.truncate(old);
                         self.eof = true;
                         break;
                     }
-                    Ok(n) => self.buf.truncate(old + n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(old),
-                    Err(e) => {
-                        self.buf.truncate(old);
-                        return Err(e);
-                    }
+                    Ok(n) => self.end += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
-        let rest = &self.buf[self.pos..];
+        let rest = &self.buf[self.pos..self.end];
         if rest.is_empty() {
             return Ok(None);
         }

@@ -9,6 +9,7 @@ use crate::prune::{prune_plan, PruneArchive, PrunePlan, PruneRules};
 use crate::repo::{BlobEntry, Index, IndexFile, PackBuilder, Repository};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Converts stored ns to a UTC time.
 pub fn time_of(ns: i64) -> DateTime<Utc> {
@@ -22,6 +23,7 @@ pub fn glob_archives(pattern: &str, name: &str) -> bool {
 
 /// Archives of the manifest, oldest first.
 pub fn list_archives(repo: &Repository) -> Result<Vec<ManifestEntry>> {
+    let _lock = repo.shared_lock()?;
     let mut a = repo.manifest()?.archives;
     a.sort_by_key(|e| e.time);
     Ok(a)
@@ -44,6 +46,7 @@ pub struct RepoInfo {
 
 /// `info REPO`.
 pub fn repo_info(repo: &Repository) -> Result<RepoInfo> {
+    let _lock = repo.shared_lock()?;
     let index = repo.load_index()?;
     Ok(RepoInfo {
         archives: repo.manifest()?.archives.len(),
@@ -56,6 +59,7 @@ pub fn repo_info(repo: &Repository) -> Result<RepoInfo> {
 
 /// `info REPO::ARCHIVE`.
 pub fn archive_info(repo: &Repository, name: &str) -> Result<(ManifestEntry, ArchiveMeta)> {
+    let _lock = repo.shared_lock()?;
     let m = repo.manifest()?;
     let e = m.get(name).ok_or_else(|| Error::NoSuchArchive(name.into()))?;
     Ok((e.clone(), repo.archive(&e.id)?))
@@ -280,6 +284,12 @@ pub struct CheckReport {
     pub chunks_verified: usize,
     /// Whether a repair was written.
     pub repaired: bool,
+    /// What the repair did, one line per archive and file.
+    pub repaired_notes: Vec<String>,
+    /// Chunks no archive references (after a repair; `compact` removes them).
+    pub orphan_chunks: usize,
+    /// Archives holding zero-filled replacement chunks from an earlier repair, and how many.
+    pub zero_filled: Vec<(String, usize)>,
 }
 
 impl CheckReport {
@@ -290,14 +300,21 @@ impl CheckReport {
 }
 
 /// `check [--verify-data] [--repair]`.
+///
+/// `--repair` (borg semantics): the index is rebuilt from the packs on disk, leaving out every
+/// damaged chunk; archive references to missing or damaged chunks are replaced with zero-filled
+/// chunks of the same length and recorded in the archive ([`ArchiveMeta::broken`]), so the
+/// rest of each file still restores; references healed if the original chunk is back; archives
+/// whose metadata cannot be read are removed from the manifest; chunks no archive references
+/// are reported (compact removes them).
 pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
-    let _lock = if opts.repair { Some(repo.lock()?) } else { None };
+    let _lock = if opts.repair { repo.lock()? } else { repo.shared_lock()? };
     let mut r = CheckReport::default();
     let manifest = repo.manifest()?;
-    let mut index = repo.load_index()?;
+    let index = repo.load_index()?;
     let on_disk: HashSet<Id> = repo.backend().list(FileType::Pack)?.iter().filter_map(|n| Id::from_hex(n)).collect();
     let mut damaged: HashSet<Id> = HashSet::new();
-    let mut missing_packs = Vec::new();
+    let mut bad_packs = HashSet::new();
     let mut packs: Vec<(&Id, &Vec<BlobEntry>)> = index.packs.iter().collect();
     packs.sort_by_key(|p| *p.0);
     for (pack, blobs) in packs {
@@ -305,7 +322,6 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
         let name = pack.to_hex();
         if !on_disk.contains(pack) {
             r.errors.push(format!("pack {name}: missing"));
-            missing_packs.push(*pack);
             damaged.extend(blobs.iter().map(|b| b.id));
             continue;
         }
@@ -314,24 +330,20 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             Err(e) => {
                 r.errors.push(format!("pack {name}: {e}"));
                 damaged.extend(blobs.iter().map(|b| b.id));
+                bad_packs.insert(*pack);
                 continue;
             }
         };
         let hash_ok = Id::hash(&data) == *pack;
         if !hash_ok {
             r.errors.push(format!("pack {name}: content does not match its name (damaged)"));
+            bad_packs.insert(*pack);
         }
         if opts.verify_data || !hash_ok {
-            for b in blobs {
-                let raw = data.get(b.offset as usize..(b.offset as usize).saturating_add(b.len as usize));
-                let ok = match raw {
-                    Some(raw) => repo.open_chunk(&b.id, raw, b.ulen).is_ok(),
-                    None => false,
-                };
-                r.chunks_verified += 1;
-                if !ok {
-                    damaged.insert(b.id);
-                }
+            let before = damaged.len();
+            r.chunks_verified += verify_blobs(repo, &data, blobs, &mut damaged);
+            if damaged.len() > before {
+                bad_packs.insert(*pack);
             }
         }
     }
@@ -347,6 +359,9 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
                 continue;
             }
         };
+        if !meta.broken.is_empty() {
+            r.zero_filled.push((a.name.clone(), meta.broken.len()));
+        }
         let items = match load_items(repo, &index, &meta) {
             Ok(i) => i,
             Err(e) => {
@@ -367,34 +382,209 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             }
         }
     }
-    r.damaged_chunks = damaged.into_iter().collect();
+    r.damaged_chunks = damaged.iter().copied().collect();
     r.damaged_chunks.sort();
     r.damaged_files = users.into_keys().collect();
     for (a, f) in &r.damaged_files {
         r.errors.push(format!("archive {a}: file {f}: damaged or missing data"));
     }
-    if opts.repair && (!r.orphan_packs.is_empty() || !missing_packs.is_empty()) {
-        let mut packs: Vec<(Id, Vec<BlobEntry>)> =
-            index.packs.drain().filter(|(p, _)| !missing_packs.contains(p)).collect();
-        for p in &r.orphan_packs {
-            match repo.pack_header(p) {
-                Ok(b) => packs.push((*p, b)),
-                Err(e) => r.errors.push(format!("pack {}: header: {e}", p.to_hex())),
-            }
-        }
-        packs.sort_by_key(|p| p.0);
-        let old = repo.backend().list(FileType::Index)?;
-        let new_id = repo
-            .write_index_file(&IndexFile { packs, supersedes: old.iter().filter_map(|n| Id::from_hex(n)).collect() })?;
-        for n in &old {
-            if *n != new_id.to_hex() {
-                repo.backend().remove(FileType::Index, n)?;
-            }
-        }
-        r.repaired = true;
-        r.errors.retain(|e| !e.ends_with(": missing"));
+    if opts.repair {
+        repair(repo, &mut r, &index, &on_disk, &bad_packs, &damaged)?;
     }
     Ok(r)
+}
+
+/// Authenticates every blob of a pack held in memory; returns how many were checked.
+fn verify_blobs(repo: &Repository, data: &[u8], blobs: &[BlobEntry], damaged: &mut HashSet<Id>) -> usize {
+    for b in blobs {
+        let raw = data.get(b.offset as usize..(b.offset as usize).saturating_add(b.len as usize));
+        let ok = raw.is_some_and(|raw| repo.open_chunk(&b.id, raw, b.ulen).is_ok());
+        if !ok {
+            damaged.insert(b.id);
+        }
+    }
+    blobs.len()
+}
+
+fn repair(
+    repo: &Repository,
+    r: &mut CheckReport,
+    old: &Index,
+    on_disk: &HashSet<Id>,
+    bad_packs: &HashSet<Id>,
+    damaged: &HashSet<Id>,
+) -> Result<()> {
+    use crate::archive::{encode_item, BrokenChunk};
+    use crate::writer::{ChunkWriter, WriterOptions};
+    // 1. The index, rebuilt from the packs on disk, without damaged chunks.
+    let mut index = Index::default();
+    let mut disk: Vec<Id> = on_disk.iter().copied().collect();
+    disk.sort();
+    let mut bad_copy: HashSet<Id> = HashSet::new();
+    let mut rewritten = Vec::new();
+    for pack in &disk {
+        let blobs = match old.packs.get(pack) {
+            Some(b) if !bad_packs.contains(pack) => b.clone(),
+            _ => match repo.pack_header(pack) {
+                Ok(b) => {
+                    if bad_packs.contains(pack) || !old.packs.contains_key(pack) {
+                        // not verified yet (orphan) or known damaged: keep only good blobs
+                        if let Ok(data) = repo.backend().read(FileType::Pack, &pack.to_hex()) {
+                            if Id::hash(&data) != *pack {
+                                r.chunks_verified += verify_blobs(repo, &data, &b, &mut bad_copy);
+                            }
+                        }
+                    }
+                    b
+                }
+                Err(e) => {
+                    r.errors.push(format!("pack {}: header unreadable, its chunks are lost: {e}", pack.to_hex()));
+                    continue;
+                }
+            },
+        };
+        // A chunk damaged here may have a good copy in another pack: drop only bad copies.
+        let (keep, lost): (Vec<BlobEntry>, Vec<BlobEntry>) = blobs
+            .into_iter()
+            .partition(|b| !(bad_copy.contains(&b.id) || (bad_packs.contains(pack) && damaged.contains(&b.id))));
+        if lost.is_empty() {
+            index.add_pack(*pack, keep);
+            continue;
+        }
+        // A damaged pack is rewritten with its good chunks (verified again), then removed.
+        let mut pb = PackBuilder::new();
+        for b in keep {
+            let raw = repo.backend().read_part(FileType::Pack, &pack.to_hex(), u64::from(b.offset), u64::from(b.len));
+            if let Ok(raw) = raw {
+                if repo.open_chunk(&b.id, &raw, b.ulen).is_ok() {
+                    pb.add(b.id, &raw, b.ulen);
+                }
+            }
+        }
+        if !pb.is_empty() {
+            let (np, nb) = pb.finish(repo)?;
+            index.add_pack(np, nb);
+        }
+        rewritten.push(*pack);
+    }
+    // 2. Archives: zero-fill what is gone, heal what came back.
+    let mut writer = ChunkWriter::new(repo, Arc::new(index.clone()), WriterOptions::default());
+    let mut manifest = repo.manifest()?;
+    let mut replaced_archives = Vec::new();
+    let mut referenced: HashSet<Id> = HashSet::new();
+    let mut keep_archives = Vec::new();
+    for a in std::mem::take(&mut manifest.archives) {
+        let mut meta = match repo.archive(&a.id) {
+            Ok(m) => m,
+            Err(e) => {
+                r.repaired_notes.push(format!("archive {}: metadata unreadable ({e}): removed", a.name));
+                replaced_archives.push(a.id);
+                continue;
+            }
+        };
+        let mut items = match load_items(repo, &index, &meta) {
+            Ok(i) => i,
+            Err(e) => {
+                r.repaired_notes.push(format!("archive {}: item list unreadable ({e}): removed", a.name));
+                replaced_archives.push(a.id);
+                continue;
+            }
+        };
+        let mut changed = false;
+        // heal
+        let mut still_broken = Vec::new();
+        for b in std::mem::take(&mut meta.broken) {
+            let slot = items.iter_mut().find(|i| i.path == b.path).and_then(|i| i.chunks.get_mut(b.extent as usize));
+            match slot {
+                Some(e) if index.contains(&b.id) => {
+                    *e = Extent::Data { id: b.id, len: b.len };
+                    changed = true;
+                    r.repaired_notes.push(format!(
+                        "archive {}: file {}: chunk {} is back, healed",
+                        a.name,
+                        String::from_utf8_lossy(&b.path),
+                        b.id
+                    ));
+                }
+                _ => still_broken.push(b),
+            }
+        }
+        meta.broken = still_broken;
+        // zero-fill
+        for item in &mut items {
+            let mut n = 0;
+            for (k, e) in item.chunks.iter_mut().enumerate() {
+                let Extent::Data { id, len } = *e else { continue };
+                if index.contains(&id) || writer.has(&id) {
+                    continue;
+                }
+                let (zid, _) = writer.store(vec![0; len as usize])?;
+                *e = Extent::Data { id: zid, len };
+                meta.broken.push(BrokenChunk { path: item.path.clone(), extent: k as u32, id, len });
+                changed = true;
+                n += 1;
+            }
+            if n > 0 {
+                r.repaired_notes.push(format!(
+                    "archive {}: file {}: {n} missing or damaged chunks replaced with zeros",
+                    a.name,
+                    item.path_lossy()
+                ));
+            }
+        }
+        if changed {
+            let mut stream = Vec::new();
+            for i in &items {
+                encode_item(i, &mut stream);
+            }
+            meta.items = repo.chunker().split(&stream).into_iter().map(|c| writer.store(c.to_vec()).map(|x| x.0)).collect::<Result<_>>()?;
+            let id = repo.write_archive(&meta)?;
+            replaced_archives.push(a.id);
+            keep_archives.push(crate::archive::ManifestEntry { id, ..a });
+        } else {
+            keep_archives.push(a);
+        }
+        referenced.extend(meta.items.iter().copied());
+        for i in &items {
+            for c in &i.chunks {
+                if let Extent::Data { id, .. } = c {
+                    referenced.insert(*id);
+                }
+            }
+        }
+    }
+    let out = writer.finish()?;
+    for (p, b) in out.packs {
+        index.add_pack(p, b);
+    }
+    // 3. Commit: the new index (superseding every old one), then the manifest, then cleanup.
+    let mut packs: Vec<(Id, Vec<BlobEntry>)> = index.packs.iter().map(|(p, b)| (*p, b.clone())).collect();
+    packs.sort_by_key(|p| p.0);
+    let old_files = repo.backend().list(FileType::Index)?;
+    let new_id = repo.write_index_file(&IndexFile {
+        packs,
+        supersedes: old_files.iter().filter_map(|n| Id::from_hex(n)).collect(),
+    })?;
+    manifest.archives = keep_archives;
+    manifest.timestamp = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    repo.write_manifest(&manifest)?;
+    for n in &old_files {
+        if *n != new_id.to_hex() {
+            repo.backend().remove(FileType::Index, n)?;
+        }
+    }
+    for id in &replaced_archives {
+        repo.backend().remove(FileType::Archive, &id.to_hex())?;
+    }
+    for p in &rewritten {
+        repo.backend().remove(FileType::Pack, &p.to_hex())?;
+        r.repaired_notes.push(format!("pack {}: damaged, rewritten without its bad chunks", p.to_hex()));
+    }
+    r.orphan_chunks = index.chunks.keys().filter(|id| !referenced.contains(id)).count();
+    r.repaired = true;
+    // What was found is now fixed; what could not be is still an error.
+    r.errors.retain(|e| e.contains("header unreadable"));
+    Ok(())
 }
 
 /// Summary of chunk usage, used by tests and the bench.
@@ -425,6 +615,7 @@ fn extent_bytes(item: &Item) -> HashMap<Id, u64> {
 /// Compares two archives by path: added, removed, content (+added -removed bytes, by chunk),
 /// mode, owner, symlink target, mtime.
 pub fn diff_archives(repo: &Repository, a: &str, b: &str) -> Result<Vec<DiffEntry>> {
+    let _lock = repo.shared_lock()?;
     let index = repo.load_index()?;
     let load = |n: &str| -> Result<BTreeMap<Vec<u8>, Item>> {
         Ok(crate::extract::archive_items(repo, &index, n)?.into_iter().map(|i| (i.path.clone(), i)).collect())

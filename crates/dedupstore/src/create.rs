@@ -39,8 +39,11 @@ pub struct CreateOptions {
     pub threads: usize,
     /// Files cache directory (None = no files cache).
     pub cache_dir: Option<PathBuf>,
-    /// Checkpoint (index file) interval.
+    /// Write a checkpoint archive (`NAME.checkpoint`) this often (borg's `--checkpoint-interval`,
+    /// default 30 min); index files that make stored chunks reusable are written more often.
     pub checkpoint_interval: Duration,
+    /// ... or after this many bytes of file content (0 = only by time).
+    pub checkpoint_volume: u64,
     /// Command line recorded in the archive.
     pub cmdline: Vec<String>,
 }
@@ -58,7 +61,8 @@ impl CreateOptions {
             dry_run: false,
             threads: 0,
             cache_dir: None,
-            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_interval: Duration::from_secs(1800),
+            checkpoint_volume: 0,
             cmdline: vec![],
         }
     }
@@ -84,6 +88,11 @@ pub enum Event<'a> {
     },
     /// Something the user should know; the command will exit with a warning.
     Warning(&'a str),
+    /// A checkpoint archive was committed.
+    Checkpoint {
+        /// Its name (`NAME.checkpoint`, or `NAME.checkpoint.N` if that existed).
+        name: &'a str,
+    },
 }
 
 /// Result of `create`.
@@ -122,7 +131,15 @@ pub(crate) fn ns(sec: i64, nsec: i64) -> i64 {
 }
 
 struct Walker<'a> {
+    repo: &'a Repository,
     opts: &'a CreateOptions,
+    /// Archive time.
+    time: DateTime<Utc>,
+    /// Name of this run's checkpoint archive, and its id once written.
+    checkpoint_name: String,
+    checkpoint: Option<Id>,
+    last_checkpoint: std::time::Instant,
+    checkpoint_original: u64,
     writer: Option<ChunkWriter>,
     cache: Option<FilesCache>,
     items: Vec<u8>,
@@ -390,6 +407,63 @@ impl Walker<'_> {
         }
         self.emit(&item, 'A');
         (self.on)(Event::Progress { original: self.stats.original_size, files: self.stats.nfiles });
+        self.maybe_checkpoint()
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        let by_volume = self.opts.checkpoint_volume > 0
+            && self.stats.original_size - self.checkpoint_original >= self.opts.checkpoint_volume;
+        if by_volume || self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Commits `NAME.checkpoint`: an archive of every item so far (borg 1.2's checkpoint), so
+    /// an interrupted run leaves its work restorable and its chunks referenced; the next
+    /// `create` reuses them and its success removes the checkpoint.
+    fn write_checkpoint(&mut self) -> Result<()> {
+        let Some(w) = self.writer.as_mut() else { return Ok(()) };
+        let mut item_ids = Vec::new();
+        for c in self.chunker.split(&self.items) {
+            item_ids.push(w.store(c.to_vec())?.0);
+        }
+        w.flush()?;
+        let mut stats = self.stats;
+        stats.deduplicated_size = w.flushed_stored();
+        let meta = ArchiveMeta {
+            version: 1,
+            name: self.checkpoint_name.clone(),
+            hostname: hostname(),
+            username: user_name(&mut self.users, nix::unistd::getuid().as_raw()).unwrap_or_default(),
+            time: self.time.timestamp_nanos_opt().unwrap_or(0),
+            time_end: Utc::now().timestamp_nanos_opt().unwrap_or(0),
+            cmdline: self.opts.cmdline.clone(),
+            items: item_ids,
+            stats,
+            broken: vec![],
+        };
+        let id = self.repo.write_archive(&meta)?;
+        let mut m = self.repo.manifest()?;
+        m.archives.retain(|a| a.name != self.checkpoint_name);
+        m.archives.push(ManifestEntry { name: meta.name.clone(), id, time: meta.time });
+        m.timestamp = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        self.repo.write_manifest(&m)?;
+        if let Some(old) = self.checkpoint.replace(id) {
+            if old != id {
+                self.repo.backend().remove(crate::backend::FileType::Archive, &old.to_hex())?;
+            }
+        }
+        if let Some(c) = &self.cache {
+            c.commit()?;
+        }
+        self.last_checkpoint = std::time::Instant::now();
+        self.checkpoint_original = self.stats.original_size;
+        tracing::info!(name = %self.checkpoint_name, "checkpoint archive written");
+        (self.on)(Event::Checkpoint { name: &self.checkpoint_name });
         Ok(())
     }
 
@@ -451,6 +525,13 @@ impl Walker<'_> {
     }
 }
 
+/// Whether `name` is `base.checkpoint` or `base.checkpoint.N`.
+pub fn is_checkpoint_of(name: &str, base: &str) -> bool {
+    name.strip_prefix(base).and_then(|r| r.strip_prefix(".checkpoint")).is_some_and(|r| {
+        r.is_empty() || r.strip_prefix('.').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 /// Backs up `opts.paths` into a new archive. Takes the lock; commits the manifest last.
 pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<'_>)) -> Result<CreateResult> {
     if opts.paths.is_empty() {
@@ -459,7 +540,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
     if opts.name.is_empty() || opts.name.contains('/') {
         return Err(Error::InvalidArgument(format!("archive name {:?}", opts.name)));
     }
-    let _lock = if opts.dry_run { None } else { Some(repo.lock()?) };
+    let _lock = if opts.dry_run { repo.shared_lock()? } else { repo.lock()? };
     let manifest = repo.manifest()?;
     if manifest.get(&opts.name).is_some() {
         return Err(Error::ArchiveExists(opts.name.clone()));
@@ -475,7 +556,8 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
             WriterOptions {
                 compression: opts.compression,
                 threads: opts.threads,
-                checkpoint_interval: opts.checkpoint_interval,
+                // index files (chunks reusable after a crash) at least every minute
+                checkpoint_interval: opts.checkpoint_interval.min(Duration::from_secs(60)),
                 ..WriterOptions::default()
             },
         ))
@@ -484,8 +566,18 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         (Some(d), false) => Some(FilesCache::open(d, &repo.config().id)?),
         _ => None,
     };
+    let checkpoint_name = (0..)
+        .map(|n| if n == 0 { format!("{}.checkpoint", opts.name) } else { format!("{}.checkpoint.{n}", opts.name) })
+        .find(|n| manifest.get(n).is_none())
+        .unwrap_or_default();
     let mut w = Walker {
+        repo,
         opts,
+        time: opts.timestamp.unwrap_or(start),
+        checkpoint_name,
+        checkpoint: None,
+        last_checkpoint: std::time::Instant::now(),
+        checkpoint_original: 0,
         writer,
         cache,
         items: Vec::new(),
@@ -534,7 +626,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         stats.compressed_size = w.refs_known
             + w.refs_new.iter().map(|(id, n)| n * u64::from(new.get(id).copied().unwrap_or(0))).sum::<u64>();
     }
-    let time = opts.timestamp.unwrap_or(start);
+    let time = w.time;
     let meta = ArchiveMeta {
         version: 1,
         name: opts.name.clone(),
@@ -545,15 +637,24 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         cmdline: opts.cmdline.clone(),
         items: item_ids,
         stats,
+        broken: vec![],
     };
     let id = if opts.dry_run {
         repo.crypto().key().chunk_id(&postcard::to_stdvec(&meta).unwrap_or_default())
     } else {
         let id = repo.write_archive(&meta)?;
-        let mut m = manifest;
+        // Checkpoints wrote the manifest since we read it; we hold the lock, nobody else did.
+        let mut m = if w.checkpoint.is_some() { repo.manifest()? } else { manifest };
+        // Success supersedes every checkpoint of this name (this run's and earlier ones).
+        let (old_checkpoints, keep): (Vec<_>, Vec<_>) =
+            m.archives.into_iter().partition(|a| is_checkpoint_of(&a.name, &opts.name));
+        m.archives = keep;
         m.archives.push(ManifestEntry { name: meta.name.clone(), id, time: meta.time });
         m.timestamp = Utc::now().timestamp_nanos_opt().unwrap_or(0);
         repo.write_manifest(&m)?;
+        for a in &old_checkpoints {
+            repo.backend().remove(crate::backend::FileType::Archive, &a.id.to_hex())?;
+        }
         if let Some(c) = &w.cache {
             c.commit()?;
         }

@@ -32,7 +32,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -260,6 +260,45 @@ impl Crypto {
         &self.key
     }
 
+    /// Bytes [`Crypto::seal_in_place`] wants reserved in front of the plaintext.
+    pub fn header_len(&self) -> usize {
+        match self.mode {
+            Mode::Repokey | Mode::Keyfile => ENC_HEADER,
+            Mode::Authenticated | Mode::None => 1,
+        }
+    }
+
+    /// [`Crypto::seal`] without copying: `buf` holds [`Crypto::header_len`] reserved bytes
+    /// followed by the plaintext; on return it holds the envelope (the same bytes `seal` makes).
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>) {
+        let h = self.header_len();
+        if buf.len() < h {
+            // Caller misuse; keep the envelope well-formed by treating it as empty plaintext.
+            buf.resize(h, 0);
+        }
+        match self.mode {
+            Mode::Repokey | Mode::Keyfile => {
+                let ctr = self.counter.fetch_add(1, Ordering::Relaxed);
+                let mut nonce = [0u8; 12];
+                nonce[4..].copy_from_slice(&ctr.to_be_bytes());
+                buf[0] = TAG_ENC;
+                buf[1..17].copy_from_slice(&self.session);
+                buf[17..25].copy_from_slice(&ctr.to_be_bytes());
+                // Cannot fail below GCM's 64 GiB message limit; chunks are at most 64 MiB.
+                let tag = self
+                    .session_cipher
+                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf[h..])
+                    .unwrap_or_default();
+                buf.extend_from_slice(&tag);
+            }
+            Mode::Authenticated | Mode::None => {
+                let (tag, mac) = self.mac_of(aad, &buf[h..]);
+                buf[0] = tag;
+                buf.extend_from_slice(&mac);
+            }
+        }
+    }
+
     /// Wraps `plaintext` in an envelope bound to `aad`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         match self.mode {
@@ -366,6 +405,10 @@ mod tests {
                 t[i] ^= 0x40;
                 assert!(c.open("x", b"aad", &t).is_err(), "{mode:?} byte {i}");
             }
+            let mut buf = vec![0xa5; c.header_len()];
+            buf.extend_from_slice(b"in place");
+            c.seal_in_place(b"aad", &mut buf);
+            assert_eq!(c.open("x", b"aad", &buf).unwrap(), b"in place");
             if mode == Mode::Repokey {
                 assert!(!blob.windows(5).any(|w| w == b"hello"));
                 // nonces never repeat within a session

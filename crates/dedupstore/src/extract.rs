@@ -81,10 +81,41 @@ fn target_path(item_path: &[u8], strip: usize) -> Option<PathBuf> {
     Some(p)
 }
 
+/// Makes the directories above `rel` inside `root`, refusing to go through a symlink: an archive
+/// whose item `a` is a symlink to `/etc` and whose next item is `a/passwd` must not write
+/// `/etc/passwd` (`..` and absolute paths are already removed by [`target_path`]). A
+/// non-directory in the way is replaced by a directory, as borg does.
+fn safe_parents(root: &Path, rel: &Path) -> Result<()> {
+    let Some(parent) = rel.parent() else { return Ok(()) };
+    let mut cur = root.to_path_buf();
+    for c in parent.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::integrity(
+                    format!("archive path {}", rel.display()),
+                    format!("it leads through the symlink {}; refusing to write through it", cur.display()),
+                ));
+            }
+            Ok(_) => {
+                fs::remove_file(&cur).map_err(|e| Error::io(&cur, e))?;
+                fs::create_dir(&cur).map_err(|e| Error::io(&cur, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(&cur).map_err(|e| Error::io(&cur, e))?;
+            }
+            Err(e) => return Err(Error::io(&cur, e)),
+        }
+    }
+    Ok(())
+}
+
 type Fetched = (usize, Result<Vec<u8>>);
 
 /// Extracts an archive.
 pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Result<ExtractResult> {
+    let _lock = repo.shared_lock()?;
     let index = Arc::new(repo.load_index()?);
     let items = archive_items(repo, &index, archive)?;
     let todo: Vec<(Item, Option<PathBuf>)> = items
@@ -117,6 +148,9 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
     let (jtx, jrx) = bounded::<(usize, Id)>(threads * 4);
     let (rtx, rrx) = bounded::<Fetched>(threads * 4);
     let mut res = ExtractResult::default();
+    if !opts.dry_run {
+        fs::create_dir_all(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+    }
     std::thread::scope(|s| -> Result<()> {
         let ids = &ids;
         s.spawn(move || {
@@ -147,7 +181,11 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
             let Some(rel) = target else { continue };
             let dest = opts.dest.join(rel);
             fetcher.consumed = 0;
-            let r = restore_item(item, &dest, opts, &mut fetcher, &extracted, &mut res);
+            let r = match opts.dry_run {
+                false => safe_parents(&opts.dest, rel),
+                true => Ok(()),
+            }
+            .and_then(|()| restore_item(item, &dest, opts, &mut fetcher, &extracted, &mut res));
             if r.is_err() && item.kind == ItemKind::File {
                 // Keep the chunk stream in step: skip this file's remaining chunks.
                 let n = item.chunks.iter().filter(|c| matches!(c, Extent::Data { .. })).count();
@@ -174,6 +212,10 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
         // Directory metadata last (children changed their mtime), deepest first.
         if !opts.dry_run {
             for (dest, item) in dirs.iter().rev() {
+                // A later item may have replaced the directory (by a symlink): never follow it.
+                if !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+                    continue;
+                }
                 if let Err(e) = set_metadata(item, dest, opts) {
                     res.errors.push(format!("{}: {e}", item.path_lossy()));
                 }
@@ -234,9 +276,6 @@ fn restore_item(
             }
         }
         return first_err.map_or(Ok(()), Err);
-    }
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     if item.kind != ItemKind::Dir {
         match fs::symlink_metadata(dest) {

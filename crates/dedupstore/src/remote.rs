@@ -33,7 +33,7 @@
 
 use crate::backend::{Backend, FileType, LocalBackend};
 use crate::error::{Error, Result};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -405,24 +405,46 @@ impl Default for SshOptions {
     }
 }
 
+/// The sending half: requests are numbered in the order they are written.
 #[derive(Debug)]
-struct Conn {
-    child: Child,
+struct Tx {
     tx: Option<BufWriter<ChildStdin>>,
+    /// Number of the next request.
+    next: u64,
+    /// Pipelined writes whose answer is not checked yet: (request number, name).
+    pending: VecDeque<(u64, String)>,
+}
+
+/// The receiving half: answers come back in request order; an answer read by one thread on
+/// behalf of another waits in `stash` until its owner takes it.
+#[derive(Debug)]
+struct Rx {
     rx: BufReader<ChildStdout>,
-    /// Names of pipelined writes whose answer is not read yet.
-    pending: VecDeque<String>,
-    /// First failure; every later call fails with it.
-    broken: Option<String>,
+    /// Number of the next answer on the stream.
+    next: u64,
+    stash: HashMap<u64, Vec<u8>>,
 }
 
 /// A repository on another host: `ssh … rempart-backup serve`, framed requests over the pipe.
+///
+/// Several threads may have requests in flight at once (the restore's fetch workers): each
+/// sends under the `tx` lock, releases it, then waits under the `rx` lock, where whoever holds
+/// it reads answers in order and stashes the others'. Lock order: `tx`, then `rx`, then the
+/// leaves `child` and `broken`.
 #[derive(Debug)]
 pub struct SshBackend {
     location: String,
     append_only: bool,
     window: usize,
-    conn: Mutex<Conn>,
+    tx: Mutex<Tx>,
+    rx: Mutex<Rx>,
+    child: Mutex<Child>,
+    /// First failure; every later call fails with it.
+    broken: Mutex<Option<String>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SshBackend {
@@ -453,14 +475,15 @@ impl SshBackend {
         let (Some(tx), Some(rx)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(Error::InvalidArgument("ssh pipes".into()));
         };
-        let conn = Conn {
-            child,
-            tx: Some(BufWriter::with_capacity(1 << 20, tx)),
-            rx: BufReader::with_capacity(1 << 16, rx),
-            pending: VecDeque::new(),
-            broken: None,
+        let mut b = SshBackend {
+            location,
+            append_only: false,
+            window: opts.window.max(1),
+            tx: Mutex::new(Tx { tx: Some(BufWriter::with_capacity(1 << 20, tx)), next: 0, pending: VecDeque::new() }),
+            rx: Mutex::new(Rx { rx: BufReader::with_capacity(1 << 16, rx), next: 0, stash: HashMap::new() }),
+            child: Mutex::new(child),
+            broken: Mutex::new(None),
         };
-        let mut b = SshBackend { location, append_only: false, window: opts.window.max(1), conn: Mutex::new(conn) };
         let ans =
             b.call(RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: path.as_bytes() })?;
         b.append_only = ans.first() == Some(&1);
@@ -472,28 +495,53 @@ impl SshBackend {
         self.append_only
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn fail(&self, c: &mut Conn, e: impl std::fmt::Display) -> Error {
+    /// Marks the connection broken (the first reason sticks) and returns the error.
+    fn fail(&self, e: impl std::fmt::Display) -> Error {
         // Reap ssh if it died, to report its exit status.
-        let extra = match c.child.try_wait() {
+        let extra = match locked(&self.child).try_wait() {
             Ok(Some(st)) => format!(" (ssh exited with {st})"),
             _ => String::new(),
         };
         let msg = format!("{e}{extra}");
-        c.broken = Some(msg.clone());
+        locked(&self.broken).get_or_insert(msg.clone());
         conn_lost(&self.location, msg)
     }
 
-    fn read_answer(&self, c: &mut Conn, what: &str) -> Result<Vec<u8>> {
-        let body = match read_frame(&mut c.rx) {
-            Ok(Some(b)) => b,
-            Ok(None) => return Err(self.fail(c, "end of stream")),
-            Err(e) => return Err(self.fail(c, e)),
-        };
-        let r = ResponseRepr::parse(&body).map_err(|e| self.fail(c, e))?;
+    fn check_broken(&self) -> Result<()> {
+        match locked(&self.broken).as_ref() {
+            Some(b) => Err(conn_lost(&self.location, b.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The body of the answer to request `seq`.
+    fn wait_for(&self, seq: u64) -> Result<Vec<u8>> {
+        let mut r = locked(&self.rx);
+        loop {
+            if let Some(b) = r.stash.remove(&seq) {
+                return Ok(b);
+            }
+            self.check_broken()?;
+            if r.next > seq {
+                return Err(self.fail(format!("answer {seq} lost")));
+            }
+            let body = match read_frame(&mut r.rx) {
+                Ok(Some(b)) => b,
+                Ok(None) => return Err(self.fail("end of stream")),
+                Err(e) => return Err(self.fail(e)),
+            };
+            let n = r.next;
+            r.next += 1;
+            if n == seq {
+                return Ok(body);
+            }
+            r.stash.insert(n, body);
+        }
+    }
+
+    /// Interprets an answer.
+    fn answer(&self, body: &[u8], what: &str) -> Result<Vec<u8>> {
+        let r = ResponseRepr::parse(body).map_err(|e| self.fail(e))?;
         let msg = || String::from_utf8_lossy(r.payload).into_owned();
         match r.status {
             Status::Ok => Ok(r.payload.to_vec()),
@@ -506,75 +554,84 @@ impl SshBackend {
         }
     }
 
+    /// Checks the answer of the oldest pipelined write; a failure sticks.
+    fn check_oldest_write(&self, t: &mut Tx) -> Result<()> {
+        let Some((seq, name)) = t.pending.pop_front() else { return Ok(()) };
+        let r = self.wait_for(seq).and_then(|b| self.answer(&b, &format!("write of {name}")));
+        if let Err(e) = &r {
+            locked(&self.broken).get_or_insert(e.to_string());
+        }
+        r.map(|_| ())
+    }
+
     /// Reads every outstanding pipelined answer; the first failure is returned (and sticks).
-    fn drain(&self, c: &mut Conn) -> Result<()> {
-        if c.pending.is_empty() {
+    fn drain(&self, t: &mut Tx) -> Result<()> {
+        if t.pending.is_empty() {
             return Ok(());
         }
-        c.tx().and_then(|t| t.flush()).map_err(|e| self.fail(c, e))?;
+        self.flush(t)?;
         let mut first = None;
-        while let Some(name) = c.pending.pop_front() {
-            if let Err(e) = self.read_answer(c, &format!("write of {name}")) {
-                if c.broken.is_none() {
-                    c.broken = Some(e.to_string());
-                }
+        while !t.pending.is_empty() {
+            if let Err(e) = self.check_oldest_write(t) {
                 first.get_or_insert(e);
             }
         }
-        match first {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        first.map_or(Ok(()), Err)
     }
 
-    fn send(&self, c: &mut Conn, req: &RequestRepr<'_>) -> Result<()> {
-        if let Some(b) = &c.broken {
-            return Err(conn_lost(&self.location, b.clone()));
-        }
+    fn flush(&self, t: &mut Tx) -> Result<()> {
+        let r = t.tx.as_mut().ok_or_else(|| std::io::ErrorKind::BrokenPipe.into()).and_then(|w| w.flush());
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Writes a request; returns its number.
+    fn send(&self, t: &mut Tx, req: &RequestRepr<'_>) -> Result<u64> {
+        self.check_broken()?;
         let n = req.buffer_len();
-        let mut hdr = [0u8; 8];
-        hdr[..4].copy_from_slice(&(n as u32).to_be_bytes());
         let small = RequestRepr { payload: &[], ..req.clone() };
         let mut head = vec![0u8; small.buffer_len()];
         small.emit(&mut head);
-        let r = c.tx().and_then(|t| {
-            t.write_all(&hdr[..4])?;
-            t.write_all(&head)?;
-            t.write_all(req.payload)
+        let r = t.tx.as_mut().ok_or_else(|| std::io::ErrorKind::BrokenPipe.into()).and_then(|w| {
+            w.write_all(&(n as u32).to_be_bytes())?;
+            w.write_all(&head)?;
+            w.write_all(req.payload)
         });
-        r.map_err(|e| self.fail(c, e))
+        r.map_err(|e| self.fail(e))?;
+        let seq = t.next;
+        t.next += 1;
+        Ok(seq)
     }
 
-    /// One synchronous request: drains the pipeline, sends, flushes, waits.
+    /// One request: drains the pipelined writes, sends, flushes, then waits for the answer
+    /// without holding the send side, so other threads' requests overlap with this one.
     fn call(&self, req: RequestRepr<'_>) -> Result<Vec<u8>> {
-        let mut c = self.lock();
-        self.drain(&mut c)?;
-        self.send(&mut c, &req)?;
-        c.tx().and_then(|t| t.flush()).map_err(|e| self.fail(&mut c, e))?;
-        self.read_answer(&mut c, &format!("{:?} {:?} {}", req.op, req.file_type, req.name))
+        let seq = {
+            let mut t = locked(&self.tx);
+            self.drain(&mut t)?;
+            let seq = self.send(&mut t, &req)?;
+            self.flush(&mut t)?;
+            seq
+        };
+        let body = self.wait_for(seq)?;
+        self.answer(&body, &format!("{:?} {:?} {}", req.op, req.file_type, req.name))
     }
 }
 
 impl Drop for SshBackend {
     fn drop(&mut self) {
-        let c = self.conn.get_mut().unwrap_or_else(|p| p.into_inner());
-        let _ = c.drain_quietly();
-        // Closing stdin ends the server loop, then ssh exits.
-        c.tx = None;
-        let _ = c.child.wait();
-    }
-}
-
-impl Conn {
-    fn tx(&mut self) -> std::io::Result<&mut BufWriter<ChildStdin>> {
-        self.tx.as_mut().ok_or_else(|| std::io::ErrorKind::BrokenPipe.into())
-    }
-    fn drain_quietly(&mut self) -> std::io::Result<()> {
-        self.tx()?.flush()?;
-        while self.pending.pop_front().is_some() {
-            read_frame(&mut self.rx)?;
+        {
+            let t = &mut *locked(&self.tx);
+            if self.flush(t).is_ok() {
+                while !t.pending.is_empty() {
+                    if self.check_oldest_write(t).is_err() && self.check_broken().is_err() {
+                        break;
+                    }
+                }
+            }
+            // Closing stdin ends the server loop, then ssh exits.
+            t.tx = None;
         }
-        Ok(())
+        let _ = locked(&self.child).wait();
     }
 }
 
@@ -622,15 +679,12 @@ impl Backend for SshBackend {
             // manifest (or a later index) is written, and those are sent synchronously after
             // every pending answer has been read.
             FileType::Pack | FileType::Index | FileType::Archive => {
-                let mut c = self.lock();
-                self.send(&mut c, &req)?;
-                c.pending.push_back(name.to_string());
-                if c.pending.len() >= self.window {
-                    c.tx().and_then(|t| t.flush()).map_err(|e| self.fail(&mut c, e))?;
-                    let name = c.pending.pop_front().unwrap_or_default();
-                    self.read_answer(&mut c, &format!("write of {name}")).inspect_err(|e| {
-                        c.broken.get_or_insert(e.to_string());
-                    })?;
+                let mut t = locked(&self.tx);
+                let seq = self.send(&mut t, &req)?;
+                t.pending.push_back((seq, name.to_string()));
+                if t.pending.len() >= self.window {
+                    self.flush(&mut t)?;
+                    self.check_oldest_write(&mut t)?;
                 }
                 Ok(())
             }

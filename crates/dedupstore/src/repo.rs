@@ -150,7 +150,11 @@ pub struct Repository {
     config: ConfigBody,
     crypto: Arc<Crypto>,
     chunker: Chunker,
+    lock_wait: std::time::Duration,
 }
+
+/// How long to wait for a lock another process holds (borg's `--lock-wait` default: 1 s).
+pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
@@ -199,6 +203,7 @@ impl Repository {
             crypto: Arc::new(Crypto::new(opts.mode, key)),
             config: body,
             backend,
+            lock_wait: DEFAULT_LOCK_WAIT,
         };
         repo.write_manifest(&Manifest { version: 1, timestamp: now_ns(), archives: vec![] })?;
         // The config is written last: its presence means "initialised".
@@ -238,6 +243,7 @@ impl Repository {
             crypto: Arc::new(Crypto::new(cfg.body.mode, key)),
             config: cfg.body,
             backend,
+            lock_wait: DEFAULT_LOCK_WAIT,
         })
     }
 
@@ -323,9 +329,22 @@ impl Repository {
         &self.chunker
     }
 
-    /// Takes the exclusive writer lock.
+    /// Takes the exclusive writer lock (create, delete, prune, compact, check --repair): no
+    /// other writer and no reader at the same time. Waits up to the lock wait.
     pub fn lock(&self) -> Result<RepoLock> {
-        RepoLock::acquire(self.backend.clone())
+        RepoLock::acquire(self.backend.clone(), true, self.lock_wait)
+    }
+
+    /// Takes a shared reader lock (list, info, extract, check): any number of readers, no
+    /// writer, so a concurrent prune or compact cannot remove what they read.
+    pub fn shared_lock(&self) -> Result<RepoLock> {
+        RepoLock::acquire(self.backend.clone(), false, self.lock_wait)
+    }
+
+    /// Sets how long [`Repository::lock`] and [`Repository::shared_lock`] wait for a lock
+    /// another process holds before failing with [`Error::Locked`] (borg's `--lock-wait`).
+    pub fn set_lock_wait(&mut self, wait: std::time::Duration) {
+        self.lock_wait = wait;
     }
 
     /// Reads and authenticates the manifest.
@@ -351,12 +370,20 @@ impl Repository {
         let raw = self.backend.read(FileType::Archive, &id.to_hex())?;
         let what = format!("archive object {}", id.to_hex());
         let pt = self.crypto.open(&what, &archive_aad(id), &raw)?;
-        postcard::from_bytes(&pt).map_err(|e| Error::integrity(what, e.to_string()))
+        let (mut meta, rest) =
+            postcard::take_from_bytes::<ArchiveMeta>(&pt).map_err(|e| Error::integrity(&what, e.to_string()))?;
+        if !rest.is_empty() {
+            meta.broken = postcard::from_bytes(rest).map_err(|e| Error::integrity(what, e.to_string()))?;
+        }
+        Ok(meta)
     }
 
     /// Writes an archive object; returns its id.
     pub fn write_archive(&self, meta: &ArchiveMeta) -> Result<Id> {
-        let pt = postcard::to_stdvec(meta).unwrap_or_default();
+        let mut pt = postcard::to_stdvec(meta).unwrap_or_default();
+        if !meta.broken.is_empty() {
+            pt.extend(postcard::to_stdvec(&meta.broken).unwrap_or_default());
+        }
         let id = self.crypto.key().chunk_id(&pt);
         let blob = self.crypto.seal(&archive_aad(&id), &pt);
         self.backend.write(FileType::Archive, &id.to_hex(), &blob)?;
@@ -516,10 +543,31 @@ struct LockInfo {
     time: String,
 }
 
-/// The exclusive writer lock; released on drop.
+impl LockInfo {
+    fn holder(&self) -> String {
+        format!("{}:{} since {}", self.host, self.pid, self.time)
+    }
+    /// Held by this process (a command nesting a shared lock in its exclusive one).
+    fn is_ours(&self) -> bool {
+        self.host == hostname() && self.pid == std::process::id() as i32
+    }
+    /// Same host, process gone.
+    fn is_stale(&self) -> bool {
+        self.host == hostname() && !pid_alive(self.pid)
+    }
+}
+
+/// A repository lock, exclusive (writers) or shared (readers); released on drop.
+///
+/// The exclusive lock is the file `lock`; each reader holds its own file `locks/shared-…`.
+/// A writer first takes `lock`, then looks for live readers and backs off if there are any; a
+/// reader first creates its file, then looks at `lock` and backs off if a live writer holds it.
+/// Either way, one of two racing processes sees the other's file, so a writer and a reader never
+/// both proceed. Locks of dead processes on this host are removed; others need `break-lock`.
 #[derive(Debug)]
 pub struct RepoLock {
     backend: Arc<dyn Backend>,
+    name: String,
     token: String,
 }
 
@@ -536,47 +584,134 @@ fn pid_alive(pid: i32) -> bool {
     }
 }
 
+const EXCLUSIVE: &str = "lock";
+
+enum Attempt {
+    Got(RepoLock),
+    /// Held by someone else (description).
+    Busy(String),
+}
+
 impl RepoLock {
-    fn acquire(backend: Arc<dyn Backend>) -> Result<RepoLock> {
-        let host = hostname();
-        let pid = std::process::id() as i32;
-        let info = LockInfo { host: host.clone(), pid, time: chrono::Utc::now().to_rfc3339() };
-        let data = serde_json::to_vec(&info).unwrap_or_default();
-        for _ in 0..3 {
-            if backend.create_new(FileType::Lock, "lock", &data)? {
-                return Ok(RepoLock { backend, token: String::from_utf8_lossy(&data).into_owned() });
-            }
-            let cur = match backend.read(FileType::Lock, "lock") {
-                Ok(c) => c,
-                Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            match serde_json::from_slice::<LockInfo>(&cur) {
-                Ok(other) if other.host == host && !pid_alive(other.pid) => {
-                    tracing::warn!(pid = other.pid, "removing stale lock of a dead process");
-                    backend.remove(FileType::Lock, "lock")?;
+    fn acquire(backend: Arc<dyn Backend>, exclusive: bool, wait: std::time::Duration) -> Result<RepoLock> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let attempt =
+                if exclusive { Self::try_exclusive(&backend)? } else { Self::try_shared(&backend)? };
+            match attempt {
+                Attempt::Got(l) => return Ok(l),
+                Attempt::Busy(holder) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return Err(Error::Locked { holder });
+                    }
+                    // Polling another process's lock file: there is nothing to wait on.
+                    std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(50)));
                 }
-                Ok(other) => {
-                    return Err(Error::Locked { holder: format!("{}:{} since {}", other.host, other.pid, other.time) })
-                }
-                Err(_) => return Err(Error::Locked { holder: "an unreadable lock file".into() }),
             }
         }
-        Err(Error::Locked { holder: "a racing process".into() })
     }
 
-    /// Removes any lock (`break-lock`).
+    fn info() -> (LockInfo, String) {
+        let info = LockInfo { host: hostname(), pid: std::process::id() as i32, time: chrono::Utc::now().to_rfc3339() };
+        let token = serde_json::to_string(&info).unwrap_or_default();
+        (info, token)
+    }
+
+    /// Reads a lock file: `Ok(None)` if it is gone or was stale (and is now removed).
+    fn live(backend: &Arc<dyn Backend>, name: &str) -> Result<Option<LockInfo>> {
+        let cur = match backend.read(FileType::Lock, name) {
+            Ok(c) => c,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match serde_json::from_slice::<LockInfo>(&cur) {
+            Ok(other) if other.is_stale() => {
+                tracing::warn!(pid = other.pid, lock = name, "removing stale lock of a dead process");
+                backend.remove(FileType::Lock, name)?;
+                Ok(None)
+            }
+            Ok(other) => Ok(Some(other)),
+            // half-written by a process that died: a lock of unknown owner
+            Err(_) => Ok(Some(LockInfo { host: "?".into(), pid: 0, time: "an unreadable lock file".into() })),
+        }
+    }
+
+    fn readers(backend: &Arc<dyn Backend>) -> Result<Vec<String>> {
+        Ok(backend.list(FileType::Lock)?.into_iter().filter(|n| n.starts_with("shared-")).collect())
+    }
+
+    fn try_exclusive(backend: &Arc<dyn Backend>) -> Result<Attempt> {
+        let (_, token) = Self::info();
+        if !backend.create_new(FileType::Lock, EXCLUSIVE, token.as_bytes())? {
+            return Ok(match Self::live(backend, EXCLUSIVE)? {
+                None => Attempt::Busy("a racing process".into()), // stale one removed: retry
+                Some(other) => Attempt::Busy(other.holder()),
+            });
+        }
+        let me = RepoLock { backend: backend.clone(), name: EXCLUSIVE.into(), token };
+        for r in Self::readers(backend)? {
+            if let Some(other) = Self::live(backend, &r)? {
+                if !other.is_ours() {
+                    drop(me); // back off: the reader was first
+                    return Ok(Attempt::Busy(format!("a reader ({})", other.holder())));
+                }
+            }
+        }
+        Ok(Attempt::Got(me))
+    }
+
+    fn try_shared(backend: &Arc<dyn Backend>) -> Result<Attempt> {
+        let writer = |b: &Arc<dyn Backend>| -> Result<Option<String>> {
+            Ok(Self::live(b, EXCLUSIVE)?.filter(|w| !w.is_ours()).map(|w| w.holder()))
+        };
+        if let Some(h) = writer(backend)? {
+            return Ok(Attempt::Busy(h));
+        }
+        let (info, token) = Self::info();
+        let name = format!("shared-{}-{}-{:016x}", info.host, info.pid, rand::random::<u64>());
+        match backend.create_new(FileType::Lock, &name, token.as_bytes()) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Attempt::Busy("a racing process".into())),
+            // A repository on read-only media can still be read (borg: --bypass-lock); nobody
+            // can prune it under us either.
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                tracing::warn!("repository is read-only: reading without a lock ({source})");
+                return Ok(Attempt::Got(RepoLock { backend: backend.clone(), name: String::new(), token }));
+            }
+            Err(e) => return Err(e),
+        }
+        let me = RepoLock { backend: backend.clone(), name, token };
+        if let Some(h) = writer(backend)? {
+            drop(me); // back off: the writer was first
+            return Ok(Attempt::Busy(h));
+        }
+        Ok(Attempt::Got(me))
+    }
+
+    /// Removes every lock, exclusive and shared (`break-lock`).
     pub fn break_lock(backend: &dyn Backend) -> Result<()> {
-        backend.remove(FileType::Lock, "lock")
+        for n in backend.list(FileType::Lock)? {
+            backend.remove(FileType::Lock, &n)?;
+        }
+        backend.remove(FileType::Lock, EXCLUSIVE)
     }
 }
 
 impl Drop for RepoLock {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return; // no lock was taken (read-only repository)
+        }
         // Only remove the lock if it is still ours (break-lock may have handed it on).
-        if let Ok(cur) = self.backend.read(FileType::Lock, "lock") {
+        if let Ok(cur) = self.backend.read(FileType::Lock, &self.name) {
             if cur == self.token.as_bytes() {
-                let _ = self.backend.remove(FileType::Lock, "lock");
+                let _ = self.backend.remove(FileType::Lock, &self.name);
             }
         }
     }

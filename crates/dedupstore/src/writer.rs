@@ -34,9 +34,12 @@ pub struct ChunkWriter {
     repo: Repository,
     known: Arc<Index>,
     new: HashSet<Id>,
+    opts: WriterOptions,
     tx: Option<Sender<(Id, Vec<u8>)>>,
     workers: Vec<JoinHandle<()>>,
     packer: Option<JoinHandle<Result<WriterOutput>>>,
+    /// What earlier [`ChunkWriter::flush`]es made durable.
+    flushed: WriterOutput,
 }
 
 /// Tuning of a [`ChunkWriter`].
@@ -66,6 +69,22 @@ impl Default for WriterOptions {
 impl ChunkWriter {
     /// Starts the worker and packer threads.
     pub fn new(repo: &Repository, known: Arc<Index>, opts: WriterOptions) -> ChunkWriter {
+        let mut w = ChunkWriter {
+            repo: repo.clone(),
+            known,
+            new: HashSet::new(),
+            opts,
+            tx: None,
+            workers: vec![],
+            packer: None,
+            flushed: WriterOutput::default(),
+        };
+        w.start();
+        w
+    }
+
+    fn start(&mut self) {
+        let (repo, opts) = (&self.repo, self.opts);
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
         } else {
@@ -80,9 +99,13 @@ impl ChunkWriter {
                 let crypto = repo.crypto().clone();
                 let comp = opts.compression;
                 std::thread::spawn(move || {
+                    let header = crypto.header_len();
                     for (id, data) in rx {
-                        let z = comp.compress(&data);
-                        let sealed = crypto.seal(&id.0, &z);
+                        // envelope header, then `tag | payload`, sealed in place: no copies
+                        let mut sealed = Vec::with_capacity(header + data.len() + data.len() / 128 + 1024);
+                        sealed.resize(header, 0);
+                        comp.compress_into(&data, &mut sealed);
+                        crypto.seal_in_place(&id.0, &mut sealed);
                         if ptx.send((id, sealed, data.len() as u32)).is_err() {
                             return;
                         }
@@ -92,8 +115,25 @@ impl ChunkWriter {
             .collect();
         drop(ptx);
         let prepo = repo.clone();
-        let packer = std::thread::spawn(move || packer(prepo, prx, opts));
-        ChunkWriter { repo: repo.clone(), known, new: HashSet::new(), tx: Some(tx), workers, packer: Some(packer) }
+        self.packer = Some(std::thread::spawn(move || packer(prepo, prx, opts)));
+        self.tx = Some(tx);
+        self.workers = workers;
+    }
+
+    /// Makes every chunk stored so far durable (packs written, an index file naming them) —
+    /// what a checkpoint archive needs before it can refer to them — then carries on.
+    pub fn flush(&mut self) -> Result<()> {
+        let out = self.finish_inner()?;
+        self.flushed.packs.extend(out.packs);
+        self.flushed.index_files.extend(out.index_files);
+        self.flushed.stored += out.stored;
+        self.start();
+        Ok(())
+    }
+
+    /// Stored bytes of the new chunks made durable by [`ChunkWriter::flush`] so far.
+    pub fn flushed_stored(&self) -> u64 {
+        self.flushed.stored
     }
 
     /// Whether a chunk is already stored (or queued).
@@ -134,7 +174,12 @@ impl ChunkWriter {
 
     /// Flushes everything (last pack, index file) and stops the threads.
     pub fn finish(mut self) -> Result<WriterOutput> {
-        self.finish_inner()
+        let mut out = self.finish_inner()?;
+        let mut all = std::mem::take(&mut self.flushed);
+        all.packs.append(&mut out.packs);
+        all.index_files.append(&mut out.index_files);
+        all.stored += out.stored;
+        Ok(all)
     }
 }
 

@@ -525,3 +525,146 @@ fn excludes_and_relative_paths() {
     let base = src.strip_prefix("/").unwrap().to_string_lossy().into_owned();
     assert_eq!(paths, vec![base.clone(), format!("{base}/keep")]);
 }
+
+/// Writes an archive whose items were edited by hand (what a malicious repository could hold).
+fn write_crafted_archive(repo: &Repository, name: &str, items: &[dedupstore::archive::Item]) {
+    use dedupstore::archive::{encode_item, ManifestEntry};
+    use dedupstore::writer::{ChunkWriter, WriterOptions};
+    let _lock = repo.lock().unwrap();
+    let mut stream = Vec::new();
+    for it in items {
+        encode_item(it, &mut stream);
+    }
+    let mut w = ChunkWriter::new(repo, Arc::new(repo.load_index().unwrap()), WriterOptions::default());
+    let ids: Vec<_> = repo.chunker().split(&stream).into_iter().map(|c| w.store(c.to_vec()).unwrap().0).collect();
+    w.finish().unwrap();
+    let mut m = repo.manifest().unwrap();
+    let mut meta = repo.archive(&m.archives[0].id).unwrap();
+    meta.name = name.into();
+    meta.items = ids;
+    let id = repo.write_archive(&meta).unwrap();
+    m.archives.push(ManifestEntry { name: name.into(), id, time: meta.time + 1 });
+    repo.write_manifest(&m).unwrap();
+}
+
+#[test]
+fn extract_never_writes_outside_the_destination() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let outside = d.path().join("outside");
+    fs::create_dir_all(src.join("b")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(src.join("b/passwd"), b"owned\n").unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("a")).unwrap();
+    let repo = init(d.path(), Mode::None);
+    let res = backup(&repo, "honest", vec![src.clone()], None);
+    assert!(res.warnings.is_empty(), "{:?}", res.warnings);
+    let pre = src.strip_prefix("/").unwrap().to_str().unwrap().to_string();
+    let idx = repo.load_index().unwrap();
+    let items = archive_items(&repo, &idx, "honest").unwrap();
+    let file = items.iter().find(|i| i.path == format!("{pre}/b/passwd").as_bytes()).unwrap().clone();
+    // The symlink `src/a` comes first (sorted), then files through it, `..` and absolute paths.
+    let mut crafted = items.clone();
+    for p in [format!("{pre}/a/passwd"), format!("{pre}/a/../../../escaped"), "/abs-escaped".into(), "../dotdot".into()]
+    {
+        let mut f = file.clone();
+        f.path = p.into_bytes();
+        crafted.push(f);
+    }
+    write_crafted_archive(&repo, "evil", &crafted);
+    let dest = d.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let r = extract(&repo, "evil", &ExtractOptions { dest: dest.clone(), ..Default::default() }).unwrap();
+    // nothing outside the destination
+    assert!(!outside.join("passwd").exists(), "wrote through the symlink");
+    assert!(!d.path().join("escaped").exists() && !d.path().join("dotdot").exists());
+    assert!(!Path::new("/abs-escaped").exists());
+    // the items through the symlink (`a/../../../escaped` is `a/escaped` once `..` is dropped)
+    // are refused by name; the others land inside
+    assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+    for (e, p) in r.errors.iter().zip(["a/passwd", "a/../../../escaped"]) {
+        assert!(e.contains(&format!("{pre}/{p}:")) && e.contains("through the symlink"), "{e}");
+    }
+    assert!(fs::symlink_metadata(dest.join(&pre).join("a")).unwrap().file_type().is_symlink());
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(fs::read(dest.join("abs-escaped")).unwrap(), b"owned\n");
+    assert_eq!(fs::read(dest.join("dotdot")).unwrap(), b"owned\n");
+    assert_eq!(fs::read(dest.join(&pre).join("b/passwd")).unwrap(), b"owned\n");
+}
+
+/// Content of `name`'s item ending in `suffix`, extracted into a fresh directory.
+fn extracted(repo: &Repository, d: &Path, name: &str, suffix: &str) -> Vec<u8> {
+    let dest = d.join(format!("x-{name}-{}", rand::random::<u32>()));
+    let r = extract(repo, name, &ExtractOptions { dest: dest.clone(), ..Default::default() }).unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let f = walkdir(&dest).into_iter().find(|p| p.to_string_lossy().ends_with(suffix)).unwrap();
+    fs::read(f).unwrap()
+}
+
+#[test]
+fn check_repair_zero_fills_damaged_chunks_rebuilds_the_index_and_heals() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let victim = random_bytes(100_000, 7);
+    fs::write(src.join("victim"), &victim).unwrap();
+    let repo = init(d.path(), Mode::Repokey);
+    backup(&repo, "a", vec![src.join("victim")], None);
+    backup(&repo, "c", vec![src.join("victim")], None);
+    // big enough to span several packs, so that its first pack holds none of the item stream
+    fs::write(src.join("healthy"), random_bytes(600_000, 8)).unwrap();
+    backup(&repo, "b", vec![src.join("healthy")], None);
+    let idx = repo.load_index().unwrap();
+    let items = archive_items(&repo, &idx, "a").unwrap();
+    let Extent::Data { id, len } = items[0].chunks[1] else { panic!() };
+    let Extent::Data { len: first, .. } = items[0].chunks[0] else { panic!() };
+    let loc = idx.chunks[&id];
+    let b = LocalBackend::new(d.path().join("repo"));
+    let path = b.path(FileType::Pack, &loc.pack.to_hex());
+    let mut data = fs::read(&path).unwrap();
+    data[loc.offset as usize + 40] ^= 1;
+    fs::write(&path, &data).unwrap();
+
+    // no --verify-data: the pack's hash gives the damage away, its chunks are then verified
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    assert!(r.repaired && r.ok(), "{:?}", r.errors);
+    let zeroed: Vec<_> = r.repaired_notes.iter().filter(|n| n.contains("replaced with zeros")).collect();
+    assert_eq!(zeroed.len(), 2, "{:?}", r.repaired_notes);
+    assert!(zeroed[0].starts_with("archive a: file ") && zeroed[0].contains("victim: 1 missing"), "{zeroed:?}");
+    assert!(zeroed[1].starts_with("archive c: file "), "{zeroed:?}");
+    assert!(r.orphan_chunks > 0, "the replaced item streams are orphans now");
+    assert_eq!(b.list(FileType::Index).unwrap().len(), 1, "one rebuilt index supersedes the old ones");
+    // the repository is clean now; the zero-filled chunks are on record
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    assert!(r.ok(), "{:?}", r.errors);
+    assert_eq!(r.zero_filled, vec![("a".to_string(), 1), ("c".to_string(), 1)]);
+    // the file restores with zeros where the damaged chunk was, the rest intact
+    let mut want = victim.clone();
+    want[first as usize..(first + len) as usize].fill(0);
+    assert_eq!(extracted(&repo, d.path(), "a", "victim"), want);
+    assert_eq!(extracted(&repo, d.path(), "b", "healthy"), random_bytes(600_000, 8));
+
+    // a missing pack: its chunks are dropped from the rebuilt index and zero-filled too
+    let idx = repo.load_index().unwrap();
+    let hb = archive_items(&repo, &idx, "b").unwrap();
+    let Extent::Data { id: hid, .. } = hb[0].chunks[0] else { panic!() };
+    let lost = idx.chunks[&hid].pack;
+    let (_, meta_b) = commands::archive_info(&repo, "b").unwrap();
+    assert!(meta_b.items.iter().all(|i| idx.chunks[i].pack != lost));
+    fs::remove_file(b.path(FileType::Pack, &lost.to_hex())).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: false }).unwrap();
+    assert!(r.errors.iter().any(|e| e.starts_with("archive b: file ") && e.contains("healthy")), "{:?}", r.errors);
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    assert!(r.ok(), "{:?}", r.errors);
+    assert!(r.repaired_notes.iter().any(|n| n.starts_with("archive b: file ") && n.contains("healthy")));
+    assert!(commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap().ok());
+
+    // the lost chunk comes back with a new backup of the same file: repair heals the archives
+    backup(&repo, "d", vec![src.join("victim")], None);
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    assert_eq!(r.repaired_notes.iter().filter(|n| n.contains("is back, healed")).count(), 2, "{:?}", r.repaired_notes);
+    assert_eq!(extracted(&repo, d.path(), "a", "victim"), victim);
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    assert!(r.ok(), "{:?}", r.errors);
+    assert!(r.zero_filled.iter().all(|(a, _)| a == "b"), "{:?}", r.zero_filled);
+}

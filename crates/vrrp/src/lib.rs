@@ -89,5 +89,10 @@ pub fn fuzz_packet(data: &[u8]) {
 pub fn fuzz_keepalived_conf(text: &str) {
     if let Ok((cfg, _warnings)) = config::keepalived::parse(text, std::path::Path::new("/nonexistent/fuzz.conf")) {
         let _ = cfg.validate();
+        // A virtual address prints in the TOML form, which parses back to the same value.
+        for v in cfg.instances.iter().flat_map(|i| &i.virtual_ipaddress) {
+            let back: Result<config::Vip, String> = v.to_string().parse();
+            assert_eq!(back.as_ref(), Ok(v), "virtual_ipaddress display/parse round trip of {v}");
+        }
     }
 }

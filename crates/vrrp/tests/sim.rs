@@ -126,6 +126,9 @@ fn one_seed(seed: u64) {
     let all_preempt = rng.gen_bool(0.8);
     let owner = rng.gen_bool(0.2).then(|| rng.gen_range(0..n));
     let auth = if version == Version::V2 { Auth::pass("pw") } else { Auth::None };
+    // Some seeds run keepalived's preempt_delay (from startup, after Fault, and from the first
+    // advert of a lower-priority master).
+    let preempt_delay = if rng.gen_bool(0.3) { adver_int * rng.gen_range(1..=5u32) } else { Duration::ZERO };
     let mut cfgs = Vec::new();
     for i in 0..n {
         let priority = if owner == Some(i) { 255 } else { rng.gen_range(1..=254u8) };
@@ -135,7 +138,7 @@ fn one_seed(seed: u64) {
             priority,
             adver_int,
             preempt: all_preempt || rng.gen_bool(0.5),
-            preempt_delay: Duration::ZERO,
+            preempt_delay,
             primary: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + i as u8)),
             auth,
         });
@@ -234,6 +237,13 @@ fn one_seed(seed: u64) {
         .unwrap_or_default();
     let deadline = stable + mdi + max_delay * 2;
     w.run_until(deadline, seed);
+    if !preempt_delay.is_zero() {
+        // The best router preempts only after its delay (which may start as late as the first
+        // advert of the lower master) plus Master_Down_Interval; that late preemption briefly
+        // shows two masters (until the old one hears the new one), so check after it.
+        let later = w.clock.now() + (preempt_delay + mdi + max_delay * 2) * 2;
+        w.run_until(later, seed);
+    }
     for k in 0..10 {
         let m = w.masters();
         assert_eq!(m.len(), 1, "seed {seed}: {} masters {m:?} at stable+MDI (+{k} intervals)", m.len());

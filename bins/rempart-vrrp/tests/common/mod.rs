@@ -103,6 +103,17 @@ pub fn bin() -> &'static str {
 /// Starts rempart-vrrp in `host` with run dir `dir/run`, logging to `dir/log`.
 pub fn start_ours(lab: &Lab, host: &str, dir: &Path, c: &Conf, extra_args: &[&str]) -> Router {
     let conf = write_conf(dir, c, host);
+    spawn_ours(lab, host, dir, conf, extra_args)
+}
+
+/// Starts rempart-vrrp in `host` with a keepalived.conf given as text.
+pub fn start_ours_text(lab: &Lab, host: &str, dir: &Path, text: &str) -> Router {
+    let conf = dir.join("keepalived.conf");
+    std::fs::write(&conf, text).expect("write conf");
+    spawn_ours(lab, host, dir, conf, &[])
+}
+
+fn spawn_ours(lab: &Lab, host: &str, dir: &Path, conf: PathBuf, extra_args: &[&str]) -> Router {
     let log = std::fs::File::create(dir.join("log")).expect("log");
     let mut cmd = lab.cmd(host, bin());
     cmd.args(["--run-dir", &dir.join("run").to_string_lossy(), "run", "-f", &conf.to_string_lossy()])

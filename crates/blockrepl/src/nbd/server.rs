@@ -205,11 +205,14 @@ impl<B: BlockStore> NbdServer<B> {
         }
     }
 
-    async fn transmission<R, W>(&self, mut rd: R, wr: W) -> io::Result<()>
+    async fn transmission<R, W>(&self, rd: R, wr: W) -> io::Result<()>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Send + Unpin + 'static,
     {
+        // Request headers arrive many to a `read` at high queue depth; write payloads bypass the
+        // buffer once it is drained.
+        let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
         let (tx, rx) = mpsc::channel::<(u64, u32, Option<Vec<u8>>)>(MAX_IN_FLIGHT * 2);
         let writer = tokio::spawn(reply_writer(wr, rx));
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -232,11 +235,10 @@ impl<B: BlockStore> NbdServer<B> {
                         format!("write of {} bytes exceeds the maximum", req.length),
                     ));
                 }
-                let mut data = vec![0u8; req.length as usize];
-                if let Err(e) = rd.read_exact(&mut data).await {
-                    break Err(e);
+                match crate::io::read_payload(&mut rd, req.length as usize).await {
+                    Ok(data) => payload = Some(data),
+                    Err(e) => break Err(e),
                 }
-                payload = Some(data);
             }
             if req.command == Command::Disc {
                 drop(permit);

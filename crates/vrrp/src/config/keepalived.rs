@@ -271,7 +271,10 @@ pub fn interpret(tree: &[Node]) -> Result<(Config, Vec<Warning>), ConfigError> {
                     match c.key.text.as_str() {
                         "router_id" => cfg.global.router_id = Some(name_of(c)?),
                         "vrrp_version" => cfg.global.vrrp_version = num(arg(c, 0)?, "vrrp_version")?,
-                        "script_user" => cfg.global.script_user = Some(name_of(c)?),
+                        "script_user" => {
+                            cfg.global.script_user = Some(name_of(c)?);
+                            cfg.global.script_group = c.args.get(1).map(|t| t.text.clone());
+                        }
                         "enable_script_security" => cfg.global.enable_script_security = true,
                         _ => cx.unsupported(c, "global_defs"),
                     }
@@ -309,6 +312,8 @@ fn script(cx: &mut Ctx, n: &Node) -> Result<Script, ConfigError> {
         weight: 0,
         rise: 1,
         fall: 1,
+        user: None,
+        group: None,
         loc: block_loc(n),
     };
     for c in children(n) {
@@ -319,6 +324,10 @@ fn script(cx: &mut Ctx, n: &Node) -> Result<Script, ConfigError> {
             "weight" => s.weight = num(arg(c, 0)?, "weight")?,
             "rise" => s.rise = num(arg(c, 0)?, "rise")?,
             "fall" => s.fall = num(arg(c, 0)?, "fall")?,
+            "user" => {
+                s.user = Some(name_of(c)?);
+                s.group = c.args.get(1).map(|t| t.text.clone());
+            }
             _ => cx.unsupported(c, "vrrp_script"),
         }
     }
@@ -371,12 +380,14 @@ fn instance(cx: &mut Ctx, n: &Node) -> Result<Instance, ConfigError> {
             }
             "virtual_ipaddress" => {
                 for v in children(c) {
-                    let vip: Vip = v.key.text.parse().map_err(|e: String| syntax(v.key.loc.clone(), e))?;
+                    let words: Vec<&str> =
+                        std::iter::once(v.key.text.as_str()).chain(v.args.iter().map(|t| t.text.as_str())).collect();
+                    let (vip, ignored) = Vip::parse_with_options(&words).map_err(|e| syntax(v.key.loc.clone(), e))?;
                     i.virtual_ipaddress.push(vip);
-                    if !v.args.is_empty() {
+                    for f in ignored {
                         cx.warnings.push(Warning {
                             loc: Loc { col: 0, ..v.key.loc.clone() },
-                            msg: format!("virtual_ipaddress options after {} are not supported (ignored)", v.key.text),
+                            msg: format!("virtual_ipaddress option '{f}' after {} is not supported (ignored)", v.key.text),
                         });
                     }
                 }

@@ -167,9 +167,13 @@ pub struct Global {
     /// `vrrp_version` (keepalived's default is 2).
     #[serde(default = "default_version")]
     pub vrrp_version: u8,
-    /// `script_user`.
+    /// `script_user USER [GROUP]`: who runs scripts (default `keepalived_script` if that user
+    /// exists, else the daemon's user).
     #[serde(default)]
     pub script_user: Option<String>,
+    /// The GROUP of `script_user` (default: the user's primary group).
+    #[serde(default)]
+    pub script_group: Option<String>,
     /// `enable_script_security`.
     #[serde(default)]
     pub enable_script_security: bool,
@@ -188,6 +192,7 @@ impl Default for Global {
             router_id: None,
             vrrp_version: 2,
             script_user: None,
+            script_group: None,
             enable_script_security: false,
             checksum: ChecksumForm::PseudoHeader,
         }
@@ -228,6 +233,12 @@ pub struct Script {
     /// Failures needed to become KO (default 1).
     #[serde(default = "one")]
     pub fall: u32,
+    /// `user USER [GROUP]`: run as this user instead of `script_user`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The GROUP of `user`.
+    #[serde(default)]
+    pub group: Option<String>,
     /// Where it was defined.
     #[serde(skip)]
     pub loc: Option<Loc>,
@@ -251,21 +262,67 @@ pub struct Track {
     pub weight: Option<i32>,
 }
 
-/// A virtual address, `addr[/prefix]` (keepalived: /32 or /128 when no prefix is given).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A virtual address: `addr[/prefix] [dev IFNAME] [label LABEL] [brd ADDR] [scope SCOPE]`, as in
+/// keepalived's `virtual_ipaddress` block (/32 or /128 when no prefix is given; the instance's
+/// interface when no `dev`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Vip {
     /// Address.
     pub addr: IpAddr,
     /// Prefix length.
     pub prefix: u8,
+    /// `dev`: the interface to add it to, when not the instance's.
+    pub dev: Option<String>,
+    /// `label` (IPv4 only; `ip addr` shows it, ifconfig-style `eth0:1`).
+    pub label: Option<String>,
+    /// `brd`: broadcast address (IPv4 only; none when not given, like keepalived).
+    pub brd: Option<std::net::Ipv4Addr>,
+    /// `scope`: 0 global (default), 200 site, 253 link, 254 host, 255 nowhere.
+    pub scope: u8,
 }
 
-impl std::str::FromStr for Vip {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Vip, String> {
-        let (a, p) = match s.split_once('/') {
+/// `virtual_ipaddress` options we accept but do not act on (keepalived features out of scope).
+const VIP_IGNORED_FLAGS: &[&str] = &["home", "-nodad", "mngtmpaddr", "noprefixroute", "autojoin", "no_track", "use_vmac"];
+const VIP_IGNORED_WITH_VALUE: &[&str] = &["peer", "preferred_lft"];
+
+fn scope_from(s: &str) -> Option<u8> {
+    match s {
+        "global" | "universe" => Some(0),
+        "site" => Some(200),
+        "link" => Some(253),
+        "host" => Some(254),
+        "nowhere" => Some(255),
+        n => n.parse().ok(),
+    }
+}
+
+fn scope_name(s: u8) -> String {
+    match s {
+        0 => "global".into(),
+        200 => "site".into(),
+        253 => "link".into(),
+        254 => "host".into(),
+        255 => "nowhere".into(),
+        n => n.to_string(),
+    }
+}
+
+impl Vip {
+    /// A VIP with no options.
+    #[must_use]
+    pub fn new(addr: IpAddr, prefix: u8) -> Vip {
+        Vip { addr, prefix, dev: None, label: None, brd: None, scope: 0 }
+    }
+
+    /// Parses `addr[/prefix]` followed by options. Options we do not act on are returned (for a
+    /// warning); a malformed address or option value is an error.
+    pub fn parse_with_options(words: &[&str]) -> Result<(Vip, Vec<String>), String> {
+        let Some(first) = words.first() else {
+            return Err("empty virtual address".into());
+        };
+        let (a, p) = match first.split_once('/') {
             Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+            None => (*first, None),
         };
         let addr: IpAddr = a.parse().map_err(|_| format!("invalid address {a:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -275,13 +332,79 @@ impl std::str::FromStr for Vip {
             }
             None => max,
         };
-        Ok(Vip { addr, prefix })
+        let mut vip = Vip::new(addr, prefix);
+        let mut ignored = Vec::new();
+        let mut it = words[1..].iter();
+        while let Some(w) = it.next() {
+            let mut value = |what: &str| match it.next() {
+                None => Err(format!("'{what}' needs a value")),
+                Some(v) if v.is_empty() || v.contains(char::is_whitespace) => Err(format!("invalid {what} {v:?}")),
+                Some(v) => Ok(*v),
+            };
+            match *w {
+                "dev" => vip.dev = Some(value("dev")?.to_string()),
+                "label" => {
+                    let l = value("label")?;
+                    if addr.is_ipv6() {
+                        return Err("label is for IPv4 addresses only".into());
+                    }
+                    if l.len() > 15 {
+                        return Err(format!("label {l:?} longer than 15 characters"));
+                    }
+                    vip.label = Some(l.to_string());
+                }
+                "brd" | "broadcast" => {
+                    let b = value("brd")?;
+                    if addr.is_ipv6() {
+                        return Err("brd is for IPv4 addresses only".into());
+                    }
+                    vip.brd = Some(b.parse().map_err(|_| format!("invalid broadcast address {b:?}"))?);
+                }
+                "scope" => {
+                    let sc = value("scope")?;
+                    vip.scope = scope_from(sc).ok_or_else(|| format!("invalid scope {sc:?}"))?;
+                }
+                f if VIP_IGNORED_FLAGS.contains(&f) => ignored.push(f.to_string()),
+                f if VIP_IGNORED_WITH_VALUE.contains(&f) => {
+                    let v = value(f)?;
+                    ignored.push(format!("{f} {v}"));
+                }
+                other => return Err(format!("unknown virtual_ipaddress option {other:?}")),
+            }
+        }
+        Ok((vip, ignored))
+    }
+}
+
+impl std::str::FromStr for Vip {
+    type Err = String;
+    /// Parses the [`fmt::Display`] form; options we would not act on are refused.
+    fn from_str(s: &str) -> Result<Vip, String> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        let (vip, ignored) = Vip::parse_with_options(&words)?;
+        match ignored.first() {
+            Some(f) => Err(format!("virtual address option {f:?} is not supported")),
+            None => Ok(vip),
+        }
     }
 }
 
 impl fmt::Display for Vip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.addr, self.prefix)?;
+        if let Some(b) = self.brd {
+            write!(f, " brd {b}")?;
+        }
+        if let Some(d) = &self.dev {
+            write!(f, " dev {d}")?;
+        }
+        if self.scope != 0 {
+            write!(f, " scope {}", scope_name(self.scope))?;
+        }
+        if let Some(l) = &self.label {
+            write!(f, " label {l}")?;
+        }
+        Ok(())
     }
 }
 
@@ -326,8 +449,10 @@ pub struct Instance {
     /// `preempt_delay` in seconds.
     #[serde(default, with = "secs")]
     pub preempt_delay: Duration,
-    /// `accept` / `no_accept`.
-    #[serde(default)]
+    /// `accept` / `no_accept` (keepalived's default without `vrrp_strict`: accept). With
+    /// `no_accept`, a master that is not the owner (priority < 255) drops packets addressed to
+    /// or sent from the VIPs (nftables table `rempart_vrrp`).
+    #[serde(default = "yes")]
     pub accept: bool,
     /// `authentication { auth_pass }` (VRRPv2 PASS).
     #[serde(default)]
@@ -403,7 +528,7 @@ impl Instance {
             version: None,
             preempt: true,
             preempt_delay: Duration::ZERO,
-            accept: false,
+            accept: true,
             auth_pass: None,
             virtual_ipaddress: Vec::new(),
             unicast_src_ip: None,

@@ -220,3 +220,54 @@ fn toml_errors_and_unknown_fields() {
     let e = from_toml("[global\n", Path::new("x.toml")).unwrap_err();
     assert!(e.to_string().contains("line 1"), "{e}");
 }
+
+#[test]
+fn virtual_ipaddress_options() {
+    let (c, w) = p(r#"
+vrrp_instance A {
+  interface eth0
+  virtual_router_id 1
+  virtual_ipaddress {
+    10.0.0.5/24 dev eth1 label eth1:vip brd 10.0.0.255 scope link
+    10.0.0.6 no_track
+  }
+}
+"#)
+    .unwrap();
+    let v = &c.instances[0].virtual_ipaddress;
+    assert_eq!(v[0].dev.as_deref(), Some("eth1"));
+    assert_eq!(v[0].label.as_deref(), Some("eth1:vip"));
+    assert_eq!(v[0].brd, Some("10.0.0.255".parse().unwrap()));
+    assert_eq!(v[0].scope, 253);
+    assert_eq!(v[1].dev, None);
+    assert_eq!(v[1].scope, 0);
+    // The option we do not act on is a warning naming the line.
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].to_string().contains(":7: virtual_ipaddress option 'no_track'"), "{}", w[0]);
+    // Display is the TOML form and parses back.
+    let s = v[0].to_string();
+    assert_eq!(s, "10.0.0.5/24 brd 10.0.0.255 dev eth1 scope link label eth1:vip");
+    assert_eq!(s.parse::<Vip>().unwrap(), v[0]);
+    // Errors name line and column.
+    let e = p("vrrp_instance X {\n virtual_ipaddress {\n   10.0.0.1 scope bogus\n }\n}\n").unwrap_err();
+    assert!(e.to_string().contains(":3:4: invalid scope \"bogus\""), "{e}");
+    let e = p("vrrp_instance X {\n virtual_ipaddress {\n   10.0.0.1 dev\n }\n}\n").unwrap_err();
+    assert!(e.to_string().contains("'dev' needs a value"), "{e}");
+    assert!("fd00::1 label x".parse::<Vip>().is_err());
+    assert!("10.0.0.1 frobnicate".parse::<Vip>().is_err());
+}
+
+#[test]
+fn accept_mode_defaults_to_accept_like_keepalived() {
+    let base = "vrrp_instance A {\n interface e\n virtual_router_id 1\n virtual_ipaddress { 10.0.0.1 }\n";
+    let (c, _) = p(&format!("{base}}}\n")).unwrap();
+    assert!(c.instances[0].accept);
+    let (c, _) = p(&format!("{base} no_accept\n}}\n")).unwrap();
+    assert!(!c.instances[0].accept);
+    let t = from_toml(
+        "[[instance]]\nname = \"A\"\ninterface = \"e\"\nvrid = 1\nvirtual-ipaddress = [\"10.0.0.1\"]\n",
+        std::path::Path::new("x.toml"),
+    )
+    .unwrap();
+    assert!(t.instances[0].accept);
+}

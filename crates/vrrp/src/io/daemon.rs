@@ -5,7 +5,7 @@
 //! ```text
 //!  raw socket per interface ──▶ reader task ──┐
 //!  vrrp_script tasks ─────────────────────────┼──▶ mpsc ──▶ main loop ──▶ proto::Instance
-//!  SIGTERM / SIGHUP / link poll / timers ─────┘                │ poll_action()
+//!  SIGTERM / SIGHUP / link events / timers ───┘                │ poll_action()
 //!                 netlink (VIPs) ◀── adverts (raw socket) ◀────┘ ──▶ GARP, notify, status, metrics
 //! ```
 
@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use super::metrics::{DropLabels, InstanceLabels, Metrics, ScriptLabels};
 use super::net::{self, IfInfo, Netlink};
-use crate::config::{self, ChecksumForm, Config, Script};
+use super::nft::{self, Firewall};
+use super::script::{self, RunAs};
+use crate::config::{self, ChecksumForm, Config, Script, Vip};
 use crate::proto::{self, Action, Reason, State};
 use crate::wire::{self, Auth, ChecksumKind, Packet, Repr, Version};
 
@@ -101,6 +103,8 @@ struct Inst {
     version: Version,
     m: proto::Instance,
     ifc: IfInfo,
+    /// The interface of each VIP (`dev`, else the instance's), in `cfg.virtual_ipaddress` order.
+    vip_ifs: Vec<IfInfo>,
     src: IpAddr,
     send: Socket,
     dsts: Vec<IpAddr>,
@@ -115,6 +119,8 @@ enum Ev {
     /// Interface, IPv6 packet (else IPv4 datagram), bytes.
     Packet(String, bool, Vec<u8>),
     Script(String, bool),
+    /// The kernel reported a link change.
+    Link,
 }
 
 struct ScriptTask {
@@ -129,7 +135,12 @@ struct Daemon {
     readers: std::collections::HashSet<(String, bool)>,
     scripts: HashMap<String, ScriptTask>,
     script_ok: HashMap<String, Option<bool>>,
+    /// Track scripts refused (not found, or insecure): removed from tracking, like keepalived.
+    script_disabled: std::collections::HashSet<String>,
+    /// Who runs notify scripts, and whether `enable_script_security` is on.
+    notify_env: NotifyEnv,
     nl: Netlink,
+    fw: Firewall,
     tx: mpsc::UnboundedSender<Ev>,
     metrics: Arc<Metrics>,
     status: Arc<Mutex<Vec<InstanceStatus>>>,
@@ -153,6 +164,14 @@ impl Daemon {
         let v6 = vip_addrs.first().is_some_and(IpAddr::is_ipv6);
         let ifc = net::if_info(&c.interface, &vip_addrs)
             .map_err(io_err(format!("instance {}: interface {}", c.name, c.interface)))?;
+        let mut vip_ifs = Vec::new();
+        for v in &c.virtual_ipaddress {
+            vip_ifs.push(match &v.dev {
+                Some(d) if *d != c.interface => net::if_info(d, &vip_addrs)
+                    .map_err(io_err(format!("instance {}: virtual_ipaddress {v}: interface {d}", c.name)))?,
+                _ => ifc.clone(),
+            });
+        }
         let src: IpAddr = match (c.unicast_src_ip, v6) {
             (Some(a), _) => a,
             (None, false) => IpAddr::V4(ifc.primary_v4.ok_or_else(|| {
@@ -203,6 +222,7 @@ impl Daemon {
             version,
             m: proto::Instance::new(pcfg),
             ifc,
+            vip_ifs,
             src,
             send,
             dsts,
@@ -300,15 +320,33 @@ impl Daemon {
             keep
         });
         self.script_ok.retain(|k, _| self.scripts.contains_key(k));
+        self.script_disabled.clear();
         for (name, def) in wanted {
             if self.scripts.contains_key(&name) {
+                continue;
+            }
+            let run_as = match script::script_run_as(&def, self.notify_env.run_as) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(script = %name, "disabling track script {name}: {e}");
+                    self.script_disabled.insert(name);
+                    continue;
+                }
+            };
+            if let Err(r) = script::check(&def.script, run_as, self.notify_env.daemon_uid, self.notify_env.security) {
+                let why = match r {
+                    script::Refusal::Insecure(_) => "due to insecure",
+                    script::Refusal::NotFound(_) => "since not found/accessible",
+                };
+                warn!(script = %name, "Disabling track script {name} {why}: {r}");
+                self.script_disabled.insert(name);
                 continue;
             }
             self.script_ok.insert(name.clone(), None);
             self.metrics.script_status.get_or_create(&ScriptLabels { script: name.clone() }).set(-1);
             let tx = self.tx.clone();
             let d = def.clone();
-            let task = tokio::spawn(async move { script_loop(d, tx).await });
+            let task = tokio::spawn(async move { script_loop(d, run_as, tx).await });
             self.scripts.insert(name, ScriptTask { def, task });
         }
     }
@@ -333,6 +371,9 @@ impl Daemon {
                 let Some(def) = self.cfg.scripts.iter().find(|s| s.name == t.name) else {
                     continue;
                 };
+                if self.script_disabled.contains(&t.name) {
+                    continue;
+                }
                 let st = self.script_ok.get(&t.name).copied().flatten();
                 match (t.weight.unwrap_or(def.weight), st) {
                     (0, Some(false)) => fault = true,
@@ -378,16 +419,20 @@ impl Daemon {
         if inst.version == Version::V3 && kind == ChecksumKind::MessageOnly && !v6 {
             self.metrics.message_only_checksum.get_or_create(&inst.labels).inc();
         }
+        let before = inst.m.master();
         match inst.m.handle_packet(now, src, ttl, &repr) {
             Ok(()) => {
                 self.metrics.adverts_received.get_or_create(&inst.labels).inc();
             }
             Err(r) => drop(&self.metrics, r),
         }
+        if inst.m.master() != before {
+            self.publish();
+        }
     }
 
     /// Performs every queued action of every instance, propagating sync groups.
-    /// Status and gauges are republished on every state change and on the 100 ms link tick
+    /// Status and gauges are republished on every state change, tracking change and on a 1 s tick
     /// (not on every advert: at 10 ms adverts that would dominate the daemon's CPU time).
     async fn process(&mut self) {
         let mut changed = false;
@@ -441,8 +486,16 @@ impl Daemon {
             }
             Action::AddVips => {
                 inst.holds = true;
-                for v in &inst.cfg.virtual_ipaddress {
-                    if let Err(e) = self.nl.add(inst.ifc.index, *v).await {
+                if no_accept(&inst.cfg) {
+                    // Like keepalived: the drop rule goes in before the addresses.
+                    let addrs: Vec<IpAddr> = inst.cfg.virtual_ipaddress.iter().map(|v| v.addr).collect();
+                    match self.fw.block(&addrs) {
+                        Ok(()) => debug!(instance = %inst.cfg.name, "no_accept: firewall drop rule set"),
+                        Err(e) => warn!(instance = %inst.cfg.name, "no_accept: cannot set the drop rule: {e}"),
+                    }
+                }
+                for (v, ifc) in inst.cfg.virtual_ipaddress.iter().zip(&inst.vip_ifs) {
+                    if let Err(e) = self.nl.add(ifc.index, v).await {
                         warn!(instance = %inst.cfg.name, "{e}");
                     }
                 }
@@ -450,9 +503,15 @@ impl Daemon {
             Action::RemoveVips => {
                 inst.holds = false;
                 inst.garp_next = None;
-                for v in &inst.cfg.virtual_ipaddress {
-                    if let Err(e) = self.nl.del(inst.ifc.index, *v).await {
+                for (v, ifc) in inst.cfg.virtual_ipaddress.iter().zip(&inst.vip_ifs) {
+                    if let Err(e) = self.nl.del(ifc.index, v).await {
                         warn!(instance = %inst.cfg.name, "{e}");
+                    }
+                }
+                if no_accept(&inst.cfg) {
+                    let addrs: Vec<IpAddr> = inst.cfg.virtual_ipaddress.iter().map(|v| v.addr).collect();
+                    if let Err(e) = self.fw.unblock(&addrs) {
+                        warn!(instance = %inst.cfg.name, "no_accept: cannot remove the drop rule: {e}");
                     }
                 }
             }
@@ -471,7 +530,7 @@ impl Daemon {
                 if to == State::Master {
                     self.metrics.become_master.get_or_create(&inst.labels).inc();
                 }
-                notify(inst, to, reason);
+                notify(inst, to, reason, self.notify_env);
                 if reason != Reason::SyncGroup {
                     let name = inst.cfg.name.clone();
                     let members: Vec<String> = self
@@ -536,10 +595,10 @@ impl Daemon {
     async fn start_instance(&mut self, mut inst: Inst) -> Result<(), DaemonError> {
         self.ensure_reader(&inst.ifc.clone(), inst.src.is_ipv6())?;
         // VIPs of ours left by a crashed predecessor: we are not master yet.
-        for v in &inst.cfg.virtual_ipaddress {
-            if inst.ifc.addrs.contains(&v.addr) {
+        for (v, ifc) in inst.cfg.virtual_ipaddress.iter().zip(&inst.vip_ifs) {
+            if ifc.addrs.contains(&v.addr) {
                 info!(instance = %inst.cfg.name, "removing stale VIP {v}");
-                if let Err(e) = self.nl.del(inst.ifc.index, *v).await {
+                if let Err(e) = self.nl.del(ifc.index, v).await {
                     warn!(instance = %inst.cfg.name, "{e}");
                 }
             }
@@ -569,6 +628,20 @@ impl Daemon {
             warn!("{w}");
         }
         let new = loaded.config;
+        let env = match NotifyEnv::new(&new.global) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        if env != self.notify_env {
+            // Scripts run as someone else now: restart every track script.
+            for (_, t) in self.scripts.drain() {
+                t.task.abort();
+            }
+        }
+        self.notify_env = env;
         let global_same = new.global == self.cfg.global;
         let old_insts = std::mem::take(&mut self.insts);
         let mut kept = Vec::new();
@@ -608,15 +681,36 @@ impl Daemon {
     }
 }
 
+/// RFC 5798 Accept_Mode: only a non-owner in `no_accept` mode drops traffic to its VIPs.
+fn no_accept(c: &config::Instance) -> bool {
+    !c.accept && c.priority != 255
+}
+
 fn garp(inst: &Inst) {
     let repeat = inst.cfg.garp_master_repeat.max(1);
-    let r = if inst.src.is_ipv6() {
-        net::send_unsolicited_nas(&inst.ifc, &inst.cfg.virtual_ipaddress, repeat)
-    } else {
-        net::send_garps(&inst.cfg.interface, &inst.cfg.virtual_ipaddress, repeat)
-    };
-    if let Err(e) = r {
-        warn!(instance = %inst.cfg.name, "gratuitous ARP / unsolicited NA: {e}");
+    // One burst per interface, for the VIPs that live on it.
+    let mut done: Vec<&str> = Vec::new();
+    for ifc in &inst.vip_ifs {
+        if done.contains(&ifc.name.as_str()) {
+            continue;
+        }
+        done.push(&ifc.name);
+        let vips: Vec<Vip> = inst
+            .cfg
+            .virtual_ipaddress
+            .iter()
+            .zip(&inst.vip_ifs)
+            .filter(|(_, i)| i.name == ifc.name)
+            .map(|(v, _)| v.clone())
+            .collect();
+        let r = if inst.src.is_ipv6() {
+            net::send_unsolicited_nas(ifc, &vips, repeat)
+        } else {
+            net::send_garps(&ifc.name, &vips, repeat)
+        };
+        if let Err(e) = r {
+            warn!(instance = %inst.cfg.name, interface = %ifc.name, "gratuitous ARP / unsolicited NA: {e}");
+        }
     }
 }
 
@@ -624,7 +718,25 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn notify(inst: &Inst, to: State, reason: Reason) {
+/// Who runs notify scripts (keepalived: `script_user`), and the security setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NotifyEnv {
+    run_as: Option<RunAs>,
+    daemon_uid: u32,
+    security: bool,
+}
+
+impl NotifyEnv {
+    fn new(g: &config::Global) -> Result<NotifyEnv, DaemonError> {
+        Ok(NotifyEnv {
+            run_as: script::default_run_as(g).map_err(|e| DaemonError::Unsupported(format!("global_defs: {e}")))?,
+            daemon_uid: nix::unistd::getuid().as_raw(),
+            security: g.enable_script_security,
+        })
+    }
+}
+
+fn notify(inst: &Inst, to: State, reason: Reason, env: NotifyEnv) {
     let stop = to == State::Initialize && reason == Reason::Shutdown;
     let specific = match to {
         State::Master => inst.cfg.notify_master.as_ref(),
@@ -639,10 +751,20 @@ fn notify(inst: &Inst, to: State, reason: Reason) {
         cmds.push(format!("{n} INSTANCE {} {st} {}", shell_quote(&inst.cfg.name), inst.m.effective_priority()));
     }
     for c in cmds {
+        let name = inst.cfg.name.clone();
+        if let Err(r) = script::check(&c, env.run_as, env.daemon_uid, env.security) {
+            warn!(instance = %name, "notify {c:?} not run: {r}");
+            continue;
+        }
         // A plain child process, reaped by a small thread: it starts at once and survives our
         // exit, so notify_stop runs even though the daemon is going away.
-        let name = inst.cfg.name.clone();
-        match std::process::Command::new("/bin/sh").arg("-c").arg(&c).stdin(std::process::Stdio::null()).spawn() {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(&c).stdin(std::process::Stdio::null());
+        if let Some(r) = env.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(r.uid).gid(r.gid);
+        }
+        match cmd.spawn() {
             Ok(mut child) => {
                 let _ = std::thread::Builder::new().name("vrrp-notify".into()).spawn(move || match child.wait() {
                     Ok(s) if s.success() => debug!(instance = %name, "notify {c:?}: ok"),
@@ -655,19 +777,23 @@ fn notify(inst: &Inst, to: State, reason: Reason) {
     }
 }
 
-async fn script_loop(def: Script, tx: mpsc::UnboundedSender<Ev>) {
+async fn script_loop(def: Script, run_as: Option<RunAs>, tx: mpsc::UnboundedSender<Ev>) {
     let timeout = def.timeout.unwrap_or(def.interval);
     let mut status: Option<bool> = None;
     let (mut ok_run, mut ko_run) = (0u32, 0u32);
     loop {
         let started = Instant::now();
-        let child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
             .arg(&def.script)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .status();
+            .kill_on_drop(true);
+        if let Some(r) = run_as {
+            // std drops root's supplementary groups (setgroups(0)) before setgid/setuid.
+            cmd.uid(r.uid).gid(r.gid);
+        }
+        let child = cmd.status();
         let ok = matches!(tokio::time::timeout(timeout, child).await, Ok(Ok(s)) if s.success());
         if ok {
             ok_run += 1;
@@ -774,11 +900,18 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
         readers: std::collections::HashSet::new(),
         scripts: HashMap::new(),
         script_ok: HashMap::new(),
+        script_disabled: std::collections::HashSet::new(),
+        notify_env: NotifyEnv::new(&config.global)?,
         nl: Netlink::new().map_err(io_err("netlink"))?,
+        fw: Firewall::new(),
         tx,
         metrics,
         status,
     };
+    // A crashed predecessor's no_accept table would keep dropping traffic to the VIPs.
+    if let Err(e) = nft::remove_tables() {
+        debug!("nftables: {e}");
+    }
     let mut built = Vec::new();
     for c in &config.instances {
         built.push(d.build_inst(c)?);
@@ -787,10 +920,27 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
         d.start_instance(inst).await?;
     }
     d.sync_scripts();
+    let env = d.notify_env;
+    let has_scripts = !d.cfg.scripts.is_empty()
+        || d.cfg.instances.iter().any(|i| {
+            i.notify.is_some()
+                || i.notify_master.is_some()
+                || i.notify_backup.is_some()
+                || i.notify_fault.is_some()
+                || i.notify_stop.is_some()
+        });
+    if has_scripts && !env.security && env.run_as.map_or(env.daemon_uid, |r| r.uid) == 0 {
+        warn!("scripts run as root but enable_script_security is not set (keepalived: SECURITY VIOLATION)");
+    }
     d.recompute_tracking(Instant::now());
     d.process().await;
-    let mut link_tick = tokio::time::interval(Duration::from_millis(100));
+    // Link state comes from rtnetlink events; a 1 s tick republishes status and gauges, and every
+    // 10th tick re-reads the links in case an event was lost.
+    let link_tx = d.tx.clone();
+    net::watch_links(move || link_tx.send(Ev::Link).is_ok()).map_err(io_err("rtnetlink link events"))?;
+    let mut link_tick = tokio::time::interval(Duration::from_secs(1));
     link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         let deadline = d.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -801,12 +951,20 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
                     d.script_ok.insert(name.clone(), Some(ok));
                     d.metrics.script_status.get_or_create(&ScriptLabels { script: name }).set(i64::from(ok));
                     d.recompute_tracking(Instant::now());
+                    d.publish();
+                }
+                Some(Ev::Link) => {
+                    d.recompute_tracking(Instant::now());
+                    d.publish();
                 }
                 None => {}
             },
             _ = tokio::time::sleep_until(deadline) => {}
             _ = link_tick.tick() => {
-                d.recompute_tracking(Instant::now());
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    d.recompute_tracking(Instant::now());
+                }
                 d.publish();
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
@@ -817,6 +975,11 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
         d.process().await;
     }
     d.shutdown_all().await;
+    if d.fw.installed() {
+        if let Err(e) = d.fw.remove() {
+            warn!("no_accept: cannot remove the nftables table: {e}");
+        }
+    }
     for (_, t) in d.scripts.drain() {
         t.task.abort();
     }

@@ -4,3 +4,5 @@
 pub mod daemon;
 pub mod metrics;
 pub mod net;
+pub mod nft;
+pub mod script;

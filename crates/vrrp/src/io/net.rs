@@ -201,6 +201,42 @@ pub fn send_garps(ifname: &str, vips: &[Vip], repeat: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Calls `on_event` whenever the kernel reports a link change (RTM_NEWLINK / RTM_DELLINK on
+/// the rtnetlink link multicast group: carrier, admin state, new or removed interfaces), from a
+/// thread blocked in `recv` (no polling). The thread ends when `on_event` returns false.
+pub fn watch_links(mut on_event: impl FnMut() -> bool + Send + 'static) -> io::Result<()> {
+    const RTNLGRP_LINK: u32 = 1;
+    let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    s.bind_auto()?;
+    s.add_membership(RTNLGRP_LINK)?;
+    std::thread::Builder::new().name("vrrp-link-watch".into()).spawn(move || {
+        loop {
+            match s.recv_from_full() {
+                // One datagram may carry several messages; one re-read of the links covers all.
+                Ok(_) => {
+                    if !on_event() {
+                        return;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(105) => {
+                    // ENOBUFS: events were lost; re-read anyway.
+                    if !on_event() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("link events: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if !on_event() {
+                        return;
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// Adds and removes VIPs through rtnetlink.
 #[derive(Debug, Clone)]
 pub struct Netlink {
@@ -226,14 +262,26 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// Adds `vip` to interface `index` (already present is fine).
-    pub async fn add(&self, index: u32, vip: Vip) -> io::Result<()> {
+    /// Adds `vip` to interface `index` (already present is fine), with its label, broadcast
+    /// address and scope.
+    pub async fn add(&self, index: u32, vip: &Vip) -> io::Result<()> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
         let mut req = self.handle.address().add(index, vip.addr, vip.prefix);
+        let msg = req.message_mut();
         if vip.addr.is_ipv6() {
             // Like keepalived: a VIP moves between routers, duplicate address detection would
             // only delay it.
-            req.message_mut().header.flags |= rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
+            msg.header.flags |= rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
         }
+        // keepalived sets a broadcast address only when `brd` is given.
+        msg.attributes.retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
+        if let Some(b) = vip.brd {
+            msg.attributes.push(AddressAttribute::Broadcast(b));
+        }
+        if let Some(l) = &vip.label {
+            msg.attributes.push(AddressAttribute::Label(l.clone()));
+        }
+        msg.header.scope = AddressScope::from(vip.scope);
         match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if nl_code(&e) == Some(EEXIST) => Ok(()),
@@ -242,7 +290,7 @@ impl Netlink {
     }
 
     /// Removes `vip` from interface `index` (absent is fine).
-    pub async fn del(&self, index: u32, vip: Vip) -> io::Result<()> {
+    pub async fn del(&self, index: u32, vip: &Vip) -> io::Result<()> {
         let mut req = self.handle.address().add(index, vip.addr, vip.prefix);
         let msg = req.message_mut().clone();
         match self.handle.address().del(msg).execute().await {

@@ -146,7 +146,9 @@ pub struct Config {
     pub adver_int: Duration,
     /// Preempt a lower-priority master (keepalived default true; `nopreempt` sets false).
     pub preempt: bool,
-    /// Delay preemption for this long after startup (keepalived `preempt_delay`).
+    /// keepalived `preempt_delay`: after startup, after leaving Fault, and from the first
+    /// advertisement of a lower-priority master, keep accepting that master for this long
+    /// before preempting it (the takeover then still waits Master_Down_Interval).
     pub preempt_delay: Duration,
     /// Our primary address on the interface (tie-break, and own-packet filter).
     pub primary: IpAddr,
@@ -203,6 +205,8 @@ pub struct Instance {
     master_adver_int: Duration,
     timer: Option<Instant>,
     started: Option<Instant>,
+    /// keepalived's `preempt_time`: until when a lower-priority master is still accepted.
+    preempt_until: Option<Instant>,
     master: Option<IpAddr>,
     master_stopped: bool,
     last_transition: Option<(Instant, Reason)>,
@@ -223,6 +227,7 @@ impl Instance {
             master_adver_int,
             timer: None,
             started: None,
+            preempt_until: None,
             master: None,
             master_stopped: false,
             last_transition: None,
@@ -338,6 +343,7 @@ impl Instance {
             return;
         }
         self.started = Some(now);
+        self.arm_preempt_delay(now);
         if self.fault {
             self.transition(now, State::Fault, Reason::Fault);
         } else if self.cfg.priority == 255 {
@@ -421,6 +427,15 @@ impl Instance {
                     self.master = Some(src);
                     self.master_stopped = false;
                     self.timer = Some(now + self.master_down_interval());
+                    if !self.cfg.preempt_delay.is_zero() {
+                        // keepalived: a master at least as good as us stops the delay; the first
+                        // advert of a lower-priority master starts it.
+                        if adv.priority >= local {
+                            self.preempt_until = None;
+                        } else if self.preempt_until.is_none() {
+                            self.preempt_until = Some(now + self.cfg.preempt_delay);
+                        }
+                    }
                 }
                 // else: preempting a lower-priority master; let the timer run out.
             }
@@ -441,11 +456,20 @@ impl Instance {
         Ok(())
     }
 
+    /// Whether a lower-priority master must still be accepted (keepalived: `preempt_delay` set
+    /// and its timer either not started yet or not expired).
     fn preempt_delayed(&self, now: Instant) -> bool {
-        match self.started {
-            Some(s) => now < s + self.cfg.preempt_delay,
-            None => false,
-        }
+        !self.cfg.preempt_delay.is_zero() && self.preempt_until.is_none_or(|t| now < t)
+    }
+
+    fn arm_preempt_delay(&mut self, now: Instant) {
+        self.preempt_until = (!self.cfg.preempt_delay.is_zero()).then(|| now + self.cfg.preempt_delay);
+    }
+
+    /// When the running preemption delay ends, if one runs (for `status` and tests).
+    #[must_use]
+    pub fn preempt_delay_until(&self) -> Option<Instant> {
+        self.preempt_until.filter(|_| !self.cfg.preempt_delay.is_zero())
     }
 
     /// Sets the sum of the weights of failing (negative) or succeeding (positive) tracked
@@ -472,6 +496,8 @@ impl Instance {
         } else if self.cfg.priority == 255 {
             self.transition(now, State::Master, Reason::FaultCleared);
         } else {
+            // keepalived restarts the preemption delay when leaving Fault.
+            self.arm_preempt_delay(now);
             self.transition(now, State::Backup, Reason::FaultCleared);
         }
     }

@@ -196,6 +196,79 @@ fn preempt_delay_holds_preemption_after_start() {
     assert_eq!(b.state(), State::Master);
 }
 
+/// keepalived: the delay also starts at the first advert of a lower-priority master seen after a
+/// better master (which stopped it), and is counted from that advert, not from startup.
+#[test]
+fn preempt_delay_starts_when_a_lower_priority_master_appears() {
+    let t0 = Instant::now();
+    let mut c = cfg(200, 2);
+    c.preempt_delay = Duration::from_secs(10);
+    let mut b = Instance::new(c);
+    b.start(t0);
+    assert_eq!(b.preempt_delay_until(), Some(t0 + Duration::from_secs(10)));
+    // A better master for 20 s: the startup delay is stopped.
+    let mut t = t0;
+    for _ in 0..20 {
+        t += Duration::from_secs(1);
+        b.handle_packet(t, ip(3), 255, &adv(250, 100)).unwrap();
+        b.handle_timeout(t);
+    }
+    assert_eq!(b.state(), State::Backup);
+    assert_eq!(b.preempt_delay_until(), None);
+    // It hands over to a lower-priority master (100) at t0+21 s: the delay starts there.
+    t += Duration::from_secs(1);
+    let seen = t;
+    b.handle_packet(t, ip(1), 255, &adv(100, 100)).unwrap();
+    assert_eq!(b.preempt_delay_until(), Some(seen + Duration::from_secs(10)));
+    // Accepted for the whole delay although startup was long ago.
+    for _ in 0..9 {
+        t += Duration::from_secs(1);
+        b.handle_packet(t, ip(1), 255, &adv(100, 100)).unwrap();
+        b.handle_timeout(t);
+        assert_eq!(b.state(), State::Backup, "preempted before the delay ran out");
+    }
+    // Then ignored: takeover after the last accepted advert + Master_Down_Interval.
+    let last_accepted = t;
+    loop {
+        t += Duration::from_millis(100);
+        if t.duration_since(last_accepted).as_millis() % 1000 == 0 {
+            b.handle_packet(t, ip(1), 255, &adv(100, 100)).unwrap();
+        }
+        b.handle_timeout(t);
+        if b.state() == State::Master {
+            break;
+        }
+        assert!(t < seen + Duration::from_secs(20), "never preempted");
+    }
+    let mdi = master_down_interval(200, Duration::from_secs(1));
+    assert!(t >= seen + Duration::from_secs(10), "preempted at {:?}", t - seen);
+    assert!(t <= seen + Duration::from_secs(10) + mdi + Duration::from_millis(100), "late: {:?}", t - seen);
+}
+
+/// keepalived restarts the delay when an instance leaves Fault.
+#[test]
+fn preempt_delay_restarts_after_fault() {
+    let t0 = Instant::now();
+    let mut c = cfg(200, 2);
+    c.preempt_delay = Duration::from_secs(5);
+    let mut b = Instance::new(c);
+    b.start(t0);
+    let t1 = t0 + Duration::from_secs(60);
+    b.set_fault(t1, true);
+    assert_eq!(b.state(), State::Fault);
+    let t2 = t1 + Duration::from_secs(1);
+    b.set_fault(t2, false);
+    assert_eq!(b.state(), State::Backup);
+    assert_eq!(b.preempt_delay_until(), Some(t2 + Duration::from_secs(5)));
+    // Within the delay a lower master is accepted (timer pushed out).
+    b.handle_packet(t2 + Duration::from_secs(1), ip(1), 255, &adv(100, 100)).unwrap();
+    assert!(b.poll_timeout().unwrap() > t2 + Duration::from_secs(4));
+    // Without preempt_delay nothing is armed.
+    let mut n = Instance::new(cfg(200, 2));
+    n.start(t0);
+    assert_eq!(n.preempt_delay_until(), None);
+}
+
 #[test]
 fn receive_validation_rules() {
     let t0 = Instant::now();

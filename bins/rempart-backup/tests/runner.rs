@@ -1,0 +1,255 @@
+//! `rempart-backup run -c FILE` on the borgmatic 1.7 file kept in docs/examples/borgmatic.yaml,
+//! with its hooks and two repositories (a local one and one behind a real sshd with a forced
+//! command), then the same file once the ssh repository is unreachable: the local one completes,
+//! the exit code is borgmatic's 1, and the metrics textfile (checked by `promtool check metrics`)
+//! says which repository failed. Also the restore test, check frequencies and --dry-run.
+
+mod sshd;
+
+use sshd::{descendants, kill, Sshd, BIN};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const DOC: &str = include_str!("../../../docs/examples/borgmatic.yaml");
+
+fn ours(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("REMPART_KEYS_DIR", home.join("keys"))
+        .env("REMPART_CACHE_DIR", home.join("cache"))
+        .env_remove("REMPART_PASSPHRASE")
+        .env_remove("REMPART_PASSCOMMAND")
+        .env_remove("REMPART_RSH")
+        .env_remove("REMPART_METRICS_FILE")
+        .env_remove("REMPART_REPO");
+    c
+}
+
+/// Runs with a deadline: on timeout the command and its ssh are killed by pid.
+fn output(mut c: Command) -> Output {
+    let dbg = format!("{c:?}");
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut so, &mut v);
+        v
+    });
+    let te = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut se, &mut v);
+        v
+    });
+    let done = rempart_testkit::wait::until(Duration::from_secs(120), "the command to finish", || {
+        child.try_wait().unwrap().is_some()
+    });
+    if done.is_err() {
+        for p in descendants(child.id()) {
+            kill(p);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{dbg}: still running after 120 s (killed)");
+    }
+    let status = child.wait().unwrap();
+    Output { status, stdout: to.join().unwrap(), stderr: te.join().unwrap() }
+}
+
+fn ok(c: Command) -> Output {
+    let dbg = format!("{c:?}");
+    let out = output(c);
+    assert!(out.status.success(), "{dbg}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Replaces `from` (which must occur in the documented file) by `to`.
+fn subst(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "docs/examples/borgmatic.yaml no longer contains {from:?}");
+    text.replace(from, to)
+}
+
+/// The value of `name{repository="repo"}` in a textfile.
+fn metric(text: &str, name: &str, repo: &str) -> Option<f64> {
+    let prefix = format!("{name}{{repository=\"{repo}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse().unwrap())
+}
+
+fn promtool_check(path: &Path) {
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(path).unwrap())
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("cache")).unwrap();
+    for i in 0..20 {
+        std::fs::write(root.join(format!("etc/f{i}.conf")), format!("key{i} = {}\n", "v".repeat(i * 100))).unwrap();
+    }
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(root.join("data.bin"), big).unwrap();
+    std::fs::write(root.join("cache/skip.bin"), b"excluded by exclude_patterns").unwrap();
+    std::fs::write(root.join("notes.tmp"), b"excluded too").unwrap();
+    std::os::unix::fs::symlink("etc/f1.conf", root.join("link")).unwrap();
+}
+
+#[test]
+fn runner_on_the_documented_borgmatic_file_two_repositories_one_unreachable() {
+    if !rempart_testkit::require_root("sshd needs root to start with its own config") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let sshd = Sshd::start(&home.join("ssh"));
+    let src = home.join("src");
+    write_tree(&src);
+    let local = home.join("local-repo");
+    let remote = sshd.url("repo");
+    for repo in [local.to_str().unwrap(), remote.as_str()] {
+        let mut c = ours(home);
+        c.env("REMPART_PASSPHRASE", "runner-pass").env("REMPART_RSH", sshd.rsh()).args(["init", "-e", "repokey", repo]);
+        ok(c);
+    }
+    let passfile = home.join("passphrase");
+    std::fs::write(&passfile, "runner-pass\n").unwrap();
+    let hooks = home.join("hooks.log");
+    let mut cfg = subst(DOC, "        - /srv\n        - /etc\n", &format!("        - {}\n", src.display()));
+    cfg = subst(&cfg, "/var/backups/rempart/mediaschool", local.to_str().unwrap());
+    cfg = subst(&cfg, "ssh://borguser@192.168.50.20/srv/borg/mediaschool", &remote);
+    cfg = subst(&cfg, "- /srv/cache", &format!("- {}", src.join("cache").display()));
+    cfg = subst(&cfg, "cat /etc/rempart/passphrase", &format!("cat {}", passfile.display()));
+    cfg = subst(&cfg, "ssh -i /etc/rempart/id_ed25519 -o BatchMode=yes", &sshd.rsh());
+    cfg = subst(&cfg, "/var/log/rempart/hooks.log", hooks.to_str().unwrap());
+    // two runs may fall in the same second
+    cfg = subst(&cfg, "%H:%M:%S}'", "%H:%M:%S.%f}'");
+    let cfg_path = home.join("borgmatic.yaml");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let metrics = home.join("textfile/rempart_backup.prom");
+    std::fs::create_dir_all(metrics.parent().unwrap()).unwrap();
+    let state = home.join("state");
+    let run = |extra: &[&str]| {
+        let mut c = ours(home);
+        c.arg("run").arg("-c").arg(&cfg_path).arg("--metrics-file").arg(&metrics).arg("--state-dir").arg(&state);
+        c.args(extra);
+        c
+    };
+
+    // 1. Both repositories reachable: create, prune, compact, check and the restore test.
+    let t0 = chrono::Utc::now().timestamp() as f64;
+    let out = ok(run(&["--json", "--stats", "create", "prune", "compact", "check", "restore-test"]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("unsupported key"), "the documented file must have no unsupported key: {err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v:#}");
+    for (r, label) in runs.iter().zip(["local", "backup"]) {
+        assert_eq!(r["repository"]["label"], label);
+        assert_eq!(r["exit_code"], 0, "{r:#}");
+        // 20 conf files and data.bin; cache/ and *.tmp excluded
+        assert_eq!(r["create"]["stats"]["nfiles"], 21, "{r:#}");
+        assert_eq!(r["check"]["success"], true, "{r:#}");
+        assert_eq!(r["restore_test"]["success"], true, "{r:#}");
+        assert_eq!(r["restore_test"]["files"], 21, "{r:#}");
+        // the files, the symlink, the two directories
+        assert_eq!(r["restore_test"]["items"], 24, "{r:#}");
+        assert!(r["restore_test"]["bytes"].as_u64().unwrap() > 600_000, "{r:#}");
+        assert_eq!(r["archives"], 1);
+    }
+    let log = std::fs::read_to_string(&hooks).unwrap();
+    let events: Vec<String> =
+        log.lines().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(
+        events,
+        [
+            "before_everything".to_string(),
+            format!("before_backup {}", local.display()),
+            format!("after_backup {}", local.display()),
+            format!("before_backup {remote}"),
+            format!("after_backup {remote}"),
+            "after_everything".to_string(),
+        ]
+    );
+    promtool_check(&metrics);
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    for label in ["local", "backup"] {
+        assert_eq!(metric(&m, "rempart_backup_last_exit_code", label), Some(0.0), "{m}");
+        assert!(metric(&m, "rempart_backup_last_success_timestamp_seconds", label).unwrap() >= t0, "{m}");
+        assert!(metric(&m, "rempart_backup_last_duration_seconds", label).unwrap() > 0.0, "{m}");
+        assert!(metric(&m, "rempart_backup_last_original_bytes", label).unwrap() > 600_000.0, "{m}");
+        assert!(metric(&m, "rempart_backup_last_deduplicated_bytes", label).unwrap() > 0.0, "{m}");
+        assert_eq!(metric(&m, "rempart_backup_archives", label), Some(1.0), "{m}");
+        assert_eq!(metric(&m, "rempart_backup_last_check_success", label), Some(1.0), "{m}");
+        assert_eq!(metric(&m, "rempart_backup_last_restore_test_success", label), Some(1.0), "{m}");
+    }
+    let remote_success = metric(&m, "rempart_backup_last_success_timestamp_seconds", "backup").unwrap();
+
+    // 2. A dry run changes nothing (no archive, no hook, no metrics).
+    let before = std::fs::read(&metrics).unwrap();
+    ok(run(&["--dry-run", "--repository", "local"]));
+    assert_eq!(std::fs::read(&metrics).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(&hooks).unwrap(), log);
+
+    // 3. The backup host is gone: the local repository still completes, exit code 1.
+    drop(sshd);
+    let out = output(run(&["--json"]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (l, b) = (&v[0], &v[1]);
+    assert_eq!(l["exit_code"], 0, "{v:#}");
+    assert!(l["create"]["name"].is_string(), "{v:#}");
+    // prune with keep_hourly etc.: the two archives are kept unless both fall in one hour
+    let deleted = l["prune"]["deleted"].as_u64().unwrap();
+    assert_eq!(deleted + l["archives"].as_u64().unwrap(), 2, "{v:#}");
+    // checks have a frequency of 1 day: not due again
+    assert_eq!(l["check"]["ran"], serde_json::json!([]), "{v:#}");
+    assert_eq!(b["exit_code"], 2, "{v:#}");
+    assert!(b["error"].as_str().unwrap().contains("connection to the server lost"), "{v:#}");
+    assert!(err.contains("backup") && err.contains("FAILED"), "{err}");
+    let log2 = std::fs::read_to_string(&hooks).unwrap();
+    let new: Vec<&str> = log2[log.len()..].lines().map(|l| l.split_once(' ').unwrap().1).collect();
+    // borgmatic's order: before_backup runs, then the connection fails, then on_error
+    assert_eq!(new.len(), 6, "{new:?}");
+    assert_eq!(new[..5], [
+        "before_everything".to_string(),
+        format!("before_backup {}", local.display()),
+        format!("after_backup {}", local.display()),
+        format!("before_backup {remote}"),
+        new[4].to_string(),
+    ]);
+    assert!(new[4].starts_with(&format!("on_error {remote} ")) && new[4].contains("connection to the server lost"), "{new:?}");
+    assert_eq!(new[5], "after_everything");
+    promtool_check(&metrics);
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(metric(&m, "rempart_backup_last_exit_code", "local"), Some(0.0), "{m}");
+    assert_eq!(metric(&m, "rempart_backup_last_exit_code", "backup"), Some(2.0), "{m}");
+    // the failed repository keeps its last success time; the local one moves on
+    assert_eq!(metric(&m, "rempart_backup_last_success_timestamp_seconds", "backup"), Some(remote_success));
+    assert!(metric(&m, "rempart_backup_last_success_timestamp_seconds", "local").unwrap() >= remote_success);
+    assert_eq!(metric(&m, "rempart_backup_last_check_success", "local"), Some(1.0), "carried over: {m}");
+    assert_eq!(metric(&m, "rempart_backup_archives", "local"), Some(2.0 - deleted as f64), "{m}");
+
+    // 4. An invalid file: error naming the key, exit 1, nothing run.
+    std::fs::write(&cfg_path, subst(&cfg, "keep_daily: 7", "keep_daily: seven")).unwrap();
+    let out = output(run(&[]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("retention.keep_daily"), "{err}");
+    assert_eq!(std::fs::read_to_string(&hooks).unwrap(), log2, "hooks ran for an invalid file");
+
+    // 5. The standalone restore test on the local repository.
+    let mut c = ours(home);
+    c.env("REMPART_PASSPHRASE", "runner-pass").args(["restore-test", "--json", local.to_str().unwrap()]);
+    let out = ok(c);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r["success"].as_bool(), r["files"].as_u64(), r["errors"].as_array().map(Vec::len)), (Some(true), Some(21), Some(0)));
+}

@@ -1,0 +1,95 @@
+//! A private OpenSSH server on 127.0.0.1 for the runner tests, with forced commands
+//! (`command="rempart-backup serve --restrict-to-path …",restrict`), killed with every session
+//! it spawned on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_rempart-backup");
+
+pub(crate) struct Sshd {
+    child: Child,
+    pub(crate) port: u16,
+    pub(crate) base: PathBuf,
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for k in kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()) {
+        out.extend(descendants(k));
+        out.push(k);
+    }
+    out
+}
+
+pub(crate) fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+impl Sshd {
+    /// Starts sshd with one client key, `plain`, whose forced command serves `base/srv`.
+    pub(crate) fn start(base: &Path) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        std::fs::create_dir_all(base.join("srv")).unwrap();
+        for k in ["hostkey", "plain"] {
+            sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(base.join(k)));
+        }
+        let pubkey = std::fs::read_to_string(base.join("plain.pub")).unwrap();
+        let auth = format!(
+            "command=\"{BIN} serve --restrict-to-path {}\",restrict {}\n",
+            base.join("srv").display(),
+            pubkey.trim()
+        );
+        std::fs::write(base.join("authorized_keys"), auth).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+             LogLevel ERROR\n",
+            base.join("hostkey").display(),
+            base.join("authorized_keys").display()
+        );
+        std::fs::write(base.join("sshd_config"), cfg).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(base.join("sshd_config"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Sshd { child, port, base: base.to_path_buf() };
+        rempart_testkit::wait::until(Duration::from_secs(10), "sshd listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .unwrap();
+        d
+    }
+
+    pub(crate) fn rsh(&self) -> String {
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            self.base.join("plain").display()
+        )
+    }
+
+    pub(crate) fn url(&self, repo: &str) -> String {
+        format!("ssh://root@127.0.0.1:{}{}/{repo}", self.port, self.base.join("srv").display())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        for p in descendants(self.child.id()) {
+            kill(p);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

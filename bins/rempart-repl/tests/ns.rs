@@ -1,0 +1,210 @@
+//! Two real `rempart-repl` daemons in network namespaces (main 192.168.56.10, backup
+//! 192.168.56.20, a veth link the tests pull and plug back), qemu-io / qemu-img / nbdfuse as the
+//! NBD clients: the scenarios of issue 4's test list.
+
+mod util;
+
+use util::{sh, u, Cleanup, NbdFuse, NsPair, SECRET, SIZE};
+
+fn root(why: &str) -> bool {
+    rempart_testkit::require_root(why)
+}
+
+#[test]
+fn ns_kill9_of_the_primary_then_promotion_reads_back_every_acknowledged_write() {
+    if !root("network namespaces") {
+        return;
+    }
+    let mut p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    assert_eq!(
+        p.ok("main", &["status"]),
+        "r0 role:Primary\n  disk:UpToDate\n  peer role:Secondary\n    replication:Established peer-disk:UpToDate\n"
+    );
+    // qemu-io's default cache mode sets FUA on every write: each one is acknowledged only once
+    // it is on both disks.
+    p.io("main", &["write -P 0x11 0 4M", "write -P 0x12 6M 64k", "aio_write -P 0x13 10M 4k", "aio_flush"]);
+    p.io("main", &["write -P 0x14 12M 1M", "write -P 0x15 31M 4k"]);
+    // Two primaries are never allowed.
+    let (ok, text) = p.ctl("backup", &["primary"]);
+    assert!(!ok && text.contains("two primaries"), "{text}");
+    p.kill9("main");
+    p.wait("backup", "peer gone", 10, |s| s["connection"] != "Connected");
+    p.ok("backup", &["primary"]);
+    p.io(
+        "backup",
+        &[
+            "read -P 0x11 0 4M",
+            "read -P 0x12 6M 64k",
+            "read -P 0x13 10M 4k",
+            "read -P 0x14 12M 1M",
+            "read -P 0x15 31M 4k",
+        ],
+    );
+    p.io("backup", &["write -P 0x44 16M 256k"]);
+    // The old Primary comes back Secondary and catches up from the new one.
+    p.start("main");
+    p.wait_synced();
+    assert_eq!(p.status("main")["role"], "Secondary");
+    assert!(p.identical(), "replicas differ after failback resync");
+}
+
+#[test]
+fn ns_cut_write_heal_resyncs_only_the_dirty_blocks() {
+    if !root("network namespaces") {
+        return;
+    }
+    let p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    p.io("main", &["write -P 0x31 0 2M"]);
+    // Pull the cable: the Primary notices after the peer timeout and carries on degraded.
+    p.cut();
+    p.wait("main", "degraded", 10, |s| s["connection"] != "Connected");
+    p.io("main", &["write -P 0x32 4M 256k", "write -P 0x33 9M 4k"]);
+    let before = p.status("main");
+    assert_eq!(u(&before, "out_of_sync_bytes"), (256 << 10) + 4096, "{before}");
+    assert!(!p.identical());
+    p.heal();
+    p.wait_synced();
+    let after = p.status("main");
+    assert_eq!(
+        u(&after, "resync_bytes") - u(&before, "resync_bytes"),
+        (256 << 10) + 4096,
+        "the resync must move exactly the dirty blocks: {after}"
+    );
+    assert!(p.identical(), "replicas differ after resync");
+}
+
+#[test]
+fn ns_split_brain_detected_then_repaired_with_discard_my_data() {
+    if !root("network namespaces") {
+        return;
+    }
+    let p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    p.io("main", &["write -P 0x01 0 1M"]);
+    p.cut();
+    p.wait("backup", "disconnected", 10, |s| s["connection"] != "Connected");
+    p.wait("main", "disconnected", 10, |s| s["connection"] != "Connected");
+    // Both sides write while apart.
+    p.ok("backup", &["primary"]);
+    p.io("backup", &["write -P 0x0b 2M 64k"]);
+    p.io("main", &["write -P 0x0a 4M 64k"]);
+    p.ok("backup", &["secondary"]);
+    p.ok("main", &["secondary"]);
+    p.heal();
+    for n in ["main", "backup"] {
+        p.wait(n, "split brain", 15, |s| {
+            s["split_brains"].as_u64().unwrap_or(0) >= 1 && s["connection"] == "StandAlone"
+        });
+    }
+    assert!(!p.identical());
+    // DRBD's manual recovery: the victim discards its data, the survivor reconnects.
+    p.ok("backup", &["connect", "--discard-my-data"]);
+    p.ok("main", &["connect"]);
+    p.wait_synced();
+    assert!(p.identical(), "replicas differ after split-brain recovery");
+    p.ok("main", &["primary"]);
+    // The survivor's writes are there, the victim's are gone.
+    p.io("main", &["read -P 0x0a 4M 64k", "read -P 0x01 0 1M", "read -P 0 2M 64k"]);
+}
+
+#[test]
+fn ns_verify_finds_a_block_corrupted_behind_the_daemon() {
+    if !root("network namespaces") {
+        return;
+    }
+    let p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    p.io("main", &["write -P 0x5a 0 2M"]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(p.img("backup")).unwrap();
+        f.write_all_at(&[0xff; 4096], 1 << 20).unwrap();
+        f.sync_all().unwrap();
+    }
+    p.ok("main", &["verify"]);
+    p.wait("main", "verify done", 30, |s| s["replication"] == "Established" && u(s, "verify_mismatched_blocks") > 0);
+    let s = p.status("main");
+    assert_eq!(u(&s, "verify_mismatched_blocks"), 64, "one 256 KiB verify range differs: {s}");
+    assert!(u(&s, "out_of_sync_bytes") > 0, "{s}");
+    // The next resync repairs it.
+    p.ok("main", &["disconnect"]);
+    p.ok("main", &["connect"]);
+    p.wait_synced();
+    assert!(p.identical(), "verify + resync did not repair the block");
+}
+
+#[test]
+fn ns_wrong_secret_is_refused() {
+    if !root("network namespaces") {
+        return;
+    }
+    let p = NsPair::new("not the secret", "");
+    p.wait("main", "authentication failures", 10, |s| s["auth_failures"].as_u64().unwrap_or(0) > 0);
+    let s = p.status("main");
+    assert_ne!(s["connection"], "Connected", "{s}");
+    assert!(p.status("backup")["peer"].is_null());
+    // Nothing crossed: the unauthenticated peer could neither sync nor write.
+    p.ok("main", &["primary", "--force"]);
+    p.io("main", &["write -P 0x66 0 64k"]);
+    let b = p.status("backup");
+    assert_eq!((u(&b, "resync_bytes"), b["disk"].as_str()), (0, Some("Inconsistent")), "{b}");
+    assert!(std::fs::read(p.img("backup")).unwrap().iter().all(|x| *x == 0));
+}
+
+#[test]
+fn ns_a_disconnecting_primary_outdates_its_peer() {
+    if !root("network namespaces") {
+        return;
+    }
+    let p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    p.ok("main", &["disconnect"]);
+    p.wait("backup", "Outdated", 10, |s| s["disk"] == "Outdated" && s["connection"] != "Connected");
+    assert!(p.ok("backup", &["status"]).contains("disk:Outdated"));
+    let (ok, text) = p.ctl("backup", &["primary"]);
+    assert!(!ok && text.contains("Outdated"), "{text}");
+    p.io("main", &["write -P 0x21 0 128k"]);
+    p.ok("main", &["connect"]);
+    p.wait_synced();
+    assert!(p.identical());
+}
+
+#[test]
+fn ns_ext4_made_through_nbdfuse_on_the_primary_checks_clean_on_the_backup_after_failover() {
+    if !root("network namespaces, loop devices, mount and FUSE") {
+        return;
+    }
+    let mut p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    let fuse_dir = p.dir.path().join("fuse");
+    let mnt = p.dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    {
+        let fuse = NbdFuse::start(&fuse_dir, &p.url("main"));
+        let mut undo = Cleanup(Vec::new());
+        let loopdev = sh(&["losetup", "-f", "--show", &fuse.file().to_string_lossy()]).trim().to_string();
+        undo.0.push(vec!["losetup".into(), "-d".into(), loopdev.clone()]);
+        sh(&["mkfs.ext4", "-q", "-F", &loopdev]);
+        sh(&["mount", &loopdev, &mnt.to_string_lossy()]);
+        undo.0.push(vec!["umount".into(), mnt.to_string_lossy().into()]);
+        std::fs::write(mnt.join("payload.bin"), &payload).unwrap();
+        sh(&["sync"]);
+        // Tear down in order: unmount, detach, unmount FUSE.
+        drop(undo);
+        drop(fuse);
+    }
+    // Fail over: kill -9 main, promote backup; the filesystem on the backup is clean.
+    p.kill9("main");
+    p.wait("backup", "peer gone", 10, |s| s["connection"] != "Connected");
+    p.ok("backup", &["primary"]);
+    let backup = p.img("backup");
+    sh(&["e2fsck", "-fn", &backup.to_string_lossy()]);
+    let mut undo = Cleanup(Vec::new());
+    sh(&["mount", "-o", "ro,loop", &backup.to_string_lossy(), &mnt.to_string_lossy()]);
+    undo.0.push(vec!["umount".into(), mnt.to_string_lossy().into()]);
+    assert!(std::fs::read(mnt.join("payload.bin")).unwrap() == payload, "file differs on the backup");
+    assert_eq!(std::fs::metadata(&backup).unwrap().len(), SIZE);
+}
