@@ -191,11 +191,18 @@ fn main() {
         }
     }
     let rows = vec![
-        Row { metric: format!("create {mb} MiB, first backup (s)"), ours: create_ssh.clone(), anchor: create_local.clone() },
+        Row {
+            metric: format!("create {mb} MiB, first backup (s)"),
+            ours: create_ssh.clone(),
+            anchor: create_local.clone(),
+        },
         Row { metric: format!("extract {mb} MiB (s)"), ours: extract_ssh.clone(), anchor: extract_local.clone() },
     ];
     println!("\nrempart-backup over ssh (loopback, forced command) vs local path, {reps} repetitions\n");
-    println!("{}", markdown_table("local path", &rows).replace("rempart median", "ssh median").replace("rempart p95", "ssh p95"));
+    println!(
+        "{}",
+        markdown_table("local path", &rows).replace("rempart median", "ssh median").replace("rempart p95", "ssh p95")
+    );
     let tp = |s: &[f64]| median(s).map(|m| 1.0 / m).unwrap_or(0.0);
     let cr = tp(&create_ssh) / tp(&create_local);
     let xr = tp(&extract_ssh) / tp(&extract_local);

@@ -13,7 +13,7 @@
 //! cargo bench -p rempart-benches --bench vrrp_failover
 //! ```
 //! Env: `VRRP_BENCH_TRIALS` (default 20), `VRRP_BENCH_INTERVALS` (default `1,0.1`),
-//! `VRRP_BENCH_CPU_SECS` (default 10), `REMPART_VRRP_BIN` (default: `$CARGO_TARGET_DIR` or `target/`, `release/rempart-vrrp`).
+//! `VRRP_BENCH_CPU_SECS` (default 10), `VRRP_BENCH_CPU_ROUNDS` (default 3), `REMPART_VRRP_BIN` (default: `$CARGO_TARGET_DIR` or `target/`, `release/rempart-vrrp`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -160,25 +160,30 @@ fn trial(lab: &Lab, imp: Imp, int: &str, dir: &Path) -> anyhow::Result<(Duration
     Ok((vip_t, tcp_t))
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which ends with ')'): utime is field 14, stime 15.
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let g = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    g(11) + g(12)
+/// CPU time (ns) of every live thread of `pid`, from `/proc/PID/task/*/schedstat` (nanosecond
+/// precision; `/proc/PID/stat` counts 10 ms ticks, too coarse for a 1 % load over 10 s).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
+        .sum()
 }
 
-fn pids(imp: Imp, p: &Proc, dir: &Path) -> Vec<u32> {
+/// The processes of one daemon: ours is one process; keepalived is a parent and its VRRP child
+/// (whose pid file appears once the child runs).
+fn pids(imp: Imp, p: &Proc, dir: &Path) -> anyhow::Result<Vec<u32>> {
     let mut v = vec![p.pid()];
     if imp == Imp::Keepalived {
-        if let Ok(s) = std::fs::read_to_string(dir.join("v.pid")) {
-            if let Ok(x) = s.trim().parse() {
-                v.push(x);
-            }
-        }
+        let f = dir.join("v.pid");
+        let read = || std::fs::read_to_string(&f).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        wait::until(Duration::from_secs(5), "keepalived VRRP child pid file", || read().is_some())?;
+        v.extend(read());
     }
-    v
+    Ok(v)
 }
 
 /// CPU % of a core for master and backup over `window` with 10 ms adverts.
@@ -187,8 +192,8 @@ fn cpu(lab: &Lab, imp: Imp, dir: &Path, window: Duration) -> anyhow::Result<(f64
     wait::until(Duration::from_secs(5), "VIP on a", || has_vip(lab, "a"))?;
     let mut b = start(lab, imp, "b", &dir.join("b"), 100, "0.01")?;
     std::thread::sleep(Duration::from_millis(500));
-    let (pa, pb) = (pids(imp, &a, &dir.join("a")), pids(imp, &b, &dir.join("b")));
-    let sum = |v: &[u32]| v.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+    let (pa, pb) = (pids(imp, &a, &dir.join("a"))?, pids(imp, &b, &dir.join("b"))?);
+    let sum = |v: &[u32]| v.iter().map(|p| cpu_ns(*p)).sum::<u64>();
     let (a0, b0, t0) = (sum(&pa), sum(&pb), Instant::now());
     std::thread::sleep(window);
     let (a1, b1, dt) = (sum(&pa), sum(&pb), t0.elapsed().as_secs_f64());
@@ -197,8 +202,7 @@ fn cpu(lab: &Lab, imp: Imp, dir: &Path, window: Duration) -> anyhow::Result<(f64
     for h in ["a", "b"] {
         ip(lab, h, &["addr", "del", &format!("{VIP}/24"), "dev", LAN]);
     }
-    // Clock ticks are 1/100 s on Linux.
-    let pct = |d: u64| d as f64 / 100.0 / dt * 100.0;
+    let pct = |d: u64| d as f64 / 1e9 / dt * 100.0;
     Ok((pct(a1 - a0), pct(b1 - b0)))
 }
 
@@ -252,10 +256,21 @@ fn main() -> anyhow::Result<()> {
     }
     let window =
         Duration::from_secs(std::env::var("VRRP_BENCH_CPU_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
-    let (om, ob) = cpu(&lab, Imp::Ours, &work.path().join("cpu-ours"), window)?;
-    let (km, kb) = cpu(&lab, Imp::Keepalived, &work.path().join("cpu-k"), window)?;
-    rows.push(Row { metric: "CPU at 10 ms adverts, master (% of a core)".into(), ours: vec![om], anchor: vec![km] });
-    rows.push(Row { metric: "CPU at 10 ms adverts, backup (% of a core)".into(), ours: vec![ob], anchor: vec![kb] });
+    // Interleaved rounds, so that background load on the shared machine hits both alike.
+    let rounds: usize = std::env::var("VRRP_BENCH_CPU_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let (mut om, mut ob, mut km, mut kb) = (vec![], vec![], vec![], vec![]);
+    for r in 0..rounds {
+        let (m, b) = cpu(&lab, Imp::Ours, &work.path().join(format!("cpu-ours-{r}")), window)?;
+        eprintln!("CPU round {r} rempart: master {m:.3} % backup {b:.3} %");
+        om.push(m);
+        ob.push(b);
+        let (m, b) = cpu(&lab, Imp::Keepalived, &work.path().join(format!("cpu-k-{r}")), window)?;
+        eprintln!("CPU round {r} keepalived: master {m:.3} % backup {b:.3} %");
+        km.push(m);
+        kb.push(b);
+    }
+    rows.push(Row { metric: "CPU at 10 ms adverts, master (% of a core)".into(), ours: om, anchor: km });
+    rows.push(Row { metric: "CPU at 10 ms adverts, backup (% of a core)".into(), ours: ob, anchor: kb });
     println!("\n{} trials per implementation and interval, VRRPv3, backup priority 100\n", trials);
     println!("{}", markdown_table("keepalived 2.2.7", &rows));
     for n in notes {

@@ -348,13 +348,19 @@ impl Step for BackupRestore {
         std::fs::create_dir_all(&srv)?;
         std::fs::create_dir_all("/run/sshd")?;
         for k in ["hostkey", "main_key"] {
-            let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(ssh.join(k)).output()?;
+            let out =
+                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(ssh.join(k)).output()?;
             anyhow::ensure!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
         }
         let pubkey = std::fs::read_to_string(ssh.join("main_key.pub"))?;
         std::fs::write(
             ssh.join("authorized_keys"),
-            format!("command=\"{} serve --restrict-to-path {}\",restrict {}\n", bin.display(), srv.display(), pubkey.trim()),
+            format!(
+                "command=\"{} serve --restrict-to-path {}\",restrict {}\n",
+                bin.display(),
+                srv.display(),
+                pubkey.trim()
+            ),
         )?;
         let backup_ip = crate::host("backup").context("backup host")?.mgmt;
         std::fs::write(
@@ -368,7 +374,8 @@ impl Step for BackupRestore {
             ),
         )?;
         let mut c = lab.cmd("backup", "/usr/sbin/sshd");
-        c.args(["-D", "-e", "-f"]).arg(ssh.join("sshd_config"));
+        // (-e: errors to stderr, silenced: the readiness probe's bare connects are "errors")
+        c.args(["-D", "-e", "-f"]).arg(ssh.join("sshd_config")).stderr(std::process::Stdio::null());
         let _sshd = lab.spawn("backup", c)?;
         let addr = SocketAddr::new(backup_ip.parse()?, 22);
         rempart_testkit::wait::until(Duration::from_secs(10), "sshd on backup", || {
@@ -453,7 +460,7 @@ impl Step for BackupRestore {
             secs(&r2),
             stats(&r2, "deduplicated_size") / 1000,
             r2["prune"]["deleted"],
-            r1["check"]["ran"],
+            r1["check"]["ran"].as_array().map(|a| a.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join("+")).unwrap_or_default(),
             rt["files"],
             rt["bytes"].as_f64().unwrap_or(0.0) / 1e6,
             rt["duration"].as_f64().unwrap_or(0.0),

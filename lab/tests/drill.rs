@@ -22,6 +22,14 @@ fn drill_reaches_every_host_and_cleans_up() {
     assert!(lines[0].detail.starts_with("14 host pairs"), "{}", lines[0].detail);
     let failover = lines.iter().find(|l| l.step == "vrrp-failover").expect("failover step");
     assert!(failover.detail.contains("main → backup"), "{}", failover.detail);
+    let backup = lines.iter().find(|l| l.step == "backup-restore").expect("backup step");
+    assert!(
+        backup.detail.starts_with("runner main → backup over ssh")
+            && backup.detail.contains(" verified in ")
+            && backup.detail.contains(", 0 errors;"),
+        "{}",
+        backup.detail
+    );
     let left: Vec<_> = list_namespaces().expect("list").into_iter().filter(|n| n.starts_with(&id)).collect();
     assert!(left.is_empty(), "drill left namespaces: {left:?}");
 }

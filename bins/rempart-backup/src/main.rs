@@ -57,7 +57,7 @@ enum Cmd {
         /// fastcdc,MIN,AVG,MAX or borg's MINEXP,MAXEXP,AVGEXP,WINDOW.
         #[arg(long)]
         chunker_params: Option<String>,
-        /// Target pack file size in bytes (default 16 MiB).
+        /// Target pack file size in bytes (default 8 MiB).
         #[arg(long)]
         pack_size: Option<u32>,
         /// Repository path.

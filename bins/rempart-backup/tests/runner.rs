@@ -165,8 +165,7 @@ fn runner_on_the_documented_borgmatic_file_two_repositories_one_unreachable() {
         assert_eq!(r["archives"], 1);
     }
     let log = std::fs::read_to_string(&hooks).unwrap();
-    let events: Vec<String> =
-        log.lines().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).collect();
+    let events: Vec<String> = log.lines().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).collect();
     assert_eq!(
         events,
         [
@@ -198,6 +197,18 @@ fn runner_on_the_documented_borgmatic_file_two_repositories_one_unreachable() {
     assert_eq!(std::fs::read(&metrics).unwrap(), before);
     assert_eq!(std::fs::read_to_string(&hooks).unwrap(), log);
 
+    // 2b. Through the append-only key, prune and compact are skipped with a warning (the server
+    // would refuse the removals), not failed.
+    let ao_cfg = home.join("borgmatic-ao.yaml");
+    std::fs::write(&ao_cfg, cfg.replace(&sshd.rsh(), &sshd.rsh_with("ao"))).unwrap();
+    let mut c = ours(home);
+    c.arg("run").arg("-c").arg(&ao_cfg).args(["--repository", "backup", "--json", "prune", "compact"]);
+    let out = ok(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("append-only: prune skipped") && err.contains("append-only: compact skipped"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v[0]["exit_code"].as_u64(), v[0]["archives"].as_u64()), (Some(0), Some(1)), "{v:#}");
+
     // 3. The backup host is gone: the local repository still completes, exit code 1.
     drop(sshd);
     let out = output(run(&["--json"]));
@@ -219,14 +230,20 @@ fn runner_on_the_documented_borgmatic_file_two_repositories_one_unreachable() {
     let new: Vec<&str> = log2[log.len()..].lines().map(|l| l.split_once(' ').unwrap().1).collect();
     // borgmatic's order: before_backup runs, then the connection fails, then on_error
     assert_eq!(new.len(), 6, "{new:?}");
-    assert_eq!(new[..5], [
-        "before_everything".to_string(),
-        format!("before_backup {}", local.display()),
-        format!("after_backup {}", local.display()),
-        format!("before_backup {remote}"),
-        new[4].to_string(),
-    ]);
-    assert!(new[4].starts_with(&format!("on_error {remote} ")) && new[4].contains("connection to the server lost"), "{new:?}");
+    assert_eq!(
+        new[..5],
+        [
+            "before_everything".to_string(),
+            format!("before_backup {}", local.display()),
+            format!("after_backup {}", local.display()),
+            format!("before_backup {remote}"),
+            new[4].to_string(),
+        ]
+    );
+    assert!(
+        new[4].starts_with(&format!("on_error {remote} ")) && new[4].contains("connection to the server lost"),
+        "{new:?}"
+    );
     assert_eq!(new[5], "after_everything");
     promtool_check(&metrics);
     let m = std::fs::read_to_string(&metrics).unwrap();
@@ -251,5 +268,8 @@ fn runner_on_the_documented_borgmatic_file_two_repositories_one_unreachable() {
     c.env("REMPART_PASSPHRASE", "runner-pass").args(["restore-test", "--json", local.to_str().unwrap()]);
     let out = ok(c);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((r["success"].as_bool(), r["files"].as_u64(), r["errors"].as_array().map(Vec::len)), (Some(true), Some(21), Some(0)));
+    assert_eq!(
+        (r["success"].as_bool(), r["files"].as_u64(), r["errors"].as_array().map(Vec::len)),
+        (Some(true), Some(21), Some(0))
+    );
 }

@@ -74,7 +74,8 @@ fn systemd_units_verify_and_the_timer_is_hourly_and_persistent() {
     // and it does catch a broken timer
     std::fs::write(d.path().join("rempart-backup.timer"), timer.replace("OnCalendar=hourly", "OnCalendar=hourlyy"))
         .unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(d.path().join("rempart-backup.timer")).output().unwrap();
+    let out =
+        Command::new("systemd-analyze").arg("verify").arg(d.path().join("rempart-backup.timer")).output().unwrap();
     assert!(!out.status.success());
 }
 

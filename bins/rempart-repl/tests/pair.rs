@@ -336,6 +336,7 @@ fn metrics_endpoint_passes_promtool() {
     assert!(body.contains("rempart_repl_replicated_bytes_total{resource=\"r0\"} 65536"), "{body}");
     assert!(body.contains("rempart_repl_write_latency_seconds_count{resource=\"r0\"} 1"), "{body}");
     assert!(body.contains("rempart_repl_local_write_latency_seconds_count"), "{body}");
+    assert!(body.contains("rempart_repl_peer_write_latency_seconds_count{resource=\"r0\"} 1"), "{body}");
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -72,6 +72,7 @@ pub struct Handle {
     pub(crate) wants_conn: Arc<AtomicBool>,
     latency: Arc<Mutex<Histogram>>,
     local_latency: Arc<Mutex<Histogram>>,
+    peer_latency: Arc<Mutex<Histogram>>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -134,6 +135,11 @@ impl Handle {
     /// Local disk write latency so far.
     pub fn local_latency(&self) -> Histogram {
         self.local_latency.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Peer round trip of replicated writes so far (send to acknowledgement).
+    pub fn peer_latency(&self) -> Histogram {
+        self.peer_latency.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// Client write latency so far.
@@ -323,6 +329,7 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         wants_conn: Arc::new(AtomicBool::new(true)),
         latency: Arc::new(Mutex::new(Histogram::default())),
         local_latency: Arc::new(Mutex::new(Histogram::default())),
+        peer_latency: Arc::new(Mutex::new(Histogram::default())),
     };
     let listener = TcpListener::bind(link.listen).await?;
     let actor = Actor {
@@ -338,6 +345,7 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         can_serve: handle.can_serve.clone(),
         wants_conn: handle.wants_conn.clone(),
         local_latency: handle.local_latency.clone(),
+        peer_latency: handle.peer_latency.clone(),
     };
     tokio::spawn(actor.run());
     tokio::spawn(link_manager(listener, link.dial, tx, handle.wants_conn.clone()));
@@ -357,6 +365,7 @@ struct Actor {
     can_serve: Arc<AtomicBool>,
     wants_conn: Arc<AtomicBool>,
     local_latency: Arc<Mutex<Histogram>>,
+    peer_latency: Arc<Mutex<Histogram>>,
 }
 
 impl Actor {
@@ -519,6 +528,14 @@ impl Actor {
                 Action::CloseConnection => {
                     // Dropping the sender ends the writer task, which closes the socket.
                     self.link = None;
+                }
+            }
+        }
+        let peer = self.rep.take_peer_latencies();
+        if !peer.is_empty() {
+            if let Ok(mut h) = self.peer_latency.lock() {
+                for d in peer {
+                    h.observe(d.as_secs_f64());
                 }
             }
         }
@@ -762,7 +779,7 @@ pub fn status_json(name: &str, s: &Status) -> String {
 }
 
 /// Prometheus text exposition of a status and the write latency histogram.
-pub fn metrics_text(name: &str, s: &Status, lat: &Histogram, local: &Histogram) -> String {
+pub fn metrics_text(name: &str, s: &Status, lat: &Histogram, local: &Histogram, peer: &Histogram) -> String {
     use crate::proto::{ConnState, DiskState, Role};
     let mut o = String::new();
     let mut gauge = |metric: &str, help: &str, kind: &str, v: String| {
@@ -806,6 +823,11 @@ pub fn metrics_text(name: &str, s: &Status, lat: &Histogram, local: &Histogram) 
     for (m, help, h) in [
         ("rempart_repl_write_latency_seconds", "Client write latency (local and peer).", lat),
         ("rempart_repl_local_write_latency_seconds", "Local disk write latency.", local),
+        (
+            "rempart_repl_peer_write_latency_seconds",
+            "Peer round trip of a replicated write (send to acknowledgement).",
+            peer,
+        ),
     ] {
         o.push_str(&format!("# HELP {m} {help}\n# TYPE {m} histogram\n"));
         for (b, c) in BUCKETS.iter().zip(h.counts) {
@@ -875,7 +897,7 @@ pub async fn serve_metrics(listener: TcpListener, handle: Handle, name: String) 
             let mut buf = [0u8; 2048];
             let _ = sock.read(&mut buf).await;
             let Some(s) = handle.status().await else { return };
-            let body = metrics_text(&name, &s, &handle.latency(), &handle.local_latency());
+            let body = metrics_text(&name, &s, &handle.latency(), &handle.local_latency(), &handle.peer_latency());
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()

@@ -347,6 +347,8 @@ struct AppWrite {
     local_done: bool,
     peer_done: bool,
     error: Option<ReplError>,
+    /// When the frame went to the peer (for the peer latency).
+    sent_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -479,6 +481,8 @@ pub struct Replica {
     split_brains: u64,
     auth_failures: u64,
     verify_mismatches: u64,
+    now: Option<Instant>,
+    peer_latencies: Vec<Duration>,
 }
 
 const RS_CHUNK_BLOCKS: u64 = 256; // 1 MiB per resync request
@@ -580,6 +584,8 @@ impl Replica {
             split_brains: 0,
             auth_failures: 0,
             verify_mismatches: 0,
+            now: None,
+            peer_latencies: Vec::new(),
             cfg,
         }
     }
@@ -611,6 +617,12 @@ impl Replica {
             min(self.last_barrier.map(|b| b + AUTO_BARRIER));
         }
         t
+    }
+
+    /// Peer round trips measured since the last call: from sending a write to its
+    /// acknowledgement (protocol C: written on the peer; B: received). For the metrics.
+    pub fn take_peer_latencies(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.peer_latencies)
     }
 
     /// Whether the shell should (re)establish a connection to the peer.
@@ -719,7 +731,7 @@ impl Replica {
     /// A client write (`data: None` zeroes `len` bytes). Completion comes as
     /// [`Action::Complete`] with `req`.
     pub fn handle_write(&mut self, now: Instant, req: u64, off: u64, len: u32, data: Option<Vec<u8>>, fua: bool) {
-        let _ = now;
+        self.now = Some(now);
         if !self.can_serve() {
             self.actions.push_back(Action::Complete { req, result: Err(ReplError::NotPrimary) });
             return;
@@ -731,8 +743,10 @@ impl Replica {
         let wid = self.next_wid;
         self.next_wid += 1;
         let data = data.map(Bytes::from);
-        self.writes
-            .insert(wid, AppWrite { req, off, len, data, fua, local_done: false, peer_done: false, error: None });
+        self.writes.insert(
+            wid,
+            AppWrite { req, off, len, data, fua, local_done: false, peer_done: false, error: None, sent_at: None },
+        );
         self.waiting.push_back(wid);
         self.start_waiting();
     }
@@ -827,6 +841,7 @@ impl Replica {
             if protocol == Protocol::A {
                 w.peer_done = true;
             }
+            w.sent_at = self.now;
             self.replicated_bytes += u64::from(len);
             self.tlog.push((self.epoch, off, u64::from(len)));
             self.send(Msg::Data { seq, offset: off, len, flags, data: peer_data.unwrap_or_default() });
@@ -866,6 +881,7 @@ impl Replica {
 
     /// A disk operation or metadata write finished. `data` carries what a read returned.
     pub fn handle_disk_done(&mut self, now: Instant, io: u64, result: Result<Option<Vec<u8>>, String>) {
+        self.now = Some(now);
         let Some(purpose) = self.ios.remove(&io) else { return };
         match purpose {
             Io::AppWrite(wid) => {
@@ -1181,6 +1197,7 @@ impl Replica {
 
     /// Time passed: keepalives, peer timeout, resync pacing, automatic barriers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
         if self.close_at.is_some_and(|t| now >= t) {
             self.close_at = None;
             self.actions.push_back(Action::CloseConnection);
@@ -1209,6 +1226,7 @@ impl Replica {
 
     /// A frame from the peer.
     pub fn handle_frame(&mut self, now: Instant, msg: Msg) {
+        self.now = Some(now);
         if self.close_at.is_some() || (self.my_chal.is_none() && !self.established) {
             return; // refused, or no connection in progress
         }
@@ -1331,10 +1349,10 @@ impl Replica {
             }
             Msg::RecvAck { seq } => {
                 if self.cfg.protocol == Protocol::B {
-                    self.peer_ack(seq);
+                    self.peer_ack(now, seq);
                 }
             }
-            Msg::WriteAck { seq } => self.peer_ack(seq),
+            Msg::WriteAck { seq } => self.peer_ack(now, seq),
             Msg::BarrierAck { epoch } => {
                 self.tlog.retain(|(e, _, _)| *e > epoch);
                 let fids: Vec<u64> = self.flushes.keys().copied().collect();
@@ -1438,10 +1456,15 @@ impl Replica {
         }
     }
 
-    fn peer_ack(&mut self, seq: u64) {
+    fn peer_ack(&mut self, now: Instant, seq: u64) {
         if let Some(wid) = self.seq_to_wid.remove(&seq) {
             if let Some(w) = self.writes.get_mut(&wid) {
                 w.peer_done = true;
+                if let Some(t) = w.sent_at.take() {
+                    if self.peer_latencies.len() < 4096 {
+                        self.peer_latencies.push(now.saturating_duration_since(t));
+                    }
+                }
             }
             self.maybe_complete_write(wid);
         }

@@ -280,6 +280,7 @@ impl World {
             return;
         }
         self.link.open[i] = false;
+        self.link.notice[i] = None;
         self.link.session[i] += 1;
         self.link.q[1 - i].clear(); // nobody reads towards i any more
         let now = self.clock.now();
@@ -311,6 +312,7 @@ impl World {
 
     /// Node `i` learns its connection is gone.
     fn lost(&mut self, i: usize) {
+        self.link.notice[i] = None;
         if !self.link.open[i] {
             return;
         }
@@ -483,6 +485,7 @@ impl World {
         self.reqs.retain(|_, (node, _)| *node != i);
         // Its socket: a killed process's kernel still sends what was queued and a FIN; a
         // crashed machine sends nothing (the peer finds out by its timeout).
+        self.link.notice[i] = None;
         if self.link.open[i] {
             self.link.open[i] = false;
             self.link.session[i] += 1;

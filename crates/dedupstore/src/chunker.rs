@@ -157,14 +157,14 @@ impl Chunker {
         out
     }
 
-    /// A streaming chunker over a reader: memory stays at about `max(2 * max, 4 MiB)` bytes.
+    /// A streaming chunker over a reader: memory stays at about `max(2 * max, 1 MiB)` bytes.
     pub fn stream<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
         ChunkStream { chunker: self, reader, buf: Vec::new(), pos: 0, end: 0, eof: false }
     }
 }
 
 /// Read-ahead of [`Chunker::stream`].
-const STREAM_BUF: usize = 4 << 20;
+const STREAM_BUF: usize = 1 << 20;
 
 /// Iterator-like streaming chunker, see [`Chunker::stream`].
 #[derive(Debug)]

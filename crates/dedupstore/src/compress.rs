@@ -105,21 +105,22 @@ fn looks_incompressible(sample: &[u8]) -> bool {
     if sample.len() < 256 {
         return false;
     }
-    let mut hist = [[0u32; 256]; 4];
+    // four interleaved histograms: consecutive increments of one counter do not stall
+    let [mut h0, mut h1, mut h2, mut h3] = [[0u32; 256]; 4];
     let mut quads = sample.chunks_exact(4);
     for q in &mut quads {
-        hist[0][q[0] as usize] += 1;
-        hist[1][q[1] as usize] += 1;
-        hist[2][q[2] as usize] += 1;
-        hist[3][q[3] as usize] += 1;
+        h0[q[0] as usize] += 1;
+        h1[q[1] as usize] += 1;
+        h2[q[2] as usize] += 1;
+        h3[q[3] as usize] += 1;
     }
     for &b in quads.remainder() {
-        hist[0][b as usize] += 1;
+        h0[b as usize] += 1;
     }
     let n = sample.len() as f64;
     let mut bits = 0.0;
-    for i in 0..256 {
-        let c = hist[0][i] + hist[1][i] + hist[2][i] + hist[3][i];
+    for (((a, b), c), d) in h0.iter().zip(&h1).zip(&h2).zip(&h3) {
+        let c = a + b + c + d;
         if c > 0 {
             let p = f64::from(c) / n;
             bits -= p * p.log2();

@@ -50,7 +50,7 @@
 //! channels to one worker per core (zstd, AES-GCM) and to a packer that writes each pack on a
 //! helper thread while the next one fills ([`writer`]). `extract` fetches, authenticates and
 //! decompresses chunks on worker threads in archive order within a bounded window
-//! ([`extract`]). Memory is bounded by about three packs (16 MiB each) plus the channels, whatever
+//! ([`extract`]). Memory is bounded by about three packs (8 MiB each) plus the channels, whatever
 //! the file sizes; the one thing that grows with the tree is the archive's item metadata (a few
 //! hundred bytes per file), kept in memory until the archive is written.
 //!

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 /// Current repository format version.
 pub const FORMAT_VERSION: u32 = 1;
-/// Default pack size target.
-pub const DEFAULT_PACK_SIZE: u32 = 16 << 20;
+/// Default pack size target (8 MiB: two packs are in memory while the pipeline runs, one filling
+/// and one being written; larger packs only raise the peak RSS).
+pub const DEFAULT_PACK_SIZE: u32 = 8 << 20;
 
 /// What the config authenticates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -459,7 +459,10 @@ hooks:
         assert_eq!(l.hooks.before_backup, ["echo start"]);
         assert_eq!(
             l.warnings,
-            ["c.yaml: location.atime: unsupported key, ignored", "c.yaml: hooks.healthchecks: unsupported key, ignored"]
+            [
+                "c.yaml: location.atime: unsupported key, ignored",
+                "c.yaml: hooks.healthchecks: unsupported key, ignored"
+            ]
         );
     }
 

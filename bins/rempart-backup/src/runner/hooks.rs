@@ -91,7 +91,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("ran");
         let touch = format!("echo {{repository}} >> {}", f.display());
-        assert_eq!(run_hooks("before_backup", &[touch.clone()], &[("repository", "r1")], false, &log).unwrap(), HookOutcome::Ok);
+        assert_eq!(
+            run_hooks("before_backup", std::slice::from_ref(&touch), &[("repository", "r1")], false, &log).unwrap(),
+            HookOutcome::Ok
+        );
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "r1\n");
         // dry run: nothing runs
         run_hooks("before_backup", &[touch], &[("repository", "r2")], true, &log).unwrap();

@@ -41,31 +41,26 @@ pub(crate) fn render(repos: &[RepoMetrics]) -> String {
             "Exit code of the last run for this repository (0 ok, 1 warning, 2 error).",
             |r| Some(f64::from(r.exit_code)),
         ),
-        (
-            "rempart_backup_last_original_bytes",
-            "Original size of the last archive created, in bytes.",
-            |r| r.original_bytes.map(|b| b as f64),
-        ),
+        ("rempart_backup_last_original_bytes", "Original size of the last archive created, in bytes.", |r| {
+            r.original_bytes.map(|b| b as f64)
+        }),
         (
             "rempart_backup_last_deduplicated_bytes",
             "Bytes the last archive added to the repository after deduplication and compression.",
             |r| r.deduplicated_bytes.map(|b| b as f64),
         ),
         ("rempart_backup_archives", "Archives in the repository.", |r| r.archives.map(|b| b as f64)),
-        (
-            "rempart_backup_last_check_success",
-            "Whether the last consistency check passed (1) or failed (0).",
-            |r| r.check_success.map(|b| f64::from(u8::from(b))),
-        ),
-        (
-            "rempart_backup_last_restore_test_success",
-            "Whether the last restore test passed (1) or failed (0).",
-            |r| r.restore_test_success.map(|b| f64::from(u8::from(b))),
-        ),
+        ("rempart_backup_last_check_success", "Whether the last consistency check passed (1) or failed (0).", |r| {
+            r.check_success.map(|b| f64::from(u8::from(b)))
+        }),
+        ("rempart_backup_last_restore_test_success", "Whether the last restore test passed (1) or failed (0).", |r| {
+            r.restore_test_success.map(|b| f64::from(u8::from(b)))
+        }),
     ];
     let mut out = String::new();
     for (name, help, get) in families {
-        let values: Vec<(&str, f64)> = repos.iter().filter_map(|r| get(r).map(|v| (r.repository.as_str(), v))).collect();
+        let values: Vec<(&str, f64)> =
+            repos.iter().filter_map(|r| get(r).map(|v| (r.repository.as_str(), v))).collect();
         if values.is_empty() {
             continue;
         }

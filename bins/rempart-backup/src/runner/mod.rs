@@ -15,8 +15,8 @@
 //!
 //! Exit codes are borgmatic's: 0 when every repository succeeded (borg warnings included), 1
 //! when anything failed (a repository, a hook, a configuration file), 2 for a usage error.
-//! Against an append-only server, prune and compact are skipped with a warning: they must run
-//! from a trusted host with a full-access key (see docs/backup-remote.md).
+//! Against an append-only server, prune and compact are skipped with a warning: the operator
+//! runs them on the backup host (see docs/backup-remote.md).
 
 mod config;
 mod hooks;
@@ -556,8 +556,8 @@ fn do_prune(
     if append_only {
         log(
             0,
-            "warning: the server is append-only: prune skipped (run it from a trusted host with a \
-             full-access key)"
+            "warning: the server is append-only: prune skipped (the operator prunes on the backup \
+             host, see docs/backup-remote.md)"
                 .into(),
         );
         return Ok(());
@@ -630,10 +630,8 @@ fn due_checks(ctx: &Ctx<'_>, c: &Loaded, repo_id: &str, now: DateTime<Utc>) -> V
 /// decodes and every chunk it names is in the index.
 fn check_last_archives(repo: &Repository, glob: &str, last: usize) -> anyhow::Result<Vec<String>> {
     let index = repo.load_index()?;
-    let archives: Vec<_> = commands::list_archives(repo)?
-        .into_iter()
-        .filter(|a| commands::glob_archives(glob, &a.name))
-        .collect();
+    let archives: Vec<_> =
+        commands::list_archives(repo)?.into_iter().filter(|a| commands::glob_archives(glob, &a.name)).collect();
     let mut errors = Vec::new();
     for a in archives.iter().rev().take(last) {
         match dedupstore::extract::archive_items(repo, &index, &a.name) {
@@ -642,7 +640,12 @@ fn check_last_archives(repo: &Repository, glob: &str, last: usize) -> anyhow::Re
                     for e in &i.chunks {
                         if let dedupstore::archive::Extent::Data { id, .. } = e {
                             if !index.contains(id) {
-                                errors.push(format!("archive {}: {}: missing chunk {}", a.name, i.path_lossy(), id.to_hex()));
+                                errors.push(format!(
+                                    "archive {}: {}: missing chunk {}",
+                                    a.name,
+                                    i.path_lossy(),
+                                    id.to_hex()
+                                ));
                             }
                         }
                     }
@@ -664,8 +667,7 @@ fn do_check(
     let now = Utc::now();
     let repo_id = repo.config().id.clone();
     let due = due_checks(ctx, c, &repo_id, now);
-    let skipped: Vec<&str> =
-        c.checks.iter().filter(|(n, _)| !due.contains(n)).map(|(n, _)| n.as_str()).collect();
+    let skipped: Vec<&str> = c.checks.iter().filter(|(n, _)| !due.contains(n)).map(|(n, _)| n.as_str()).collect();
     if !skipped.is_empty() {
         log(1, format!("checks not due yet (frequency): {}", skipped.join(", ")));
     }
@@ -678,7 +680,10 @@ fn do_check(
     }
     let mut errors = Vec::new();
     let has = |n: CheckName| due.contains(&n);
-    if has(CheckName::Repository) || has(CheckName::Data) || (has(CheckName::Archives) && c.consistency.check_last.is_none()) {
+    if has(CheckName::Repository)
+        || has(CheckName::Data)
+        || (has(CheckName::Archives) && c.consistency.check_last.is_none())
+    {
         log(1, format!("checking the repository{}", if has(CheckName::Data) { " and every chunk (data)" } else { "" }));
         let rep = commands::check(repo, CheckOptions { verify_data: has(CheckName::Data), repair: false })?;
         errors.extend(rep.errors);
@@ -689,7 +694,7 @@ fn do_check(
         errors.extend(check_last_archives(repo, &glob, last)?);
     }
     if has(CheckName::Extract) {
-        let newest = commands::list_archives(repo)?.into_iter().filter(|a| !dedupstore::prune::is_checkpoint(&a.name)).last();
+        let newest = commands::list_archives(repo)?.into_iter().rfind(|a| !dedupstore::prune::is_checkpoint(&a.name));
         if let Some(a) = newest {
             log(1, format!("extract check: reading and verifying archive {}", a.name));
             let x = extract(repo, &a.name, &ExtractOptions { dry_run: true, ..Default::default() })?;

@@ -68,8 +68,7 @@ pub(crate) fn restore_test(
         Some(a) => a.to_string(),
         None => dedupstore::commands::list_archives(repo)?
             .into_iter()
-            .filter(|a| !dedupstore::prune::is_checkpoint(&a.name))
-            .last()
+            .rfind(|a| !dedupstore::prune::is_checkpoint(&a.name))
             .map(|a| a.name)
             .ok_or_else(|| anyhow::anyhow!("no archive to restore"))?,
     };

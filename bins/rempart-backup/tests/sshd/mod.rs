@@ -34,19 +34,23 @@ pub(crate) fn kill(pid: u32) {
 }
 
 impl Sshd {
-    /// Starts sshd with one client key, `plain`, whose forced command serves `base/srv`.
+    /// Starts sshd with two client keys whose forced command serves `base/srv`: `plain`, and
+    /// `ao` (`--append-only`).
     pub(crate) fn start(base: &Path) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         std::fs::create_dir_all(base.join("srv")).unwrap();
-        for k in ["hostkey", "plain"] {
+        for k in ["hostkey", "plain", "ao"] {
             sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(base.join(k)));
         }
-        let pubkey = std::fs::read_to_string(base.join("plain.pub")).unwrap();
-        let auth = format!(
-            "command=\"{BIN} serve --restrict-to-path {}\",restrict {}\n",
-            base.join("srv").display(),
-            pubkey.trim()
-        );
+        let mut auth = String::new();
+        for (k, extra) in [("plain", ""), ("ao", " --append-only")] {
+            let pubkey = std::fs::read_to_string(base.join(format!("{k}.pub"))).unwrap();
+            auth.push_str(&format!(
+                "command=\"{BIN} serve --restrict-to-path {}{extra}\",restrict {}\n",
+                base.join("srv").display(),
+                pubkey.trim()
+            ));
+        }
         std::fs::write(base.join("authorized_keys"), auth).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cfg = format!(
@@ -72,10 +76,14 @@ impl Sshd {
     }
 
     pub(crate) fn rsh(&self) -> String {
+        self.rsh_with("plain")
+    }
+
+    pub(crate) fn rsh_with(&self, key: &str) -> String {
         format!(
             "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
              -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-            self.base.join("plain").display()
+            self.base.join(key).display()
         )
     }
 
