@@ -423,7 +423,10 @@ fn main() {
     let check: Vec<_> = tools.iter().map(|t| t.check()).collect();
     op("check --verify-data", &check);
     push("repository size after the first backup (MB)", repo_first);
-    push("repository size after three backups (MB)", tools.iter().map(|t| format!("{:.0}", du(&t.repo) as f64 / 1e6)).collect());
+    push(
+        "repository size after three backups (MB)",
+        tools.iter().map(|t| format!("{:.0}", du(&t.repo) as f64 / 1e6)).collect(),
+    );
     let mut out = String::new();
     let _ = writeln!(
         out,

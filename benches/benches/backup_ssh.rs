@@ -106,6 +106,7 @@ impl Sshd {
             .args(["-D", "-e", "-f"])
             .arg(base.join("sshd_config"))
             .stdin(Stdio::null())
+            .stderr(Stdio::null()) // the readiness probe's bare connect is logged as an error
             .spawn()
             .unwrap();
         rempart_testkit::wait::until(Duration::from_secs(10), "sshd listening", || {

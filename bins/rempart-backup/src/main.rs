@@ -43,6 +43,9 @@ struct Cli {
     /// Seconds to wait for a lock another process holds (readers and writers exclude each other).
     #[arg(long, global = true, default_value_t = 1)]
     lock_wait: u64,
+    /// Read without taking the shared lock (a writer may be working on the repository).
+    #[arg(long, global = true)]
+    bypass_lock: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -387,6 +390,7 @@ fn split_target(t: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
 
 static SSH: OnceLock<SshOptions> = OnceLock::new();
 static LOCK_WAIT: OnceLock<u64> = OnceLock::new();
+static BYPASS_LOCK: OnceLock<bool> = OnceLock::new();
 
 /// The backend for a repository location: a local directory or `ssh://` / `user@host:path`.
 fn backend(repo: &str) -> anyhow::Result<Arc<dyn Backend>> {
@@ -406,6 +410,7 @@ fn open(repo: &str) -> anyhow::Result<Repository> {
     let mut r = Repository::open(backend, &OpenOptions { passphrase: pass, keys_dir: keys_dir() })
         .with_context(|| format!("repository {repo}"))?;
     r.set_lock_wait(std::time::Duration::from_secs(LOCK_WAIT.get().copied().unwrap_or(1)));
+    r.set_bypass_lock(BYPASS_LOCK.get().copied().unwrap_or(false));
     Ok(r)
 }
 
@@ -499,6 +504,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rsh = cli.rsh.or_else(|| std::env::var("REMPART_RSH").ok()).unwrap_or_else(|| "ssh".into());
     let _ = SSH.set(SshOptions { rsh, remote_path: cli.remote_path, ..SshOptions::default() });
     let _ = LOCK_WAIT.set(cli.lock_wait);
+    let _ = BYPASS_LOCK.set(cli.bypass_lock);
     match cli.cmd {
         Cmd::Serve { restrict_to_paths, append_only, storage_quota } => {
             let storage_quota = storage_quota.as_deref().map(dedupstore::remote::parse_size).transpose()?;

@@ -363,7 +363,9 @@ enum Io {
     AppWrite(u64),
     AppFlush(u64),
     PeerWrite { seq: u64, epoch: u64, conn: u64 },
-    PeerRs { off: u64, len: u32, conn: u64 },
+    /// `mark`: number of the metadata write that records these blocks out of sync on this
+    /// disk (0: they already were), which must be durable before the acknowledgement.
+    PeerRs { off: u64, len: u32, conn: u64, mark: u64 },
     PeerFlush { epoch: u64, conn: u64 },
     RsRead { off: u64, len: u32, conn: u64, data: bool },
     CsumRead { off: u64, len: u32, conn: u64, hash: [u8; 32] },
@@ -379,13 +381,15 @@ enum MetaWaiter {
     TargetOutdated(u64),
     TargetReady(u64),
     TargetDone(u64),
+    /// A resync write whose out-of-sync mark is now durable: clear it and acknowledge.
+    RsAck { off: u64, len: u32, conn: u64 },
 }
 
 /// A frame from the peer waiting for an overlapping peer write to finish.
 #[derive(Debug)]
 enum PeerOp {
     Write { seq: u64, epoch: u64, off: u64, len: u32, flags: u8, data: Bytes },
-    Rs { off: u64, len: u32, flags: u8, data: Bytes },
+    Rs { off: u64, len: u32, flags: u8, data: Bytes, mark: u64 },
     Csum { off: u64, len: u32, hash: [u8; 32] },
 }
 
@@ -694,6 +698,9 @@ impl Replica {
 
     /// Schedules a metadata write covering the current state; returns its number.
     fn persist(&mut self, flush_first: bool) -> u64 {
+        // A SyncTarget's in-memory bitmap has bits cleared for resync writes that completed but
+        // may not be durable yet: such a bitmap goes to disk only after the data it covers.
+        let flush_first = flush_first || self.repl == ReplState::SyncTarget;
         if self.meta_in_flight {
             let f = self.meta_again.unwrap_or(false) || flush_first;
             self.meta_again = Some(f);
@@ -710,6 +717,18 @@ impl Replica {
             flush_data_first: flush_first,
         });
         self.meta_issued
+    }
+
+    /// A resync write is stable, or its blocks are durably marked on this disk: clear them and
+    /// let the source clear them too.
+    fn rs_acked(&mut self, off: u64, len: u32) {
+        let first = off / BLOCK;
+        let last = (off + u64::from(len)).div_ceil(BLOCK);
+        for b in first..last {
+            self.bitmap.clear(b);
+        }
+        self.resync_bytes += u64::from(len);
+        self.send(Msg::RsAck { offset: off, len });
     }
 
     fn persist_then(&mut self, flush_first: bool, w: MetaWaiter) {
@@ -917,16 +936,17 @@ impl Replica {
                     self.send(Msg::WriteAck { seq });
                 }
             }
-            Io::PeerRs { off, len, conn } => {
+            Io::PeerRs { off, len, conn, mark } => {
                 self.peer_active_remove(off, len);
                 if conn == self.conn_id && self.established && result.is_ok() {
-                    let first = off / BLOCK;
-                    let last = (off + u64::from(len)).div_ceil(BLOCK);
-                    for b in first..last {
-                        self.bitmap.clear(b);
+                    if mark > self.meta_done {
+                        // The source clears its bit on our acknowledgement, while the data
+                        // may still sit in a volatile cache: the acknowledgement waits until
+                        // this disk's own bitmap durably marks the blocks.
+                        self.meta_waiters.push((mark, MetaWaiter::RsAck { off, len, conn }));
+                    } else {
+                        self.rs_acked(off, len);
                     }
-                    self.resync_bytes += u64::from(len);
-                    self.send(Msg::RsAck { offset: off, len });
                 }
                 self.start_peer_waiting(now);
             }
@@ -1036,6 +1056,9 @@ impl Replica {
                                 self.handle_frame_authed(now, m);
                             }
                         }
+                        MetaWaiter::RsAck { off, len, conn } if conn == self.conn_id && self.established => {
+                            self.rs_acked(off, len);
+                        }
                         MetaWaiter::TargetDone(c) if c == self.conn_id => {
                             self.disk = DiskState::UpToDate;
                             self.repl = ReplState::Established;
@@ -1129,7 +1152,10 @@ impl Replica {
             self.gen.new_current(fresh);
             self.persist(false);
         } else if prev_repl == ReplState::SyncTarget || prev_repl == ReplState::SyncSource {
-            self.persist(false);
+            // A SyncTarget cleared bits for resync writes that may still sit in the cache (the
+            // source cleared them too, on our acknowledgement): the data must be durable before
+            // a bitmap without those bits is.
+            self.persist(prev_repl == ReplState::SyncTarget);
         }
         self.start_waiting();
     }
@@ -1377,7 +1403,21 @@ impl Replica {
                     self.close(now, "resync data outside the device");
                     return;
                 }
-                self.peer_waiting.push_back(PeerOp::Rs { off: offset, len, flags, data });
+                // DRBD's rule: a SyncTarget's bitmap clears a bit only once the data is stable,
+                // and a crashed SyncTarget resyncs again from its persisted bitmap. The source
+                // may resync blocks this disk never marked (written on the Primary after it sent
+                // its bitmap, before the handshake finished): mark them durably first, or a crash
+                // before the data is flushed would leave them missing and unmarked on both sides.
+                let first = offset / BLOCK;
+                let last = (offset + u64::from(len)).div_ceil(BLOCK);
+                let mut mark = 0;
+                if (first..last).any(|b| !self.bitmap.get(b)) {
+                    for b in first..last {
+                        self.bitmap.set(b);
+                    }
+                    mark = self.persist(true);
+                }
+                self.peer_waiting.push_back(PeerOp::Rs { off: offset, len, flags, data, mark });
                 self.start_peer_waiting(now);
             }
             Msg::RsCsum { offset, len, hash } => {
@@ -1675,13 +1715,13 @@ impl Replica {
                 PeerOp::Csum { off, len, hash } => {
                     self.io(Io::CsumRead { off, len, conn, hash }, DiskOp::Read { off, len });
                 }
-                PeerOp::Rs { off, len, flags, data } => {
+                PeerOp::Rs { off, len, flags, data, mark } => {
                     let disk_op = if flags & DATA_ZERO != 0 {
                         DiskOp::Zero { off, len, fua: false }
                     } else {
                         DiskOp::Write { off, data, fua: false }
                     };
-                    self.io(Io::PeerRs { off, len, conn }, disk_op);
+                    self.io(Io::PeerRs { off, len, conn, mark }, disk_op);
                 }
             }
         }

@@ -750,7 +750,18 @@ fn scenario_with(seed: u64, checksum_resync: bool) {
     }
     w.reconnect_at = Some(w.clock.now());
     w.run_until(Duration::from_secs(20), "resync convergence", World::synced);
-    assert!(w.nodes[0].disk.live() == w.nodes[1].disk.live(), "replicas differ after resync");
+    if w.nodes[0].disk.live() != w.nodes[1].disk.live() {
+        let differ: Vec<(u64, u64, u64)> = (0..BLOCKS)
+            .filter_map(|b| {
+                let (x, y) = (
+                    block_id(&w.nodes[0].disk.live()[(b * BLOCK) as usize..]),
+                    block_id(&w.nodes[1].disk.live()[(b * BLOCK) as usize..]),
+                );
+                (x != y).then_some((b, x, y))
+            })
+            .collect();
+        panic!("replicas differ after resync: (block, id on 0, id on 1) {differ:?}");
+    }
     if w.primary().is_none() {
         let now = w.clock.now();
         w.rep(0).unwrap().promote(now, false, 20).unwrap();

@@ -537,7 +537,12 @@ fn repair(
             for i in &items {
                 encode_item(i, &mut stream);
             }
-            meta.items = repo.chunker().split(&stream).into_iter().map(|c| writer.store(c.to_vec()).map(|x| x.0)).collect::<Result<_>>()?;
+            meta.items = repo
+                .chunker()
+                .split(&stream)
+                .into_iter()
+                .map(|c| writer.store(c.to_vec()).map(|x| x.0))
+                .collect::<Result<_>>()?;
             let id = repo.write_archive(&meta)?;
             replaced_archives.push(a.id);
             keep_archives.push(crate::archive::ManifestEntry { id, ..a });

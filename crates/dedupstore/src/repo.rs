@@ -152,6 +152,7 @@ pub struct Repository {
     crypto: Arc<Crypto>,
     chunker: Chunker,
     lock_wait: std::time::Duration,
+    bypass_lock: bool,
 }
 
 /// How long to wait for a lock another process holds (borg's `--lock-wait` default: 1 s).
@@ -205,6 +206,7 @@ impl Repository {
             config: body,
             backend,
             lock_wait: DEFAULT_LOCK_WAIT,
+            bypass_lock: false,
         };
         repo.write_manifest(&Manifest { version: 1, timestamp: now_ns(), archives: vec![] })?;
         // The config is written last: its presence means "initialised".
@@ -245,6 +247,7 @@ impl Repository {
             config: cfg.body,
             backend,
             lock_wait: DEFAULT_LOCK_WAIT,
+            bypass_lock: false,
         })
     }
 
@@ -339,7 +342,16 @@ impl Repository {
     /// Takes a shared reader lock (list, info, extract, check): any number of readers, no
     /// writer, so a concurrent prune or compact cannot remove what they read.
     pub fn shared_lock(&self) -> Result<RepoLock> {
+        if self.bypass_lock {
+            return Ok(RepoLock { backend: self.backend.clone(), name: String::new(), token: String::new() });
+        }
         RepoLock::acquire(self.backend.clone(), false, self.lock_wait)
+    }
+
+    /// Reads without a shared lock (borg's `--bypass-lock`): for looking at a repository a
+    /// writer is working on; what is read may be removed meanwhile by a prune or compact.
+    pub fn set_bypass_lock(&mut self, bypass: bool) {
+        self.bypass_lock = bypass;
     }
 
     /// Sets how long [`Repository::lock`] and [`Repository::shared_lock`] wait for a lock
@@ -597,8 +609,7 @@ impl RepoLock {
     fn acquire(backend: Arc<dyn Backend>, exclusive: bool, wait: std::time::Duration) -> Result<RepoLock> {
         let deadline = std::time::Instant::now() + wait;
         loop {
-            let attempt =
-                if exclusive { Self::try_exclusive(&backend)? } else { Self::try_shared(&backend)? };
+            let attempt = if exclusive { Self::try_exclusive(&backend)? } else { Self::try_shared(&backend)? };
             match attempt {
                 Attempt::Got(l) => return Ok(l),
                 Attempt::Busy(holder) => {

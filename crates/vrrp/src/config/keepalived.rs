@@ -387,7 +387,10 @@ fn instance(cx: &mut Ctx, n: &Node) -> Result<Instance, ConfigError> {
                     for f in ignored {
                         cx.warnings.push(Warning {
                             loc: Loc { col: 0, ..v.key.loc.clone() },
-                            msg: format!("virtual_ipaddress option '{f}' after {} is not supported (ignored)", v.key.text),
+                            msg: format!(
+                                "virtual_ipaddress option '{f}' after {} is not supported (ignored)",
+                                v.key.text
+                            ),
                         });
                     }
                 }

@@ -282,7 +282,8 @@ pub struct Vip {
 }
 
 /// `virtual_ipaddress` options we accept but do not act on (keepalived features out of scope).
-const VIP_IGNORED_FLAGS: &[&str] = &["home", "-nodad", "mngtmpaddr", "noprefixroute", "autojoin", "no_track", "use_vmac"];
+const VIP_IGNORED_FLAGS: &[&str] =
+    &["home", "-nodad", "mngtmpaddr", "noprefixroute", "autojoin", "no_track", "use_vmac"];
 const VIP_IGNORED_WITH_VALUE: &[&str] = &["peer", "preferred_lft"];
 
 fn scope_from(s: &str) -> Option<u8> {

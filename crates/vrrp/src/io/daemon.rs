@@ -252,7 +252,8 @@ impl Daemon {
         } else {
             vec![IpAddr::V4(wire::MCAST_V4)]
         };
-        let labels = InstanceLabels { instance: c.name.clone(), interface: c.interface.clone(), vrid: u32::from(c.vrid) };
+        let labels =
+            InstanceLabels { instance: c.name.clone(), interface: c.interface.clone(), vrid: u32::from(c.vrid) };
         Ok(Inst {
             labels: labels.clone(),
             cfg: c.clone(),
@@ -1048,7 +1049,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
                 }
                 Ev::Tick => {
                     ticks += 1;
-                    if ticks % 10 == 0 {
+                    if ticks == 10 {
+                        ticks = 0;
                         d.recompute_tracking(Instant::now());
                     }
                     d.publish();

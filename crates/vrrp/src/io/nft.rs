@@ -105,7 +105,7 @@ impl Attrs {
         self.put(ty | NLA_F_NESTED, &inner.0)
     }
     fn pad(&mut self) {
-        while self.0.len() % 4 != 0 {
+        while self.0.len() & 3 != 0 {
             self.0.push(0);
         }
     }
@@ -180,10 +180,7 @@ impl Batch {
         let mut first_err: Option<io::Error> = None;
         let mut buf = vec![0u8; 65536];
         while !pending.is_empty() {
-            let n = match (&s).read(&mut buf) {
-                Ok(n) => n,
-                Err(e) => return Err(e),
-            };
+            let n = (&s).read(&mut buf)?;
             let mut off = 0;
             while off + 16 <= n {
                 let len = read_host_u32(&buf[off..]) as usize;
@@ -292,10 +289,9 @@ fn create_table(family: u8) -> io::Result<()> {
         .be32(5, if v6 { 16 } else { 4 })
         .be32(10, SET_ID);
     b.msg("add set vips", NFT_MSG_NEWSET, NLM_F_CREATE, family, &s);
-    for (chain, hook, addr_off) in [
-        ("in", NF_INET_LOCAL_IN, if v6 { 24 } else { 16 }),
-        ("out", NF_INET_LOCAL_OUT, if v6 { 8 } else { 12 }),
-    ] {
+    for (chain, hook, addr_off) in
+        [("in", NF_INET_LOCAL_IN, if v6 { 24 } else { 16 }), ("out", NF_INET_LOCAL_OUT, if v6 { 8 } else { 12 })]
+    {
         let mut c = Attrs::default();
         c.str(1, TABLE)
             .str(3, chain)
@@ -342,7 +338,8 @@ fn set_elems(add: bool, family: u8, addrs: &[IpAddr]) -> io::Result<()> {
             });
         }
     });
-    let (what, ty) = if add { ("add to set vips", NFT_MSG_NEWSETELEM) } else { ("delete from set vips", NFT_MSG_DELSETELEM) };
+    let (what, ty) =
+        if add { ("add to set vips", NFT_MSG_NEWSETELEM) } else { ("delete from set vips", NFT_MSG_DELSETELEM) };
     b.msg(what, ty, if add { NLM_F_CREATE } else { 0 }, family, &a);
     b.commit()
 }
