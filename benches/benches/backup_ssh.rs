@@ -7,6 +7,7 @@
 //! cargo bench -p rempart-benches --bench backup_ssh
 //! ```
 //! Environment: `REMPART_BENCH_MB` (corpus size, default 256), `REMPART_BENCH_REPS` (default 3),
+//! `REMPART_BENCH_SSH_OPTS` (extra ssh options, e.g. `-c aes128-gcm@openssh.com`),
 //! `REMPART_BACKUP_BIN` (default `$CARGO_TARGET_DIR/release/rempart-backup` or
 //! `target/release/rempart-backup`). Needs root (sshd with its own configuration).
 //!
@@ -119,8 +120,9 @@ impl Sshd {
     fn rsh(&self) -> String {
         format!(
             "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
-             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-            self.base.join("client").display()
+             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o Compression=no {}",
+            self.base.join("client").display(),
+            std::env::var("REMPART_BENCH_SSH_OPTS").unwrap_or_default()
         )
     }
 }
@@ -173,6 +175,9 @@ fn main() {
             let t = Instant::now();
             must(ours(&rsh).current_dir(&out).arg("extract").arg(format!("{repo}::a")));
             let x = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            must(ours(&rsh).arg("list").arg(&repo));
+            let l = t.elapsed().as_secs_f64();
             std::fs::remove_dir_all(&out).unwrap();
             if remote {
                 let _ = std::fs::remove_dir_all(sshd.base.join("srv").join(format!("r{rep}")));
@@ -184,7 +189,7 @@ fn main() {
                 extract_local.push(x);
             }
             eprintln!(
-                "rep {rep} {}: create {c:.2} s ({:.0} MB/s), extract {x:.2} s ({:.0} MB/s)",
+                "rep {rep} {}: create {c:.2} s ({:.0} MB/s), extract {x:.2} s ({:.0} MB/s), list {l:.3} s",
                 if remote { "ssh  " } else { "local" },
                 mb as f64 * 1.048_576 / c,
                 mb as f64 * 1.048_576 / x

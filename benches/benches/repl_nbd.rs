@@ -512,9 +512,14 @@ fn main() {
         let b = s.b.clone().unwrap();
         let t = futures_block_on(async move {
             a.admin(Admin::Connect { discard_my_data: false }).await.unwrap();
+            let start = wait_until(&b, "resync start", |st| st.replication != ReplState::Off).await;
             // Done when the target has flushed and recorded itself UpToDate.
-            wait_until(&b, "resync", |st| st.disk == DiskState::UpToDate && st.replication == ReplState::Established)
-                .await
+            let t = wait_until(&b, "resync", |st| {
+                st.disk == DiskState::UpToDate && st.replication == ReplState::Established
+            })
+            .await;
+            eprintln!("resync: connected after {start:?}, then UpToDate after {t:?}");
+            start + t
         });
         resync.push(DIRTY_MIB as f64 / t.as_secs_f64());
         drop(s);

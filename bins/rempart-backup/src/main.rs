@@ -509,7 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve { restrict_to_paths, append_only, storage_quota } => {
             let storage_quota = storage_quota.as_deref().map(dedupstore::remote::parse_size).transpose()?;
             let opts = ServeOptions { restrict_to_paths, append_only, storage_quota };
-            let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
             let mut output = std::io::BufWriter::new(std::io::stdout().lock());
             dedupstore::remote::serve(opts, &mut input, &mut output)?;
             Ok(ExitCode::SUCCESS)

@@ -2,114 +2,12 @@
 //! forced commands (`command="rempart-backup serve --restrict-to-path … [--append-only]",restrict`).
 
 use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rempart-backup");
-
-/// A private sshd; killed (with every session it spawned) on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-    base: PathBuf,
-}
-
-fn sh(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    for k in kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()) {
-        out.extend(descendants(k));
-        out.push(k);
-    }
-    out
-}
-
-fn kill(pid: u32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-}
-
-impl Sshd {
-    /// Starts sshd with two client keys: `plain` (serve) and `ao` (serve --append-only), both
-    /// restricted to `base/srv`.
-    fn start(base: &Path) -> Sshd {
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        std::fs::create_dir_all(base.join("srv")).unwrap();
-        for k in ["hostkey", "plain", "ao"] {
-            sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(base.join(k)));
-        }
-        let srv = base.join("srv");
-        let mut auth = String::new();
-        for (k, extra) in [("plain", ""), ("ao", " --append-only")] {
-            let pubkey = std::fs::read_to_string(base.join(format!("{k}.pub"))).unwrap();
-            auth.push_str(&format!(
-                "command=\"{BIN} serve --restrict-to-path {}{extra}\",restrict {}",
-                srv.display(),
-                pubkey.trim()
-            ));
-            auth.push('\n');
-        }
-        std::fs::write(base.join("authorized_keys"), auth).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let cfg = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
-             LogLevel ERROR\n",
-            base.join("hostkey").display(),
-            base.join("authorized_keys").display()
-        );
-        std::fs::write(base.join("sshd_config"), cfg).unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(base.join("sshd_config"))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Sshd { child, port, base: base.to_path_buf() };
-        rempart_testkit::wait::until(Duration::from_secs(10), "sshd listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .unwrap();
-        d
-    }
-
-    fn rsh(&self, key: &str) -> String {
-        format!(
-            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
-             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-            self.base.join(key).display()
-        )
-    }
-
-    fn url(&self, repo: &str) -> String {
-        format!("ssh://root@127.0.0.1:{}{}/{repo}", self.port, self.base.join("srv").display())
-    }
-
-    /// Kills every running ssh session (not the listener).
-    fn kill_sessions(&self) -> usize {
-        let d = descendants(self.child.id());
-        for &p in &d {
-            kill(p);
-        }
-        d.len()
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        for p in descendants(self.child.id()) {
-            kill(p);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod sshd;
+use sshd::{descendants, kill, Sshd, BIN};
 
 fn ours(home: &Path, rsh: &str) -> Command {
     let mut c = Command::new(BIN);
@@ -215,7 +113,7 @@ fn create_list_extract_check_over_real_ssh_and_restrict_to_path() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
     let sshd = Sshd::start(&home.join("ssh"));
-    let rsh = sshd.rsh("plain");
+    let rsh = sshd.rsh();
     let url = sshd.url("repo");
     let src = home.join("src");
     write_tree(&src, 1, 4, 300_000);
@@ -264,7 +162,7 @@ fn append_only_refuses_delete_prune_compact_and_rollback_restores() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
     let sshd = Sshd::start(&home.join("ssh"));
-    let rsh = sshd.rsh("ao");
+    let rsh = sshd.rsh_with("ao");
     let url = sshd.url("repo");
     let server_repo = sshd.base.join("srv/repo");
     let src1 = home.join("src1");
@@ -348,7 +246,7 @@ fn broken_connection_is_exit_2_and_leaves_the_repository_consistent() {
     assert!(err.contains("cannot start ssh command"), "{err}");
 
     let sshd = Sshd::start(&home.join("ssh"));
-    let rsh = sshd.rsh("ao");
+    let rsh = sshd.rsh_with("ao");
     let url = sshd.url("repo");
     let server_repo = sshd.base.join("srv/repo");
     let small = home.join("small");

@@ -332,6 +332,7 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         peer_latency: Arc::new(Mutex::new(Histogram::default())),
     };
     let listener = TcpListener::bind(link.listen).await?;
+    let conn_wake = Arc::new(tokio::sync::Notify::new());
     let actor = Actor {
         rep: replica,
         rx,
@@ -344,11 +345,12 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         admin_waiting: Vec::new(),
         can_serve: handle.can_serve.clone(),
         wants_conn: handle.wants_conn.clone(),
+        conn_wake: conn_wake.clone(),
         local_latency: handle.local_latency.clone(),
         peer_latency: handle.peer_latency.clone(),
     };
     tokio::spawn(actor.run());
-    tokio::spawn(link_manager(listener, link.dial, tx, handle.wants_conn.clone()));
+    tokio::spawn(link_manager(listener, link.dial, tx, handle.wants_conn.clone(), conn_wake));
     Ok(handle)
 }
 
@@ -364,6 +366,8 @@ struct Actor {
     admin_waiting: Vec<oneshot::Sender<Result<(), String>>>,
     can_serve: Arc<AtomicBool>,
     wants_conn: Arc<AtomicBool>,
+    /// Wakes the dialer at once when the replica starts wanting a connection (`connect`).
+    conn_wake: Arc<tokio::sync::Notify>,
     local_latency: Arc<Mutex<Histogram>>,
     peer_latency: Arc<Mutex<Histogram>>,
 }
@@ -543,7 +547,10 @@ impl Actor {
             let _ = r.send(Ok(()));
         }
         self.can_serve.store(self.rep.can_serve(), Ordering::Release);
-        self.wants_conn.store(self.rep.wants_connection(), Ordering::Release);
+        let wants = self.rep.wants_connection();
+        if !self.wants_conn.swap(wants, Ordering::AcqRel) && wants {
+            self.conn_wake.notify_one();
+        }
     }
 }
 
@@ -552,6 +559,7 @@ async fn link_manager(
     dial: Option<SocketAddr>,
     tx: mpsc::UnboundedSender<Cmd>,
     wants: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
 ) {
     let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
     // Accept loop: the peer dials us (or re-dials after a failure).
@@ -602,6 +610,7 @@ async fn link_manager(
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = wake.notified() => {}
         }
     }
 }

@@ -362,15 +362,44 @@ struct AppFlush {
 enum Io {
     AppWrite(u64),
     AppFlush(u64),
-    PeerWrite { seq: u64, epoch: u64, conn: u64 },
+    PeerWrite {
+        seq: u64,
+        epoch: u64,
+        conn: u64,
+    },
     /// `mark`: number of the metadata write that records these blocks out of sync on this
     /// disk (0: they already were), which must be durable before the acknowledgement.
-    PeerRs { off: u64, len: u32, conn: u64, mark: u64 },
-    PeerFlush { epoch: u64, conn: u64 },
-    RsRead { off: u64, len: u32, conn: u64, data: bool },
-    CsumRead { off: u64, len: u32, conn: u64, hash: [u8; 32] },
-    VerifyRead { off: u64, len: u32, conn: u64, reply: bool },
-    TargetFinalFlush { conn: u64 },
+    PeerRs {
+        off: u64,
+        len: u32,
+        conn: u64,
+        mark: u64,
+    },
+    PeerFlush {
+        epoch: u64,
+        conn: u64,
+    },
+    RsRead {
+        off: u64,
+        len: u32,
+        conn: u64,
+        data: bool,
+    },
+    CsumRead {
+        off: u64,
+        len: u32,
+        conn: u64,
+        hash: [u8; 32],
+    },
+    VerifyRead {
+        off: u64,
+        len: u32,
+        conn: u64,
+        reply: bool,
+    },
+    TargetFinalFlush {
+        conn: u64,
+    },
     Meta(u64),
 }
 
@@ -382,7 +411,11 @@ enum MetaWaiter {
     TargetReady(u64),
     TargetDone(u64),
     /// A resync write whose out-of-sync mark is now durable: clear it and acknowledge.
-    RsAck { off: u64, len: u32, conn: u64 },
+    RsAck {
+        off: u64,
+        len: u32,
+        conn: u64,
+    },
 }
 
 /// A frame from the peer waiting for an overlapping peer write to finish.

@@ -794,6 +794,15 @@ fn replication_survives_crashes_and_partitions_seeds_751_1000() {
     run_seeds("replication_survives_crashes_and_partitions_seeds_751_1000", seeds(4), scenario);
 }
 
+/// Seed 2229 (of a 3000-seed sweep): the Primary wrote blocks after sending its bitmap, during
+/// the handshake; the SyncTarget never marked them, acknowledged their resync data while it sat
+/// in the cache, and crashed: both sides had cleared the bits and the blocks stayed missing. A
+/// SyncTarget now marks such blocks durably before it acknowledges them.
+#[test]
+fn resync_of_blocks_the_target_never_marked_survives_a_target_crash_seed_2229() {
+    run_seeds("resync_of_blocks_the_target_never_marked_survives_a_target_crash_seed_2229", [2229], scenario);
+}
+
 #[test]
 fn checksum_resync_survives_crashes_and_partitions() {
     run_seeds("checksum_resync_survives_crashes_and_partitions", 101..=104, |seed| scenario_with(seed, true));

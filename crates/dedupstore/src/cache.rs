@@ -2,6 +2,13 @@
 //! are not read again. It is an accelerator only: every entry is checked against the repository
 //! index before use, and deleting the cache just means the next `create` reads every file.
 //!
+//! The same database holds the chunk index (every blob location of every pack, in load order)
+//! and each chunk's reference count over all archives. It is tagged with the sorted names of
+//! the repository's index files and the sorted ids of its archives; when either differs from
+//! the repository (another client wrote, a compact or delete ran, a run crashed), the cache is
+//! rebuilt from the repository. `create` adds its packs and references in the files-cache
+//! transaction, committed only after the repository committed the manifest.
+//!
 //! # Fixing borg #5992
 //!
 //! A file modified twice within one tick of the file system's timestamp clock can keep the same
@@ -11,8 +18,10 @@
 //! within [`RACY_WINDOW_NS`] of the moment we started reading it (or in the future); only racy
 //! entries are re-read. A file written an hour before the backup is trusted on the next run.
 
-use crate::archive::Extent;
+use crate::archive::{Extent, Manifest};
 use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::repo::{BlobEntry, Index, Repository};
 use std::path::{Path, PathBuf};
 
 /// Margin covering coarse file-system timestamps (FAT: 2 s; ext4/xfs/tmpfs: a jiffy).
@@ -40,6 +49,7 @@ pub struct FileEntry {
 pub struct FilesCache {
     conn: rusqlite::Connection,
     path: PathBuf,
+    refs_failed: std::cell::Cell<bool>,
 }
 
 fn db_err(path: &Path, e: rusqlite::Error) -> Error {
@@ -58,10 +68,15 @@ impl FilesCache {
              CREATE TABLE IF NOT EXISTS files (
                 path BLOB PRIMARY KEY, ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER,
                 chunks BLOB, racy INTEGER);
+             CREATE TABLE IF NOT EXISTS chunk_index (
+                seq INTEGER PRIMARY KEY, pack BLOB, id BLOB, offset INTEGER, len INTEGER,
+                ulen INTEGER);
+             CREATE TABLE IF NOT EXISTS refcounts (id BLOB PRIMARY KEY, n INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
              BEGIN;",
         )
         .map_err(|e| db_err(&path, e))?;
-        Ok(FilesCache { conn, path })
+        Ok(FilesCache { conn, path, refs_failed: std::cell::Cell::new(false) })
     }
 
     /// The cached entry of a path.
@@ -113,6 +128,199 @@ impl FilesCache {
         self.conn.execute_batch("COMMIT; BEGIN;").map_err(|e| db_err(&self.path, e))
     }
 
+    /// The repository's chunk index, from the cache if the cache was built from exactly the
+    /// index files the repository lists now and the archives its manifest names, else rebuilt
+    /// from the repository with the chunk reference counts (and stored, committed at once: it
+    /// only mirrors what the repository has committed). Returns whether the cache was used.
+    pub fn load_index(&self, repo: &Repository) -> Result<(Index, bool)> {
+        let r = |e| db_err(&self.path, e);
+        let gen = generation(repo.backend().list(crate::backend::FileType::Index)?);
+        let mgen = manifest_generation(&repo.manifest()?);
+        if self.meta("index_generation")?.as_deref() == Some(gen.as_slice())
+            && self.meta("manifest_generation")?.as_deref() == Some(mgen.as_slice())
+        {
+            if let Some(files) = self.meta("index_files")? {
+                let mut idx = Index { files: ids(&files), ..Index::default() };
+                let mut st =
+                    self.conn.prepare("SELECT pack, id, offset, len, ulen FROM chunk_index ORDER BY seq").map_err(r)?;
+                let mut rows = st.query([]).map_err(r)?;
+                let mut cur: Option<(Id, Vec<BlobEntry>)> = None;
+                while let Some(row) = rows.next().map_err(r)? {
+                    let pack: Vec<u8> = row.get(0).map_err(r)?;
+                    let id: Vec<u8> = row.get(1).map_err(r)?;
+                    let (Ok(pack), Ok(id)) = (<[u8; 32]>::try_from(pack), <[u8; 32]>::try_from(id)) else {
+                        return self.rebuild(repo, gen);
+                    };
+                    let b = BlobEntry {
+                        id: Id(id),
+                        offset: row.get(2).map_err(r)?,
+                        len: row.get(3).map_err(r)?,
+                        ulen: row.get(4).map_err(r)?,
+                    };
+                    match &mut cur {
+                        Some((p, v)) if p.0 == pack => v.push(b),
+                        _ => {
+                            if let Some((p, v)) = cur.take() {
+                                idx.add_pack(p, v);
+                            }
+                            cur = Some((Id(pack), vec![b]));
+                        }
+                    }
+                }
+                if let Some((p, v)) = cur {
+                    idx.add_pack(p, v);
+                }
+                return Ok((idx, true));
+            }
+        }
+        self.rebuild(repo, gen)
+    }
+
+    fn rebuild(&self, repo: &Repository, gen: Vec<u8>) -> Result<(Index, bool)> {
+        let idx = repo.load_index()?;
+        let r = |e| db_err(&self.path, e);
+        self.conn.execute("DELETE FROM chunk_index", []).map_err(r)?;
+        let mut packs: Vec<_> = idx.packs.iter().collect();
+        packs.sort_by_key(|(p, _)| **p);
+        for (p, blobs) in packs {
+            self.add_blobs(p, blobs)?;
+        }
+        self.set_meta("index_files", &idx.files.iter().flat_map(|i| i.0).collect::<Vec<u8>>())?;
+        self.set_meta("index_generation", &gen)?;
+        // reference counts: every chunk of every archive (item stream and file contents). An
+        // archive that cannot be read (damaged repository) leaves the counts unmarked, so they
+        // are never trusted, but the index is still served: the cache must not break `create`.
+        self.conn.execute("DELETE FROM refcounts", []).map_err(r)?;
+        self.conn.execute("DELETE FROM meta WHERE key = 'manifest_generation'", []).map_err(r)?;
+        let count = || -> Result<Manifest> {
+            let m = repo.manifest()?;
+            for a in &m.archives {
+                for id in &repo.archive(&a.id)?.items {
+                    self.add_ref(id);
+                }
+                for item in crate::extract::archive_items(repo, &idx, &a.name)? {
+                    for c in &item.chunks {
+                        if let Extent::Data { id, .. } = c {
+                            self.add_ref(id);
+                        }
+                    }
+                }
+            }
+            Ok(m)
+        };
+        match count() {
+            Ok(m) if !self.refs_failed.get() => self.set_meta("manifest_generation", &manifest_generation(&m))?,
+            Ok(_) => {}
+            Err(e) => tracing::warn!("chunk reference counts not cached: {e}"),
+        }
+        self.commit()?;
+        Ok((idx, false))
+    }
+
+    /// Counts one more reference to a chunk (committed by [`FilesCache::commit`]). A failure is
+    /// remembered: the counts are then not marked valid for the new manifest.
+    pub fn add_ref(&self, id: &Id) {
+        let res = self
+            .conn
+            .prepare_cached("INSERT INTO refcounts VALUES (?1, 1) ON CONFLICT(id) DO UPDATE SET n = n + 1")
+            .and_then(|mut st| st.execute([&id.0[..]]));
+        if res.is_err() {
+            self.refs_failed.set(true);
+        }
+    }
+
+    /// Reference counts of all chunks.
+    pub fn refcounts(&self) -> Result<std::collections::HashMap<Id, u64>> {
+        let r = |e| db_err(&self.path, e);
+        let mut st = self.conn.prepare("SELECT id, n FROM refcounts").map_err(r)?;
+        let mut rows = st.query([]).map_err(r)?;
+        let mut out = std::collections::HashMap::new();
+        while let Some(row) = rows.next().map_err(r)? {
+            let id: Vec<u8> = row.get(0).map_err(r)?;
+            let n: i64 = row.get(1).map_err(r)?;
+            if let Ok(id) = <[u8; 32]>::try_from(id) {
+                out.insert(Id(id), n as u64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a `create` committed its archive: the manifest went from `before` to `after`,
+    /// adding one archive whose item stream is `items` (its file chunks were counted with
+    /// [`FilesCache::add_ref`]). If the cached counts matched `before` and nothing else changed,
+    /// they now match `after`; otherwise they are marked stale (rebuilt on the next open).
+    pub fn add_archive(&self, before: &Manifest, after: &Manifest, items: &[Id]) -> Result<()> {
+        for id in items {
+            self.add_ref(id);
+        }
+        let only_added = after.archives.len() == before.archives.len() + 1
+            && before.archives.iter().all(|a| after.archives.iter().any(|b| b.id == a.id));
+        let was_valid = self.meta("manifest_generation")?.as_deref() == Some(manifest_generation(before).as_slice());
+        if only_added && was_valid && !self.refs_failed.get() {
+            self.set_meta("manifest_generation", &manifest_generation(after))
+        } else {
+            self.conn
+                .execute("DELETE FROM meta WHERE key = 'manifest_generation'", [])
+                .map(|_| ())
+                .map_err(|e| db_err(&self.path, e))
+        }
+    }
+
+    fn add_blobs(&self, pack: &Id, blobs: &[BlobEntry]) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT INTO chunk_index (pack, id, offset, len, ulen) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(|e| db_err(&self.path, e))?;
+        for b in blobs {
+            st.execute(rusqlite::params![&pack.0[..], &b.id.0[..], b.offset, b.len, b.ulen])
+                .map_err(|e| db_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Records packs and index files a `create` wrote (committed by [`FilesCache::commit`],
+    /// which the caller runs after the repository committed them).
+    pub fn add_to_index(&self, packs: &[(Id, Vec<BlobEntry>)], index_files: &[Id]) -> Result<()> {
+        let Some(mut files) = self.meta("index_files")? else { return Ok(()) };
+        let Some(gen) = self.meta("index_generation")? else { return Ok(()) };
+        let mut names: Vec<String> =
+            String::from_utf8_lossy(&gen).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        for p in packs {
+            self.add_blobs(&p.0, &p.1)?;
+        }
+        for f in index_files {
+            files.extend_from_slice(&f.0);
+            names.push(f.to_hex());
+        }
+        self.set_meta("index_files", &files)?;
+        self.set_meta("index_generation", &generation(names))
+    }
+
+    /// Number of chunk locations in the cached index.
+    pub fn index_len(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM chunk_index", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| db_err(&self.path, e))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut st =
+            self.conn.prepare_cached("SELECT value FROM meta WHERE key = ?1").map_err(|e| db_err(&self.path, e))?;
+        let mut rows = st.query([key]).map_err(|e| db_err(&self.path, e))?;
+        match rows.next().map_err(|e| db_err(&self.path, e))? {
+            Some(r) => Ok(Some(r.get(0).map_err(|e| db_err(&self.path, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", rusqlite::params![key, value])
+            .map(|_| ())
+            .map_err(|e| db_err(&self.path, e))
+    }
+
     /// Number of entries.
     pub fn len(&self) -> Result<u64> {
         self.conn
@@ -125,6 +333,21 @@ impl FilesCache {
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
+}
+
+/// The identity of an index state: its sorted index file names.
+fn generation(mut names: Vec<String>) -> Vec<u8> {
+    names.sort();
+    names.join(",").into_bytes()
+}
+
+/// The identity of a manifest state: its sorted archive ids.
+fn manifest_generation(m: &Manifest) -> Vec<u8> {
+    generation(m.archives.iter().map(|a| a.id.to_hex()).collect())
+}
+
+fn ids(b: &[u8]) -> Vec<Id> {
+    b.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).map(Id).collect()
 }
 
 #[cfg(test)]

@@ -225,6 +225,9 @@ impl Walker<'_> {
 
     /// Counts a chunk reference for the compressed-size statistic (memory: new chunks only).
     fn reference(&mut self, id: Id) {
+        if let Some(c) = &self.cache {
+            c.add_ref(&id);
+        }
         if let Some(w) = &self.writer {
             match w.known().chunks.get(&id) {
                 Some(l) => self.refs_known += u64::from(l.len),
@@ -546,7 +549,14 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         return Err(Error::ArchiveExists(opts.name.clone()));
     }
     let start = Utc::now();
-    let index = Arc::new(repo.load_index()?);
+    let cache = match (&opts.cache_dir, opts.dry_run) {
+        (Some(d), false) => Some(FilesCache::open(d, &repo.config().id)?),
+        _ => None,
+    };
+    let index = Arc::new(match &cache {
+        Some(c) => c.load_index(repo)?.0,
+        None => repo.load_index()?,
+    });
     let writer = if opts.dry_run {
         None
     } else {
@@ -561,10 +571,6 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
                 ..WriterOptions::default()
             },
         ))
-    };
-    let cache = match (&opts.cache_dir, opts.dry_run) {
-        (Some(d), false) => Some(FilesCache::open(d, &repo.config().id)?),
-        _ => None,
     };
     let checkpoint_name = (0..)
         .map(|n| if n == 0 { format!("{}.checkpoint", opts.name) } else { format!("{}.checkpoint.{n}", opts.name) })
@@ -644,7 +650,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
     } else {
         let id = repo.write_archive(&meta)?;
         // Checkpoints wrote the manifest since we read it; we hold the lock, nobody else did.
-        let mut m = if w.checkpoint.is_some() { repo.manifest()? } else { manifest };
+        let mut m = if w.checkpoint.is_some() { repo.manifest()? } else { manifest.clone() };
         // Success supersedes every checkpoint of this name (this run's and earlier ones).
         let (old_checkpoints, keep): (Vec<_>, Vec<_>) =
             m.archives.into_iter().partition(|a| is_checkpoint_of(&a.name, &opts.name));
@@ -656,6 +662,10 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
             repo.backend().remove(crate::backend::FileType::Archive, &a.id.to_hex())?;
         }
         if let Some(c) = &w.cache {
+            if let Some(out) = &out {
+                c.add_to_index(&out.packs, &out.index_files)?;
+            }
+            c.add_archive(&manifest, &m, &meta.items)?;
             c.commit()?;
         }
         id

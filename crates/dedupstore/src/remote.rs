@@ -490,6 +490,18 @@ impl SshBackend {
         Ok(b)
     }
 
+    /// One `ReadPart` round trip, exactly `len` bytes.
+    fn read_part_exact(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut p = [0u8; 16];
+        p[..8].copy_from_slice(&offset.to_be_bytes());
+        p[8..].copy_from_slice(&len.to_be_bytes());
+        let v = self.call(RequestRepr { op: Op::ReadPart, file_type: t, name, payload: &p })?;
+        if v.len() as u64 != len {
+            return Err(Error::integrity(format!("{} {name}", self.location), "short read from the server"));
+        }
+        Ok(v)
+    }
+
     /// Whether the server runs with `--append-only`.
     pub fn append_only(&self) -> bool {
         self.append_only
@@ -658,14 +670,7 @@ impl Backend for SshBackend {
         self.call(RequestRepr { op: Op::Read, file_type: t, name, payload: &[] })
     }
     fn read_part(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut p = [0u8; 16];
-        p[..8].copy_from_slice(&offset.to_be_bytes());
-        p[8..].copy_from_slice(&len.to_be_bytes());
-        let v = self.call(RequestRepr { op: Op::ReadPart, file_type: t, name, payload: &p })?;
-        if v.len() as u64 != len {
-            return Err(Error::integrity(format!("{} {name}", self.location), "short read from the server"));
-        }
-        Ok(v)
+        self.read_part_exact(t, name, offset, len)
     }
     fn size(&self, t: FileType, name: &str) -> Result<u64> {
         let v = self.call(RequestRepr { op: Op::Size, file_type: t, name, payload: &[] })?;
@@ -867,7 +872,7 @@ impl Server {
             }
             Op::Write => {
                 if self.opts.append_only {
-                    if let Some(a) = self.append_only_write(&b, r) {
+                    if let Some(a) = Self::append_only_write(&b, r) {
                         return a;
                     }
                 }
@@ -903,7 +908,7 @@ impl Server {
     }
 
     /// Append-only policy for writes: `None` lets the write proceed.
-    fn append_only_write(&self, b: &LocalBackend, r: &RequestRepr<'_>) -> Option<Answer> {
+    fn append_only_write(b: &LocalBackend, r: &RequestRepr<'_>) -> Option<Answer> {
         let t = r.file_type;
         if t == FileType::Manifest {
             // Every version is kept: manifests/<seq> (the current one included).
@@ -937,21 +942,172 @@ fn unreachable_hello() -> Result<Vec<u8>> {
     Err(Error::InvalidArgument("Hello handled above".into()))
 }
 
-/// Serves requests from `input` until it ends (the client closed the connection).
-pub fn serve(opts: ServeOptions, input: &mut impl Read, output: &mut impl Write) -> Result<()> {
-    let mut s = Server::new(opts);
-    loop {
-        let body = match read_frame(input) {
-            Ok(Some(b)) => b,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(Error::io("<client>", e)),
-        };
-        let ans = s.handle(&body);
-        output.write_all(&ans).map_err(|e| Error::io("<client>", e))?;
-        // Flush only when no further request is already buffered is not knowable for a
-        // generic reader; flushing each answer keeps latency low and costs one syscall.
-        output.flush().map_err(|e| Error::io("<client>", e))?;
+/// Whether a request may run off the reading thread: writes of content-addressed objects, which
+/// nothing refers to until a later manifest (or index) write, and that write waits for them.
+fn offloadable(r: &RequestRepr<'_>) -> bool {
+    r.op == Op::Write && matches!(r.file_type, FileType::Pack | FileType::Index | FileType::Archive)
+}
+
+/// Writes one content-addressed object (a request body that [`offloadable`] accepted, already
+/// counted against the quota); returns the response frame. Runs on a worker thread.
+fn store(b: &LocalBackend, append_only: bool, body: &[u8]) -> Vec<u8> {
+    let (status, payload) = match RequestPacket::new_checked(body).and_then(|p| {
+        let p: RequestPacket<&[u8]> = p;
+        RequestRepr::parse(&p).map(|r| {
+            if append_only {
+                if let Some(a) = Server::append_only_write(b, &r) {
+                    return a;
+                }
+            }
+            match b.write(r.file_type, r.name, r.payload) {
+                Ok(()) => (Status::Ok, vec![]),
+                Err(e) => err_answer(e),
+            }
+        })
+    }) {
+        Ok(a) => a,
+        Err(e) => (Status::Failed, e.to_string().into_bytes()),
+    };
+    ResponseRepr { status, payload: &payload }.to_frame()
+}
+
+impl Server {
+    /// The backend to write this request with on a worker thread, if it can run there (counts
+    /// it against the quota; a request over the quota stays on the reading thread, refused).
+    fn offload(&mut self, body: &[u8]) -> Option<LocalBackend> {
+        let p = RequestPacket::new_checked(body).ok()?;
+        let r = RequestRepr::parse(&p).ok()?;
+        let b = self.backend.clone()?;
+        if !offloadable(&r) || self.over_quota(&b, r.payload.len()) {
+            return None;
+        }
+        Some(b)
     }
+}
+
+type Job = (u64, LocalBackend, Vec<u8>);
+
+/// Serves requests from `input` until it ends (the client closed the connection).
+///
+/// The client pipelines object writes, so the reading thread hands each one to a small pool of
+/// workers (write, fsync, rename, fsync the directory) and goes on reading the link: receiving
+/// the next pack overlaps with storing the previous ones, as the local case's upload threads do.
+/// Answers still go out in request order, and any other request (a manifest write above all)
+/// first waits until every earlier write is durable and answered, so an acknowledged object is
+/// on disk before the manifest that names it is written.
+///
+/// `input` is read on its own thread (so answers go out as soon as their write is durable, even
+/// while no further request arrives), hence `Send`.
+pub fn serve<R: Read + Send>(opts: ServeOptions, input: &mut R, output: &mut impl Write) -> Result<()> {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4);
+    let append_only = opts.append_only;
+    let mut s = Server::new(opts);
+    let (jtx, jrx) = crossbeam_channel::bounded::<Job>(workers);
+    let (rtx, rrx) = crossbeam_channel::unbounded::<(u64, Vec<u8>)>();
+    std::thread::scope(|sc| {
+        for _ in 0..workers {
+            let (jrx, rtx) = (jrx.clone(), rtx.clone());
+            sc.spawn(move || {
+                for (seq, b, body) in jrx {
+                    if rtx.send((seq, store(&b, append_only, &body))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(rtx);
+        let (ftx, frx) = crossbeam_channel::bounded::<std::io::Result<Option<Vec<u8>>>>(2);
+        sc.spawn(move || loop {
+            let f = read_frame(input);
+            let end = !matches!(f, Ok(Some(_)));
+            if ftx.send(f).is_err() || end {
+                return;
+            }
+        });
+        let r = serve_loop(&mut s, &frx, output, &jtx, &rrx);
+        drop(jtx);
+        r
+    })
+}
+
+fn worker_lost() -> Error {
+    Error::InvalidArgument("server worker threads ended".into())
+}
+
+/// Writes, in order, every answer before request `upto` (waiting for them if `wait`).
+fn emit(
+    output: &mut impl Write,
+    results: &crossbeam_channel::Receiver<(u64, Vec<u8>)>,
+    done: &mut HashMap<u64, Vec<u8>>,
+    next_out: &mut u64,
+    upto: u64,
+    wait: bool,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("<client>", e);
+    let before = *next_out;
+    while *next_out < upto {
+        if let Some(f) = done.remove(next_out) {
+            output.write_all(&f).map_err(io)?;
+            *next_out += 1;
+            continue;
+        }
+        let (k, f) = if wait {
+            results.recv().map_err(|_| worker_lost())?
+        } else {
+            match results.try_recv() {
+                Ok(x) => x,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(worker_lost()),
+            }
+        };
+        done.insert(k, f);
+    }
+    if *next_out != before {
+        output.flush().map_err(io)?;
+    }
+    Ok(())
+}
+
+fn serve_loop(
+    s: &mut Server,
+    frames: &crossbeam_channel::Receiver<std::io::Result<Option<Vec<u8>>>>,
+    output: &mut impl Write,
+    jobs: &crossbeam_channel::Sender<Job>,
+    results: &crossbeam_channel::Receiver<(u64, Vec<u8>)>,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("<client>", e);
+    // Answers of offloaded writes, by request number, until their turn comes.
+    let mut done: HashMap<u64, Vec<u8>> = HashMap::new();
+    let (mut next_in, mut next_out) = (0u64, 0u64);
+    loop {
+        let body = crossbeam_channel::select! {
+            recv(frames) -> f => match f {
+                Ok(Ok(Some(b))) => b,
+                Ok(Ok(None)) | Err(_) => break,
+                Ok(Err(e)) => return Err(io(e)),
+            },
+            recv(results) -> r => {
+                let (k, f) = r.map_err(|_| worker_lost())?;
+                done.insert(k, f);
+                emit(output, results, &mut done, &mut next_out, next_in, false)?;
+                continue;
+            }
+        };
+        let seq = next_in;
+        next_in += 1;
+        if let Some(b) = s.offload(&body) {
+            jobs.send((seq, b, body)).map_err(|_| worker_lost())?;
+            emit(output, results, &mut done, &mut next_out, seq, false)?;
+        } else {
+            emit(output, results, &mut done, &mut next_out, seq, true)?;
+            let ans = s.handle(&body);
+            output.write_all(&ans).map_err(io)?;
+            output.flush().map_err(io)?;
+            next_out += 1;
+        }
+    }
+    // The client closed its side; it may still read the last answers.
+    emit(output, results, &mut done, &mut next_out, next_in, true)
 }
 
 /// Manifest versions kept by an append-only server, oldest first: (sequence, path).
@@ -1122,6 +1278,46 @@ mod tests {
             let a = Server::new(opts).handle(&data);
             assert!(ResponseRepr::parse(&a[4..]).is_ok());
         }
+    }
+
+    #[test]
+    fn serve_answers_pipelined_writes_while_no_further_request_comes() {
+        use std::os::unix::net::UnixStream;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client_tx, mut server_rx) = UnixStream::pair().unwrap();
+        let (mut server_tx, client_rx) = UnixStream::pair().unwrap();
+        // A server that only answered writes when the next request arrived would hang here:
+        // fail after 30 s instead.
+        client_rx.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let server = std::thread::spawn(move || serve(ServeOptions::default(), &mut server_rx, &mut server_tx));
+        let path = dir.path().join("r").display().to_string().into_bytes();
+        let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
+        let names: Vec<String> = (0..6).map(|i| format!("aa{i:02}")).collect();
+        let mut frames = vec![cfg(Op::Hello, &path).to_frame(), cfg(Op::Create, &[]).to_frame()];
+        for n in &names {
+            frames.push(
+                RequestRepr { op: Op::Write, file_type: FileType::Pack, name: n, payload: &[7u8; 100_000] }.to_frame(),
+            );
+        }
+        for f in &frames {
+            client_tx.write_all(f).unwrap();
+        }
+        let mut rx = BufReader::new(client_rx);
+        for _ in 0..frames.len() {
+            let body = read_frame(&mut rx).unwrap().unwrap();
+            assert_eq!(ResponseRepr::parse(&body).unwrap().status, Status::Ok);
+        }
+        // Acknowledged means stored.
+        for n in &names {
+            assert_eq!(std::fs::read(dir.path().join("r/data/aa").join(n)).unwrap().len(), 100_000);
+        }
+        let m = RequestRepr { op: Op::Write, file_type: FileType::Manifest, name: "manifest", payload: b"m" };
+        client_tx.write_all(&m.to_frame()).unwrap();
+        let body = read_frame(&mut rx).unwrap().unwrap();
+        assert_eq!(ResponseRepr::parse(&body).unwrap().status, Status::Ok);
+        drop(client_tx);
+        server.join().unwrap().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("r/manifest")).unwrap(), b"m");
     }
 
     #[test]

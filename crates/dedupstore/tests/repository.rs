@@ -668,3 +668,100 @@ fn check_repair_zero_fills_damaged_chunks_rebuilds_the_index_and_heals() {
     assert!(r.ok(), "{:?}", r.errors);
     assert!(r.zero_filled.iter().all(|(a, _)| a == "b"), "{:?}", r.zero_filled);
 }
+
+/// The cached chunk index equals the repository's (same chunks, locations and sizes, same packs).
+fn assert_cached_index_matches(repo: &Repository, cache: &Path, expect_used: bool) {
+    let c = dedupstore::cache::FilesCache::open(cache, &repo.config().id).unwrap();
+    let (idx, used) = c.load_index(repo).unwrap();
+    assert_eq!(used, expect_used, "cache used");
+    let real = repo.load_index().unwrap();
+    assert!(!real.chunks.is_empty());
+    let sizes = |i: &dedupstore::repo::Index| {
+        let mut v: Vec<_> = i.chunks.iter().map(|(id, l)| (*id, l.len, l.ulen)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sizes(&idx), sizes(&real));
+    assert_eq!(idx.packs, real.packs);
+    let mut f1 = idx.files.clone();
+    let mut f2 = real.files.clone();
+    f1.sort();
+    f2.sort();
+    assert_eq!(f1, f2);
+    assert_eq!(c.index_len().unwrap(), real.packs.values().map(|b| b.len() as u64).sum::<u64>());
+    // reference counts: every chunk reference of every archive in the manifest
+    let mut refs = std::collections::HashMap::new();
+    for a in repo.manifest().unwrap().archives {
+        for id in repo.archive(&a.id).unwrap().items {
+            *refs.entry(id).or_insert(0u64) += 1;
+        }
+        for item in archive_items(repo, &real, &a.name).unwrap() {
+            for e in item.chunks {
+                if let Extent::Data { id, .. } = e {
+                    *refs.entry(id).or_insert(0u64) += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(c.refcounts().unwrap(), refs);
+    assert!(refs.values().any(|n| *n > 1) || repo.manifest().unwrap().archives.len() < 2);
+}
+
+#[test]
+fn chunk_index_cache_mirrors_the_repository_and_is_rebuilt_when_deleted_or_stale() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..3 {
+        fs::write(src.join(format!("f{i}")), random_bytes(200_000, 40 + i)).unwrap();
+    }
+    let cache = d.path().join("cache");
+    let repo = init(d.path(), Mode::Repokey);
+    let a = backup(&repo, "a", vec![src.clone()], Some(&cache));
+    assert!(a.archive.stats.deduplicated_size > 500_000);
+    // (a) after a create, the cache holds the repository's chunk index and is used as is
+    assert_cached_index_matches(&repo, &cache, true);
+    // (b) delete the cache: the next create rebuilds it and still deduplicates everything
+    fs::remove_dir_all(&cache).unwrap();
+    let b = backup(&repo, "b", vec![src.clone()], Some(&cache));
+    assert_eq!(b.cached_files, 0);
+    assert!(b.archive.stats.deduplicated_size < 2000, "{}", b.archive.stats.deduplicated_size);
+    assert_cached_index_matches(&repo, &cache, true);
+    // (c) another client (own cache) adds data: our cache is stale, detected and rebuilt
+    let other = d.path().join("src2");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("g"), random_bytes(300_000, 99)).unwrap();
+    let c = backup(&repo, "c", vec![other.clone()], Some(&d.path().join("cache-other")));
+    assert!(c.archive.stats.deduplicated_size > 250_000);
+    assert_cached_index_matches(&repo, &cache, false);
+    assert_cached_index_matches(&repo, &cache, true);
+    // the rebuilt cache knows the other client's chunks: backing them up here stores ~nothing
+    let e = backup(&repo, "e", vec![other], Some(&cache));
+    assert!(e.archive.stats.deduplicated_size < 2000, "{}", e.archive.stats.deduplicated_size);
+    assert_cached_index_matches(&repo, &cache, true);
+    // a run that writes checkpoints (committing the files cache midway) keeps the counts exact
+    let mut o = CreateOptions::new("k", vec![src.clone(), d.path().join("src2")]);
+    o.cache_dir = Some(cache.clone());
+    o.checkpoint_volume = 100_000;
+    let mut checkpoints = 0;
+    create(&repo, &o, &mut |ev| checkpoints += matches!(ev, dedupstore::create::Event::Checkpoint { .. }) as u32)
+        .unwrap();
+    assert!(checkpoints >= 2, "{checkpoints}");
+    assert_cached_index_matches(&repo, &cache, true);
+    // a compact (index files replaced) is also detected
+    commands::delete_archives(&repo, &["c", "e"]).unwrap();
+    assert_cached_index_matches(&repo, &cache, false);
+    let plan = commands::compact_plan(&repo, 0).unwrap();
+    commands::compact_apply(&repo, &plan).unwrap();
+    assert_cached_index_matches(&repo, &cache, false);
+    // a damaged repository (an archive object gone) does not break `create` through the cache;
+    // the counts are then never marked valid, so the cache is rebuilt on every open
+    let b_id = repo.manifest().unwrap().get("b").unwrap().id;
+    repo.backend().remove(FileType::Archive, &b_id.to_hex()).unwrap();
+    fs::remove_dir_all(&cache).unwrap();
+    let z = backup(&repo, "z", vec![src.clone()], Some(&cache));
+    assert!(z.archive.stats.deduplicated_size < 2000, "{}", z.archive.stats.deduplicated_size);
+    let c = dedupstore::cache::FilesCache::open(&cache, &repo.config().id).unwrap();
+    assert!(!c.load_index(&repo).unwrap().1);
+    assert!(!c.load_index(&repo).unwrap().1);
+}

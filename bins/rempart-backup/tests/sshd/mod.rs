@@ -90,6 +90,16 @@ impl Sshd {
     pub(crate) fn url(&self, repo: &str) -> String {
         format!("ssh://root@127.0.0.1:{}{}/{repo}", self.port, self.base.join("srv").display())
     }
+
+    /// Kills every running ssh session (not the listener); returns how many processes.
+    #[allow(dead_code)] // tests/ssh.rs only
+    pub(crate) fn kill_sessions(&self) -> usize {
+        let d = descendants(self.child.id());
+        for &p in &d {
+            kill(p);
+        }
+        d.len()
+    }
 }
 
 impl Drop for Sshd {
