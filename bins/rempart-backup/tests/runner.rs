@@ -6,10 +6,9 @@
 
 mod sshd;
 
-use sshd::{descendants, kill, Sshd, BIN};
+use sshd::{output, Sshd, BIN};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 const DOC: &str = include_str!("../../../docs/examples/borgmatic.yaml");
 
@@ -23,37 +22,6 @@ fn ours(home: &Path) -> Command {
         .env_remove("REMPART_METRICS_FILE")
         .env_remove("REMPART_REPO");
     c
-}
-
-/// Runs with a deadline: on timeout the command and its ssh are killed by pid.
-fn output(mut c: Command) -> Output {
-    let dbg = format!("{c:?}");
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut so, &mut v);
-        v
-    });
-    let te = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut se, &mut v);
-        v
-    });
-    let done = rempart_testkit::wait::until(Duration::from_secs(120), "the command to finish", || {
-        child.try_wait().unwrap().is_some()
-    });
-    if done.is_err() {
-        for p in descendants(child.id()) {
-            kill(p);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{dbg}: still running after 120 s (killed)");
-    }
-    let status = child.wait().unwrap();
-    Output { status, stdout: to.join().unwrap(), stderr: te.join().unwrap() }
 }
 
 fn ok(c: Command) -> Output {

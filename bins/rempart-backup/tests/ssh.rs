@@ -3,11 +3,11 @@
 
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod sshd;
-use sshd::{descendants, kill, Sshd, BIN};
+use sshd::{output, Sshd, BIN};
 
 fn ours(home: &Path, rsh: &str) -> Command {
     let mut c = Command::new(BIN);
@@ -18,38 +18,6 @@ fn ours(home: &Path, rsh: &str) -> Command {
         .env_remove("REMPART_PASSCOMMAND")
         .env_remove("REMPART_REPO");
     c
-}
-
-/// Runs with a deadline (a protocol hang must fail the test, not stall CI): on timeout the
-/// client and its ssh are killed by pid and the test panics.
-fn output(mut c: Command) -> Output {
-    let dbg = format!("{c:?}");
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut so, &mut v);
-        v
-    });
-    let te = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut se, &mut v);
-        v
-    });
-    let done = rempart_testkit::wait::until(Duration::from_secs(120), "the command to finish", || {
-        child.try_wait().unwrap().is_some()
-    });
-    if done.is_err() {
-        for p in descendants(child.id()) {
-            kill(p);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{dbg}: still running after 120 s (killed)");
-    }
-    let status = child.wait().unwrap();
-    Output { status, stdout: to.join().unwrap(), stderr: te.join().unwrap() }
 }
 
 fn ok(c: Command) -> String {

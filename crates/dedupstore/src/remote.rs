@@ -942,10 +942,12 @@ fn unreachable_hello() -> Result<Vec<u8>> {
     Err(Error::InvalidArgument("Hello handled above".into()))
 }
 
-/// Whether a request may run off the reading thread: writes of content-addressed objects, which
-/// nothing refers to until a later manifest (or index) write, and that write waits for them.
+/// Whether a request may run off the reading thread: writes of packs and archive objects, which
+/// nothing refers to until a later index or manifest write, and that write waits for them. An
+/// index names packs, so it is not offloaded: it waits until every earlier pack is durable (a
+/// connection cut after an index landed but before its packs did left `check` with missing packs).
 fn offloadable(r: &RequestRepr<'_>) -> bool {
-    r.op == Op::Write && matches!(r.file_type, FileType::Pack | FileType::Index | FileType::Archive)
+    r.op == Op::Write && matches!(r.file_type, FileType::Pack | FileType::Archive)
 }
 
 /// Writes one content-addressed object (a request body that [`offloadable`] accepted, already

@@ -3,7 +3,7 @@
 //! it spawned on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_rempart-backup");
@@ -110,4 +110,36 @@ impl Drop for Sshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs with a deadline (a protocol hang must fail the test, not stall CI): on timeout the
+/// command and its ssh are killed by pid and the test panics.
+pub(crate) fn output(mut c: Command) -> Output {
+    let dbg = format!("{c:?}");
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut so, &mut v);
+        v
+    });
+    let te = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut se, &mut v);
+        v
+    });
+    let done = rempart_testkit::wait::until(Duration::from_secs(120), "the command to finish", || {
+        child.try_wait().unwrap().is_some()
+    });
+    if done.is_err() {
+        for p in descendants(child.id()) {
+            kill(p);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{dbg}: still running after 120 s (killed)");
+    }
+    let status = child.wait().unwrap();
+    Output { status, stdout: to.join().unwrap(), stderr: te.join().unwrap() }
 }
