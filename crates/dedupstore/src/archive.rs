@@ -27,6 +27,31 @@ pub enum ItemKind {
     Socket,
 }
 
+impl ItemKind {
+    /// The kind of a file as the filesystem reports it (`symlink_metadata`); `None` for a type
+    /// the archive format has no kind for.
+    pub fn of(ft: std::fs::FileType) -> Option<ItemKind> {
+        use std::os::unix::fs::FileTypeExt;
+        Some(if ft.is_file() {
+            ItemKind::File
+        } else if ft.is_dir() {
+            ItemKind::Dir
+        } else if ft.is_symlink() {
+            ItemKind::Symlink
+        } else if ft.is_fifo() {
+            ItemKind::Fifo
+        } else if ft.is_char_device() {
+            ItemKind::CharDev
+        } else if ft.is_block_device() {
+            ItemKind::BlockDev
+        } else if ft.is_socket() {
+            ItemKind::Socket
+        } else {
+            return None;
+        })
+    }
+}
+
 /// A piece of a regular file's content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Extent {

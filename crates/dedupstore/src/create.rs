@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,15 +313,7 @@ impl Walker<'_> {
             }
             self.emit(&item, 's');
         } else {
-            let kind = if ft.is_fifo() {
-                ItemKind::Fifo
-            } else if ft.is_char_device() {
-                ItemKind::CharDev
-            } else if ft.is_block_device() {
-                ItemKind::BlockDev
-            } else {
-                ItemKind::Socket
-            };
+            let kind = ItemKind::of(ft).unwrap_or(ItemKind::Socket);
             let item = self.base_item(ap, &md, kind, p);
             self.emit(&item, if kind == ItemKind::Fifo { 'f' } else { 'c' });
         }

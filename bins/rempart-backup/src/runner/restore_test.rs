@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -123,24 +123,6 @@ pub(crate) fn restore_test(
     Ok(report)
 }
 
-fn kind_of(ft: std::fs::FileType) -> Option<ItemKind> {
-    Some(if ft.is_file() {
-        ItemKind::File
-    } else if ft.is_dir() {
-        ItemKind::Dir
-    } else if ft.is_symlink() {
-        ItemKind::Symlink
-    } else if ft.is_fifo() {
-        ItemKind::Fifo
-    } else if ft.is_char_device() {
-        ItemKind::CharDev
-    } else if ft.is_block_device() {
-        ItemKind::BlockDev
-    } else {
-        return None;
-    })
-}
-
 /// Checks one restored item; returns the content bytes verified.
 fn verify_item(
     item: &Item,
@@ -151,7 +133,7 @@ fn verify_item(
 ) -> anyhow::Result<u64> {
     use anyhow::{bail, Context};
     let md = std::fs::symlink_metadata(path).context("missing after restore")?;
-    let kind = kind_of(md.file_type());
+    let kind = ItemKind::of(md.file_type());
     if kind != Some(item.kind) {
         bail!("restored as {kind:?}, archived as {:?}", item.kind);
     }
