@@ -164,6 +164,20 @@ fn prune_matches_borg_1_2_4_on_random_timestamps_and_rules() {
     assert_eq!(compared, 24);
 }
 
+/// Every regular file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn write_tree(root: &Path, seed: u64, files: usize, size: usize) {
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     std::fs::create_dir_all(root).unwrap();
@@ -385,13 +399,24 @@ fn full_disk_is_one_clear_error_and_leaves_the_repository_consistent() {
     write_tree(&src, 3, 1, 600_000);
     create_json(home, &repo, "fits", &src);
     write_tree(&src, 4, 8, 1 << 20);
+    let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = walk(dir).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+        v.sort();
+        v
+    };
+    let before = files(&repo);
     let mut c = ours(home);
     c.arg("create").arg(format!("{}::too-big", repo.display())).arg(&src);
     let out = run(c);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("No space left"), "{err}");
+    assert_eq!(err.matches("No space left").count(), 1, "{err}");
+    // the packs it managed to write are gone again: every file as it was
+    let after = files(&repo);
+    let names = |v: &[(PathBuf, Vec<u8>)]| v.iter().map(|f| f.0.display().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before));
+    assert!(after == before, "a repository file changed");
     let mut c = ours(home);
     c.args(["list", "--short"]).arg(&repo);
     assert_eq!(ok(c).trim(), "fits");
@@ -422,10 +447,10 @@ fn full_disk_is_one_clear_error_and_leaves_the_repository_consistent() {
     assert!(x.lines().any(|l| l == small_ap), "{x}");
     assert!(!x.lines().any(|l| l.starts_with(&format!("{small_ap}/"))), "{x}");
     assert!(all.lines().any(|l| l.starts_with(&format!("{small_ap}/repo"))), "{all}");
-    // extracting into a full file system: one line, exit 2
     let mut c = ours(home);
     c.args(["compact"]).arg(&repo);
     ok(c);
+    // extracting into a full file system: one line, exit 2
     let fill = small.join("fill");
     let _ = std::fs::write(&fill, vec![1u8; 3 << 20]);
     let dest = small.join("dest");

@@ -202,11 +202,22 @@ pub fn compact_plan(repo: &Repository, threshold: u8) -> Result<CompactPlan> {
     Ok(plan)
 }
 
-/// Applies a compact plan. Crash-safe order: new packs, then one new index file that supersedes
-/// all old ones, then old index files are removed, then old packs.
+/// Applies a compact plan. Crash-safe order: packs no index names go first (nothing can refer to
+/// them, and on a full disk their space is what lets the rest be written), then new packs, then
+/// one new index file that supersedes all old ones, then old index files are removed, then old
+/// packs.
 pub fn compact_apply(repo: &Repository, plan: &CompactPlan) -> Result<()> {
     let _lock = repo.lock()?;
     let index = repo.load_index()?;
+    for p in &plan.orphans {
+        // Re-checked under the lock: an index written since the plan may name it now.
+        if !index.packs.contains_key(p) {
+            repo.backend().remove(FileType::Pack, &p.to_hex())?;
+        }
+    }
+    if plan.repack.is_empty() && plan.delete.is_empty() {
+        return Ok(());
+    }
     let mut errors = vec![];
     let used = referenced(repo, &index, &mut errors)?;
     if !errors.is_empty() {
@@ -251,7 +262,7 @@ pub fn compact_apply(repo: &Repository, plan: &CompactPlan) -> Result<()> {
             repo.backend().remove(FileType::Index, n)?;
         }
     }
-    for p in gone.iter().chain(&plan.orphans) {
+    for p in &gone {
         repo.backend().remove(FileType::Pack, &p.to_hex())?;
     }
     Ok(())

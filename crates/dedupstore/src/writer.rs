@@ -197,27 +197,54 @@ type Upload = JoinHandle<Result<(Id, Vec<BlobEntry>)>>;
 /// Packs being written concurrently.
 const UPLOADS: usize = 1;
 
+/// Runs the packer; when it fails (a full disk, a dead link), the packs it wrote that no index
+/// file names yet are removed again, so a failed session leaves the repository as it found it
+/// (apart from index files already written, which later sessions reuse).
 fn packer(repo: Repository, rx: Receiver<(Id, Vec<u8>, u32)>, opts: WriterOptions) -> Result<WriterOutput> {
+    let mut pending = Vec::new();
+    let mut uploads = VecDeque::new();
+    let r = pack_loop(&repo, rx, opts, &mut pending, &mut uploads);
+    if r.is_err() {
+        while let Some(h) = uploads.pop_front() {
+            if let Ok(Ok(p)) = h.join() {
+                pending.push(p);
+            }
+        }
+        for (id, _) in &pending {
+            // best effort: an append-only server refuses, and the pack stays an orphan
+            let _ = repo.backend().remove(crate::backend::FileType::Pack, &id.to_hex());
+        }
+    }
+    r
+}
+
+fn pack_loop(
+    repo: &Repository,
+    rx: Receiver<(Id, Vec<u8>, u32)>,
+    opts: WriterOptions,
+    pending: &mut Vec<(Id, Vec<BlobEntry>)>,
+    uploads: &mut VecDeque<Upload>,
+) -> Result<WriterOutput> {
     let pack_size = repo.config().pack_size as usize;
     let mut out = WriterOutput::default();
     // room for a full pack, its last chunk and the header: no doubling reallocation
     let cap = pack_size + (repo.chunker().params().max as usize) * 2 + (1 << 20);
     let mut pack = PackBuilder::with_capacity(cap);
-    let mut pending: Vec<(Id, Vec<BlobEntry>)> = Vec::new();
     let mut last_index = Instant::now();
     let write_index = |pending: &mut Vec<(Id, Vec<BlobEntry>)>, out: &mut WriterOutput| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
-        let f = IndexFile { packs: std::mem::take(pending), supersedes: vec![] };
+        // taken only once the index file is durable: until then a failure removes these packs
+        let f = IndexFile { packs: pending.clone(), supersedes: vec![] };
         let id = repo.write_index_file(&f)?;
+        pending.clear();
         out.index_files.push(id);
         out.packs.extend(f.packs);
         Ok(())
     };
     // Packs are written (and fsynced) on their own threads, at most UPLOADS at a time, so the
     // pipeline keeps going during an fsync. An index file only names packs already durable.
-    let mut uploads: VecDeque<Upload> = VecDeque::new();
     let join = |h: Upload| h.join().unwrap_or(Err(Error::PreviousIo));
     for (id, sealed, ulen) in rx {
         out.stored += sealed.len() as u64;
@@ -235,7 +262,7 @@ fn packer(repo: Repository, rx: Receiver<(Id, Vec<u8>, u32)>, opts: WriterOption
                 while let Some(h) = uploads.pop_front() {
                     pending.push(join(h)?);
                 }
-                write_index(&mut pending, &mut out)?;
+                write_index(pending, &mut out)?;
                 last_index = Instant::now();
             }
         }
@@ -247,7 +274,7 @@ fn packer(repo: Repository, rx: Receiver<(Id, Vec<u8>, u32)>, opts: WriterOption
     while let Some(h) = uploads.pop_front() {
         pending.push(join(h)?);
     }
-    write_index(&mut pending, &mut out)?;
+    write_index(pending, &mut out)?;
     Ok(out)
 }
 
