@@ -4,17 +4,23 @@
 //! cargo build --release -p rempart-backup
 //! cargo bench -p rempart-benches --bench backup_compare
 //! ```
-//! Environment: `REMPART_BENCH_MB` (corpus size, default 1100), `REMPART_BENCH_DIR` (scratch
-//! directory, default /tmp/rempart-backup-bench), `REMPART_BACKUP_BIN` (our binary; default
+//! Environment: `REMPART_BENCH_MB` (corpus size, default 1100), `REMPART_BENCH_REPS` (runs of
+//! each repeated operation, default 3), `REMPART_BENCH_DIR` (scratch directory, default
+//! /tmp/rempart-backup-bench), `REMPART_BACKUP_BIN` (our binary; default
 //! `$CARGO_TARGET_DIR/release/rempart-backup` or `target/release/rempart-backup`).
 //!
 //! Measures: first backup, unchanged second backup, backup after modifying 5 % of the files, full
 //! restore, `check --verify-data` (restic: `check --read-data`): wall time, MB/s, repository size,
-//! peak RSS (GNU time). Then, in-process, what each chunk size trades on the file with shifted
-//! duplicates: stored bytes, number of chunks (index size) and chunking speed.
+//! peak RSS (GNU time). The first backup (each run into fresh repositories), the unchanged
+//! backup, the restore and the check run `REMPART_BENCH_REPS` times, the three tools interleaved
+//! (rempart, borg, restic, then borg, restic, rempart, ...), and the table shows the median of
+//! each figure; the backup after modifying files runs once. Then, in-process, what each chunk
+//! size trades on the file with shifted duplicates: stored bytes, number of chunks (index size)
+//! and chunking speed.
 
 use dedupstore::chunker::{Chunker, ChunkerParams};
 use rand::{Rng, SeedableRng};
+use rempart_benches::corpus::generate;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,140 +29,7 @@ use std::time::Instant;
 
 const PASS: &str = "bench-passphrase";
 
-fn words(rng: &mut impl Rng, n: usize) -> Vec<u8> {
-    const W: &[&str] = &[
-        "the",
-        "backup",
-        "server",
-        "of",
-        "a",
-        "small",
-        "organisation",
-        "keeps",
-        "running",
-        "when",
-        "disk",
-        "dies",
-        "and",
-        "brings",
-        "it",
-        "back",
-        "configuration",
-        "file",
-        "network",
-        "user",
-        "home",
-        "directory",
-        "log",
-        "entry",
-        "error",
-        "warning",
-        "info",
-        "debug",
-        "request",
-        "time",
-    ];
-    let mut out = Vec::with_capacity(n + 16);
-    while out.len() < n {
-        out.extend_from_slice(W[rng.gen_range(0..W.len())].as_bytes());
-        out.push(if rng.gen_bool(0.1) { b'\n' } else { b' ' });
-        if rng.gen_bool(0.02) {
-            out.extend_from_slice(format!("{} ", rng.gen::<u32>()).as_bytes());
-        }
-    }
-    out.truncate(n);
-    out
-}
-
-fn random(rng: &mut impl Rng, n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    rng.fill(&mut v[..]);
-    v
-}
-
-/// The file with shifted duplicates: 1 MiB blocks, ~45 % of them repeats of earlier blocks,
-/// separated by a few random bytes so that repeats are not aligned.
-fn shifted_file(rng: &mut impl Rng, size: usize) -> Vec<u8> {
-    let mut blocks: Vec<Vec<u8>> = Vec::new();
-    let mut out = Vec::with_capacity(size + (1 << 20));
-    while out.len() < size {
-        if !blocks.is_empty() && rng.gen_bool(0.45) {
-            let b = blocks[rng.gen_range(0..blocks.len())].clone();
-            out.extend_from_slice(&b);
-        } else {
-            let b = random(rng, 1 << 20);
-            out.extend_from_slice(&b);
-            blocks.push(b);
-        }
-        let junk = rng.gen_range(1..4096);
-        out.extend(random(rng, junk));
-    }
-    out.truncate(size);
-    out
-}
-
-fn generate(root: &Path, total_mb: usize) -> u64 {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
-    std::fs::create_dir_all(root).unwrap();
-    let mb = 1usize << 20;
-    let big = total_mb * 47 / 100;
-    let text = total_mb * 20 / 100;
-    let bin = total_mb * 20 / 100;
-    let small = total_mb - big - text - bin;
-    std::fs::write(root.join("large-with-shifted-duplicates.img"), shifted_file(&mut rng, big * mb)).unwrap();
-    let d = root.join("text");
-    std::fs::create_dir_all(&d).unwrap();
-    let mut n = 0;
-    let mut left = text * mb;
-    while left > 0 {
-        let sz = rng.gen_range(50_000..2_000_000).min(left);
-        std::fs::write(d.join(format!("doc{n:05}.txt")), words(&mut rng, sz)).unwrap();
-        left -= sz;
-        n += 1;
-    }
-    // binaries: real ones from /usr/lib first, then random (incompressible) data
-    let d = root.join("bin");
-    std::fs::create_dir_all(&d).unwrap();
-    let mut left = bin * mb;
-    let mut libs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/x86_64-linux-gnu")
-        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    libs.sort();
-    for (i, l) in libs.iter().enumerate() {
-        if left < bin * mb / 2 {
-            break;
-        }
-        if let Ok(md) = std::fs::metadata(l) {
-            if md.is_file() && md.len() > 10_000 && (md.len() as usize) < left {
-                if let Ok(data) = std::fs::read(l) {
-                    std::fs::write(d.join(format!("lib{i:04}")), &data).unwrap();
-                    left -= data.len();
-                }
-            }
-        }
-    }
-    let mut i = 0;
-    while left > 0 {
-        let sz = rng.gen_range(100_000..8_000_000).min(left);
-        std::fs::write(d.join(format!("blob{i:04}.bin")), random(&mut rng, sz)).unwrap();
-        left -= sz;
-        i += 1;
-    }
-    let d = root.join("small");
-    let mut left = small * mb;
-    let mut i = 0;
-    while left > 0 {
-        let sub = d.join(format!("dir{:03}", i / 200));
-        if i % 200 == 0 {
-            std::fs::create_dir_all(&sub).unwrap();
-        }
-        let sz = rng.gen_range(100..10_000).min(left);
-        std::fs::write(sub.join(format!("f{i:06}.conf")), words(&mut rng, sz)).unwrap();
-        left -= sz;
-        i += 1;
-    }
-    du(root)
-}
+// The corpus generator is shared with the ssh bench: rempart_benches::corpus::generate.
 
 /// Modifies 5 % of the files (a few bytes rewritten in the middle).
 fn modify(root: &Path, seed: u64) -> usize {
@@ -236,6 +109,34 @@ fn timed(c: Command, what: &str) -> Cost {
     Cost { wall, rss_mb: f[0] / 1024.0, cpu: f[1] + f[2] }
 }
 
+/// The median of each figure over runs.
+fn median(costs: &[Cost]) -> Cost {
+    let med = |f: fn(&Cost) -> f64| {
+        let mut v: Vec<f64> = costs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    Cost { wall: med(|c| c.wall), rss_mb: med(|c| c.rss_mb), cpu: med(|c| c.cpu) }
+}
+
+/// Runs `f` `reps` times for every tool, interleaved and in rotating order (no tool always runs
+/// first, on the coldest cache); returns each tool's medians.
+fn repeated(tools: &[Tool], reps: usize, mut f: impl FnMut(&Tool, usize) -> Cost) -> Vec<Cost> {
+    let mut all: Vec<Vec<Cost>> = vec![Vec::new(); tools.len()];
+    for rep in 0..reps {
+        for k in 0..tools.len() {
+            let i = (k + rep) % tools.len();
+            all[i].push(f(&tools[i], rep));
+        }
+    }
+    all.iter().map(|c| median(c)).collect()
+}
+
 struct Tool {
     name: &'static str,
     repo: PathBuf,
@@ -281,6 +182,14 @@ impl Tool {
             .env("REMPART_CACHE_DIR", h.join("cache"))
             .env("REMPART_KEYS_DIR", h.join("keys"))
             .env("XDG_CACHE_HOME", h.join("cache"));
+    }
+
+    /// A fresh, empty repository (and an empty cache).
+    fn fresh(&self) {
+        let _ = std::fs::remove_dir_all(&self.repo);
+        let _ = std::fs::remove_dir_all(self.home());
+        std::fs::create_dir_all(self.home()).unwrap();
+        self.init();
     }
 
     fn init(&self) {
@@ -383,12 +292,9 @@ fn main() {
     let src = dir.join("corpus");
     eprintln!("generating a {mb} MB corpus in {}", src.display());
     let size = generate(&src, mb) as f64;
+    let reps: usize = std::env::var("REMPART_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let tools: Vec<Tool> =
         ["rempart", "borg", "restic"].iter().map(|n| Tool { name: n, repo: dir.join(format!("{n}-repo")) }).collect();
-    for t in &tools {
-        std::fs::create_dir_all(t.home()).unwrap();
-        t.init();
-    }
     // Drop the page cache influence as far as we can without root tricks: every tool reads the
     // same corpus, in rotating order, and the first pass warms the cache for everyone.
     let _ = Command::new("cat").arg(src.join("large-with-shifted-duplicates.img")).output();
@@ -402,25 +308,25 @@ fn main() {
         push(&format!("{label}: peak RSS (MB)"), costs.iter().map(|c| format!("{:.0}", c.rss_mb)).collect());
         push(&format!("{label}: CPU (s)"), costs.iter().map(|c| format!("{:.2}", c.cpu)).collect());
     };
-    let first: Vec<_> = tools.iter().map(|t| t.backup("first", &src)).collect();
+    let first = repeated(&tools, reps, |t, _| {
+        t.fresh();
+        t.backup("first", &src)
+    });
     op("first backup", &first);
     let repo_first: Vec<String> = tools.iter().map(|t| format!("{:.0}", du(&t.repo) as f64 / 1e6)).collect();
-    let second: Vec<_> = tools.iter().map(|t| t.backup("second", &src)).collect();
+    let second = repeated(&tools, reps, |t, rep| t.backup(&format!("second-{rep}"), &src));
     op("unchanged backup", &second);
     let changed = modify(&src, 77);
     let third: Vec<_> = tools.iter().map(|t| t.backup("third", &src)).collect();
     op(&format!("backup after modifying 5 % ({changed} files)"), &third);
-    let restore: Vec<_> = tools
-        .iter()
-        .map(|t| {
-            let dest = dir.join(format!("{}-restore", t.name));
-            let r = t.restore("third", &dest);
-            std::fs::remove_dir_all(&dest).unwrap();
-            r
-        })
-        .collect();
+    let restore = repeated(&tools, reps, |t, _| {
+        let dest = dir.join(format!("{}-restore", t.name));
+        let r = t.restore("third", &dest);
+        std::fs::remove_dir_all(&dest).unwrap();
+        r
+    });
     op("full restore", &restore);
-    let check: Vec<_> = tools.iter().map(|t| t.check()).collect();
+    let check = repeated(&tools, reps, |t, _| t.check());
     op("check --verify-data", &check);
     push("repository size after the first backup (MB)", repo_first);
     push(
@@ -430,7 +336,8 @@ fn main() {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "corpus: {:.0} MB; {} cores",
+        "corpus: {:.0} MB; {} cores; medians of {reps} runs (first backup into fresh repositories, \
+         unchanged backup, restore, check; the backup after modifying files runs once)",
         size / 1e6,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );

@@ -4,20 +4,26 @@
 //!
 //! ```text
 //! cargo build --release -p rempart-backup
-//! cargo bench -p rempart-benches --bench backup_ssh
+//! REMPART_BENCH_SSH_OPTS="-o KexAlgorithms=curve25519-sha256 -c aes128-gcm@openssh.com" \
+//!     cargo bench -p rempart-benches --bench backup_ssh
 //! ```
-//! Environment: `REMPART_BENCH_MB` (corpus size, default 256), `REMPART_BENCH_REPS` (default 3),
-//! `REMPART_BENCH_SSH_OPTS` (extra ssh options, e.g. `-c aes128-gcm@openssh.com`),
-//! `REMPART_BACKUP_BIN` (default `$CARGO_TARGET_DIR/release/rempart-backup` or
-//! `target/release/rempart-backup`). Needs root (sshd with its own configuration).
+//! Two corpora: the worst case, `REMPART_BENCH_MB` MiB (default 256) of which two thirds are
+//! random (incompressible, every byte crosses the link), and the realistic corpus of
+//! `backup_compare` (`rempart_benches::corpus`), `REMPART_BENCH_REAL_MB` MiB (default 1024; 0
+//! skips it). Other environment: `REMPART_BENCH_REPS` (default 3), `REMPART_BENCH_SSH_OPTS`
+//! (extra ssh options), `REMPART_BACKUP_BIN` (default `$CARGO_TARGET_DIR/release/rempart-backup`
+//! or `target/release/rempart-backup`). Needs root (sshd with its own configuration).
 //!
-//! Each repetition backs up into a fresh repository (first backup: every chunk crosses the
+//! Each repetition backs up into a fresh repository (first backup: every new chunk crosses the
 //! link) without the files cache, then restores it into a fresh directory. The anchor column is
-//! the local path; the ratio is ssh time / local time (below 1.25 meets the 0.8× throughput
-//! target).
+//! the local path; the ratio is ssh time / local time (at most 1.25 meets the 0.8× throughput
+//! target). The bench also measures what ssh alone costs on the same sshd with the same options:
+//! the connection setup (`ssh … true`) and raw streams of the corpus's byte count both ways
+//! (`ssh … cat >/dev/null`, `ssh … head -c N /dev/zero`), so a reader sees the ceiling.
 
 use rand::{Rng, SeedableRng};
 use rempart_benches::{markdown_table, median, Row};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,17 +83,20 @@ impl Sshd {
     fn start(base: &Path, bin: &Path) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         std::fs::create_dir_all(base.join("srv")).unwrap();
-        for k in ["hostkey", "client"] {
+        for k in ["hostkey", "client", "raw"] {
             must(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(base.join(k)));
         }
         let pubkey = std::fs::read_to_string(base.join("client.pub")).unwrap();
+        // a second key without the forced command, for the raw-ssh ceiling only
+        let raw = std::fs::read_to_string(base.join("raw.pub")).unwrap();
         std::fs::write(
             base.join("authorized_keys"),
             format!(
-                "command=\"{} serve --restrict-to-path {}\",restrict {}\n",
+                "command=\"{} serve --restrict-to-path {}\",restrict {}\nrestrict {}\n",
                 bin.display(),
                 base.join("srv").display(),
-                pubkey.trim()
+                pubkey.trim(),
+                raw.trim()
             ),
         )
         .unwrap();
@@ -97,7 +106,8 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
                  PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nPidFile none\nLogLevel ERROR\n",
+                 UsePAM no\nStrictModes no\nPidFile none\nLogLevel ERROR\nUseDNS no\nGSSAPIAuthentication no\n\
+                 PrintMotd no\nPrintLastLog no\nX11Forwarding no\nPermitUserEnvironment no\nCompression no\n",
                 base.join("hostkey").display(),
                 base.join("authorized_keys").display()
             ),
@@ -118,12 +128,79 @@ impl Sshd {
     }
 
     fn rsh(&self) -> String {
+        self.rsh_with("client")
+    }
+
+    fn rsh_with(&self, key: &str) -> String {
         format!(
-            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
-             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o Compression=no {}",
-            self.base.join("client").display(),
+            "ssh -F none -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR \
+             -o Compression=no -o GSSAPIAuthentication=no {}",
+            self.base.join(key).display(),
             std::env::var("REMPART_BENCH_SSH_OPTS").unwrap_or_default()
         )
+    }
+
+    /// `ssh … root@127.0.0.1 <remote>` with the raw (not forced-command) key.
+    fn raw(&self, remote: &str) -> Command {
+        let rsh = self.rsh_with("raw");
+        let mut w = rsh.split_whitespace();
+        let mut c = Command::new(w.next().unwrap_or("ssh"));
+        c.args(w).args(["-p", &self.port.to_string(), "root@127.0.0.1", remote]);
+        c
+    }
+
+    /// What ssh alone costs: median connection setup (`true`), and seconds to stream `bytes`
+    /// to the server (`cat >/dev/null`) and from it (`head -c`), medians of `reps`.
+    fn ceiling(&self, bytes: u64, reps: usize) -> (f64, f64, f64) {
+        let mut setup = vec![];
+        for _ in 0..5 {
+            let t = Instant::now();
+            must(self.raw("true").stdin(Stdio::null()));
+            setup.push(t.elapsed().as_secs_f64());
+        }
+        let (mut up, mut down) = (vec![], vec![]);
+        let buf: Vec<u8> = {
+            let mut r = rand::rngs::StdRng::seed_from_u64(9);
+            let mut v = vec![0u8; 1 << 20];
+            r.fill(&mut v[..]);
+            v
+        };
+        for _ in 0..reps {
+            let t = Instant::now();
+            let mut c = self.raw("cat >/dev/null").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+            let mut sin = c.stdin.take().unwrap();
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                sin.write_all(&buf[..n]).unwrap();
+                left -= n as u64;
+            }
+            drop(sin);
+            assert!(c.wait().unwrap().success());
+            up.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let mut c = self
+                .raw(&format!("head -c {bytes} /dev/zero"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut out = c.stdout.take().unwrap();
+            let (mut got, mut b) = (0u64, vec![0u8; 1 << 20]);
+            loop {
+                let n = out.read(&mut b).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            assert!(c.wait().unwrap().success());
+            assert_eq!(got, bytes);
+            down.push(t.elapsed().as_secs_f64());
+        }
+        let m = |v: &[f64]| median(v).unwrap_or(f64::NAN);
+        (m(&setup), m(&up), m(&down))
     }
 }
 
@@ -134,19 +211,39 @@ impl Drop for Sshd {
     }
 }
 
+fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => total += dir_bytes(&e.path()),
+            _ => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+        }
+    }
+    total
+}
+
+/// Samples of one corpus: (create local, create ssh, extract local, extract ssh, list local, list ssh).
+#[derive(Default)]
+struct Samples {
+    create: (Vec<f64>, Vec<f64>),
+    extract: (Vec<f64>, Vec<f64>),
+    list: (Vec<f64>, Vec<f64>),
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("backup_ssh: needs root (sshd with its own configuration); not run");
         return;
     }
-    let mb: usize = std::env::var("REMPART_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let reps: usize = std::env::var("REMPART_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let mb = env("REMPART_BENCH_MB", 256);
+    let real_mb = env("REMPART_BENCH_REAL_MB", 1024);
+    let reps = env("REMPART_BENCH_REPS", 3).max(1);
     let bin = bin();
     assert!(bin.is_file(), "{} missing: cargo build --release -p rempart-backup", bin.display());
     let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("corpus");
-    corpus(&src, mb);
     let sshd = Sshd::start(&d.path().join("ssh"), &bin);
+    let rsh = sshd.rsh();
     let ours = |rsh: &str| {
         let mut c = Command::new(&bin);
         c.env("REMPART_PASSPHRASE", PASS)
@@ -157,64 +254,92 @@ fn main() {
             .env_remove("REMPART_REPO");
         c
     };
-    let rsh = sshd.rsh();
-    let (mut create_local, mut create_ssh, mut extract_local, mut extract_ssh) = (vec![], vec![], vec![], vec![]);
-    for rep in 0..reps {
-        for remote in [false, true] {
-            let repo = if remote {
-                format!("ssh://root@127.0.0.1:{}{}/r{rep}", sshd.port, sshd.base.join("srv").display())
-            } else {
-                d.path().join(format!("local-r{rep}")).display().to_string()
-            };
-            must(ours(&rsh).args(["init", "-e", "repokey", &repo]));
-            let t = Instant::now();
-            must(ours(&rsh).args(["create", "--no-files-cache"]).arg(format!("{repo}::a")).arg(&src));
-            let c = t.elapsed().as_secs_f64();
-            let out = d.path().join(format!("out-{rep}-{remote}"));
-            std::fs::create_dir_all(&out).unwrap();
-            let t = Instant::now();
-            must(ours(&rsh).current_dir(&out).arg("extract").arg(format!("{repo}::a")));
-            let x = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            must(ours(&rsh).arg("list").arg(&repo));
-            let l = t.elapsed().as_secs_f64();
-            std::fs::remove_dir_all(&out).unwrap();
-            if remote {
-                let _ = std::fs::remove_dir_all(sshd.base.join("srv").join(format!("r{rep}")));
-                create_ssh.push(c);
-                extract_ssh.push(x);
-            } else {
-                let _ = std::fs::remove_dir_all(&repo);
-                create_local.push(c);
-                extract_local.push(x);
-            }
-            eprintln!(
-                "rep {rep} {}: create {c:.2} s ({:.0} MB/s), extract {x:.2} s ({:.0} MB/s), list {l:.3} s",
-                if remote { "ssh  " } else { "local" },
-                mb as f64 * 1.048_576 / c,
-                mb as f64 * 1.048_576 / x
-            );
-        }
+    let mut corpora: Vec<(String, PathBuf)> = vec![];
+    let src = d.path().join("corpus-random");
+    corpus(&src, mb);
+    corpora.push((format!("{mb} MiB, two thirds random (worst case)"), src));
+    if real_mb > 0 {
+        let src = d.path().join("corpus-real");
+        eprintln!("generating the realistic {real_mb} MiB corpus");
+        rempart_benches::corpus::generate(&src, real_mb);
+        corpora.push((format!("{real_mb} MiB realistic corpus (backup_compare's)"), src));
     }
-    let rows = vec![
-        Row {
-            metric: format!("create {mb} MiB, first backup (s)"),
-            ours: create_ssh.clone(),
-            anchor: create_local.clone(),
-        },
-        Row { metric: format!("extract {mb} MiB (s)"), ours: extract_ssh.clone(), anchor: extract_local.clone() },
-    ];
+    let mut tables = String::new();
+    let mut verdicts = String::new();
+    for (ci, (label, src)) in corpora.iter().enumerate() {
+        let bytes = dir_bytes(src);
+        let mut sm = Samples::default();
+        for rep in 0..reps {
+            for remote in [false, true] {
+                let repo = if remote {
+                    format!("ssh://root@127.0.0.1:{}{}/c{ci}r{rep}", sshd.port, sshd.base.join("srv").display())
+                } else {
+                    d.path().join(format!("local-c{ci}r{rep}")).display().to_string()
+                };
+                must(ours(&rsh).args(["init", "-e", "repokey", &repo]));
+                let t = Instant::now();
+                must(ours(&rsh).args(["create", "--no-files-cache"]).arg(format!("{repo}::a")).arg(src));
+                let c = t.elapsed().as_secs_f64();
+                let out = d.path().join(format!("out-{ci}-{rep}-{remote}"));
+                std::fs::create_dir_all(&out).unwrap();
+                let t = Instant::now();
+                must(ours(&rsh).current_dir(&out).arg("extract").arg(format!("{repo}::a")));
+                let x = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                must(ours(&rsh).arg("list").arg(&repo));
+                let l = t.elapsed().as_secs_f64();
+                std::fs::remove_dir_all(&out).unwrap();
+                let stored = if remote {
+                    let p = sshd.base.join("srv").join(format!("c{ci}r{rep}"));
+                    let n = dir_bytes(&p);
+                    let _ = std::fs::remove_dir_all(p);
+                    sm.create.1.push(c);
+                    sm.extract.1.push(x);
+                    sm.list.1.push(l);
+                    n
+                } else {
+                    let n = dir_bytes(Path::new(&repo));
+                    let _ = std::fs::remove_dir_all(&repo);
+                    sm.create.0.push(c);
+                    sm.extract.0.push(x);
+                    sm.list.0.push(l);
+                    n
+                };
+                eprintln!(
+                    "{label}, rep {rep} {}: create {c:.2} s ({:.0} MB/s), extract {x:.2} s ({:.0} MB/s), list {l:.3} s, \
+                     repository {:.0} MB",
+                    if remote { "ssh  " } else { "local" },
+                    bytes as f64 / 1e6 / c,
+                    bytes as f64 / 1e6 / x,
+                    stored as f64 / 1e6
+                );
+            }
+        }
+        let rows = vec![
+            Row { metric: format!("create, {label} (s)"), ours: sm.create.1.clone(), anchor: sm.create.0.clone() },
+            Row { metric: format!("extract, {label} (s)"), ours: sm.extract.1.clone(), anchor: sm.extract.0.clone() },
+            Row { metric: format!("list, {label} (s)"), ours: sm.list.1.clone(), anchor: sm.list.0.clone() },
+        ];
+        tables.push_str(&markdown_table("local path", &rows).replace("rempart median", "ssh median").replace("rempart p95", "ssh p95"));
+        let tp = |s: &[f64]| median(s).map(|m| 1.0 / m).unwrap_or(0.0);
+        let cr = tp(&sm.create.1) / tp(&sm.create.0);
+        let xr = tp(&sm.extract.1) / tp(&sm.extract.0);
+        let verdict = |r: f64| if r >= 0.8 { "met" } else { "NOT met" };
+        verdicts.push_str(&format!(
+            "{label}: throughput over ssh / local: create {cr:.2}× ({}), extract {xr:.2}× ({})\n",
+            verdict(cr),
+            verdict(xr)
+        ));
+        let (setup, up, down) = sshd.ceiling(bytes, reps);
+        verdicts.push_str(&format!(
+            "  ssh alone, same sshd and options: connection setup {setup:.3} s; {:.0} MB to the server {up:.2} s \
+             ({:.0} MB/s), from the server {down:.2} s ({:.0} MB/s)\n",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / up,
+            bytes as f64 / 1e6 / down
+        ));
+    }
     println!("\nrempart-backup over ssh (loopback, forced command) vs local path, {reps} repetitions\n");
-    println!(
-        "{}",
-        markdown_table("local path", &rows).replace("rempart median", "ssh median").replace("rempart p95", "ssh p95")
-    );
-    let tp = |s: &[f64]| median(s).map(|m| 1.0 / m).unwrap_or(0.0);
-    let cr = tp(&create_ssh) / tp(&create_local);
-    let xr = tp(&extract_ssh) / tp(&extract_local);
-    println!(
-        "throughput over ssh / local: create {cr:.2}×, extract {xr:.2}× (target ≥ 0.80×: create {}, extract {})",
-        if cr >= 0.8 { "met" } else { "NOT met" },
-        if xr >= 0.8 { "met" } else { "NOT met" }
-    );
+    println!("{tables}");
+    println!("target: throughput over ssh ≥ 0.80× the local path\n{verdicts}");
 }

@@ -37,8 +37,12 @@ const MAIN_IP: [u8; 4] = [192, 168, 56, 10];
 const BACKUP_IP: [u8; 4] = [192, 168, 56, 20];
 
 fn image(dir: &Path, name: &str) -> PathBuf {
+    image_sized(dir, name, SIZE)
+}
+
+fn image_sized(dir: &Path, name: &str, size: u64) -> PathBuf {
     let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().set_len(SIZE).unwrap();
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
     p
 }
 
@@ -214,10 +218,18 @@ fn qemu_nbd(lab: &Lab, img: &Path) -> (rempart_testkit::Proc, String) {
     (p, url)
 }
 
-fn replica(rt: &NsRuntime, dir: &Path, name: &str, proto: Protocol, me: [u8; 4], peer: Option<[u8; 4]>) -> Handle {
-    let img = image(dir, &format!("{name}.img"));
+fn replica(
+    rt: &NsRuntime,
+    dir: &Path,
+    name: &str,
+    size: u64,
+    proto: Protocol,
+    me: [u8; 4],
+    peer: Option<[u8; 4]>,
+) -> Handle {
+    let img = image_sized(dir, &format!("{name}.img"), size);
     let meta = dir.join(format!("{name}.img.md"));
-    io::store_meta(&meta, &Meta::fresh(SIZE)).unwrap();
+    io::store_meta(&meta, &Meta::fresh(size)).unwrap();
     let tiebreak = peer.is_some();
     let mut cfg = Config::new(auth_key(b"bench secret"), tiebreak, u64::from(me[3]));
     cfg.protocol = proto;
@@ -254,13 +266,13 @@ struct Served {
     _rts: Vec<NsRuntime>,
 }
 
-fn served(lab: &Lab, dir: &Path, proto: Protocol, peer: bool) -> Served {
+fn served(lab: &Lab, dir: &Path, size: u64, proto: Protocol, peer: bool) -> Served {
     let main_rt = NsRuntime::start(lab, "main");
-    let a = replica(&main_rt, dir, "a", proto, MAIN_IP, Some(BACKUP_IP));
+    let a = replica(&main_rt, dir, "a", size, proto, MAIN_IP, Some(BACKUP_IP));
     let mut rts = Vec::new();
     let b = if peer {
         let backup_rt = NsRuntime::start(lab, "backup");
-        let b = replica(&backup_rt, dir, "b", proto, BACKUP_IP, None);
+        let b = replica(&backup_rt, dir, "b", size, proto, BACKUP_IP, None);
         rts.push(backup_rt);
         Some(b)
     } else {
@@ -279,19 +291,6 @@ fn served(lab: &Lab, dir: &Path, proto: Protocol, peer: bool) -> Served {
     });
     rts.insert(0, main_rt);
     Served { a, b, url: format!("nbd://127.0.0.1:{port}/r0"), _rts: rts }
-}
-
-fn plain_sequential_write_mibs(dir: &Path, mib: usize) -> f64 {
-    use std::os::unix::fs::FileExt;
-    let p = image(dir, "plain.img");
-    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-    let buf = vec![0x5au8; 1 << 20];
-    let start = Instant::now();
-    for i in 0..mib {
-        f.write_all_at(&buf, (i as u64) << 20).unwrap();
-    }
-    f.sync_data().unwrap();
-    mib as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Median latency (µs) of a 4 KiB write + fdatasync at fresh offsets of a sparse file on the
@@ -355,6 +354,17 @@ fn mean_since(before: &Histogram, after: &Histogram) -> f64 {
     (after.sum - before.sum) / n as f64 * 1e6
 }
 
+/// With `REPL_BENCH_PERF_CTL=FIFO`, writes `enable` / `disable` to a `perf record
+/// --control=fifo:FIFO -D -1` control FIFO, so that a profile covers the resync only.
+fn perf_ctl(cmd: &str) {
+    if let Ok(p) = std::env::var("REPL_BENCH_PERF_CTL") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(p) {
+            let _ = writeln!(f, "{cmd}");
+        }
+    }
+}
+
 fn bench_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(std::env::var("REPL_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap()
 }
@@ -409,7 +419,7 @@ fn main() {
                     }
                 }
                 Some((proto, peer)) => {
-                    let s = served(&lab, dir.path(), *proto, *peer);
+                    let s = served(&lab, dir.path(), SIZE, *proto, *peer);
                     for (wi, w) in WORKLOADS.iter().enumerate() {
                         if pick("REPL_BENCH_WORKLOADS", wi) {
                             let (c0, l0) = (s.a.latency(), s.a.local_latency());
@@ -486,49 +496,166 @@ fn main() {
     }
 
     // Resync of a dirty region versus a plain sequential write on the same disk.
+    if std::env::var("REPL_BENCH_RESYNC").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let sizes: Vec<u64> = std::env::var("REPL_BENCH_RESYNC_MIB")
+        .unwrap_or_else(|_| "128,512".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for mib in sizes {
+        resync_vs_plain(&lab, mib, reps);
+    }
+}
+
+/// Times of one plain sequential write: the `pwrite`s, then the one `fdatasync`.
+struct Plain {
+    write: Duration,
+    sync: Duration,
+    /// CPU time of this process (user + system, all threads) meanwhile.
+    cpu: Duration,
+}
+
+/// CPU time (user + system) of this process so far, all threads: `/proc/self/stat` fields 14
+/// and 15, in clock ticks (100 per second on Linux).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split(' ').skip(11).take(2).map(|v| v.parse().unwrap()).collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+/// Writes `mib` MiB of the resync's byte pattern to a fresh file of the bench filesystem, 1 MiB
+/// per `pwrite`, then one `fdatasync`.
+fn plain_sequential_write(dir: &Path, mib: u64) -> Plain {
+    use std::os::unix::fs::FileExt;
+    let p = image_sized(dir, "plain.img", mib << 20);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let buf = vec![0x5au8; 1 << 20];
+    let cpu = process_cpu();
+    let start = Instant::now();
+    for i in 0..mib {
+        f.write_all_at(&buf, i << 20).unwrap();
+    }
+    let write = start.elapsed();
+    f.sync_data().unwrap();
+    Plain { write, sync: start.elapsed() - write, cpu: process_cpu() - cpu }
+}
+
+/// Times of one resync, from `connect` on the Primary.
+struct Resync {
+    /// Until the target is SyncTarget (handshake, generation identifiers, bitmaps exchanged).
+    handshake: Duration,
+    /// Until the source holds no out-of-sync block: every range sent, written and acknowledged.
+    transfer: Duration,
+    /// Until the target is UpToDate: its final data flush and metadata write.
+    total: Duration,
+    /// CPU time of this process (both replicas, user + system, all threads) meanwhile.
+    cpu: Duration,
+}
+
+/// A protocol-C pair in sync, then `disconnect`, `mib` MiB written through NBD on the Primary
+/// (1 MiB sequential writes), `sync`, then `connect` timed until the target is UpToDate.
+fn resync_once(lab: &Lab, dir: &Path, mib: u64) -> Resync {
+    let s = served(lab, dir, (mib << 20).max(SIZE) + (64 << 20), Protocol::C, true);
+    let a = s.a.clone();
+    futures_block_on(a.admin(Admin::Disconnect)).unwrap();
+    let count = mib.to_string();
+    let out = lab
+        .cmd("main", "qemu-img")
+        .args(["bench", "-f", "raw", "-w", "-t", "none", "-s", "1M", "-d", "4", "-c", &count, "--pattern", "90"])
+        .arg(&s.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let oos = futures_block_on(a.status()).unwrap().out_of_sync_bytes;
+    assert_eq!(oos, mib << 20);
+    let _ = Command::new("sync").status();
+    let b = s.b.clone().unwrap();
+    perf_ctl("enable");
+    let cpu = process_cpu();
+    let mut r = futures_block_on(async move {
+        let start = Instant::now();
+        a.admin(Admin::Connect { discard_my_data: false }).await.unwrap();
+        let (mut handshake, mut transfer) = (None, None);
+        loop {
+            let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
+            let now = start.elapsed();
+            if handshake.is_none() && sb.replication == ReplState::SyncTarget {
+                handshake = Some(now);
+            }
+            if handshake.is_some() && transfer.is_none() && sa.out_of_sync_bytes == 0 {
+                transfer = Some(now);
+            }
+            // Done when the target has flushed and recorded itself UpToDate.
+            if sb.disk == DiskState::UpToDate && sb.replication == ReplState::Established {
+                return Resync {
+                    handshake: handshake.unwrap_or(now),
+                    transfer: transfer.unwrap_or(now),
+                    total: now,
+                    cpu: Duration::ZERO,
+                };
+            }
+            assert!(now < Duration::from_secs(300), "resync: {sa:?} {sb:?}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    r.cpu = process_cpu() - cpu;
+    perf_ctl("disable");
+    drop(s);
+    r
+}
+
+/// Resync throughput of a `mib` MiB dirty region versus a plain sequential write of the same
+/// bytes to the same filesystem with one `fdatasync` at the end; medians of `reps` runs.
+fn resync_vs_plain(lab: &Lab, mib: u64, reps: usize) {
     let mut resync = Vec::new();
     let mut plain = Vec::new();
-    const DIRTY_MIB: usize = 128;
     for _ in 0..reps {
-        if std::env::var("REPL_BENCH_RESYNC").is_ok_and(|v| v == "0") {
-            break;
-        }
         let dir = bench_dir();
-        plain.push(plain_sequential_write_mibs(dir.path(), DIRTY_MIB));
-        let s = served(&lab, dir.path(), Protocol::C, true);
-        let a = s.a.clone();
-        futures_block_on(a.admin(Admin::Disconnect)).unwrap();
-        let count = DIRTY_MIB.to_string();
-        let out = lab
-            .cmd("main", "qemu-img")
-            .args(["bench", "-f", "raw", "-w", "-t", "none", "-s", "1M", "-d", "4", "-c", &count, "--pattern", "90"])
-            .arg(&s.url)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let oos = futures_block_on(a.status()).unwrap().out_of_sync_bytes;
-        assert_eq!(oos, (DIRTY_MIB as u64) << 20);
+        let p = plain_sequential_write(dir.path(), mib);
+        std::fs::remove_file(dir.path().join("plain.img")).unwrap();
         let _ = Command::new("sync").status();
-        let b = s.b.clone().unwrap();
-        let t = futures_block_on(async move {
-            a.admin(Admin::Connect { discard_my_data: false }).await.unwrap();
-            let start = wait_until(&b, "resync start", |st| st.replication != ReplState::Off).await;
-            // Done when the target has flushed and recorded itself UpToDate.
-            let t = wait_until(&b, "resync", |st| {
-                st.disk == DiskState::UpToDate && st.replication == ReplState::Established
-            })
-            .await;
-            eprintln!("resync: connected after {start:?}, then UpToDate after {t:?}");
-            start + t
-        });
-        resync.push(DIRTY_MIB as f64 / t.as_secs_f64());
-        drop(s);
-    }
-    if !resync.is_empty() {
-        println!("\n## Resync of a {DIRTY_MIB} MiB dirty region vs plain sequential write + fdatasync\n");
-        println!(
-            "{}",
-            markdown_table("plain write", &[Row { metric: "throughput (MiB/s)".into(), ours: resync, anchor: plain }])
+        let r = resync_once(lab, dir.path(), mib);
+        eprintln!(
+            "resync {mib} MiB: handshake {:?}, transfer {:?}, UpToDate {:?}, CPU {:?}; plain write {:?} + fdatasync {:?}, \
+             CPU {:?}",
+            r.handshake, r.transfer, r.total, r.cpu, p.write, p.sync, p.cpu
         );
+        plain.push(p);
+        resync.push(r);
     }
+    let ms = |v: Vec<Duration>| median(&v.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    println!("\n## Resync of a {mib} MiB dirty region vs plain sequential write + fdatasync ({reps} runs)\n");
+    let mibs = |d: Duration| mib as f64 / d.as_secs_f64();
+    println!(
+        "{}",
+        markdown_table(
+            "plain write",
+            &[Row {
+                metric: "throughput (MiB/s)".into(),
+                ours: resync.iter().map(|r| mibs(r.total)).collect(),
+                anchor: plain.iter().map(|p| mibs(p.write + p.sync)).collect(),
+            }]
+        )
+    );
+    println!(
+        "resync medians: handshake {:.1} ms, until the source has every ack {:.1} ms, until the target is UpToDate \
+         {:.1} ms, process CPU time {:.0} ms; plain: pwrite {:.1} ms + fdatasync {:.1} ms, CPU time {:.0} ms",
+        ms(resync.iter().map(|r| r.handshake).collect()),
+        ms(resync.iter().map(|r| r.transfer).collect()),
+        ms(resync.iter().map(|r| r.total).collect()),
+        ms(resync.iter().map(|r| r.cpu).collect()),
+        ms(plain.iter().map(|p| p.write).collect()),
+        ms(plain.iter().map(|p| p.sync).collect()),
+        ms(plain.iter().map(|p| p.cpu).collect()),
+    );
+    let ratio = median(&resync.iter().map(|r| mibs(r.total)).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+        / median(&plain.iter().map(|p| mibs(p.write + p.sync)).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    println!(
+        "resync {mib} MiB / plain write = {ratio:.2} (target ≥ 0.80) -> {}",
+        if ratio >= 0.8 { "MET" } else { "NOT MET" }
+    );
 }

@@ -59,6 +59,162 @@ pub fn markdown_table(anchor_name: &str, rows: &[Row]) -> String {
     out
 }
 
+/// The realistic backup corpus of `backup_compare` (also used by `backup_ssh`).
+pub mod corpus {
+    use rand::{Rng, SeedableRng};
+    use std::path::{Path, PathBuf};
+
+    fn words(rng: &mut impl Rng, n: usize) -> Vec<u8> {
+        const W: &[&str] = &[
+            "the",
+            "backup",
+            "server",
+            "of",
+            "a",
+            "small",
+            "organisation",
+            "keeps",
+            "running",
+            "when",
+            "disk",
+            "dies",
+            "and",
+            "brings",
+            "it",
+            "back",
+            "configuration",
+            "file",
+            "network",
+            "user",
+            "home",
+            "directory",
+            "log",
+            "entry",
+            "error",
+            "warning",
+            "info",
+            "debug",
+            "request",
+            "time",
+        ];
+        let mut out = Vec::with_capacity(n + 16);
+        while out.len() < n {
+            out.extend_from_slice(W[rng.gen_range(0..W.len())].as_bytes());
+            out.push(if rng.gen_bool(0.1) { b'\n' } else { b' ' });
+            if rng.gen_bool(0.02) {
+                out.extend_from_slice(format!("{} ", rng.gen::<u32>()).as_bytes());
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    fn random(rng: &mut impl Rng, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        rng.fill(&mut v[..]);
+        v
+    }
+
+    /// The file with shifted duplicates: 1 MiB blocks, ~45 % of them repeats of earlier blocks,
+    /// separated by a few random bytes so that repeats are not aligned.
+    fn shifted_file(rng: &mut impl Rng, size: usize) -> Vec<u8> {
+        let mut blocks: Vec<Vec<u8>> = Vec::new();
+        let mut out = Vec::with_capacity(size + (1 << 20));
+        while out.len() < size {
+            if !blocks.is_empty() && rng.gen_bool(0.45) {
+                let b = blocks[rng.gen_range(0..blocks.len())].clone();
+                out.extend_from_slice(&b);
+            } else {
+                let b = random(rng, 1 << 20);
+                out.extend_from_slice(&b);
+                blocks.push(b);
+            }
+            let junk = rng.gen_range(1..4096);
+            out.extend(random(rng, junk));
+        }
+        out.truncate(size);
+        out
+    }
+
+    /// Writes the realistic corpus under `root` (about `total_mb` MiB, seed fixed): 47 % one large
+    /// image with shifted duplicates, 20 % text documents, 20 % binaries (real libraries from
+    /// /usr/lib first, then random data), 13 % small configuration files in directories of 200.
+    /// Returns the bytes written.
+    pub fn generate(root: &Path, total_mb: usize) -> u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
+        std::fs::create_dir_all(root).unwrap();
+        let mb = 1usize << 20;
+        let big = total_mb * 47 / 100;
+        let text = total_mb * 20 / 100;
+        let bin = total_mb * 20 / 100;
+        let small = total_mb - big - text - bin;
+        std::fs::write(root.join("large-with-shifted-duplicates.img"), shifted_file(&mut rng, big * mb)).unwrap();
+        let d = root.join("text");
+        std::fs::create_dir_all(&d).unwrap();
+        let mut n = 0;
+        let mut left = text * mb;
+        while left > 0 {
+            let sz = rng.gen_range(50_000..2_000_000).min(left);
+            std::fs::write(d.join(format!("doc{n:05}.txt")), words(&mut rng, sz)).unwrap();
+            left -= sz;
+            n += 1;
+        }
+        // binaries: real ones from /usr/lib first, then random (incompressible) data
+        let d = root.join("bin");
+        std::fs::create_dir_all(&d).unwrap();
+        let mut left = bin * mb;
+        let mut libs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/x86_64-linux-gnu")
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        libs.sort();
+        for (i, l) in libs.iter().enumerate() {
+            if left < bin * mb / 2 {
+                break;
+            }
+            if let Ok(md) = std::fs::metadata(l) {
+                if md.is_file() && md.len() > 10_000 && (md.len() as usize) < left {
+                    if let Ok(data) = std::fs::read(l) {
+                        std::fs::write(d.join(format!("lib{i:04}")), &data).unwrap();
+                        left -= data.len();
+                    }
+                }
+            }
+        }
+        let mut i = 0;
+        while left > 0 {
+            let sz = rng.gen_range(100_000..8_000_000).min(left);
+            std::fs::write(d.join(format!("blob{i:04}.bin")), random(&mut rng, sz)).unwrap();
+            left -= sz;
+            i += 1;
+        }
+        let d = root.join("small");
+        let mut left = small * mb;
+        let mut i = 0;
+        while left > 0 {
+            let sub = d.join(format!("dir{:03}", i / 200));
+            if i % 200 == 0 {
+                std::fs::create_dir_all(&sub).unwrap();
+            }
+            let sz = rng.gen_range(100..10_000).min(left);
+            std::fs::write(sub.join(format!("f{i:06}.conf")), words(&mut rng, sz)).unwrap();
+            left -= sz;
+            i += 1;
+        }
+        du(root)
+    }
+
+    fn du(p: &Path) -> u64 {
+        let mut total = 0;
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => total += du(&e.path()),
+                _ => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+            }
+        }
+        total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,11 @@ use chrono::{DateTime, Local, NaiveDateTime, Utc};
 use clap::{Parser, Subcommand};
 use dedupstore::backend::{Backend, LocalBackend};
 use dedupstore::chunker::ChunkerParams;
-use dedupstore::commands::{self, time_of, CheckOptions};
+use dedupstore::commands::{self, time_of, CheckOptions, CheckProgress};
 use dedupstore::compress::Compression;
 use dedupstore::create::{create, CreateOptions, Event};
 use dedupstore::crypto::Mode;
-use dedupstore::extract::{archive_items, extract, ExtractOptions};
+use dedupstore::extract::{archive_items, extract_with_progress, ExtractOptions};
 use dedupstore::pattern::Pattern;
 use dedupstore::prune::PruneRules;
 use dedupstore::remote::{RepoLocation, ServeOptions, SshBackend, SshOptions};
@@ -154,6 +154,9 @@ enum Cmd {
         /// List extracted items.
         #[arg(long)]
         list: bool,
+        /// Show progress (on a terminal).
+        #[arg(short, long)]
+        progress: bool,
         /// REPO::ARCHIVE.
         target: String,
         /// Only these paths.
@@ -194,6 +197,9 @@ enum Cmd {
         /// Rebuild the index from the packs.
         #[arg(long)]
         repair: bool,
+        /// Show progress (on a terminal).
+        #[arg(short, long)]
+        progress: bool,
         /// Repository.
         repo: Option<String>,
     },
@@ -515,6 +521,20 @@ fn mode_string(kind: dedupstore::archive::ItemKind, mode: u32) -> String {
         s.push(if mode & (1 << (8 - i)) != 0 { c } else { '-' });
     }
     s
+}
+
+/// A progress bar with `template` when asked for and stderr is a terminal (a person watching):
+/// never in logs, pipes or `--json` output.
+fn progress_bar(wanted: bool, template: &str) -> Option<indicatif::ProgressBar> {
+    (wanted && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -841,7 +861,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Extract { strip_components, dry_run, numeric_ids, sparse, list, target, paths } => {
+        Cmd::Extract { strip_components, dry_run, numeric_ids, sparse, list, progress, target, paths } => {
             let (repo_path, archive) = split_target(Some(&target))?;
             let archive = archive.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
             let repo = open(&repo_path)?;
@@ -854,7 +874,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sparse,
                 threads: 0,
             };
-            let res = extract(&repo, &archive, &opts)?;
+            let bar = progress_bar(
+                progress,
+                "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {msg} ETA {eta}",
+            );
+            let mut on = |p: dedupstore::extract::ExtractProgress| {
+                if let Some(b) = &bar {
+                    b.set_length(p.bytes_total);
+                    b.set_position(p.bytes);
+                    b.set_message(format!("{}/{} items", p.items, p.items_total));
+                }
+            };
+            let res = extract_with_progress(&repo, &archive, &opts, &mut on);
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let res = res?;
             if list {
                 eprintln!("{} items, {}", res.items, size(res.bytes));
             }
@@ -953,10 +988,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Check { verify_data, repair, repo } => {
+        Cmd::Check { verify_data, repair, progress, repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
             let repo = open(&repo_path)?;
-            let r = commands::check(&repo, CheckOptions { verify_data, repair })?;
+            let bar = progress_bar(progress, "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} {msg}");
+            let mut on = |p: CheckProgress| {
+                let Some(b) = &bar else { return };
+                match p {
+                    CheckProgress::Packs { done, total, bytes } => {
+                        b.set_length(total);
+                        b.set_position(done);
+                        b.set_message(format!("packs ({})", size(bytes)));
+                    }
+                    CheckProgress::Archives { done, total } => {
+                        b.set_length(total);
+                        b.set_position(done);
+                        b.set_message("archives");
+                    }
+                    _ => {}
+                }
+            };
+            let r = commands::check_with_progress(&repo, CheckOptions { verify_data, repair }, &mut on);
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let r = r?;
             for e in &r.errors {
                 eprintln!("{e}");
             }
@@ -1016,7 +1072,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::RestoreTest(a) => runner::restore_test_cmd(a),
         Cmd::BreakLock { repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
-            RepoLock::break_lock(backend(&repo_path)?.as_ref())?;
+            let backend = backend(&repo_path)?;
+            // a mistyped path is an error (borg's too), not a silent success
+            Repository::read_config(backend.as_ref()).with_context(|| format!("repository {repo_path}"))?;
+            RepoLock::break_lock(backend.as_ref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::WithLock { shared, repo, command } => {

@@ -356,11 +356,24 @@ fn errors_are_one_clear_line_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a rempart repository") && err.lines().count() == 1, "{err}");
+    // break-lock of a mistyped path too (it used to succeed silently)
+    let mut c = ours(home);
+    c.arg("break-lock").arg(home.join("missing"));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a rempart repository") && err.lines().count() == 1, "{err}");
     // a vanished source path is a warning: exit 1, the archive is still written
     let mut c = ours(home);
     c.arg("create").arg(format!("{}::w", repo.display())).arg(home.join("keys")).arg(home.join("nonexistent"));
     let out = run(c);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // one line for each missing path (`keys` does not exist either in repokey mode), not the
+    // warning again as a log line
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(err.lines().all(|l| l.ends_with(": No such file or directory (os error 2)")), "{err}");
+    assert!(err.contains("nonexistent"), "{err}");
     let mut c = ours(home);
     c.args(["list", "--short"]).arg(&repo);
     assert_eq!(ok(c).trim(), "w");
@@ -548,4 +561,105 @@ fn progress_bar_only_on_a_terminal_and_never_with_json() {
     let out = run(c);
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains(" files"));
+}
+
+/// Peak RSS (KiB) of the largest child this process waited for so far.
+fn children_peak_rss_kib() -> i64 {
+    let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    ru.max_rss()
+}
+
+#[test]
+fn create_memory_does_not_grow_with_the_item_metadata() {
+    // 24 000 empty files whose paths are ~2.8 KB long: ~70 MB of item metadata, which create
+    // must store as it walks instead of holding it until the end.
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let mut deep = home.join("src");
+    for i in 0..13 {
+        deep.push(format!("{i:02}").repeat(100));
+    }
+    let (dirs, per_dir) = (120, 200);
+    let mut stream_bytes = 0usize;
+    for k in 0..dirs {
+        let dir = deep.join(format!("{k:03}{}", "x".repeat(196)));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..per_dir {
+            let p = dir.join(format!("{f:04}{}", "y".repeat(195)));
+            std::fs::File::create(&p).unwrap();
+            stream_bytes += p.strip_prefix("/").unwrap().as_os_str().len();
+        }
+    }
+    assert!(stream_bytes > 60 << 20, "{stream_bytes}");
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.args(["init", "-e", "repokey"]).arg(&repo);
+    ok(c);
+    let mut c = ours(home);
+    c.args(["create", "--json"]).arg(format!("{}::many", repo.display())).arg(home.join("src"));
+    let v: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    assert_eq!(v["archive"]["stats"]["nfiles"], dirs * per_dir);
+    let peak_mib = children_peak_rss_kib() / 1024;
+    // the paths alone are ~70 MB; the whole create (threads, pack buffers, SQLite) stays far below
+    assert!(peak_mib < 40, "create peaked at {peak_mib} MiB for {} MiB of item paths", stream_bytes >> 20);
+    // and the archive lists every item, in walk order
+    let mut c = ours(home);
+    c.args(["list", "--short"]).arg(format!("{}::many", repo.display()));
+    let listed = ok(c);
+    let files: Vec<&str> = listed.lines().filter(|l| l.contains("yyyy")).collect();
+    assert_eq!(files.len(), dirs * per_dir);
+    assert!(files.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn extract_and_check_progress_only_on_a_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let src = home.join("src");
+    write_tree(&src, 5, 8, 1 << 20);
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.args(["init", "-e", "none"]).arg(&repo);
+    ok(c);
+    let mut c = ours(home);
+    c.arg("create").arg(format!("{}::a", repo.display())).arg(&src);
+    ok(c);
+    // not a terminal: --progress draws nothing
+    let plain = home.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let mut c = ours(home);
+    c.args(["extract", "--progress"]).arg(format!("{}::a", repo.display())).current_dir(&plain);
+    let out = run(c);
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(walk(&plain).len(), 8);
+    let mut c = ours(home);
+    c.args(["check", "--progress", "--verify-data"]).arg(&repo);
+    let out = run(c);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("check: ") && !err.contains("packs ("), "{err}");
+    // a terminal (script(1) gives it a pty): both draw their bars
+    let tty = home.join("tty");
+    std::fs::create_dir(&tty).unwrap();
+    let on_tty = |cmd: String| {
+        let mut c = Command::new("script");
+        c.args(["-qfec", &cmd, "/dev/null"])
+            .env("REMPART_CACHE_DIR", home.join("cache"))
+            .env("REMPART_KEYS_DIR", home.join("keys"))
+            .env_remove("REMPART_REPO");
+        let out = run(c);
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_tty(format!("cd {} && {BIN} extract --progress {}::a", tty.display(), repo.display()));
+    assert!(shown.contains("/9 items"), "no extract progress drawn: {shown:?}");
+    assert_eq!(walk(&tty).len(), 8);
+    let shown = on_tty(format!("{BIN} check --progress --verify-data {}", repo.display()));
+    assert!(shown.contains("packs ("), "no check progress drawn: {shown:?}");
+    assert!(shown.contains("no problems found"), "{shown:?}");
+    // without --progress, a terminal gets no bar either
+    let shown = on_tty(format!("{BIN} check {}", repo.display()));
+    assert!(!shown.contains("packs ("), "{shown:?}");
 }

@@ -57,7 +57,7 @@ enum Cmd {
     Flush { reply: oneshot::Sender<Result<(), String>> },
     Admin { cmd: Admin, reply: oneshot::Sender<Result<(), String>> },
     Status { reply: oneshot::Sender<Status> },
-    DiskDone { io: u64, result: Result<Option<Vec<u8>>, String> },
+    DiskDone { io: u64, result: Result<Option<Bytes>, String> },
     Connected { id: u64, tx: mpsc::UnboundedSender<Bytes> },
     Frame { id: u64, msg: Msg },
     Lost { id: u64 },
@@ -478,9 +478,14 @@ impl Actor {
                         let start = Instant::now();
                         let is_write = matches!(op, DiskOp::Write { .. } | DiskOp::Zero { .. });
                         let r = match op {
-                            DiskOp::Write { off, data: d, fua } => data.write_blocking(off, &d, fua).map(|()| None),
+                            DiskOp::Write { off, data: d, fua, writeback } => if writeback && !fua {
+                                data.write_bulk_blocking(off, &d)
+                            } else {
+                                data.write_blocking(off, &d, fua)
+                            }
+                            .map(|()| None),
                             DiskOp::Zero { off, len, fua } => data.zero_blocking(off, len, fua).map(|()| None),
-                            DiskOp::Read { off, len } => data.read_blocking(off, len).map(Some),
+                            DiskOp::Read { off, len } => data.read_pooled_blocking(off, len).map(Some),
                             DiskOp::Flush => data.flush_blocking().map(|()| None),
                         };
                         if is_write {
@@ -688,6 +693,19 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut Vec<Byt
     Ok(())
 }
 
+/// Reads exactly `n` bytes into a recycled buffer (see `crate::pool`) without zero-filling it.
+async fn read_payload_pooled<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::Result<Bytes> {
+    let mut v = crate::pool::take(n);
+    v.clear();
+    while v.len() < n {
+        let want = (n - v.len()) as u64;
+        if (&mut *rd).take(want).read_buf(&mut v).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(crate::pool::bytes(v))
+}
+
 /// Reads exactly `n` bytes into a fresh buffer without zero-filling it first.
 pub(crate) async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::Result<Vec<u8>> {
     let mut v = Vec::with_capacity(n);
@@ -716,8 +734,9 @@ async fn read_frames(
             // Read the payload straight into the buffer that goes to the disk.
             let mut fixed = [0u8; crate::wire::DATA_FIXED];
             rd.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
-            let payload = read_payload(&mut rd, len - crate::wire::DATA_FIXED).await.map_err(|e| e.to_string())?;
-            let msg = crate::wire::data_from_parts(p.flags(), &fixed, payload.into()).map_err(|e| e.to_string())?;
+            let payload =
+                read_payload_pooled(&mut rd, len - crate::wire::DATA_FIXED).await.map_err(|e| e.to_string())?;
+            let msg = crate::wire::data_from_parts(p.flags(), &fixed, payload).map_err(|e| e.to_string())?;
             if tx.send(Cmd::Frame { id, msg }).is_err() {
                 return Ok(());
             }
@@ -726,8 +745,9 @@ async fn read_frames(
         if p.frame_type() == crate::wire::FrameType::RsData && len >= crate::wire::RS_DATA_FIXED {
             let mut fixed = [0u8; crate::wire::RS_DATA_FIXED];
             rd.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
-            let payload = read_payload(&mut rd, len - crate::wire::RS_DATA_FIXED).await.map_err(|e| e.to_string())?;
-            let msg = crate::wire::rs_data_from_parts(p.flags(), &fixed, payload.into()).map_err(|e| e.to_string())?;
+            let payload =
+                read_payload_pooled(&mut rd, len - crate::wire::RS_DATA_FIXED).await.map_err(|e| e.to_string())?;
+            let msg = crate::wire::rs_data_from_parts(p.flags(), &fixed, payload).map_err(|e| e.to_string())?;
             if tx.send(Cmd::Frame { id, msg }).is_err() {
                 return Ok(());
             }

@@ -60,6 +60,7 @@ pub mod drill;
 pub mod io;
 pub mod meta;
 pub mod nbd;
+mod pool;
 pub mod proto;
 pub mod store;
 pub mod wire;

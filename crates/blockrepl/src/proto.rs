@@ -191,6 +191,10 @@ pub enum DiskOp {
         data: Bytes,
         /// Force unit access.
         fua: bool,
+        /// A hint, no promise: start writing the range back to the disk now rather than when
+        /// the page cache decides, because a flush of it follows soon (a resync write: the
+        /// target flushes everything at the end, and that flush then has little left to do).
+        writeback: bool,
     },
     /// Make a range read back as zeroes.
     Zero {
@@ -522,8 +526,8 @@ pub struct Replica {
     peer_latencies: Vec<Duration>,
 }
 
-const RS_CHUNK_BLOCKS: u64 = 256; // 1 MiB per resync request
-const RS_MAX_INFLIGHT: usize = 8;
+const RS_CHUNK_BLOCKS: u64 = 64; // 256 KiB per resync request
+const RS_MAX_INFLIGHT: usize = 16;
 const VERIFY_CHUNK: u64 = 256 * 1024;
 const AUTO_BARRIER: Duration = Duration::from_secs(1);
 
@@ -879,7 +883,7 @@ impl Replica {
         let (off, len, fua) = (w.off, w.len, w.fua);
         let peer_data = if replicating { data.clone() } else { None };
         let op = match data {
-            Some(d) => DiskOp::Write { off, data: d, fua },
+            Some(d) => DiskOp::Write { off, data: d, fua, writeback: false },
             None => DiskOp::Zero { off, len, fua },
         };
         if replicating {
@@ -932,7 +936,7 @@ impl Replica {
     // ---------------------------------------------------------------- disk completions
 
     /// A disk operation or metadata write finished. `data` carries what a read returned.
-    pub fn handle_disk_done(&mut self, now: Instant, io: u64, result: Result<Option<Vec<u8>>, String>) {
+    pub fn handle_disk_done(&mut self, now: Instant, io: u64, result: Result<Option<Bytes>, String>) {
         self.now = Some(now);
         let Some(purpose) = self.ios.remove(&io) else { return };
         match purpose {
@@ -1005,7 +1009,7 @@ impl Replica {
                             self.send(Msg::RsCsum { offset: off, len, hash });
                         } else {
                             self.resync_wire_bytes += data.len() as u64;
-                            self.send(Msg::RsData { offset: off, len, flags: 0, data: Bytes::from(data) });
+                            self.send(Msg::RsData { offset: off, len, flags: 0, data });
                         }
                     }
                     _ => {
@@ -1740,7 +1744,7 @@ impl Replica {
                     let disk_op = if flags & DATA_ZERO != 0 {
                         DiskOp::Zero { off, len, fua }
                     } else {
-                        DiskOp::Write { off, data, fua }
+                        DiskOp::Write { off, data, fua, writeback: false }
                     };
                     self.io(Io::PeerWrite { seq, epoch, conn }, disk_op);
                     self.peer_write_ranges.insert(seq, (off, u64::from(len).max(1)));
@@ -1752,7 +1756,7 @@ impl Replica {
                     let disk_op = if flags & DATA_ZERO != 0 {
                         DiskOp::Zero { off, len, fua: false }
                     } else {
-                        DiskOp::Write { off, data, fua: false }
+                        DiskOp::Write { off, data, fua: false, writeback: true }
                     };
                     self.io(Io::PeerRs { off, len, conn, mark }, disk_op);
                 }

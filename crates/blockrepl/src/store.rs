@@ -55,6 +55,11 @@ pub fn check_range(size: u64, off: u64, len: u64) -> io::Result<()> {
 pub struct FileStore {
     file: Arc<File>,
     size: u64,
+    /// Held by bulk writes (resync), one at a time: buffered writes to one file serialise on
+    /// the inode lock anyway, and the kernel's waiters for it spin while its owner copies,
+    /// which kept a whole vCPU busy doing nothing during a resync (10 % of the profile). A
+    /// waiter here sleeps instead.
+    bulk: Arc<Mutex<()>>,
 }
 
 impl FileStore {
@@ -62,12 +67,12 @@ impl FileStore {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
         let size = device_size(&file)?;
-        Ok(Self { file: Arc::new(file), size })
+        Ok(Self { file: Arc::new(file), size, bulk: Arc::default() })
     }
 
     /// Uses `size` bytes of an already-open file.
     pub fn from_file(file: File, size: u64) -> Self {
-        Self { file: Arc::new(file), size }
+        Self { file: Arc::new(file), size, bulk: Arc::default() }
     }
 
     /// Blocking positioned read.
@@ -78,6 +83,14 @@ impl FileStore {
         Ok(buf)
     }
 
+    /// Blocking positioned read into a recycled buffer (see `crate::pool`).
+    pub fn read_pooled_blocking(&self, off: u64, len: u32) -> io::Result<bytes::Bytes> {
+        check_range(self.size, off, u64::from(len))?;
+        let mut buf = crate::pool::take_filled(len as usize);
+        self.file.read_exact_at(&mut buf, off)?;
+        Ok(crate::pool::bytes(buf))
+    }
+
     /// Blocking positioned write.
     pub fn write_blocking(&self, off: u64, data: &[u8], fua: bool) -> io::Result<()> {
         check_range(self.size, off, data.len() as u64)?;
@@ -86,6 +99,30 @@ impl FileStore {
             self.file.sync_data()?;
         }
         Ok(())
+    }
+
+    /// A bulk write (resync data): one at a time (see `bulk`), then [`Self::start_writeback`].
+    pub fn write_bulk_blocking(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        {
+            let _one = self.bulk.lock().map_err(|_| io::Error::other("bulk write lock poisoned"))?;
+            self.write_blocking(off, data, false)?;
+        }
+        self.start_writeback(off, data.len() as u64);
+        Ok(())
+    }
+
+    /// Starts writing a range's dirty pages back to the disk without waiting for it, so that a
+    /// later `fdatasync` finds less to do. Only a hint: errors are ignored (a failed writeback
+    /// shows at the `fdatasync` that makes the range durable).
+    ///
+    /// `POSIX_FADV_DONTNEED` starts writeback of the range's dirty pages (`WB_SYNC_NONE`, the
+    /// same as `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which nix does not wrap) and drops
+    /// its clean pages from the cache; pages still dirty or under writeback stay.
+    pub fn start_writeback(&self, off: u64, len: u64) {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else { return };
+        let _ = posix_fadvise(self.file.as_raw_fd(), off, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
     }
 
     /// Blocking fdatasync.

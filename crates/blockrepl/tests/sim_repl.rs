@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use blockrepl::meta::{Meta, BLOCK};
 use blockrepl::proto::{Action, Config, DiskOp, DiskState, ReplState, Replica, Role};
-use blockrepl::wire::Msg;
+use blockrepl::wire::{Bytes, Msg};
 use rand::Rng;
 use rempart_testkit::sim::{run_seeds, ChaCha8Rng, CrashDisk, NetConfig, SimClock, SimNet};
 
@@ -565,7 +565,7 @@ impl World {
                         _ => None,
                     };
                     if let Some(r) = n.rep.as_mut() {
-                        r.handle_disk_done(now, io, Ok(res));
+                        r.handle_disk_done(now, io, Ok(res.map(Bytes::from)));
                     }
                 }
                 Ev::Meta { node, io, meta, flush, incarnation } => {

@@ -67,6 +67,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn create_new(&self, t: FileType, name: &str, data: &[u8]) -> Result<bool>;
     /// Removes an object (missing is not an error).
     fn remove(&self, t: FileType, name: &str) -> Result<()>;
+    /// Reads many parts `(name, offset, len)` of objects of type `t`, handing each to `each`
+    /// (its position in `parts`, its bytes) in order; stops early when `each` returns `false`.
+    /// A remote backend keeps many requests in flight on its one connection. The default reads
+    /// one part after the other with [`Backend::read_part`].
+    fn read_parts(&self, t: FileType, parts: &[(String, u64, u64)], each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool) {
+        for (i, (name, offset, len)) in parts.iter().enumerate() {
+            if !each(i, self.read_part(t, name, *offset, *len)) {
+                return;
+            }
+        }
+    }
+    /// Whether [`Backend::read_parts`] beats parallel [`Backend::read_part`] calls (a remote
+    /// backend, where each call is a round trip). Readers use it to pick their strategy.
+    fn pipelines_reads(&self) -> bool {
+        false
+    }
 }
 
 /// A repository in a local directory.

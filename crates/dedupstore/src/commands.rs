@@ -310,7 +310,35 @@ impl CheckReport {
     }
 }
 
-/// `check [--verify-data] [--repair]`.
+/// Progress of `check`: first every pack is read (and with `verify_data` every chunk
+/// decrypted), then every archive's items are checked; the repair that may follow reports none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckProgress {
+    /// Packs read so far.
+    Packs {
+        /// Packs done.
+        done: u64,
+        /// Packs the index names.
+        total: u64,
+        /// Bytes read so far.
+        bytes: u64,
+    },
+    /// Archives checked so far.
+    Archives {
+        /// Archives done.
+        done: u64,
+        /// Archives in the manifest.
+        total: u64,
+    },
+}
+
+/// `check [--verify-data] [--repair]`, see [`check_with_progress`].
+pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
+    check_with_progress(repo, opts, &mut |_| {})
+}
+
+/// `check [--verify-data] [--repair]`, reporting [`CheckProgress`] to `on`.
 ///
 /// `--repair` (borg semantics): the index is rebuilt from the packs on disk, leaving out every
 /// damaged chunk; archive references to missing or damaged chunks are replaced with zero-filled
@@ -318,7 +346,11 @@ impl CheckReport {
 /// rest of each file still restores; references healed if the original chunk is back; archives
 /// whose metadata cannot be read are removed from the manifest; chunks no archive references
 /// are reported (compact removes them).
-pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
+pub fn check_with_progress(
+    repo: &Repository,
+    opts: CheckOptions,
+    on: &mut dyn FnMut(CheckProgress),
+) -> Result<CheckReport> {
     let _lock = if opts.repair { repo.lock()? } else { repo.shared_lock()? };
     let mut r = CheckReport::default();
     let manifest = repo.manifest()?;
@@ -328,7 +360,13 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     let mut bad_packs = HashSet::new();
     let mut packs: Vec<(&Id, &Vec<BlobEntry>)> = index.packs.iter().collect();
     packs.sort_by_key(|p| *p.0);
+    let total = packs.len() as u64;
+    let mut bytes = 0u64;
+    on(CheckProgress::Packs { done: 0, total, bytes });
     for (pack, blobs) in packs {
+        if r.packs > 0 {
+            on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
+        }
         r.packs += 1;
         let name = pack.to_hex();
         if !on_disk.contains(pack) {
@@ -345,6 +383,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
                 continue;
             }
         };
+        bytes += data.len() as u64;
         let hash_ok = Id::hash(&data) == *pack;
         if !hash_ok {
             r.errors.push(format!("pack {name}: content does not match its name (damaged)"));
@@ -358,11 +397,17 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             }
         }
     }
+    on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
     r.orphan_packs = on_disk.iter().filter(|p| !index.packs.contains_key(p)).copied().collect();
     r.orphan_packs.sort();
     // Archives: every item stream and every referenced chunk.
     let mut users: BTreeMap<(String, String), ()> = BTreeMap::new();
-    for a in &manifest.archives {
+    let total = manifest.archives.len() as u64;
+    on(CheckProgress::Archives { done: 0, total });
+    for (done, a) in manifest.archives.iter().enumerate() {
+        if done > 0 {
+            on(CheckProgress::Archives { done: done as u64, total });
+        }
         let meta = match repo.archive(&a.id) {
             Ok(m) => m,
             Err(e) => {
@@ -393,6 +438,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             }
         }
     }
+    on(CheckProgress::Archives { done: total, total });
     r.damaged_chunks = damaged.iter().copied().collect();
     r.damaged_chunks.sort();
     r.damaged_files = users.into_keys().collect();

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::pattern::Pattern;
 use crate::repo::{hostname, Repository};
-use crate::writer::{stored_sizes, ChunkWriter, WriterOptions};
+use crate::writer::{ChunkWriter, WriterOptions};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -142,7 +142,11 @@ struct Walker<'a> {
     checkpoint_original: u64,
     writer: Option<ChunkWriter>,
     cache: Option<FilesCache>,
+    /// The item stream not yet cut into chunks: under twice the chunker's `max` plus one item
+    /// (see [`Walker::emit`]), so memory does not grow with the number of files.
     items: Vec<u8>,
+    /// Chunks of the item stream stored so far, in order.
+    item_ids: Vec<Id>,
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     users: HashMap<u32, Option<String>>,
     groups: HashMap<u32, Option<String>>,
@@ -150,8 +154,12 @@ struct Walker<'a> {
     stats: ArchiveStats,
     /// Stored bytes of referenced chunks that were already in the repository.
     refs_known: u64,
-    /// References to chunks new in this run (their stored size is known at the end).
+    /// Second and later references to chunks new in this run (their stored size is known at
+    /// the end; a first reference counts once, from the writer's output). Memory: one entry
+    /// per duplicated new chunk, not per file.
     refs_new: HashMap<Id, u64>,
+    /// Item-stream chunks new in this run (not references of file content).
+    items_new: std::collections::HashSet<Id>,
     /// A repository error seen while reading a file.
     fatal: Option<Error>,
     cached_files: u64,
@@ -212,7 +220,8 @@ fn data_regions(f: &File, size: u64) -> Vec<(u64, u64)> {
 impl Walker<'_> {
     fn warn(&mut self, msg: String) {
         (self.on)(Event::Warning(&msg));
-        tracing::warn!("{msg}");
+        // the caller shows the event; a log line at the default level would print it twice
+        tracing::debug!("{msg}");
         self.warnings.push(msg);
     }
 
@@ -223,14 +232,16 @@ impl Walker<'_> {
         std::io::Error::other(msg)
     }
 
-    /// Counts a chunk reference for the compressed-size statistic (memory: new chunks only).
-    fn reference(&mut self, id: Id) {
+    /// Counts a chunk reference for the compressed-size statistic; `first` when this very
+    /// reference stored the chunk.
+    fn reference(&mut self, id: Id, first: bool) {
         if let Some(c) = &self.cache {
             c.add_ref(&id);
         }
         if let Some(w) = &self.writer {
             match w.known().chunks.get(&id) {
                 Some(l) => self.refs_known += u64::from(l.len),
+                None if first => {}
                 None => *self.refs_new.entry(id).or_insert(0) += 1,
             }
         }
@@ -261,9 +272,40 @@ impl Walker<'_> {
         }
     }
 
-    fn emit(&mut self, item: &Item, status: char) {
+    fn emit(&mut self, item: &Item, status: char) -> Result<()> {
         (self.on)(Event::Item { status, path: &item.path });
         encode_item(item, &mut self.items);
+        // Amortised: cut once twice `max` is buffered, keep less than `max`.
+        if self.items.len() >= 2 * self.chunker.params().max as usize {
+            self.cut_items(false)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the chunks of the buffered item stream whose end is final — every chunk that has
+    /// `max` bytes after its start, so boundaries are exactly those of chunking the whole
+    /// stream at once (FastCDC looks at most `max` bytes ahead) — or, with `all`, every chunk.
+    fn cut_items(&mut self, all: bool) -> Result<()> {
+        let max = self.chunker.params().max as usize;
+        let mut pos = 0;
+        while pos < self.items.len() && (all || self.items.len() - pos >= max) {
+            let n = self.chunker.cut(&self.items[pos..]);
+            let c = &self.items[pos..pos + n];
+            let id = match &mut self.writer {
+                Some(w) => match w.store(c.to_vec())? {
+                    (id, true) => {
+                        self.items_new.insert(id);
+                        id
+                    }
+                    (id, false) => id,
+                },
+                None => self.key.chunk_id(c),
+            };
+            self.item_ids.push(id);
+            pos += n;
+        }
+        self.items.drain(..pos);
+        Ok(())
     }
 
     fn walk(&mut self, p: &Path, ap: Vec<u8>, root_dev: u64) -> Result<()> {
@@ -280,7 +322,7 @@ impl Walker<'_> {
         let ft = md.file_type();
         if ft.is_dir() {
             let item = self.base_item(ap.clone(), &md, ItemKind::Dir, p);
-            self.emit(&item, 'd');
+            self.emit(&item, 'd')?;
             if self.opts.one_file_system && md.dev() != root_dev {
                 return Ok(());
             }
@@ -311,11 +353,11 @@ impl Walker<'_> {
                     return Ok(());
                 }
             }
-            self.emit(&item, 's');
+            self.emit(&item, 's')?;
         } else {
             let kind = ItemKind::of(ft).unwrap_or(ItemKind::Socket);
             let item = self.base_item(ap, &md, kind, p);
-            self.emit(&item, if kind == ItemKind::Fifo { 'f' } else { 'c' });
+            self.emit(&item, if kind == ItemKind::Fifo { 'f' } else { 'c' })?;
         }
         Ok(())
     }
@@ -349,11 +391,11 @@ impl Walker<'_> {
                     item.chunks = e.chunks;
                     for c in &item.chunks {
                         if let Extent::Data { id, .. } = c {
-                            self.reference(*id);
+                            self.reference(*id, false);
                         }
                     }
                     self.cached_files += 1;
-                    self.emit(&item, 'U');
+                    self.emit(&item, 'U')?;
                     return Ok(());
                 }
             }
@@ -400,7 +442,7 @@ impl Walker<'_> {
                 },
             )?;
         }
-        self.emit(&item, 'A');
+        self.emit(&item, 'A')?;
         (self.on)(Event::Progress { original: self.stats.original_size, files: self.stats.nfiles });
         self.maybe_checkpoint()
     }
@@ -422,7 +464,9 @@ impl Walker<'_> {
     /// `create` reuses them and its success removes the checkpoint.
     fn write_checkpoint(&mut self) -> Result<()> {
         let Some(w) = self.writer.as_mut() else { return Ok(()) };
-        let mut item_ids = Vec::new();
+        // The stored chunks, then the buffered tail (kept: its last chunk is cut differently
+        // once more items follow).
+        let mut item_ids = self.item_ids.clone();
         for c in self.chunker.split(&self.items) {
             item_ids.push(w.store(c.to_vec())?.0);
         }
@@ -480,14 +524,14 @@ impl Walker<'_> {
                 for c in chunker.split(&data) {
                     pos += c.len() as u64;
                     let len = c.len() as u32;
-                    let id = match &mut self.writer {
+                    let (id, first) = match &mut self.writer {
                         Some(w) => match w.store(c.to_vec()) {
-                            Ok((id, _)) => id,
+                            Ok(r) => r,
                             Err(e) => return Err(self.fail(e)),
                         },
-                        None => self.key.chunk_id(c),
+                        None => (self.key.chunk_id(c), false),
                     };
-                    self.reference(id);
+                    self.reference(id, first);
                     out.push(Extent::Data { id, len });
                 }
                 continue;
@@ -500,14 +544,14 @@ impl Walker<'_> {
             while let Some(c) = s.next_chunk()? {
                 got += c.len() as u64;
                 let len = c.len() as u32;
-                let id = match &mut self.writer {
+                let (id, first) = match &mut self.writer {
                     Some(w) => match w.store(c) {
-                        Ok((id, _)) => id,
+                        Ok(r) => r,
                         Err(e) => return Err(self.fail(e)),
                     },
-                    None => self.key.chunk_id(&c),
+                    None => (self.key.chunk_id(&c), false),
                 };
-                self.reference(id);
+                self.reference(id, first);
                 out.push(Extent::Data { id, len });
             }
             pos = start + got;
@@ -579,6 +623,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         writer,
         cache,
         items: Vec::new(),
+        item_ids: Vec::new(),
         hardlinks: HashMap::new(),
         users: HashMap::new(),
         groups: HashMap::new(),
@@ -586,6 +631,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         stats: ArchiveStats::default(),
         refs_known: 0,
         refs_new: HashMap::new(),
+        items_new: Default::default(),
         fatal: None,
         cached_files: 0,
         chunker: Arc::new(repo.chunker().clone()),
@@ -603,26 +649,25 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
         w.walk(&abs, archive_path(p), dev)?;
     }
-    // Store the item stream like file content.
-    let stream = std::mem::take(&mut w.items);
-    let mut item_ids = Vec::new();
-    for c in repo.chunker().split(&stream) {
-        let id = match &mut w.writer {
-            Some(wr) => wr.store(c.to_vec())?.0,
-            None => repo.crypto().key().chunk_id(c),
-        };
-        item_ids.push(id);
-    }
+    // The rest of the item stream (stored like file content as it grew).
+    w.cut_items(true)?;
+    let item_ids = std::mem::take(&mut w.item_ids);
     let out = match w.writer.take() {
         Some(wr) => Some(wr.finish()?),
         None => None,
     };
     let mut stats = w.stats;
     if let Some(out) = &out {
-        let new = stored_sizes(out);
         stats.deduplicated_size = out.stored;
+        // every new chunk once (unless only the item stream uses it), plus repeated references
+        let first = |id: &Id| u64::from(!w.items_new.contains(id));
         stats.compressed_size = w.refs_known
-            + w.refs_new.iter().map(|(id, n)| n * u64::from(new.get(id).copied().unwrap_or(0))).sum::<u64>();
+            + out
+                .packs
+                .iter()
+                .flat_map(|(_, b)| b)
+                .map(|b| u64::from(b.len) * (first(&b.id) + w.refs_new.get(&b.id).copied().unwrap_or(0)))
+                .sum::<u64>();
     }
     let time = w.time;
     let meta = ArchiveMeta {

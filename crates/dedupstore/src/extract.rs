@@ -46,6 +46,28 @@ pub struct ExtractResult {
     pub errors: Vec<String>,
 }
 
+/// Progress of `extract`, reported at the start, after every chunk and after every item.
+/// `bytes` counts the file content (data, not holes) fetched so far, also of files that failed;
+/// at the end `items == items_total` and `bytes == bytes_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtractProgress {
+    /// Items done.
+    pub items: u64,
+    /// Items to restore.
+    pub items_total: u64,
+    /// Content bytes done.
+    pub bytes: u64,
+    /// Content bytes to restore.
+    pub bytes_total: u64,
+}
+
+fn data_lens(item: &Item) -> impl Iterator<Item = u32> + '_ {
+    item.chunks.iter().filter_map(|c| match c {
+        Extent::Data { len, .. } => Some(*len),
+        Extent::Hole(_) => None,
+    })
+}
+
 /// Loads an archive's items.
 pub fn archive_items(repo: &Repository, index: &Index, archive: &str) -> Result<Vec<Item>> {
     let m = repo.manifest()?;
@@ -115,6 +137,16 @@ type Fetched = (usize, Result<Vec<u8>>);
 
 /// Extracts an archive.
 pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Result<ExtractResult> {
+    extract_with_progress(repo, archive, opts, &mut |_| {})
+}
+
+/// Extracts an archive, reporting [`ExtractProgress`] to `on`.
+pub fn extract_with_progress(
+    repo: &Repository,
+    archive: &str,
+    opts: &ExtractOptions,
+    on: &mut dyn FnMut(ExtractProgress),
+) -> Result<ExtractResult> {
     let _lock = repo.shared_lock()?;
     let index = Arc::new(repo.load_index()?);
     let items = archive_items(repo, &index, archive)?;
@@ -140,12 +172,24 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
             })
         })
         .collect();
+    let progress = ExtractProgress {
+        items_total: todo.iter().filter(|(_, t)| t.is_some()).count() as u64,
+        bytes_total: todo
+            .iter()
+            .filter(|(i, _)| i.kind == ItemKind::File)
+            .flat_map(|(i, _)| data_lens(i))
+            .map(u64::from)
+            .sum(),
+        ..ExtractProgress::default()
+    };
+    on(progress);
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
     } else {
         opts.threads
     };
-    let (jtx, jrx) = bounded::<(usize, Id)>(threads * 4);
+    // A job: chunk n, and its sealed blob when a pipelined fetch (remote backend) read it.
+    let (jtx, jrx) = bounded::<(usize, Id, Option<Result<Vec<u8>>>)>(threads * 4);
     let (rtx, rrx) = bounded::<Fetched>(threads * 4);
     let mut res = ExtractResult::default();
     if !opts.dry_run {
@@ -153,9 +197,16 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
     }
     std::thread::scope(|s| -> Result<()> {
         let ids = &ids;
+        let fetch_index = index.clone();
         s.spawn(move || {
+            if repo.backend().pipelines_reads() {
+                // over ssh: many reads in flight on the one connection, neighbouring chunks of a
+                // pack in one read; the workers only open the blobs
+                repo.fetch_sealed(&fetch_index, ids, &mut |n, blob| jtx.send((n, ids[n], Some(blob))).is_ok());
+                return;
+            }
             for (n, id) in ids.iter().enumerate() {
-                if jtx.send((n, *id)).is_err() {
+                if jtx.send((n, *id, None)).is_err() {
                     return;
                 }
             }
@@ -165,8 +216,12 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
             let rtx = rtx.clone();
             let index = index.clone();
             s.spawn(move || {
-                for (n, id) in jrx {
-                    if rtx.send((n, repo.read_chunk(&index, &id))).is_err() {
+                for (n, id, blob) in jrx {
+                    let chunk = match blob {
+                        Some(b) => b.and_then(|b| repo.open_fetched(&index, &id, &b)),
+                        None => repo.read_chunk(&index, &id),
+                    };
+                    if rtx.send((n, chunk)).is_err() {
                         return;
                     }
                 }
@@ -174,7 +229,7 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
         }
         drop(rtx);
         drop(jrx);
-        let mut fetcher = Fetcher { next: 0, pending: BTreeMap::new(), rrx, consumed: 0 };
+        let mut fetcher = Fetcher { next: 0, pending: BTreeMap::new(), rrx, consumed: 0, progress, on };
         let mut extracted: HashMap<Vec<u8>, PathBuf> = HashMap::new();
         let mut dirs: Vec<(PathBuf, Item)> = Vec::new();
         for (item, target) in &todo {
@@ -188,11 +243,12 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
             .and_then(|()| restore_item(item, &dest, opts, &mut fetcher, &extracted, &mut res));
             if r.is_err() && item.kind == ItemKind::File {
                 // Keep the chunk stream in step: skip this file's remaining chunks.
-                let n = item.chunks.iter().filter(|c| matches!(c, Extent::Data { .. })).count();
-                while fetcher.consumed < n {
-                    let _ = fetcher.fetch();
+                for len in data_lens(item).skip(fetcher.consumed) {
+                    let _ = fetcher.fetch(len);
                 }
             }
+            fetcher.progress.items += 1;
+            (fetcher.on)(fetcher.progress);
             match r {
                 Ok(()) => {
                     res.items += 1;
@@ -226,17 +282,21 @@ pub fn extract(repo: &Repository, archive: &str, opts: &ExtractOptions) -> Resul
     Ok(res)
 }
 
-struct Fetcher {
+struct Fetcher<'a> {
     next: usize,
     pending: BTreeMap<usize, Result<Vec<u8>>>,
     rrx: crossbeam_channel::Receiver<Fetched>,
     consumed: usize,
+    progress: ExtractProgress,
+    on: &'a mut dyn FnMut(ExtractProgress),
 }
 
-impl Fetcher {
-    /// The next chunk in archive order.
-    fn fetch(&mut self) -> Result<Vec<u8>> {
+impl Fetcher<'_> {
+    /// The next chunk in archive order (`len`: its length as the archive records it).
+    fn fetch(&mut self, len: u32) -> Result<Vec<u8>> {
         self.consumed += 1;
+        self.progress.bytes += u64::from(len);
+        (self.on)(self.progress);
         loop {
             if let Some(r) = self.pending.remove(&self.next) {
                 self.next += 1;
@@ -256,7 +316,7 @@ fn restore_item(
     item: &Item,
     dest: &Path,
     opts: &ExtractOptions,
-    fetcher: &mut Fetcher,
+    fetcher: &mut Fetcher<'_>,
     extracted: &HashMap<Vec<u8>, PathBuf>,
     res: &mut ExtractResult,
 ) -> Result<()> {
@@ -266,12 +326,10 @@ fn restore_item(
         // of the item were consumed, so the stream stays in step.
         let mut first_err = None;
         if item.kind == ItemKind::File {
-            for c in &item.chunks {
-                if let Extent::Data { .. } = c {
-                    match fetcher.fetch() {
-                        Ok(d) => res.bytes += d.len() as u64,
-                        Err(e) => first_err = first_err.or(Some(e)),
-                    }
+            for len in data_lens(item) {
+                match fetcher.fetch(len) {
+                    Ok(d) => res.bytes += d.len() as u64,
+                    Err(e) => first_err = first_err.or(Some(e)),
                 }
             }
         }
@@ -297,10 +355,8 @@ fn restore_item(
         ItemKind::File => {
             if let Some(src) = item.hardlink.as_ref().and_then(|h| extracted.get(h)) {
                 // Consume this item's chunks (they are the link target's content).
-                for c in &item.chunks {
-                    if let Extent::Data { .. } = c {
-                        let _ = fetcher.fetch();
-                    }
+                for len in data_lens(item) {
+                    let _ = fetcher.fetch(len);
                 }
                 fs::hard_link(src, dest).map_err(io)?;
                 return Ok(());
@@ -312,7 +368,7 @@ fn restore_item(
                     Extent::Hole(n) => {
                         f.seek(SeekFrom::Current(*n as i64)).map_err(io)?;
                     }
-                    Extent::Data { .. } => match fetcher.fetch() {
+                    Extent::Data { len, .. } => match fetcher.fetch(*len) {
                         Ok(d) => {
                             res.bytes += d.len() as u64;
                             if first_err.is_some() {

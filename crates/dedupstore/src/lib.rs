@@ -51,8 +51,10 @@
 //! helper thread while the next one fills ([`writer`]). `extract` fetches, authenticates and
 //! decompresses chunks on worker threads in archive order within a bounded window
 //! ([`extract`]). Memory is bounded by about three packs (8 MiB each) plus the channels, whatever
-//! the file sizes; the one thing that grows with the tree is the archive's item metadata (a few
-//! hundred bytes per file), kept in memory until the archive is written.
+//! the file sizes, and does not grow with the number of files: the archive's item metadata is
+//! cut into chunks and stored while the walk goes on (less than one maximum chunk of it is
+//! buffered). What grows is per new chunk (the in-run dedup set, the pack entries for the cache:
+//! the same order as the repository's chunk index) and per hard-linked inode.
 //!
 //! ## Crypto
 //!

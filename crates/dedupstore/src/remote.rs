@@ -480,7 +480,7 @@ impl SshBackend {
             append_only: false,
             window: opts.window.max(1),
             tx: Mutex::new(Tx { tx: Some(BufWriter::with_capacity(1 << 20, tx)), next: 0, pending: VecDeque::new() }),
-            rx: Mutex::new(Rx { rx: BufReader::with_capacity(1 << 16, rx), next: 0, stash: HashMap::new() }),
+            rx: Mutex::new(Rx { rx: BufReader::with_capacity(1 << 18, rx), next: 0, stash: HashMap::new() }),
             child: Mutex::new(child),
             broken: Mutex::new(None),
         };
@@ -701,6 +701,86 @@ impl Backend for SshBackend {
     }
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
         self.call(RequestRepr { op: Op::Remove, file_type: t, name, payload: &[] }).map(|_| ())
+    }
+    fn read_parts(&self, t: FileType, parts: &[(String, u64, u64)], each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool) {
+        self.pipelined_reads(t, parts, each);
+    }
+    fn pipelines_reads(&self) -> bool {
+        true
+    }
+}
+
+/// Most read requests one [`SshBackend::read_parts`] call keeps in flight.
+const READ_WINDOW: usize = 64;
+/// Most bytes those requests ask for (the link stays busy; memory stays bounded).
+const READ_WINDOW_BYTES: u64 = 32 << 20;
+
+impl SshBackend {
+    /// `ReadPart` requests pipelined: up to [`READ_WINDOW`] (and [`READ_WINDOW_BYTES`]) are in
+    /// flight while the oldest answer is read and handed on, so the link never idles for a
+    /// round trip. Answers are matched to requests by their number (other threads' calls may
+    /// interleave on the connection).
+    fn pipelined_reads(
+        &self,
+        t: FileType,
+        parts: &[(String, u64, u64)],
+        each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool,
+    ) {
+        let mut inflight: VecDeque<(u64, usize)> = VecDeque::new();
+        let (mut bytes, mut next) = (0u64, 0usize);
+        let mut send_err: Option<Error> = None;
+        let room = |inflight: &VecDeque<(u64, usize)>, bytes: u64, next: usize| {
+            next < parts.len()
+                && (inflight.is_empty()
+                    || (inflight.len() < READ_WINDOW && bytes.saturating_add(parts[next].2) <= READ_WINDOW_BYTES))
+        };
+        loop {
+            if send_err.is_none() && room(&inflight, bytes, next) {
+                let mut tx = locked(&self.tx);
+                let mut sent = self.drain(&mut tx);
+                while sent.is_ok() && room(&inflight, bytes, next) {
+                    let (name, offset, len) = &parts[next];
+                    let mut p = [0u8; 16];
+                    p[..8].copy_from_slice(&offset.to_be_bytes());
+                    p[8..].copy_from_slice(&len.to_be_bytes());
+                    let req = RequestRepr { op: Op::ReadPart, file_type: t, name, payload: &p };
+                    match self.send(&mut tx, &req) {
+                        Ok(seq) => {
+                            inflight.push_back((seq, next));
+                            bytes += len;
+                            next += 1;
+                        }
+                        Err(e) => sent = Err(e),
+                    }
+                }
+                // the parts in flight still get their answers; part `next` gets this error
+                send_err = sent.and_then(|()| self.flush(&mut tx)).err();
+            }
+            let Some((seq, i)) = inflight.pop_front() else {
+                if let Some(e) = send_err {
+                    each(next, Err(e));
+                }
+                return;
+            };
+            bytes -= parts[i].2;
+            let (name, _, len) = &parts[i];
+            let r = self.wait_for(seq).and_then(|b| self.answer(&b, &format!("ReadPart {t:?} {name}"))).and_then(|v| {
+                if v.len() as u64 == *len {
+                    Ok(v)
+                } else {
+                    Err(Error::integrity(format!("{} {name}", self.location), "short read from the server"))
+                }
+            });
+            if !each(i, r) {
+                // read the answers still due, so none is left on the stream for another call
+                for (seq, _) in inflight {
+                    if self.wait_for(seq).is_err() {
+                        break;
+                    }
+                }
+                return;
+            }
+        }
     }
 }
 

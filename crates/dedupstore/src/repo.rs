@@ -17,6 +17,11 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Default pack size target (8 MiB: two packs are in memory while the pipeline runs, one filling
 /// and one being written; larger packs only raise the peak RSS).
 pub const DEFAULT_PACK_SIZE: u32 = 8 << 20;
+/// Largest gap between two blobs that [`Repository::fetch_sealed`] reads through rather than
+/// asking for separately.
+pub const FETCH_MAX_GAP: u64 = 256 << 10;
+/// Largest single read [`Repository::fetch_sealed`] asks for.
+pub const FETCH_MAX_RUN: u64 = 16 << 20;
 
 /// What the config authenticates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,6 +479,96 @@ impl Repository {
         let blob =
             self.backend.read_part(FileType::Pack, &loc.pack.to_hex(), u64::from(loc.offset), u64::from(loc.len))?;
         self.open_chunk(id, &blob, loc.ulen)
+    }
+
+    /// Reads the sealed blobs of `ids` for a reader that needs them in this order (a restore),
+    /// through [`Backend::read_parts`]: neighbouring blobs of one pack (gaps up to
+    /// [`FETCH_MAX_GAP`] are read and dropped) become one read of up to [`FETCH_MAX_RUN`] bytes, so a
+    /// restore that needs most of a pack reads it in one go. `each(n, blob)` receives blob `n`
+    /// (open it with [`Repository::open_fetched`]), in order; fetching stops when it returns `false`.
+    pub fn fetch_sealed(&self, index: &Index, ids: &[Id], each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool) {
+        // One read run: pack, start, end, and its blobs (n, offset, len).
+        struct Run {
+            pack: Id,
+            start: u64,
+            end: u64,
+            blobs: Vec<(usize, u64, u64)>,
+        }
+        // Runs in order; `Err(n)`: chunk n is not in the index.
+        let mut runs: Vec<std::result::Result<Run, usize>> = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            let Some(loc) = index.chunks.get(id) else {
+                runs.push(Err(n));
+                continue;
+            };
+            let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
+            if let Some(Ok(r)) = runs.last_mut() {
+                if r.pack == loc.pack && off >= r.end && off - r.end <= FETCH_MAX_GAP && off + len - r.start <= FETCH_MAX_RUN {
+                    r.end = off + len;
+                    r.blobs.push((n, off, len));
+                    continue;
+                }
+            }
+            runs.push(Ok(Run { pack: loc.pack, start: off, end: off + len, blobs: vec![(n, off, len)] }));
+        }
+        let missing = |n: usize| Error::integrity(format!("chunk {}", ids[n].to_hex()), "missing from the index");
+        let parts: Vec<(String, u64, u64)> =
+            runs.iter().filter_map(|r| r.as_ref().ok()).map(|r| (r.pack.to_hex(), r.start, r.end - r.start)).collect();
+        let mut g = 0; // next run to hand on
+        let mut go = true;
+        self.backend.read_parts(FileType::Pack, &parts, &mut |_, data| {
+            while let Some(Err(n)) = runs.get(g) {
+                g += 1;
+                if !each(*n, Err(missing(*n))) {
+                    go = false;
+                    return false;
+                }
+            }
+            let Some(Ok(r)) = runs.get(g) else { return false };
+            g += 1;
+            match data {
+                Ok(buf) => {
+                    for &(n, off, len) in &r.blobs {
+                        let at = (off - r.start) as usize;
+                        if !each(n, Ok(buf[at..at + len as usize].to_vec())) {
+                            go = false;
+                            return false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // the first chunk carries the cause, the others of the run a pointer to it
+                    let mut e = Some(e);
+                    for &(n, _, _) in &r.blobs {
+                        let err = e.take().unwrap_or_else(|| {
+                            Error::integrity(format!("chunk {}", ids[n].to_hex()), "its pack could not be read (see above)")
+                        });
+                        if !each(n, Err(err)) {
+                            go = false;
+                            return false;
+                        }
+                    }
+                }
+            }
+            true
+        });
+        // chunks missing from the index after the last read run
+        while go {
+            match runs.get(g) {
+                Some(Err(n)) => go = each(*n, Err(missing(*n))),
+                _ => break,
+            }
+            g += 1;
+        }
+    }
+
+    /// Opens a blob that [`Repository::fetch_sealed`] delivered for chunk `id`.
+    pub fn open_fetched(&self, index: &Index, id: &Id, blob: &[u8]) -> Result<Vec<u8>> {
+        let loc = index
+            .chunks
+            .get(id)
+            .ok_or_else(|| Error::integrity(format!("chunk {}", id.to_hex()), "missing from the index"))?;
+        self.open_chunk(id, blob, loc.ulen)
     }
 
     /// Authenticates, decompresses and verifies a sealed chunk.
