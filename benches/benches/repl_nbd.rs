@@ -4,8 +4,17 @@
 //!
 //! Run (root, for the network namespaces):
 //! `cargo bench -p rempart-benches --bench repl_nbd` (env `REPL_BENCH_REPS`, default 5;
-//! `REPL_BENCH_CONFIGS=0,1` / `REPL_BENCH_WORKLOADS=2` pick rows and columns, `REPL_BENCH_RESYNC=0`
-//! skips the resync part, `REPL_BENCH_DIR` places the images, default /var/tmp).
+//! `REPL_BENCH_CONFIGS=0,1` / `REPL_BENCH_WORKLOADS=2` pick rows and columns (`REPL_BENCH_CONFIGS=99`
+//! runs none of them), `REPL_BENCH_RESYNC=0` skips the resync part, `REPL_BENCH_RESYNC_MIB=128,512`
+//! sets its dirty region sizes, `REPL_BENCH_DIR` places the images, default /var/tmp;
+//! `REPL_BENCH_PERF_CTL=FIFO` with `perf record --control=fifo:FIFO -D -1` profiles only the
+//! resyncs).
+//!
+//! The resync part compares, for the same byte count on the same filesystem: a plain sequential
+//! write (1 MiB `pwrite`s of the same pattern, one `fdatasync` at the end) against the time from
+//! `connect` on the Primary until the SyncTarget is UpToDate (handshake, transfer and the target's
+//! final flush and metadata write included), medians of the runs, plus the CPU time the process
+//! (both replicas) used meanwhile.
 //!
 //! ```text
 //!   netns "main"                                         netns "backup"
@@ -627,7 +636,8 @@ fn resync_vs_plain(lab: &Lab, mib: u64, reps: usize) {
         plain.push(p);
         resync.push(r);
     }
-    let ms = |v: Vec<Duration>| median(&v.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    let ms =
+        |v: Vec<Duration>| median(&v.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()).unwrap_or(f64::NAN);
     println!("\n## Resync of a {mib} MiB dirty region vs plain sequential write + fdatasync ({reps} runs)\n");
     let mibs = |d: Duration| mib as f64 / d.as_secs_f64();
     println!(

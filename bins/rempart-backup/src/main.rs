@@ -546,8 +546,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve { restrict_to_paths, append_only, storage_quota } => {
             let storage_quota = storage_quota.as_deref().map(dedupstore::remote::parse_size).transpose()?;
             let opts = ServeOptions { restrict_to_paths, append_only, storage_quota };
+            dedupstore::remote::widen_stdio_pipes();
             let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
-            let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+            // stdout as a plain file: Stdout's line buffering would split binary frames at '\n'
+            let stdout = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?;
+            let mut output = std::io::BufWriter::with_capacity(1 << 18, std::fs::File::from(stdout));
             dedupstore::remote::serve(opts, &mut input, &mut output)?;
             Ok(ExitCode::SUCCESS)
         }

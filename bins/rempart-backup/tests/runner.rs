@@ -241,3 +241,76 @@ fn runner_on_the_documented_borgmatic_file_two_repositories_one_unreachable() {
         (Some(true), Some(21), Some(0))
     );
 }
+
+/// `consistency.check_last` with the `archives` check: only the newest N archives are checked.
+/// The older of two archives gets a damaged metadata object: `check_last: 1` passes (it is not
+/// looked at), `check_last: 2` finds it (exit 1, the check metric says failed).
+#[test]
+fn check_last_limits_the_archives_check_to_the_newest() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let src = home.join("src");
+    write_tree(&src);
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.env("REMPART_PASSPHRASE", "p").args(["init", "-e", "repokey", repo.to_str().unwrap()]);
+    ok(c);
+    let metrics = home.join("m.prom");
+    let cfg = |last: u32| {
+        let p = home.join(format!("c{last}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "location:\n  source_directories: [{}]\n  repositories: [{{path: {}, label: r}}]\n\
+                 storage:\n  encryption_passphrase: p\n  archive_name_format: 'a-{{now:%H%M%S.%f}}'\n\
+                 consistency:\n  checks: [archives]\n  check_last: {last}\n",
+                src.display(),
+                repo.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |cfg: &Path, action: &str| {
+        let mut c = ours(home);
+        c.arg("run").arg("-c").arg(cfg).arg("--metrics-file").arg(&metrics).args(["--json", action]);
+        output(c)
+    };
+    for _ in 0..2 {
+        let out = run(&cfg(1), "create");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // the second archive gets a different tree, so their metadata objects differ
+        std::fs::write(src.join("etc/f0.conf"), b"changed").unwrap();
+    }
+    // the older archive's metadata object: the first one written
+    let mut objs: Vec<_> = std::fs::read_dir(repo.join("archives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
+        .collect();
+    objs.sort();
+    assert_eq!(objs.len(), 2, "{objs:?}");
+    let mut bytes = std::fs::read(&objs[0].1).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&objs[0].1, bytes).unwrap();
+
+    let out = run(&cfg(1), "check");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "check_last 1 must not read the damaged older archive: {v:#}");
+    assert_eq!(v[0]["check"]["success"], true, "{v:#}");
+    assert_eq!(
+        metric(&std::fs::read_to_string(&metrics).unwrap(), "rempart_backup_last_check_success", "r"),
+        Some(1.0)
+    );
+
+    let out = run(&cfg(2), "check");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "check_last 2 reads the damaged archive: {v:#}\n{err}");
+    assert_eq!(v[0]["check"]["success"], false, "{v:#}");
+    assert_eq!(
+        metric(&std::fs::read_to_string(&metrics).unwrap(), "rempart_backup_last_check_success", "r"),
+        Some(0.0)
+    );
+}

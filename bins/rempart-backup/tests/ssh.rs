@@ -258,3 +258,65 @@ fn broken_connection_is_exit_2_and_leaves_the_repository_consistent() {
     assert!(dedup + 500_000 < orig, "nothing reused: {dedup} of {orig}");
     assert_eq!(list(home, &rsh, &url), vec!["big", "small"]);
 }
+
+/// The restore path over ssh: `read_parts` keeps many `ReadPart` requests in flight on the one
+/// connection and hands each answer to the part that asked for it — also when a part fails in
+/// the middle (a missing pack), and when the reader stops early (the answers still due are read,
+/// so the next call on the connection gets its own answer, not a stale one).
+#[test]
+fn pipelined_reads_over_ssh_match_answers_to_requests() {
+    use dedupstore::backend::{Backend, FileType};
+    use dedupstore::remote::{RepoLocation, SshBackend, SshOptions};
+    if !rempart_testkit::require_root("sshd needs root to start with its own config") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&d.path().join("ssh"));
+    let loc = RepoLocation::parse(&sshd.url("raw")).unwrap();
+    let opts = SshOptions { rsh: sshd.rsh(), remote_path: BIN.to_string(), ..SshOptions::default() };
+    let b = SshBackend::connect(&loc, &opts).unwrap();
+    b.create().unwrap();
+    let mut r = rand::rngs::StdRng::seed_from_u64(11);
+    let mut packs: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..12 {
+        let mut v = vec![0u8; r.gen_range(1000..3_000_000)];
+        r.fill(&mut v[..]);
+        let name = format!("{i:02x}{:062x}", r.gen::<u64>());
+        b.write(FileType::Pack, &name, &v).unwrap();
+        packs.push((name, v));
+    }
+    // 300 parts, more bytes than one read window holds; part 150 names a pack that is not there
+    let mut parts = Vec::new();
+    for i in 0..300 {
+        if i == 150 {
+            parts.push(("ff".repeat(32), 0, 10));
+            continue;
+        }
+        let (name, v) = &packs[r.gen_range(0..packs.len())];
+        let off = r.gen_range(0..v.len() as u64);
+        let len = r.gen_range(0..=(v.len() as u64 - off).min(1 << 20));
+        parts.push((name.clone(), off, len));
+    }
+    let mut seen = Vec::new();
+    b.read_parts(FileType::Pack, &parts, &mut |i, data| {
+        let (name, off, len) = &parts[i];
+        if i == 150 {
+            assert!(data.is_err(), "the missing pack's part reports an error");
+        } else {
+            let want = &packs.iter().find(|p| &p.0 == name).unwrap().1[*off as usize..(*off + *len) as usize];
+            assert!(data.unwrap() == want, "part {i}: bytes of another request");
+        }
+        seen.push(i);
+        true
+    });
+    assert_eq!(seen, (0..300).collect::<Vec<_>>(), "every part once, in order");
+    // stop after 5 parts: the next call still gets its own answer
+    let mut n = 0;
+    b.read_parts(FileType::Pack, &parts[..200], &mut |_, _| {
+        n += 1;
+        n < 5
+    });
+    assert_eq!(n, 5);
+    assert_eq!(b.read(FileType::Pack, &packs[3].0).unwrap(), packs[3].1);
+    assert_eq!(b.size(FileType::Pack, &packs[7].0).unwrap(), packs[7].1.len() as u64);
+}

@@ -526,7 +526,7 @@ pub struct Replica {
     peer_latencies: Vec<Duration>,
 }
 
-const RS_CHUNK_BLOCKS: u64 = 64; // 1 MiB per resync request
+const RS_CHUNK_BLOCKS: u64 = 256; // 1 MiB per resync request
 const RS_MAX_INFLIGHT: usize = 8;
 const VERIFY_CHUNK: u64 = 256 * 1024;
 const AUTO_BARRIER: Duration = Duration::from_secs(1);

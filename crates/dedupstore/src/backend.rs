@@ -71,7 +71,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// (its position in `parts`, its bytes) in order; stops early when `each` returns `false`.
     /// A remote backend keeps many requests in flight on its one connection. The default reads
     /// one part after the other with [`Backend::read_part`].
-    fn read_parts(&self, t: FileType, parts: &[(String, u64, u64)], each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool) {
+    fn read_parts(
+        &self,
+        t: FileType,
+        parts: &[(String, u64, u64)],
+        each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool,
+    ) {
         for (i, (name, offset, len)) in parts.iter().enumerate() {
             if !each(i, self.read_part(t, name, *offset, *len)) {
                 return;

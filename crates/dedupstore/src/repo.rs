@@ -503,7 +503,11 @@ impl Repository {
             };
             let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
             if let Some(Ok(r)) = runs.last_mut() {
-                if r.pack == loc.pack && off >= r.end && off - r.end <= FETCH_MAX_GAP && off + len - r.start <= FETCH_MAX_RUN {
+                if r.pack == loc.pack
+                    && off >= r.end
+                    && off - r.end <= FETCH_MAX_GAP
+                    && off + len - r.start <= FETCH_MAX_RUN
+                {
                     r.end = off + len;
                     r.blobs.push((n, off, len));
                     continue;
@@ -541,7 +545,10 @@ impl Repository {
                     let mut e = Some(e);
                     for &(n, _, _) in &r.blobs {
                         let err = e.take().unwrap_or_else(|| {
-                            Error::integrity(format!("chunk {}", ids[n].to_hex()), "its pack could not be read (see above)")
+                            Error::integrity(
+                                format!("chunk {}", ids[n].to_hex()),
+                                "its pack could not be read (see above)",
+                            )
                         });
                         if !each(n, Err(err)) {
                             go = false;

@@ -3,9 +3,9 @@
 //! The latest archive (or a named one) is extracted into a fresh temporary directory, then every
 //! item is checked against the archive independently of the extract code path: type, permission
 //! bits, owner (when run as root), modification time to the nanosecond, symlink target, device
-//! number, hard-link identity, and for regular files the size and the content — each extent is
-//! read back from disk and its keyed chunk id recomputed and compared with the one stored in the
-//! archive (holes must read as zeros). The directory is removed afterwards, also on failure.
+//! number, hard-link identity, the extended attributes the archive recorded, and for regular
+//! files the size and the content — each extent is read back from disk and its keyed chunk id
+//! recomputed and compared with the one stored in the archive (holes must read as zeros). The directory is removed afterwards, also on failure.
 
 use dedupstore::archive::{Extent, Item, ItemKind};
 use dedupstore::extract::{archive_items, extract, ExtractOptions};
@@ -147,6 +147,15 @@ fn verify_item(
     if mtime != item.mtime {
         bail!("mtime {mtime} ns, archived {} ns", item.mtime);
     }
+    // extended attributes the archive recorded (others the file system adds are not ours)
+    for (k, v) in &item.xattrs {
+        let name = String::from_utf8_lossy(k);
+        match xattr::get(path, OsStr::from_bytes(k)).with_context(|| format!("reading xattr {name}"))? {
+            Some(got) if got == *v => {}
+            Some(_) => bail!("xattr {name} differs from the archive"),
+            None => bail!("xattr {name} missing after restore"),
+        }
+    }
     match item.kind {
         ItemKind::Symlink => {
             let t = std::fs::read_link(path)?;
@@ -214,6 +223,7 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(src.join("f"), &data).unwrap();
+        xattr::set(src.join("f"), "user.rempart", b"v1").unwrap();
         std::os::unix::fs::symlink("f", src.join("l")).unwrap();
         let repo = Repository::init(
             Arc::new(LocalBackend::new(d.path().join("repo"))),
@@ -237,6 +247,15 @@ mod tests {
         let id = |b: &[u8]| key.chunk_id(b);
         let root = nix::unistd::geteuid().is_root();
         let mut buf = Vec::new();
+        assert_eq!(verify_item(file, &path, root, &mut buf, &id).unwrap(), 300_000);
+        assert_eq!(file.xattrs, vec![(b"user.rempart".to_vec(), b"v1".to_vec())]);
+        xattr::set(&path, "user.rempart", b"v2").unwrap();
+        let e = verify_item(file, &path, root, &mut buf, &id).unwrap_err().to_string();
+        assert!(e.contains("xattr user.rempart differs"), "{e}");
+        xattr::remove(&path, "user.rempart").unwrap();
+        let e = verify_item(file, &path, root, &mut buf, &id).unwrap_err().to_string();
+        assert!(e.contains("xattr user.rempart missing"), "{e}");
+        xattr::set(&path, "user.rempart", b"v1").unwrap();
         assert_eq!(verify_item(file, &path, root, &mut buf, &id).unwrap(), 300_000);
         let mut bad = data.clone();
         bad[123_456] ^= 1;
