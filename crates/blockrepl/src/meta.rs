@@ -6,8 +6,12 @@
 //! Each node keeps `current`, `bitmap` and two `history` identifiers. While two nodes are
 //! connected they share `current`. A Primary that loses its peer (or a disconnected node that is
 //! promoted) moves `current` into `bitmap` and draws a new `current`: from then on its bitmap
-//! records every block changed since the common generation. On reconnect [`compare`] reads the
-//! four identifiers of both sides and decides who syncs from whom and whether a bitmap is enough.
+//! records every block changed since the common generation; while it already does (a resync not
+//! finished, an earlier disconnect), further disconnects keep the identifiers. The bitmap
+//! generation goes to history only when a resync completes (see
+//! [`GenIds::new_current_unconfirmed`] for a break just before the target confirms it). On
+//! reconnect [`compare`] reads the four identifiers of both sides and decides who syncs from
+//! whom and whether a bitmap is enough.
 //!
 //! # Activity log
 //!
@@ -62,7 +66,31 @@ impl GenIds {
         self.current = fresh;
     }
 
-    /// A resync finished on the source: the bitmap generation goes to history.
+    /// A Primary lost a peer that had received every resync block but had not yet confirmed
+    /// that it is UpToDate (the source keeps its bitmap generation until then). The peer is
+    /// either still at the bitmap generation (it never made its data durable and UpToDate) or
+    /// at `current` (it did). A new `current` is needed for the second case (the peer may be
+    /// promoted and write in that generation), so the old one goes to history; the bitmap
+    /// generation stays, so that a peer still at it resumes with a bitmap resync however often
+    /// this repeats.
+    pub fn new_current_unconfirmed(&mut self, fresh: u64) {
+        if self.bitmap == 0 {
+            self.new_current(fresh);
+            return;
+        }
+        self.push_history(self.current);
+        self.current = fresh;
+    }
+
+    /// What [`GenIds::sync_source_done`] will make of these identifiers.
+    pub fn after_sync_source_done(&self) -> GenIds {
+        let mut g = *self;
+        g.sync_source_done();
+        g
+    }
+
+    /// A resync finished on the source and the target confirmed it is UpToDate: the bitmap
+    /// generation goes to history.
     pub fn sync_source_done(&mut self) {
         if self.bitmap != 0 {
             self.push_history(self.bitmap);
@@ -558,6 +586,38 @@ mod tests {
         s.sync_target_done(&p);
         assert_eq!(p, s);
         assert_eq!(p.history[0], 100);
+    }
+
+    #[test]
+    fn breaks_before_the_target_confirms_keep_the_bitmap_generation() {
+        // Source {11, 10}: a bitmap resync to a peer at 10 finished on the source.
+        let before = GenIds { current: 11, bitmap: 10, history: [9, 0] };
+        let unfinished = NodeFacts { gen: GenIds { current: 10, bitmap: 0, history: [9, 0] }, crashed_primary: false };
+        let mut done = before;
+        done.sync_source_done();
+        let finished = NodeFacts { gen: done, crashed_primary: false };
+        // The link breaks before the target confirms, again and again.
+        let mut g = before;
+        for fresh in [20, 22, 24, 26] {
+            g.new_current_unconfirmed(fresh);
+            assert_eq!((g.current, g.bitmap), (fresh, 10));
+            let me = NodeFacts { gen: g, crashed_primary: false };
+            // A target that never became UpToDate resumes with a bitmap resync ...
+            assert_eq!(compare(&me, &unfinished, false), SyncDecision::BitmapSource);
+            // ... one that did is still related.
+            if fresh == 20 {
+                assert_eq!(compare(&me, &finished, false), SyncDecision::FullSource);
+                // A finished target promoted on its own is a split brain, not "unrelated".
+                let mut promoted = done;
+                promoted.new_current(30);
+                let peer = NodeFacts { gen: promoted, crashed_primary: false };
+                assert_eq!(compare(&me, &peer, false), SyncDecision::SplitBrainFull);
+            }
+        }
+        // Without a bitmap generation it is DRBD's plain rule.
+        let mut plain = done;
+        plain.new_current_unconfirmed(40);
+        assert_eq!((plain.current, plain.bitmap), (40, 11));
     }
 
     #[test]

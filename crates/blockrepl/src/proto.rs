@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::meta::{
     compare, resolve_split_brain, ActivityLog, AfterSb0Pri, Bitmap, GenIds, Meta, NodeFacts, SbFacts, SyncDecision,
-    BLOCK, EXTENT,
+    BLOCK, EXTENT, UUID_JUST_CREATED,
 };
 use crate::wire::{Bytes, Msg, StateMsg, DATA_FUA, DATA_ZERO};
 
@@ -273,6 +273,8 @@ pub struct Config {
     pub seed: u64,
     /// Checksum-based resync: send hashes first, data only for ranges that differ.
     pub checksum_resync: bool,
+    /// Bytes per resync request (rounded down to whole 4 KiB blocks, at least one).
+    pub resync_request: u64,
 }
 
 impl Config {
@@ -289,6 +291,7 @@ impl Config {
             ping_interval: Duration::from_millis(500),
             seed,
             checksum_resync: false,
+            resync_request: 1 << 20,
         }
     }
 }
@@ -502,6 +505,11 @@ pub struct Replica {
     peer_waiting: VecDeque<PeerOp>,
     target_ready: bool,
     pending_target_gen: Option<GenIds>,
+    /// SyncTarget: the source's identifiers, adopted when this disk becomes Inconsistent.
+    target_sync_gen: Option<GenIds>,
+    /// SyncSource: the identifiers before the last finished resync, until the target confirms
+    /// it is UpToDate.
+    unconfirmed_sync: Option<GenIds>,
     peer_write_ranges: HashMap<u64, (u64, u64)>,
     rs_deferred: VecDeque<Msg>,
     // resync source
@@ -526,7 +534,6 @@ pub struct Replica {
     peer_latencies: Vec<Duration>,
 }
 
-const RS_CHUNK_BLOCKS: u64 = 256; // 1 MiB per resync request
 const RS_MAX_INFLIGHT: usize = 8;
 const VERIFY_CHUNK: u64 = 256 * 1024;
 const AUTO_BARRIER: Duration = Duration::from_secs(1);
@@ -608,6 +615,8 @@ impl Replica {
             peer_waiting: VecDeque::new(),
             target_ready: false,
             pending_target_gen: None,
+            target_sync_gen: None,
+            unconfirmed_sync: None,
             peer_write_ranges: HashMap::new(),
             rs_deferred: VecDeque::new(),
             rs_cursor: 0,
@@ -1085,6 +1094,7 @@ impl Replica {
                         MetaWaiter::Write(wid) => self.dispatch_write(wid),
                         MetaWaiter::TargetOutdated(c) if c == self.conn_id => {
                             self.disk = DiskState::Inconsistent;
+                            self.adopt_sync_gen();
                             self.persist_then(false, MetaWaiter::TargetReady(c));
                         }
                         MetaWaiter::TargetReady(c) if c == self.conn_id => {
@@ -1184,9 +1194,20 @@ impl Replica {
             self.maybe_complete_flush(fid);
         }
         let peer_was_in_sync = matches!(prev_repl, ReplState::Established | ReplState::VerifyS | ReplState::VerifyT);
+        let unconfirmed = self.unconfirmed_sync.take();
+        self.target_sync_gen = None;
         if self.role == Role::Primary && self.disk == DiskState::UpToDate && peer_was_in_sync {
             let fresh = self.fresh_uuid();
-            self.gen.new_current(fresh);
+            match unconfirmed {
+                // The peer got every resync block but may not have made them durable and
+                // itself UpToDate: it is at the old bitmap generation, or at `current`.
+                Some(before) => {
+                    self.gen = before;
+                    self.gen.new_current_unconfirmed(fresh);
+                }
+                // DRBD's rule: a new generation only if the bitmap does not track one already.
+                None => self.gen.new_current(fresh),
+            }
             self.persist(false);
         } else if prev_repl == ReplState::SyncTarget || prev_repl == ReplState::SyncSource {
             // A SyncTarget cleared bits for resync writes that may still sit in the cache (the
@@ -1195,6 +1216,16 @@ impl Replica {
             self.persist(prev_repl == ReplState::SyncTarget);
         }
         self.start_waiting();
+    }
+
+    /// A SyncTarget's disk became Inconsistent: take the source's generation (see
+    /// `apply_decision`).
+    fn adopt_sync_gen(&mut self) {
+        if let Some(g) = self.target_sync_gen.take() {
+            if g.current != UUID_JUST_CREATED {
+                self.gen = g;
+            }
+        }
     }
 
     fn fresh_uuid(&mut self) -> u64 {
@@ -1372,6 +1403,10 @@ impl Replica {
                     // The Primary is leaving on purpose and will write without us.
                     self.outdate("the Primary disconnected and goes on without this node");
                     return;
+                }
+                if s.disk == disk_code(DiskState::UpToDate) && s.gen[0] == self.gen.current {
+                    // The last SyncTarget made the resync durable and adopted our identifiers.
+                    self.unconfirmed_sync = None;
                 }
                 self.peer_state = Some(s);
             }
@@ -1684,6 +1719,17 @@ impl Replica {
                     self.bitmap.union(peer_bm);
                 }
                 self.repl = ReplState::SyncTarget;
+                // As DRBD's SyncTarget takes the source's sync UUID: once this disk is
+                // Inconsistent, its generation is the one the source's bitmap counts from (or the
+                // source's current when it has no bitmap generation). If the resync is cut short,
+                // even after the source counted it finished and started a new generation, the
+                // next comparison finds a bitmap resync instead of losing this node's generation.
+                let sync_id = match ps.gen {
+                    [c, ..] if c == self.gen.current => c,
+                    [_, b, ..] if b != 0 => b,
+                    [c, ..] => c,
+                };
+                self.target_sync_gen = Some(GenIds { current: sync_id, bitmap: 0, history: [ps.gen[2], ps.gen[3]] });
                 self.rs_total = self.bitmap.count().max(1);
                 self.target_ready = false;
                 let conn = self.conn_id;
@@ -1696,6 +1742,7 @@ impl Replica {
                     self.persist_then(false, MetaWaiter::TargetOutdated(conn));
                 } else {
                     self.disk = DiskState::Inconsistent;
+                    self.adopt_sync_gen();
                     self.persist_then(false, MetaWaiter::TargetReady(conn));
                 }
             }
@@ -1778,12 +1825,16 @@ impl Replica {
     // ---------------------------------------------------------------- resync source
 
     fn refill(&mut self, now: Instant) {
-        let burst = (self.cfg.resync_rate as f64 / 10.0).max((RS_CHUNK_BLOCKS * BLOCK) as f64);
+        let burst = (self.cfg.resync_rate as f64 / 10.0).max((self.rs_chunk_blocks() * BLOCK) as f64);
         if let Some(last) = self.rs_last_refill {
             let dt = now.saturating_duration_since(last).as_secs_f64();
             self.rs_tokens = (self.rs_tokens + dt * self.cfg.resync_rate as f64).min(burst);
         }
         self.rs_last_refill = Some(now);
+    }
+
+    fn rs_chunk_blocks(&self) -> u64 {
+        (self.cfg.resync_request / BLOCK).max(1)
     }
 
     fn pump_resync(&mut self) {
@@ -1802,7 +1853,8 @@ impl Replica {
             };
             // Coalesce contiguous marked blocks.
             let mut n = 1;
-            while n < RS_CHUNK_BLOCKS && b + n < self.bitmap.blocks() && self.bitmap.get(b + n) {
+            let chunk = self.rs_chunk_blocks();
+            while n < chunk && b + n < self.bitmap.blocks() && self.bitmap.get(b + n) {
                 n += 1;
             }
             let off = b * BLOCK;
@@ -1825,6 +1877,7 @@ impl Replica {
         if self.repl != ReplState::SyncSource || self.rs_inflight > 0 || self.bitmap.count() > 0 {
             return;
         }
+        self.unconfirmed_sync = Some(self.gen);
         self.gen.sync_source_done();
         self.crashed_primary = false;
         self.repl = ReplState::Established;

@@ -118,6 +118,8 @@ struct World {
     seed: u64,
     /// Protocol A or B: an acknowledgement promises nothing about the peer's disk.
     weak: bool,
+    /// Resync request size of both nodes, also after a restart.
+    resync_request: u64,
 }
 
 fn cfg(key: [u8; 32], node: usize, seed: u64) -> Config {
@@ -178,6 +180,7 @@ impl World {
             key,
             seed,
             weak: false,
+            resync_request: Config::new(key, false, 0).resync_request,
         }
     }
 
@@ -504,7 +507,9 @@ impl World {
     fn restart(&mut self, i: usize) {
         let meta = self.nodes[i].meta.clone();
         let inc = self.nodes[i].incarnation;
-        let mut rep = Replica::new(cfg(self.key, i, self.seed ^ inc), meta, i == 0);
+        let mut c = cfg(self.key, i, self.seed ^ inc);
+        c.resync_request = self.resync_request;
+        let mut rep = Replica::new(c, meta, i == 0);
         rep.connect(false).unwrap();
         self.nodes[i].rep = Some(rep);
         self.nodes[i].down_until = None;
@@ -659,11 +664,22 @@ impl World {
 }
 
 fn scenario(seed: u64) {
-    scenario_with(seed, false);
+    scenario_with(seed, false, Config::new([0; 32], false, 0).resync_request);
 }
 
-fn scenario_with(seed: u64, checksum_resync: bool) {
-    let mut w = World::with(seed, |_, c| c.checksum_resync = checksum_resync);
+/// The scenario with 256 KiB resync requests (a quarter of the simulated disk).
+fn scenario_small_requests(seed: u64) {
+    scenario_with(seed, false, SMALL_RS_REQUEST);
+}
+
+const SMALL_RS_REQUEST: u64 = 256 << 10;
+
+fn scenario_with(seed: u64, checksum_resync: bool, resync_request: u64) {
+    let mut w = World::with(seed, |_, c| {
+        c.checksum_resync = checksum_resync;
+        c.resync_request = resync_request;
+    });
+    w.resync_request = resync_request;
     let now = w.clock.now();
     w.rep(0).unwrap().promote(now, true, 1).unwrap();
     w.rep(0).unwrap().connect(false).unwrap();
@@ -803,9 +819,39 @@ fn resync_of_blocks_the_target_never_marked_survives_a_target_crash_seed_2229() 
     run_seeds("resync_of_blocks_the_target_never_marked_survives_a_target_crash_seed_2229", [2229], scenario);
 }
 
+// The same scenario with 256 KiB resync requests: 500 seeds in two tests.
+#[test]
+fn small_resync_requests_survive_crashes_and_partitions_seeds_1_250() {
+    run_seeds(
+        "small_resync_requests_survive_crashes_and_partitions_seeds_1_250",
+        seeds_half(1),
+        scenario_small_requests,
+    );
+}
+
+#[test]
+fn small_resync_requests_survive_crashes_and_partitions_seeds_251_500() {
+    run_seeds(
+        "small_resync_requests_survive_crashes_and_partitions_seeds_251_500",
+        seeds_half(2),
+        scenario_small_requests,
+    );
+}
+
+/// Seed 175 with 256 KiB resync requests: the link broke again and again between the
+/// SyncSource's last acknowledgement and the SyncTarget's final flush. The Primary started a new
+/// data generation at each break and the target's generation slid out of the history slots until
+/// both refused each other as unrelated data.
+#[test]
+fn repeated_breaks_at_the_end_of_a_resync_converge_seed_175() {
+    run_seeds("repeated_breaks_at_the_end_of_a_resync_converge_seed_175", [175], scenario_small_requests);
+}
+
 #[test]
 fn checksum_resync_survives_crashes_and_partitions() {
-    run_seeds("checksum_resync_survives_crashes_and_partitions", 101..=104, |seed| scenario_with(seed, true));
+    run_seeds("checksum_resync_survives_crashes_and_partitions", 101..=104, |seed| {
+        scenario_with(seed, true, Config::new([0; 32], false, 0).resync_request)
+    });
 }
 
 /// Quarter `q` (1..=4) of a fixed list of 1000 seeds for `cargo test`; `SIM_SEEDS=N` makes the
@@ -814,6 +860,13 @@ fn seeds(q: u64) -> std::ops::RangeInclusive<u64> {
     let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let per = n.div_ceil(4);
     (q - 1) * per + 1..=(q * per).min(n)
+}
+
+/// Half `h` (1..=2) of a fixed list of 500 seeds; `SIM_SEEDS=N` makes the list 1..=N.
+fn seeds_half(h: u64) -> std::ops::RangeInclusive<u64> {
+    let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
+    let per = n.div_ceil(2);
+    (h - 1) * per + 1..=(h * per).min(n)
 }
 
 /// Brings up a fresh pair with node 0 Primary and fully synced.
