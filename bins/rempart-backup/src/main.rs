@@ -197,6 +197,18 @@ enum Cmd {
         /// Rebuild the index from the packs.
         #[arg(long)]
         repair: bool,
+        /// Check only the packs and the index.
+        #[arg(long, conflicts_with = "archives_only")]
+        repository_only: bool,
+        /// Check only the archives (packs are read only with --verify-data).
+        #[arg(long)]
+        archives_only: bool,
+        /// Check only archives whose name matches this shell pattern.
+        #[arg(short = 'a', long = "glob-archives", value_name = "GLOB")]
+        glob: Option<String>,
+        /// Check only the newest N (matching) archives.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
         /// Show progress (on a terminal).
         #[arg(short, long)]
         progress: bool,
@@ -991,7 +1003,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Check { verify_data, repair, progress, repo } => {
+        Cmd::Check { verify_data, repair, repository_only, archives_only, glob, last, progress, repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
             let repo = open(&repo_path)?;
             let bar = progress_bar(progress, "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} {msg}");
@@ -1011,7 +1023,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     _ => {}
                 }
             };
-            let r = commands::check_with_progress(&repo, CheckOptions { verify_data, repair }, &mut on);
+            let r = commands::check_with_progress(
+                &repo,
+                CheckOptions { verify_data, repair, repository_only, archives_only, glob, last },
+                &mut on,
+            );
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }

@@ -663,3 +663,52 @@ fn extract_and_check_progress_only_on_a_terminal() {
     let shown = on_tty(format!("{BIN} check {}", repo.display()));
     assert!(!shown.contains("packs ("), "{shown:?}");
 }
+
+#[test]
+fn check_selects_archives_and_parts_as_borg_does() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.args(["init", "-e", "repokey"]).arg(&repo);
+    ok(c);
+    let src = home.join("src");
+    for (i, name) in ["old-1", "new-1"].iter().enumerate() {
+        write_tree(&src, 20 + i as u64, 2, 10_000);
+        let mut c = ours(home);
+        c.args(["create", "--timestamp", &format!("2026-01-0{}T00:00:00", i + 1)])
+            .arg(format!("{}::{name}", repo.display()))
+            .arg(&src);
+        ok(c);
+    }
+    // damage the older archive's metadata object (written first)
+    let mut objs: Vec<_> = walk(&repo.join("archives"))
+        .into_iter()
+        .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
+        .collect();
+    objs.sort();
+    assert_eq!(objs.len(), 2);
+    let mut bytes = std::fs::read(&objs[0].1).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&objs[0].1, bytes).unwrap();
+    let check = |args: &[&str]| {
+        let mut c = ours(home);
+        c.arg("check").args(args).arg(&repo);
+        let out = run(c);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = check(&[]);
+    assert_ne!(code, Some(0), "a full check must see the damaged archive");
+    assert!(err.contains("archive old-1"), "{err}");
+    for args in [&["--last", "1"][..], &["-a", "new-*"], &["--repository-only"], &["--archives-only", "--last", "1"]] {
+        let (code, err) = check(args);
+        assert_eq!(code, Some(0), "check {args:?}: {err}");
+    }
+    let (code, err) = check(&["--archives-only", "--glob-archives", "old-*"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("archive old-1"), "{err}");
+    let (code, err) = check(&["--repair", "--last", "1"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

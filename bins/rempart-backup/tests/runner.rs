@@ -256,14 +256,14 @@ fn check_last_limits_the_archives_check_to_the_newest() {
     c.env("REMPART_PASSPHRASE", "p").args(["init", "-e", "repokey", repo.to_str().unwrap()]);
     ok(c);
     let metrics = home.join("m.prom");
-    let cfg = |last: u32| {
-        let p = home.join(format!("c{last}.yaml"));
+    let cfg_checks = |last: u32, checks: &str| {
+        let p = home.join(format!("c{last}-{}.yaml", checks.len()));
         std::fs::write(
             &p,
             format!(
                 "location:\n  source_directories: [{}]\n  repositories: [{{path: {}, label: r}}]\n\
                  storage:\n  encryption_passphrase: p\n  archive_name_format: 'a-{{now:%H%M%S.%f}}'\n\
-                 consistency:\n  checks: [archives]\n  check_last: {last}\n",
+                 consistency:\n  checks: {checks}\n  check_last: {last}\n",
                 src.display(),
                 repo.display()
             ),
@@ -271,6 +271,7 @@ fn check_last_limits_the_archives_check_to_the_newest() {
         .unwrap();
         p
     };
+    let cfg = |last: u32| cfg_checks(last, "[archives]");
     let run = |cfg: &Path, action: &str| {
         let mut c = ours(home);
         c.arg("run").arg("-c").arg(cfg).arg("--metrics-file").arg(&metrics).args(["--json", action]);
@@ -303,6 +304,14 @@ fn check_last_limits_the_archives_check_to_the_newest() {
         metric(&std::fs::read_to_string(&metrics).unwrap(), "rempart_backup_last_check_success", "r"),
         Some(1.0)
     );
+
+    // with the repository check due in the same run, the archives part still honours check_last
+    let out = run(&cfg_checks(1, "[repository, archives]"), "check");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "repository + archives with check_last 1: {v:#}");
+    // ... and the repository check alone reads no archive at all
+    let out = run(&cfg_checks(2, "[repository]"), "check");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 
     let out = run(&cfg(2), "check");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -273,7 +273,8 @@ pub struct Config {
     pub seed: u64,
     /// Checksum-based resync: send hashes first, data only for ranges that differ.
     pub checksum_resync: bool,
-    /// Bytes per resync request (rounded down to whole 4 KiB blocks, at least one).
+    /// Bytes per resync request (rounded down to whole 4 KiB blocks, at least one, at most
+    /// 64 MiB).
     pub resync_request: u64,
 }
 
@@ -1834,7 +1835,7 @@ impl Replica {
     }
 
     fn rs_chunk_blocks(&self) -> u64 {
-        (self.cfg.resync_request / BLOCK).max(1)
+        (self.cfg.resync_request / BLOCK).clamp(1, (64 << 20) / BLOCK)
     }
 
     fn pump_resync(&mut self) {

@@ -269,13 +269,21 @@ pub fn compact_apply(repo: &Repository, plan: &CompactPlan) -> Result<()> {
 }
 
 /// Options of `check`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
     /// Decrypt and verify every chunk.
     pub verify_data: bool,
     /// Rebuild the index from pack headers (orphan packs are indexed again, missing packs are
     /// dropped from the index).
     pub repair: bool,
+    /// `--repository-only`: packs and index only, no archive.
+    pub repository_only: bool,
+    /// `--archives-only`: archives only; packs are read only for `verify_data` (borg's rule).
+    pub archives_only: bool,
+    /// `--glob-archives`: check only the archives whose name matches this shell pattern.
+    pub glob: Option<String>,
+    /// `--last N`: check only the newest N (matching) archives.
+    pub last: Option<usize>,
 }
 
 /// What `check` found.
@@ -351,6 +359,14 @@ pub fn check_with_progress(
     opts: CheckOptions,
     on: &mut dyn FnMut(CheckProgress),
 ) -> Result<CheckReport> {
+    if opts.repository_only && opts.archives_only {
+        return Err(Error::InvalidArgument("--repository-only and --archives-only exclude each other".into()));
+    }
+    if opts.repair && (opts.archives_only || opts.repository_only || opts.glob.is_some() || opts.last.is_some()) {
+        return Err(Error::InvalidArgument(
+            "--repair checks the whole repository: no archive or part selection".into(),
+        ));
+    }
     let _lock = if opts.repair { repo.lock()? } else { repo.shared_lock()? };
     let mut r = CheckReport::default();
     let manifest = repo.manifest()?;
@@ -358,7 +374,8 @@ pub fn check_with_progress(
     let on_disk: HashSet<Id> = repo.backend().list(FileType::Pack)?.iter().filter_map(|n| Id::from_hex(n)).collect();
     let mut damaged: HashSet<Id> = HashSet::new();
     let mut bad_packs = HashSet::new();
-    let mut packs: Vec<(&Id, &Vec<BlobEntry>)> = index.packs.iter().collect();
+    let mut packs: Vec<(&Id, &Vec<BlobEntry>)> =
+        if opts.archives_only && !opts.verify_data { Vec::new() } else { index.packs.iter().collect() };
     packs.sort_by_key(|p| *p.0);
     let total = packs.len() as u64;
     let mut bytes = 0u64;
@@ -400,11 +417,20 @@ pub fn check_with_progress(
     on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
     r.orphan_packs = on_disk.iter().filter(|p| !index.packs.contains_key(p)).copied().collect();
     r.orphan_packs.sort();
-    // Archives: every item stream and every referenced chunk.
+    // Archives: every item stream and every referenced chunk (the selected ones, newest last).
+    let mut archives: Vec<&ManifestEntry> = if opts.repository_only {
+        Vec::new()
+    } else {
+        manifest.archives.iter().filter(|a| opts.glob.as_deref().is_none_or(|g| glob_archives(g, &a.name))).collect()
+    };
+    archives.sort_by_key(|a| a.time);
+    if let Some(n) = opts.last {
+        archives.drain(..archives.len().saturating_sub(n));
+    }
     let mut users: BTreeMap<(String, String), ()> = BTreeMap::new();
-    let total = manifest.archives.len() as u64;
+    let total = archives.len() as u64;
     on(CheckProgress::Archives { done: 0, total });
-    for (done, a) in manifest.archives.iter().enumerate() {
+    for (done, a) in archives.into_iter().enumerate() {
         if done > 0 {
             on(CheckProgress::Archives { done: done as u64, total });
         }

@@ -89,7 +89,7 @@ fn open(backend: Arc<dyn Backend>) -> Repository {
 
 /// Every archive in the manifest reads back with the expected content; check is clean.
 fn verify(repo: &Repository, expect: &[(&str, Vec<u8>)]) {
-    let r = commands::check(repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    let r = commands::check(repo, CheckOptions { verify_data: true, repair: false, ..Default::default() }).unwrap();
     assert!(r.ok(), "{:?}", r.errors);
     let idx = repo.load_index().unwrap();
     for a in commands::list_archives(repo).unwrap() {

@@ -275,7 +275,7 @@ fn tampered_pack_is_named_by_check_and_extract_fails_only_for_the_damaged_file()
     data[loc.offset as usize + 40] ^= 1;
     fs::write(&path, &data).unwrap();
 
-    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false, ..Default::default() }).unwrap();
     assert!(!r.ok());
     assert_eq!(r.damaged_chunks, vec![id]);
     assert_eq!(r.damaged_files.len(), 1, "{:?}", r.damaged_files);
@@ -348,10 +348,10 @@ fn wrong_passphrase_wrong_keyfile_truncated_pack_missing_index() {
     let e = extract(&repo, "a", &ExtractOptions { dest: d.path().into(), ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("missing from the index"), "{e}");
     // check --repair rebuilds the index from the pack headers
-    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true, ..Default::default() }).unwrap();
     assert!(r.repaired);
     assert!(repo.load_index().unwrap().chunks.len() > 1);
-    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false, ..Default::default() }).unwrap();
     assert!(r.ok(), "{:?}", r.errors);
 }
 
@@ -466,7 +466,7 @@ fn delete_then_compact_frees_space_and_keeps_other_archives_intact() {
     commands::compact_apply(&repo, &plan).unwrap();
     let after = size(&d.path().join("repo"));
     assert!(after + 500_000 < before, "{after} vs {before}");
-    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false, ..Default::default() }).unwrap();
     assert!(r.ok(), "{:?}", r.errors);
     assert_eq!(r.orphan_packs.len(), 0);
     let names: Vec<_> = commands::list_archives(&repo).unwrap().into_iter().map(|a| a.name).collect();
@@ -626,7 +626,7 @@ fn check_repair_zero_fills_damaged_chunks_rebuilds_the_index_and_heals() {
     fs::write(&path, &data).unwrap();
 
     // no --verify-data: the pack's hash gives the damage away, its chunks are then verified
-    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true, ..Default::default() }).unwrap();
     assert!(r.repaired && r.ok(), "{:?}", r.errors);
     let zeroed: Vec<_> = r.repaired_notes.iter().filter(|n| n.contains("replaced with zeros")).collect();
     assert_eq!(zeroed.len(), 2, "{:?}", r.repaired_notes);
@@ -635,7 +635,7 @@ fn check_repair_zero_fills_damaged_chunks_rebuilds_the_index_and_heals() {
     assert!(r.orphan_chunks > 0, "the replaced item streams are orphans now");
     assert_eq!(b.list(FileType::Index).unwrap().len(), 1, "one rebuilt index supersedes the old ones");
     // the repository is clean now; the zero-filled chunks are on record
-    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false, ..Default::default() }).unwrap();
     assert!(r.ok(), "{:?}", r.errors);
     assert_eq!(r.zero_filled, vec![("a".to_string(), 1), ("c".to_string(), 1)]);
     // the file restores with zeros where the damaged chunk was, the rest intact
@@ -652,19 +652,21 @@ fn check_repair_zero_fills_damaged_chunks_rebuilds_the_index_and_heals() {
     let (_, meta_b) = commands::archive_info(&repo, "b").unwrap();
     assert!(meta_b.items.iter().all(|i| idx.chunks[i].pack != lost));
     fs::remove_file(b.path(FileType::Pack, &lost.to_hex())).unwrap();
-    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: false }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: false, ..Default::default() }).unwrap();
     assert!(r.errors.iter().any(|e| e.starts_with("archive b: file ") && e.contains("healthy")), "{:?}", r.errors);
-    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true, ..Default::default() }).unwrap();
     assert!(r.ok(), "{:?}", r.errors);
     assert!(r.repaired_notes.iter().any(|n| n.starts_with("archive b: file ") && n.contains("healthy")));
-    assert!(commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap().ok());
+    assert!(commands::check(&repo, CheckOptions { verify_data: true, repair: false, ..Default::default() })
+        .unwrap()
+        .ok());
 
     // the lost chunk comes back with a new backup of the same file: repair heals the archives
     backup(&repo, "d", vec![src.join("victim")], None);
-    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: false, repair: true, ..Default::default() }).unwrap();
     assert_eq!(r.repaired_notes.iter().filter(|n| n.contains("is back, healed")).count(), 2, "{:?}", r.repaired_notes);
     assert_eq!(extracted(&repo, d.path(), "a", "victim"), victim);
-    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false }).unwrap();
+    let r = commands::check(&repo, CheckOptions { verify_data: true, repair: false, ..Default::default() }).unwrap();
     assert!(r.ok(), "{:?}", r.errors);
     assert!(r.zero_filled.iter().all(|(a, _)| a == "b"), "{:?}", r.zero_filled);
 }

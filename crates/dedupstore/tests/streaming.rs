@@ -70,8 +70,11 @@ fn item_stream_is_stored_as_it_grows_with_the_boundaries_of_the_whole_stream() {
     // the committed archive replaced its checkpoints; the repository checks clean
     let names: Vec<String> = repo.manifest().unwrap().archives.into_iter().map(|a| a.name).collect();
     assert_eq!(names, ["a"]);
-    let r = dedupstore::commands::check(&repo, dedupstore::commands::CheckOptions { verify_data: true, repair: false })
-        .unwrap();
+    let r = dedupstore::commands::check(
+        &repo,
+        dedupstore::commands::CheckOptions { verify_data: true, repair: false, ..Default::default() },
+    )
+    .unwrap();
     assert!(r.ok(), "{:?}", r.errors);
 }
 
@@ -111,7 +114,10 @@ fn extract_and_check_progress_add_up_to_their_totals() {
     // check: packs, then archives, each from 0 to its total
     let mut events: Vec<CheckProgress> = Vec::new();
     let r =
-        check_with_progress(&repo, CheckOptions { verify_data: true, repair: false }, &mut |p| events.push(p)).unwrap();
+        check_with_progress(&repo, CheckOptions { verify_data: true, repair: false, ..Default::default() }, &mut |p| {
+            events.push(p)
+        })
+        .unwrap();
     assert!(r.ok(), "{:?}", r.errors);
     let packs: Vec<(u64, u64, u64)> = events
         .iter()

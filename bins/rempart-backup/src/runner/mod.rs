@@ -626,37 +626,6 @@ fn due_checks(ctx: &Ctx<'_>, c: &Loaded, repo_id: &str, now: DateTime<Utc>) -> V
         .collect()
 }
 
-/// The archives check limited to the newest `last` archives (`check_last`): every item stream
-/// decodes and every chunk it names is in the index.
-fn check_last_archives(repo: &Repository, glob: &str, last: usize) -> anyhow::Result<Vec<String>> {
-    let index = repo.load_index()?;
-    let archives: Vec<_> =
-        commands::list_archives(repo)?.into_iter().filter(|a| commands::glob_archives(glob, &a.name)).collect();
-    let mut errors = Vec::new();
-    for a in archives.iter().rev().take(last) {
-        match dedupstore::extract::archive_items(repo, &index, &a.name) {
-            Ok(items) => {
-                for i in items {
-                    for e in &i.chunks {
-                        if let dedupstore::archive::Extent::Data { id, .. } = e {
-                            if !index.contains(id) {
-                                errors.push(format!(
-                                    "archive {}: {}: missing chunk {}",
-                                    a.name,
-                                    i.path_lossy(),
-                                    id.to_hex()
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => errors.push(format!("archive {}: {e}", a.name)),
-        }
-    }
-    Ok(errors)
-}
-
 fn do_check(
     ctx: &Ctx<'_>,
     c: &Loaded,
@@ -680,18 +649,33 @@ fn do_check(
     }
     let mut errors = Vec::new();
     let has = |n: CheckName| due.contains(&n);
-    if has(CheckName::Repository)
-        || has(CheckName::Data)
-        || (has(CheckName::Archives) && c.consistency.check_last.is_none())
-    {
-        log(1, format!("checking the repository{}", if has(CheckName::Data) { " and every chunk (data)" } else { "" }));
-        let rep = commands::check(repo, CheckOptions { verify_data: has(CheckName::Data), repair: false })?;
-        errors.extend(rep.errors);
-    } else if has(CheckName::Archives) {
-        let glob = archive_glob(c, c.consistency.prefix.as_deref())?;
-        let last = c.consistency.check_last.unwrap_or(u64::MAX) as usize;
-        log(1, format!("checking the newest {last} archives matching {glob}"));
-        errors.extend(check_last_archives(repo, &glob, last)?);
+    // borgmatic 1.7's mapping: repository alone => --repository-only, archives alone =>
+    // --archives-only, data => --verify-data (implies the archives check); check_last and the
+    // prefix select archives.
+    let (repo_check, archives_check) = (has(CheckName::Repository), has(CheckName::Archives) || has(CheckName::Data));
+    if repo_check || archives_check {
+        let opts = CheckOptions {
+            verify_data: has(CheckName::Data),
+            repository_only: !archives_check,
+            archives_only: !repo_check,
+            glob: archives_check.then(|| archive_glob(c, c.consistency.prefix.as_deref())).transpose()?,
+            last: c.consistency.check_last.filter(|_| archives_check).map(|n| n as usize),
+            ..Default::default()
+        };
+        log(
+            1,
+            format!(
+                "checking{}{}{}",
+                if repo_check { " the repository" } else { "" },
+                match (archives_check, opts.last) {
+                    (false, _) => String::new(),
+                    (true, Some(n)) => format!(" the newest {n} archives"),
+                    (true, None) => " the archives".into(),
+                },
+                if opts.verify_data { " and every chunk they use (data)" } else { "" }
+            ),
+        );
+        errors.extend(commands::check(repo, opts)?.errors);
     }
     if has(CheckName::Extract) {
         let newest = commands::list_archives(repo)?.into_iter().rfind(|a| !dedupstore::prune::is_checkpoint(&a.name));
