@@ -526,16 +526,34 @@ fn key_export_import_and_change_passphrase() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another repository"));
 }
 
-#[test]
-fn progress_bar_only_on_a_terminal_and_never_with_json() {
-    let d = tempfile::tempdir().unwrap();
-    let home = d.path();
+/// A source tree (`write_tree(seed, files, size)`) and an unencrypted repository for it.
+fn tree_and_repo(home: &Path, seed: u64, files: usize, size: usize) -> (PathBuf, PathBuf) {
     let src = home.join("src");
-    write_tree(&src, 3, 8, 1 << 20);
+    write_tree(&src, seed, files, size);
     let repo = home.join("repo");
     let mut c = ours(home);
     c.args(["init", "-e", "none"]).arg(&repo);
     ok(c);
+    (src, repo)
+}
+
+/// Runs `cmd` through sh on a pseudo-terminal (script(1)); returns its success and what the
+/// terminal showed.
+fn on_tty(home: &Path, cmd: &str) -> (bool, String) {
+    let mut c = Command::new("script");
+    c.args(["-qfec", cmd, "/dev/null"])
+        .env("REMPART_CACHE_DIR", home.join("cache"))
+        .env("REMPART_KEYS_DIR", home.join("keys"))
+        .env_remove("REMPART_REPO");
+    let out = run(c);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn progress_bar_only_on_a_terminal_and_never_with_json() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let (src, repo) = tree_and_repo(home, 3, 8, 1 << 20);
     // not a terminal: nothing but the JSON document
     let mut c = ours(home);
     c.args(["create", "--progress", "--json"]).arg(format!("{}::piped", repo.display())).arg(&src);
@@ -545,22 +563,14 @@ fn progress_bar_only_on_a_terminal_and_never_with_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["archive"]["stats"]["nfiles"], 8);
     // a terminal (script(1) gives it a pty): the bar draws its counters
-    let cmd = format!("{BIN} create --progress {}::tty {}", repo.display(), src.display());
-    let mut c = Command::new("script");
-    c.args(["-qfec", &cmd, "/dev/null"])
-        .env("REMPART_CACHE_DIR", home.join("cache"))
-        .env("REMPART_KEYS_DIR", home.join("keys"));
-    let out = run(c);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let (done, shown) = on_tty(home, &format!("{BIN} create --progress {}::tty {}", repo.display(), src.display()));
+    assert!(done, "{shown}");
     assert!(shown.contains(" files"), "no progress drawn: {shown:?}");
     // and with --json on a terminal: no bar either
-    let cmd = format!("{BIN} create --progress --json {}::tty-json {}", repo.display(), src.display());
-    let mut c = Command::new("script");
-    c.args(["-qfec", &cmd, "/dev/null"]).env("REMPART_CACHE_DIR", home.join("cache"));
-    let out = run(c);
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(" files"));
+    let (done, shown) =
+        on_tty(home, &format!("{BIN} create --progress --json {}::tty-json {}", repo.display(), src.display()));
+    assert!(done, "{shown}");
+    assert!(!shown.contains(" files"));
 }
 
 /// Peak RSS (KiB) of the largest child this process waited for so far.
@@ -615,12 +625,7 @@ fn create_memory_does_not_grow_with_the_item_metadata() {
 fn extract_and_check_progress_only_on_a_terminal() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
-    let src = home.join("src");
-    write_tree(&src, 5, 8, 1 << 20);
-    let repo = home.join("repo");
-    let mut c = ours(home);
-    c.args(["init", "-e", "none"]).arg(&repo);
-    ok(c);
+    let (src, repo) = tree_and_repo(home, 5, 8, 1 << 20);
     let mut c = ours(home);
     c.arg("create").arg(format!("{}::a", repo.display())).arg(&src);
     ok(c);
@@ -644,14 +649,9 @@ fn extract_and_check_progress_only_on_a_terminal() {
     let tty = home.join("tty");
     std::fs::create_dir(&tty).unwrap();
     let on_tty = |cmd: String| {
-        let mut c = Command::new("script");
-        c.args(["-qfec", &cmd, "/dev/null"])
-            .env("REMPART_CACHE_DIR", home.join("cache"))
-            .env("REMPART_KEYS_DIR", home.join("keys"))
-            .env_remove("REMPART_REPO");
-        let out = run(c);
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (done, shown) = on_tty(home, &cmd);
+        assert!(done, "{cmd}: {shown}");
+        shown
     };
     let shown = on_tty(format!("cd {} && {BIN} extract --progress {}::a", tty.display(), repo.display()));
     assert!(shown.contains("/9 items"), "no extract progress drawn: {shown:?}");
