@@ -324,10 +324,7 @@ fn kill_9_during_create_leaves_a_clean_repository_and_the_next_create_reuses_chu
 fn errors_are_one_clear_line_with_exit_code_2() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
-    let repo = home.join("repo");
-    let mut c = ours(home);
-    c.args(["init", "-e", "repokey"]).arg(&repo);
-    ok(c);
+    let repo = init(home, "repokey");
     let snapshot = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
         let mut v = Vec::new();
         let mut stack = vec![p.to_path_buf()];
@@ -480,10 +477,7 @@ fn full_disk_is_one_clear_error_and_leaves_the_repository_consistent() {
 fn key_export_import_and_change_passphrase() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
-    let repo = home.join("repo");
-    let mut c = ours(home);
-    c.args(["init", "-e", "keyfile"]).arg(&repo);
-    ok(c);
+    let repo = init(home, "keyfile");
     let exported = home.join("key.json");
     let mut c = ours(home);
     c.args(["key", "export"]).arg(&repo).arg(&exported);
@@ -526,14 +520,20 @@ fn key_export_import_and_change_passphrase() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another repository"));
 }
 
+/// A new repository `home/repo` in encryption mode `mode`.
+fn init(home: &Path, mode: &str) -> PathBuf {
+    let repo = home.join("repo");
+    let mut c = ours(home);
+    c.args(["init", "-e", mode]).arg(&repo);
+    ok(c);
+    repo
+}
+
 /// A source tree (`write_tree(seed, files, size)`) and an unencrypted repository for it.
 fn tree_and_repo(home: &Path, seed: u64, files: usize, size: usize) -> (PathBuf, PathBuf) {
     let src = home.join("src");
     write_tree(&src, seed, files, size);
-    let repo = home.join("repo");
-    let mut c = ours(home);
-    c.args(["init", "-e", "none"]).arg(&repo);
-    ok(c);
+    let repo = init(home, "none");
     (src, repo)
 }
 
@@ -601,10 +601,7 @@ fn create_memory_does_not_grow_with_the_item_metadata() {
         }
     }
     assert!(stream_bytes > 60 << 20, "{stream_bytes}");
-    let repo = home.join("repo");
-    let mut c = ours(home);
-    c.args(["init", "-e", "repokey"]).arg(&repo);
-    ok(c);
+    let repo = init(home, "repokey");
     let mut c = ours(home);
     c.args(["create", "--json"]).arg(format!("{}::many", repo.display())).arg(home.join("src"));
     let v: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
@@ -668,10 +665,7 @@ fn extract_and_check_progress_only_on_a_terminal() {
 fn check_selects_archives_and_parts_as_borg_does() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
-    let repo = home.join("repo");
-    let mut c = ours(home);
-    c.args(["init", "-e", "repokey"]).arg(&repo);
-    ok(c);
+    let repo = init(home, "repokey");
     let src = home.join("src");
     for (i, name) in ["old-1", "new-1"].iter().enumerate() {
         write_tree(&src, 20 + i as u64, 2, 10_000);
