@@ -4,6 +4,7 @@
 //!
 //! Run (root, for the network namespaces):
 //! `cargo bench -p rempart-benches --bench repl_nbd` (env `REPL_BENCH_REPS`, default 5;
+//! `REPL_BENCH_DROP_CACHES=0` keeps the page cache (dropped before each repetition by default);
 //! `REPL_BENCH_CONFIGS=0,1` / `REPL_BENCH_WORKLOADS=2` pick rows and columns (`REPL_BENCH_CONFIGS=99`
 //! runs none of them), `REPL_BENCH_RESYNC=0` skips the resync part, `REPL_BENCH_RESYNC_MIB=128,512`
 //! sets its dirty region sizes, `REPL_BENCH_DIR` places the images, default /var/tmp;
@@ -406,6 +407,7 @@ fn main() {
     let mut fsync = Vec::new();
     let mut fsync_spin = Vec::new();
     for _ in 0..reps {
+        drop_page_cache();
         rtt.push(link_rtt_us(&lab));
         {
             let dir = bench_dir();
@@ -518,6 +520,22 @@ fn main() {
     }
 }
 
+/// Writes dirty pages back and empties the page cache before each repetition, so that every
+/// configuration starts from the same memory state (`REPL_BENCH_DROP_CACHES=0` skips it). With
+/// a page cache filled by earlier work, page reclaim costs the replicated path (two processes,
+/// four copies per byte) much more than a plain write: on this VM with 1.8 GB free the resync
+/// measured 0.49-0.51x the plain write and protocol C 0.59x qemu-nbd, against 1.13-1.34x and
+/// 0.73x after a drop (see docs/repl.md).
+fn drop_page_cache() {
+    if std::env::var("REPL_BENCH_DROP_CACHES").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let _ = Command::new("sync").status();
+    if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+        eprintln!("could not drop the page cache ({e}); results depend on its state");
+    }
+}
+
 /// Times of one plain sequential write: the `pwrite`s, then the one `fdatasync`.
 struct Plain {
     write: Duration,
@@ -623,6 +641,7 @@ fn resync_vs_plain(lab: &Lab, mib: u64, reps: usize) {
     let mut resync = Vec::new();
     let mut plain = Vec::new();
     for _ in 0..reps {
+        drop_page_cache();
         let dir = bench_dir();
         let p = plain_sequential_write(dir.path(), mib);
         std::fs::remove_file(dir.path().join("plain.img")).unwrap();
