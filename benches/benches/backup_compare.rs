@@ -65,12 +65,6 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn du(p: &Path) -> u64 {
-    let mut files = Vec::new();
-    walk(p, &mut files);
-    files.iter().map(|f| std::fs::symlink_metadata(f).map(|m| m.len()).unwrap_or(0)).sum()
-}
-
 /// What one command cost.
 #[derive(Clone, Copy)]
 struct Cost {
@@ -313,7 +307,8 @@ fn main() {
         t.backup("first", &src)
     });
     op("first backup", &first);
-    let repo_first: Vec<String> = tools.iter().map(|t| format!("{:.0}", du(&t.repo) as f64 / 1e6)).collect();
+    let repo_first: Vec<String> =
+        tools.iter().map(|t| format!("{:.0}", rempart_benches::corpus::du(&t.repo) as f64 / 1e6)).collect();
     let second = repeated(&tools, reps, |t, rep| t.backup(&format!("second-{rep}"), &src));
     op("unchanged backup", &second);
     let changed = modify(&src, 77);
@@ -335,7 +330,7 @@ fn main() {
     push("repository size after the first backup (MB)", repo_first);
     push(
         "repository size after three backups (MB)",
-        tools.iter().map(|t| format!("{:.0}", du(&t.repo) as f64 / 1e6)).collect(),
+        tools.iter().map(|t| format!("{:.0}", rempart_benches::corpus::du(&t.repo) as f64 / 1e6)).collect(),
     );
     let mut out = String::new();
     let _ = writeln!(

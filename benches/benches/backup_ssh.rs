@@ -236,17 +236,6 @@ impl Drop for Sshd {
     }
 }
 
-fn dir_bytes(p: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-        match e.file_type() {
-            Ok(t) if t.is_dir() => total += dir_bytes(&e.path()),
-            _ => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-        }
-    }
-    total
-}
-
 /// Samples of one corpus: (create local, create ssh, extract local, extract ssh, list local, list ssh).
 #[derive(Default)]
 struct Samples {
@@ -294,7 +283,7 @@ fn main() {
     let mut tables = String::new();
     let mut verdicts = String::new();
     for (ci, (label, src)) in corpora.iter().enumerate() {
-        let bytes = dir_bytes(src);
+        let bytes = rempart_benches::corpus::du(src);
         let mut sm = Samples::default();
         // Extract directories are removed only after the last repetition: ext4 does not hand out
         // an inode freed in the last ~30 s, so creating files right after deleting thousands
@@ -322,7 +311,7 @@ fn main() {
                 outs.push(out);
                 let stored = if remote {
                     let p = sshd.base.join("srv").join(format!("c{ci}r{rep}"));
-                    let n = dir_bytes(&p);
+                    let n = rempart_benches::corpus::du(&p);
                     let _ = std::fs::remove_dir_all(p);
                     sm.create.1.push(c);
                     sm.extract.1.push(x);
@@ -330,7 +319,7 @@ fn main() {
                     sm.stored.push(n);
                     n
                 } else {
-                    let n = dir_bytes(Path::new(&repo));
+                    let n = rempart_benches::corpus::du(Path::new(&repo));
                     let _ = std::fs::remove_dir_all(&repo);
                     sm.create.0.push(c);
                     sm.extract.0.push(x);

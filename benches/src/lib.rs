@@ -203,7 +203,8 @@ pub mod corpus {
         du(root)
     }
 
-    fn du(p: &Path) -> u64 {
+    /// Bytes of the regular files (and other non-directories) under `p`, recursively.
+    pub fn du(p: &Path) -> u64 {
         let mut total = 0;
         for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
             match e.file_type() {
