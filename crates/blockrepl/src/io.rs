@@ -53,7 +53,7 @@ pub enum Admin {
 }
 
 enum Cmd {
-    Write { off: u64, len: u32, data: Option<Vec<u8>>, fua: bool, reply: oneshot::Sender<Result<(), String>> },
+    Write { off: u64, len: u32, data: Option<Bytes>, fua: bool, reply: oneshot::Sender<Result<(), String>> },
     Flush { reply: oneshot::Sender<Result<(), String>> },
     Admin { cmd: Admin, reply: oneshot::Sender<Result<(), String>> },
     Status { reply: oneshot::Sender<Status> },
@@ -162,7 +162,7 @@ impl BlockStore for Handle {
         }
         self.data.read(off, len).await
     }
-    async fn write(&self, off: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+    async fn write(&self, off: u64, data: Bytes, fua: bool) -> io::Result<()> {
         let start = Instant::now();
         let len = data.len() as u32;
         let r = self.call(|reply| Cmd::Write { off, len, data: Some(data), fua, reply }).await;
@@ -408,7 +408,7 @@ impl Actor {
                 let req = self.next_req;
                 self.next_req += 1;
                 self.pending.insert(req, reply);
-                self.rep.handle_write(now, req, off, len, data, fua);
+                self.rep.handle_write_bytes(now, req, off, len, data, fua);
             }
             Cmd::Flush { reply } => {
                 let req = self.next_req;
@@ -694,7 +694,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut Vec<Byt
 }
 
 /// Reads exactly `n` bytes into a recycled buffer (see `crate::pool`) without zero-filling it.
-async fn read_payload_pooled<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::Result<Bytes> {
+pub(crate) async fn read_payload_pooled<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::Result<Bytes> {
     let mut v = crate::pool::take(n);
     v.clear();
     while v.len() < n {
@@ -704,18 +704,6 @@ async fn read_payload_pooled<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::
         }
     }
     Ok(crate::pool::bytes(v))
-}
-
-/// Reads exactly `n` bytes into a fresh buffer without zero-filling it first.
-pub(crate) async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, n: usize) -> io::Result<Vec<u8>> {
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let want = (n - v.len()) as u64;
-        if (&mut *rd).take(want).read_buf(&mut v).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    Ok(v)
 }
 
 async fn read_frames(

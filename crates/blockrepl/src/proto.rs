@@ -797,6 +797,12 @@ impl Replica {
     /// A client write (`data: None` zeroes `len` bytes). Completion comes as
     /// [`Action::Complete`] with `req`.
     pub fn handle_write(&mut self, now: Instant, req: u64, off: u64, len: u32, data: Option<Vec<u8>>, fua: bool) {
+        self.handle_write_bytes(now, req, off, len, data.map(Bytes::from), fua);
+    }
+
+    /// [`Self::handle_write`] with the payload already in a shared buffer (the NBD frontend's
+    /// recycled one: no copy, no fresh allocation per write).
+    pub fn handle_write_bytes(&mut self, now: Instant, req: u64, off: u64, len: u32, data: Option<Bytes>, fua: bool) {
         self.now = Some(now);
         if !self.can_serve() {
             self.actions.push_back(Action::Complete { req, result: Err(ReplError::NotPrimary) });
@@ -808,7 +814,6 @@ impl Replica {
         }
         let wid = self.next_wid;
         self.next_wid += 1;
-        let data = data.map(Bytes::from);
         self.writes.insert(
             wid,
             AppWrite { req, off, len, data, fua, local_done: false, peer_done: false, error: None, sent_at: None },

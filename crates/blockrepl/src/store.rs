@@ -12,6 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 /// Largest single request the stores and the NBD server accept (32 MiB, as qemu-nbd).
 pub const MAX_REQUEST: u32 = 32 * 1024 * 1024;
 
@@ -29,7 +31,7 @@ pub trait BlockStore: Send + Sync + 'static {
     /// Read `len` bytes at `off`.
     fn read(&self, off: u64, len: u32) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
     /// Write `data` at `off`; durable on completion when `fua`.
-    fn write(&self, off: u64, data: Vec<u8>, fua: bool) -> impl Future<Output = io::Result<()>> + Send;
+    fn write(&self, off: u64, data: Bytes, fua: bool) -> impl Future<Output = io::Result<()>> + Send;
     /// Make every completed write durable.
     fn flush(&self) -> impl Future<Output = io::Result<()>> + Send;
     /// Discard a range. Stores here make it read back as zeroes so replicas stay identical.
@@ -176,7 +178,7 @@ impl BlockStore for FileStore {
         let s = self.clone();
         blocking(move || s.read_blocking(off, len)).await
     }
-    async fn write(&self, off: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+    async fn write(&self, off: u64, data: Bytes, fua: bool) -> io::Result<()> {
         let s = self.clone();
         blocking(move || s.write_blocking(off, &data, fua)).await
     }
@@ -230,7 +232,7 @@ impl BlockStore for MemStore {
         check_range(b.len() as u64, off, u64::from(len))?;
         Ok(b[off as usize..off as usize + len as usize].to_vec())
     }
-    async fn write(&self, off: u64, data: Vec<u8>, _fua: bool) -> io::Result<()> {
+    async fn write(&self, off: u64, data: Bytes, _fua: bool) -> io::Result<()> {
         let mut b = self.lock();
         check_range(b.len() as u64, off, data.len() as u64)?;
         b[off as usize..off as usize + data.len()].copy_from_slice(&data);
@@ -264,7 +266,7 @@ mod tests {
         f.as_file().set_len(1 << 20).unwrap();
         let s = FileStore::open(f.path()).unwrap();
         assert_eq!(s.size(), 1 << 20);
-        s.write(8192, vec![0xa5; 8192], true).await.unwrap();
+        s.write(8192, Bytes::from(vec![0xa5; 8192]), true).await.unwrap();
         assert_eq!(s.read(8192, 8192).await.unwrap(), vec![0xa5; 8192]);
         s.write_zeroes(8192, 4096, false).await.unwrap();
         assert_eq!(s.read(8192, 4096).await.unwrap(), vec![0; 4096]);

@@ -235,7 +235,7 @@ impl<B: BlockStore> NbdServer<B> {
                         format!("write of {} bytes exceeds the maximum", req.length),
                     ));
                 }
-                match crate::io::read_payload(&mut rd, req.length as usize).await {
+                match crate::io::read_payload_pooled(&mut rd, req.length as usize).await {
                     Ok(data) => payload = Some(data),
                     Err(e) => break Err(e),
                 }
@@ -272,7 +272,7 @@ fn errno_of(e: &io::Error) -> u32 {
 }
 
 /// Runs one request against the store; returns the NBD error and the read data.
-async fn execute<B: BlockStore>(store: &B, req: Request, payload: Option<Vec<u8>>) -> (u32, Option<Vec<u8>>) {
+async fn execute<B: BlockStore>(store: &B, req: Request, payload: Option<bytes::Bytes>) -> (u32, Option<Vec<u8>>) {
     let ro = store.read_only();
     let res: io::Result<Option<Vec<u8>>> = match req.command {
         Command::Read => {
