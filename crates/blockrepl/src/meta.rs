@@ -297,6 +297,17 @@ impl Bitmap {
             self.set(b);
         }
     }
+    /// Clears every block touched by `[off, off+len)`.
+    pub fn clear_range(&mut self, off: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = off / BLOCK;
+        let last = (off.saturating_add(len - 1) / BLOCK).min(self.blocks.saturating_sub(1));
+        for b in first..=last {
+            self.clear(b);
+        }
+    }
     /// Marks every block.
     pub fn set_all(&mut self) {
         for b in 0..self.blocks {

@@ -769,11 +769,7 @@ impl Replica {
     /// A resync write is stable, or its blocks are durably marked on this disk: clear them and
     /// let the source clear them too.
     fn rs_acked(&mut self, off: u64, len: u32) {
-        let first = off / BLOCK;
-        let last = (off + u64::from(len)).div_ceil(BLOCK);
-        for b in first..last {
-            self.bitmap.clear(b);
-        }
+        self.bitmap.clear_range(off, u64::from(len));
         self.resync_bytes += u64::from(len);
         self.send(Msg::RsAck { offset: off, len });
     }
@@ -1040,13 +1036,7 @@ impl Replica {
                 if conn == self.conn_id && self.established {
                     let same = matches!(&result, Ok(Some(d)) if *blake3::hash(d).as_bytes() == hash);
                     if same {
-                        let first = off / BLOCK;
-                        let last = (off + u64::from(len)).div_ceil(BLOCK);
-                        for b in first..last {
-                            self.bitmap.clear(b);
-                        }
-                        self.resync_bytes += u64::from(len);
-                        self.send(Msg::RsAck { offset: off, len });
+                        self.rs_acked(off, len);
                     } else {
                         self.send(Msg::RsNeed { offset: off, len });
                     }
@@ -1527,11 +1517,7 @@ impl Replica {
                     return;
                 }
                 self.active.retain(|(r, o)| !(*o == u64::MAX && r.0 == offset));
-                let first = offset / BLOCK;
-                let last = offset.saturating_add(u64::from(len)).div_ceil(BLOCK);
-                for b in first..last {
-                    self.bitmap.clear(b);
-                }
+                self.bitmap.clear_range(offset, u64::from(len));
                 self.resync_bytes += u64::from(len);
                 self.rs_inflight = self.rs_inflight.saturating_sub(1);
                 self.start_waiting();
