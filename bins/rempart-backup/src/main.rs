@@ -559,10 +559,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let storage_quota = storage_quota.as_deref().map(dedupstore::remote::parse_size).transpose()?;
             let opts = ServeOptions { restrict_to_paths, append_only, storage_quota };
             dedupstore::remote::widen_stdio_pipes();
-            let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
-            // stdout as a plain file: Stdout's line buffering would split binary frames at '\n'
+            // stdin and stdout as plain files (pipes from sshd): `serve` reads exact frames and
+            // splices pack payloads between them and the repository's files; Stdout's line
+            // buffering would also split binary frames at '\n'
+            let stdin = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned()?;
             let stdout = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?;
-            let mut output = std::io::BufWriter::with_capacity(1 << 18, std::fs::File::from(stdout));
+            let (mut input, mut output) = (std::fs::File::from(stdin), std::fs::File::from(stdout));
             dedupstore::remote::serve(opts, &mut input, &mut output)?;
             Ok(ExitCode::SUCCESS)
         }

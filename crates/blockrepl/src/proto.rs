@@ -461,6 +461,9 @@ pub struct Replica {
     gen: GenIds,
     bitmap: Bitmap,
     al: ActivityLog,
+    /// Extents added to the activity log whose metadata write (this number) is not durable
+    /// yet: a write to them waits for it, even though the in-memory log already has them.
+    al_pending: HashMap<u32, u64>,
     promoted_at: u64,
     crashed_primary: bool,
     discard_my_data: bool,
@@ -581,6 +584,7 @@ impl Replica {
             actions: VecDeque::new(),
             next_io: 1,
             ios: HashMap::new(),
+            al_pending: HashMap::new(),
             meta_issued: 0,
             meta_done: 0,
             meta_in_flight: false,
@@ -865,19 +869,37 @@ impl Replica {
         let Some(w) = self.writes.get(&wid) else { return };
         let (off, len) = (w.off, u64::from(w.len));
         // Activity log: the extents must be recorded before the data goes to disk.
-        let mut changed = false;
+        let mut added = Vec::new();
         let mut evicted = false;
+        // The newest metadata write that records an extent of this write someone else added.
+        let mut recorded_by = 0;
         if len > 0 {
             for e in off / EXTENT..=(off + len - 1) / EXTENT {
-                let (c, ev) = self.al.touch(e as u32);
-                changed |= c;
-                evicted |= ev.is_some();
+                let e = e as u32;
+                let (c, ev) = self.al.touch(e);
+                if c {
+                    added.push(e);
+                } else if let Some(n) = self.al_pending.get(&e) {
+                    recorded_by = recorded_by.max(*n);
+                }
+                if let Some(ev) = ev {
+                    evicted = true;
+                    self.al_pending.remove(&ev);
+                }
             }
         }
-        if changed {
+        if !added.is_empty() {
             // Evicting an extent: its data must be durable first, the persisted bitmap covers
             // the rest.
-            self.persist_then(evicted, MetaWaiter::Write(wid));
+            let n = self.persist(evicted);
+            for e in added {
+                self.al_pending.insert(e, n);
+            }
+            self.meta_waiters.push((n, MetaWaiter::Write(wid)));
+        } else if recorded_by > self.meta_done {
+            // An earlier write added the extent and its record is still on the way to the
+            // disk (two writes to one new extent in flight, e.g. the parts of a large write).
+            self.meta_waiters.push((recorded_by, MetaWaiter::Write(wid)));
         } else {
             self.dispatch_write(wid);
         }
@@ -1082,6 +1104,7 @@ impl Replica {
                     self.persist(f);
                 }
                 let done = self.meta_done;
+                self.al_pending.retain(|_, n| *n > done);
                 let (ready, rest): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut self.meta_waiters).into_iter().partition(|(k, _)| *k <= done);
                 self.meta_waiters = rest;

@@ -83,6 +83,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
             }
         }
     }
+    /// Reads whole objects of type `t`, handing each to `each` (its position in `names`, its
+    /// bytes) in order; stops early when `each` returns `false`. A remote backend keeps several
+    /// requests in flight (`check` reads every pack this way). The default reads one object
+    /// after the other with [`Backend::read`].
+    fn read_objects(&self, t: FileType, names: &[String], each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool) {
+        for (i, name) in names.iter().enumerate() {
+            if !each(i, self.read(t, name)) {
+                return;
+            }
+        }
+    }
     /// Whether [`Backend::read_parts`] beats parallel [`Backend::read_part`] calls (a remote
     /// backend, where each call is a round trip). Readers use it to pick their strategy.
     fn pipelines_reads(&self) -> bool {
@@ -126,15 +137,77 @@ impl LocalBackend {
         }
     }
 
+    /// Starts writing object `name` of type `t`: a hidden temporary file in the object's
+    /// directory, to be filled through [`Staged::file`] and made visible by [`Staged::commit`]
+    /// (fsync, rename, fsync of the directory). Dropped uncommitted, the temporary file is
+    /// removed: no reader ever sees a partial object. [`Backend::write`] is `stage`, one
+    /// `write_all`, `commit`; the ssh server fills it straight from its input pipe instead.
+    pub fn stage(&self, t: FileType, name: &str) -> Result<Staged> {
+        Self::check_name(name)?;
+        let path = self.path(t, name);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            if let Some(pp) = dir.parent() {
+                Self::sync_dir(pp)?;
+            }
+        }
+        let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Staged { file, tmp: Some(tmp), path, dir })
+    }
+
     fn sync_dir(dir: &Path) -> Result<()> {
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
     }
 
-    fn check_name(name: &str) -> Result<()> {
+    /// Rejects names that could leave the object's directory (`/`, a leading `.`), NUL, and
+    /// names over 200 bytes.
+    pub(crate) fn check_name(name: &str) -> Result<()> {
         if name.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\0') || name.len() > 200 {
             return Err(Error::InvalidArgument(format!("bad object name {name:?}")));
         }
         Ok(())
+    }
+}
+
+/// An object being written (see [`LocalBackend::stage`]).
+#[derive(Debug)]
+pub struct Staged {
+    file: File,
+    /// The temporary file, until committed.
+    tmp: Option<PathBuf>,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Staged {
+    /// The temporary file to fill.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Where the object will be once committed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes the object visible, durably: fsync, rename into place, fsync the directory.
+    pub fn commit(mut self) -> Result<()> {
+        let Some(tmp) = self.tmp.take() else { return Ok(()) };
+        if let Err(e) = self.file.sync_all().and_then(|()| fs::rename(&tmp, &self.path)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&self.path, e));
+        }
+        LocalBackend::sync_dir(&self.dir)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 
@@ -255,27 +328,10 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> Result<()> {
-        Self::check_name(name)?;
-        let p = self.path(t, name);
-        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            if let Some(pp) = dir.parent() {
-                Self::sync_dir(pp)?;
-            }
-        }
-        let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
-        let res = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &p)
-        })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(&p, e));
-        }
-        Self::sync_dir(&dir)
+        let mut s = self.stage(t, name)?;
+        let path = s.path.clone();
+        s.file().write_all(data).map_err(|e| Error::io(&path, e))?;
+        s.commit()
     }
 
     fn create_new(&self, t: FileType, name: &str, data: &[u8]) -> Result<bool> {

@@ -31,14 +31,16 @@
 //! different bytes (objects are content-addressed, so a legitimate client never does that),
 //! except the manifest, whose every version is kept so an operator can [`rollback`].
 
-use crate::backend::{Backend, FileType, LocalBackend};
+use crate::backend::{Backend, FileType, LocalBackend, Staged};
 use crate::error::{Error, Result};
+use nix::fcntl::SpliceFFlags;
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 /// Where a repository lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -941,6 +943,12 @@ impl Server {
         let Some(b) = self.backend.clone() else {
             return (Status::Failed, b"no Hello yet".to_vec());
         };
+        // A name is one path component: `../..` must not reach outside the repository.
+        if !r.name.is_empty() {
+            if let Err(e) = LocalBackend::check_name(r.name) {
+                return err_answer(e);
+            }
+        }
         let res = match r.op {
             Op::Exists => b.exists().map(|x| vec![u8::from(x)]),
             Op::Create => b.create().map(|_| vec![]),
@@ -1064,6 +1072,10 @@ fn store(b: &LocalBackend, append_only: bool, body: &[u8]) -> Vec<u8> {
     ResponseRepr { status, payload: &payload }.to_frame()
 }
 
+/// Smallest payload the server moves between its pipes and files with splice(2) instead of
+/// through a buffer: a pack (8 MiB) always, a lock or a small archive object never.
+const SPLICE_MIN: u64 = 64 << 10;
+
 impl Server {
     /// The backend to write this request with on a worker thread, if it can run there (counts
     /// it against the quota; a request over the quota stays on the reading thread, refused).
@@ -1076,50 +1088,157 @@ impl Server {
         }
         Some(b)
     }
+
+    /// For an offloadable write of a new object whose payload (`len` bytes, not read yet)
+    /// follows `head` on the input: the temporary file to receive it into, counted against the
+    /// quota. `None` (an existing object, whose bytes the append-only rule compares; a refusal;
+    /// an error) reads the payload into memory and takes the usual path, which answers.
+    fn stage(&mut self, head: &[u8], len: u64) -> Option<Staged> {
+        let p = RequestPacket::new_checked(head).ok()?;
+        let r = RequestRepr::parse(&p).ok()?;
+        let b = self.backend.clone()?;
+        if !offloadable(&r) || b.path(r.file_type, r.name).exists() {
+            return None;
+        }
+        let st = b.stage(r.file_type, r.name).ok()?;
+        if self.over_quota(&b, usize::try_from(len).ok()?) {
+            return None;
+        }
+        Some(st)
+    }
+
+    /// The answer to a request handled on the reading thread: a large `Read` or `ReadPart`
+    /// becomes a file range the output thread splices onto the link; anything else a frame.
+    fn answer(&mut self, body: &[u8]) -> Out {
+        self.file_answer(body).unwrap_or_else(|| Out::Frame(self.handle(body)))
+    }
+
+    fn file_answer(&self, body: &[u8]) -> Option<Out> {
+        let p = RequestPacket::new_checked(body).ok()?;
+        let r = RequestRepr::parse(&p).ok()?;
+        let b = self.backend.as_ref()?;
+        let (offset, len) = match r.op {
+            Op::ReadPart => {
+                let p = <[u8; 16]>::try_from(r.payload).ok()?;
+                (u64::from_be_bytes(p[..8].try_into().ok()?), Some(u64::from_be_bytes(p[8..].try_into().ok()?)))
+            }
+            Op::Read if r.payload.is_empty() => (0, None),
+            _ => return None,
+        };
+        // anything unusual (a bad name, a missing or short file) is answered by `handle`
+        LocalBackend::check_name(r.name).ok()?;
+        let file = File::open(b.path(r.file_type, r.name)).ok()?;
+        let size = file.metadata().ok()?.len();
+        let len = len.unwrap_or(size);
+        if len < SPLICE_MIN || offset.checked_add(len)? > size || len >= MAX_FRAME as u64 {
+            return None;
+        }
+        Some(Out::File { file, offset, len })
+    }
 }
 
-type Job = (u64, LocalBackend, Vec<u8>);
+/// Work for the writer threads.
+#[derive(Debug)]
+enum Job {
+    /// Store an object held in memory (its request body).
+    Store(LocalBackend, Vec<u8>),
+    /// Make an object already received into its temporary file durable and visible.
+    Commit(Staged),
+}
+
+/// An answer for the output thread.
+#[derive(Debug)]
+enum Out {
+    /// A whole response frame.
+    Frame(Vec<u8>),
+    /// An `Ok` response carrying `len` bytes of `file` from `offset`, spliced onto the output.
+    File { file: File, offset: u64, len: u64 },
+}
+
+/// Offloaded writes not durable yet: a request that is not offloaded waits until there are none.
+#[derive(Debug, Default)]
+struct Busy {
+    n: Mutex<u64>,
+    idle: Condvar,
+}
+
+impl Busy {
+    fn start(&self) {
+        *locked(&self.n) += 1;
+    }
+    fn done(&self) {
+        let mut n = locked(&self.n);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+    fn wait_idle(&self) {
+        let mut n = locked(&self.n);
+        while *n > 0 {
+            n = self.idle.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
 
 /// Serves requests from `input` until it ends (the client closed the connection).
 ///
-/// The client pipelines object writes, so the reading thread hands each one to a small pool of
-/// workers (write, fsync, rename, fsync the directory) and goes on reading the link: receiving
-/// the next pack overlaps with storing the previous ones, as the local case's upload threads do.
-/// Answers still go out in request order, and any other request (a manifest write above all)
-/// first waits until every earlier write is durable and answered, so an acknowledged object is
-/// on disk before the manifest that names it is written.
+/// ```text
+///  input ─► reading thread ──(pack/archive writes)──► 2–4 writer threads: fsync, rename, fsync dir
+///            │  a new pack's payload is spliced           │
+///            │  from the input pipe into its file         │ answers
+///            │  (no copy through this process)            ▼
+///            └─ anything else, once every earlier ──► output thread ─► output, in request order;
+///               write is durable (reads: a file            a read's bytes spliced from the file
+///               range, not a buffer)
+/// ```
 ///
-/// `input` is read on its own thread (so answers go out as soon as their write is durable, even
-/// while no further request arrives), hence `Send`.
-pub fn serve<R: Read + Send>(opts: ServeOptions, input: &mut R, output: &mut impl Write) -> Result<()> {
+/// The client pipelines object writes, so the reading thread hands each one to a small pool of
+/// writers and goes on reading the link: receiving the next pack overlaps with storing the
+/// previous ones, as the local case's upload threads do. Answers still go out in request order,
+/// and any other request (a manifest write above all) first waits until every earlier write is
+/// durable, so an acknowledged object is on disk before the manifest that names it is written.
+/// The answers are written by their own thread, so each goes out as soon as it is ready, even
+/// while no further request arrives. When the input or the output is not a pipe (a socket in
+/// tests), splice(2) is refused and the same bytes go through a buffer.
+pub fn serve<R, W>(opts: ServeOptions, input: &mut R, output: &mut W) -> Result<()>
+where
+    R: Read + AsFd,
+    W: Write + AsFd + Send,
+{
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4);
     let append_only = opts.append_only;
     let mut s = Server::new(opts);
-    let (jtx, jrx) = crossbeam_channel::bounded::<Job>(workers);
-    let (rtx, rrx) = crossbeam_channel::unbounded::<(u64, Vec<u8>)>();
+    let (jtx, jrx) = crossbeam_channel::bounded::<(u64, Job)>(workers);
+    let (otx, orx) = crossbeam_channel::unbounded::<(u64, Out)>();
+    let busy = Busy::default();
     std::thread::scope(|sc| {
         for _ in 0..workers {
-            let (jrx, rtx) = (jrx.clone(), rtx.clone());
+            let (jrx, otx, busy) = (jrx.clone(), otx.clone(), &busy);
             sc.spawn(move || {
-                for (seq, b, body) in jrx {
-                    if rtx.send((seq, store(&b, append_only, &body))).is_err() {
-                        return;
-                    }
+                for (seq, job) in jrx {
+                    let frame = match job {
+                        Job::Store(b, body) => store(&b, append_only, &body),
+                        Job::Commit(st) => {
+                            let (status, payload) = match st.commit() {
+                                Ok(()) => (Status::Ok, vec![]),
+                                Err(e) => err_answer(e),
+                            };
+                            ResponseRepr { status, payload: &payload }.to_frame()
+                        }
+                    };
+                    busy.done();
+                    // a dead output ends the reading thread; keep draining the jobs meanwhile
+                    let _ = otx.send((seq, Out::Frame(frame)));
                 }
             });
         }
-        drop(rtx);
-        let (ftx, frx) = crossbeam_channel::bounded::<std::io::Result<Option<Vec<u8>>>>(2);
-        sc.spawn(move || loop {
-            let f = read_frame(input);
-            let end = !matches!(f, Ok(Some(_)));
-            if ftx.send(f).is_err() || end {
-                return;
-            }
-        });
-        let r = serve_loop(&mut s, &frx, output, &jtx, &rrx);
-        drop(jtx);
-        r
+        drop(jrx);
+        let writer = sc.spawn(move || write_answers(output, &orx));
+        let r = read_requests(&mut s, input, &jtx, &otx, &busy);
+        drop((jtx, otx));
+        let w = writer.join().unwrap_or_else(|_| Err(worker_lost()));
+        r.and(w)
     })
 }
 
@@ -1127,80 +1246,204 @@ fn worker_lost() -> Error {
     Error::InvalidArgument("server worker threads ended".into())
 }
 
-/// Writes, in order, every answer before request `upto` (waiting for them if `wait`).
-fn emit(
-    output: &mut impl Write,
-    results: &crossbeam_channel::Receiver<(u64, Vec<u8>)>,
-    done: &mut HashMap<u64, Vec<u8>>,
-    next_out: &mut u64,
-    upto: u64,
-    wait: bool,
-) -> Result<()> {
-    let io = |e: std::io::Error| Error::io("<client>", e);
-    let before = *next_out;
-    while *next_out < upto {
-        if let Some(f) = done.remove(next_out) {
-            output.write_all(&f).map_err(io)?;
-            *next_out += 1;
+/// Fills `buf`; `Ok(false)` on a clean end of stream before its first byte.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Why moving a payload from the input into a file stopped.
+#[derive(Debug)]
+enum CopyError {
+    /// The input failed or ended: the connection is gone.
+    Input(std::io::Error),
+    /// The file could not be written; this many payload bytes are still on the input.
+    Output(std::io::Error, u64),
+}
+
+/// Moves `len` bytes from `input` to the end of `file`: splice(2) when `input` is a pipe (the
+/// bytes go from the pipe's pages to the page cache, never through this process), a buffer
+/// otherwise.
+fn copy_in(input: &mut (impl Read + AsFd), file: &mut File, len: u64) -> std::result::Result<(), CopyError> {
+    use nix::errno::Errno;
+    let mut left = len;
+    let mut spliced = true;
+    let mut buf = Vec::new();
+    while left > 0 {
+        if spliced {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(1 << 30);
+            match nix::fcntl::splice(input.as_fd(), None, file.as_fd(), None, want, SpliceFFlags::SPLICE_F_MOVE) {
+                Ok(0) => return Err(CopyError::Input(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => left -= n as u64,
+                Err(Errno::EINTR) => {}
+                // not a pipe (a socket in tests) or a file system without splice: nothing moved
+                Err(Errno::EINVAL) => spliced = false,
+                Err(e) => return Err(CopyError::Output(e.into(), left)),
+            }
             continue;
         }
-        let (k, f) = if wait {
-            results.recv().map_err(|_| worker_lost())?
-        } else {
-            match results.try_recv() {
-                Ok(x) => x,
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(worker_lost()),
-            }
+        if buf.is_empty() {
+            buf = vec![0u8; 1 << 20];
+        }
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = match input.read(&mut buf[..want]) {
+            Ok(0) => return Err(CopyError::Input(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Input(e)),
         };
-        done.insert(k, f);
-    }
-    if *next_out != before {
-        output.flush().map_err(io)?;
+        left -= n as u64;
+        if let Err(e) = file.write_all(&buf[..n]) {
+            return Err(CopyError::Output(e, left));
+        }
     }
     Ok(())
 }
 
-fn serve_loop(
+/// Sends `len` bytes of `file` from `offset` to `out`: splice(2) when `out` is a pipe (page
+/// cache pages go into the pipe by reference), `pread` and `write` otherwise.
+fn copy_out(file: &File, offset: u64, len: u64, out: &mut (impl Write + AsFd)) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    use std::os::unix::fs::FileExt;
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    let mut spliced = true;
+    let mut buf = Vec::new();
+    let shrank = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object shrank while being sent");
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
+        if spliced {
+            let mut off = i64::try_from(at).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+            match nix::fcntl::splice(file.as_fd(), Some(&mut off), out.as_fd(), None, want, flags) {
+                Ok(0) => return Err(shrank()),
+                Ok(n) => at += n as u64,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EINVAL) => spliced = false,
+                Err(e) => return Err(e.into()),
+            }
+            continue;
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; 1 << 20];
+        }
+        let n = file.read_at(&mut buf[..want.min(1 << 20)], at)?;
+        if n == 0 {
+            return Err(shrank());
+        }
+        out.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The reading thread: frames from `input`, dispatched (see [`serve`]); each request's answer
+/// goes to the output thread numbered in request order.
+fn read_requests<R: Read + AsFd>(
     s: &mut Server,
-    frames: &crossbeam_channel::Receiver<std::io::Result<Option<Vec<u8>>>>,
-    output: &mut impl Write,
-    jobs: &crossbeam_channel::Sender<Job>,
-    results: &crossbeam_channel::Receiver<(u64, Vec<u8>)>,
+    input: &mut R,
+    jobs: &crossbeam_channel::Sender<(u64, Job)>,
+    answers: &crossbeam_channel::Sender<(u64, Out)>,
+    busy: &Busy,
 ) -> Result<()> {
     let io = |e: std::io::Error| Error::io("<client>", e);
-    // Answers of offloaded writes, by request number, until their turn comes.
-    let mut done: HashMap<u64, Vec<u8>> = HashMap::new();
-    let (mut next_in, mut next_out) = (0u64, 0u64);
-    loop {
-        let body = crossbeam_channel::select! {
-            recv(frames) -> f => match f {
-                Ok(Ok(Some(b))) => b,
-                Ok(Ok(None)) | Err(_) => break,
-                Ok(Err(e)) => return Err(io(e)),
-            },
-            recv(results) -> r => {
-                let (k, f) = r.map_err(|_| worker_lost())?;
-                done.insert(k, f);
-                emit(output, results, &mut done, &mut next_out, next_in, false)?;
+    let send = |seq: u64, o: Out| answers.send((seq, o)).map_err(|_| worker_lost());
+    for seq in 0u64.. {
+        let mut len = [0u8; 4];
+        if !read_full(input, &mut len).map_err(io)? {
+            break;
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_FRAME {
+            return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large")));
+        }
+        // The fixed header and the name first: a new pack's payload goes straight to its file.
+        let mut body = vec![0u8; n.min(4)];
+        input.read_exact(&mut body).map_err(io)?;
+        if n >= 4 {
+            let head = (4 + usize::from(u16::from_be_bytes([body[2], body[3]]))).min(n);
+            body.resize(head, 0);
+            input.read_exact(&mut body[4..]).map_err(io)?;
+        }
+        let payload = (n - body.len()) as u64;
+        if payload >= SPLICE_MIN {
+            if let Some(mut st) = s.stage(&body, payload) {
+                match copy_in(input, st.file(), payload) {
+                    Ok(()) => {
+                        busy.start();
+                        jobs.send((seq, Job::Commit(st))).map_err(|_| worker_lost())?;
+                    }
+                    Err(CopyError::Input(e)) => return Err(io(e)), // `st` removes its file
+                    Err(CopyError::Output(e, left)) => {
+                        let e = Error::io(st.path(), e);
+                        drop(st);
+                        let skipped = std::io::copy(&mut input.take(left), &mut std::io::sink()).map_err(io)?;
+                        if skipped != left {
+                            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+                        }
+                        let (status, msg) = err_answer(e);
+                        send(seq, Out::Frame(ResponseRepr { status, payload: &msg }.to_frame()))?;
+                    }
+                }
                 continue;
             }
-        };
-        let seq = next_in;
-        next_in += 1;
+        }
+        // The rest of the body into memory (no zero-filling of the buffer first).
+        body.reserve_exact(n - body.len());
+        input.take(payload).read_to_end(&mut body).map_err(io)?;
+        if body.len() != n {
+            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         if let Some(b) = s.offload(&body) {
-            jobs.send((seq, b, body)).map_err(|_| worker_lost())?;
-            emit(output, results, &mut done, &mut next_out, seq, false)?;
+            busy.start();
+            jobs.send((seq, Job::Store(b, body))).map_err(|_| worker_lost())?;
         } else {
-            emit(output, results, &mut done, &mut next_out, seq, true)?;
-            let ans = s.handle(&body);
-            output.write_all(&ans).map_err(io)?;
-            output.flush().map_err(io)?;
-            next_out += 1;
+            busy.wait_idle();
+            send(seq, s.answer(&body))?;
         }
     }
-    // The client closed its side; it may still read the last answers.
-    emit(output, results, &mut done, &mut next_out, next_in, true)
+    Ok(())
+}
+
+/// The output thread: answers in request order, flushed whenever none is ready.
+fn write_answers<W: Write + AsFd>(output: &mut W, answers: &crossbeam_channel::Receiver<(u64, Out)>) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("<client>", e);
+    let mut w = BufWriter::with_capacity(1 << 18, output);
+    let mut ready: HashMap<u64, Out> = HashMap::new();
+    let mut next = 0u64;
+    while let Ok((k, o)) = answers.recv() {
+        ready.insert(k, o);
+        while let Some(o) = ready.remove(&next) {
+            match o {
+                Out::Frame(f) => w.write_all(&f).map_err(io)?,
+                Out::File { file, offset, len } => {
+                    let mut head = [0u8; 5];
+                    head[..4].copy_from_slice(&((len + 1) as u32).to_be_bytes());
+                    head[4] = Status::Ok.code();
+                    w.write_all(&head).map_err(io)?;
+                    w.flush().map_err(io)?;
+                    copy_out(&file, offset, len, w.get_mut()).map_err(io)?;
+                }
+            }
+            next += 1;
+            while let Ok((k, o)) = answers.try_recv() {
+                ready.insert(k, o);
+            }
+        }
+        if answers.is_empty() {
+            w.flush().map_err(io)?;
+        }
+    }
+    w.flush().map_err(io)
 }
 
 /// Grows the pipes on stdin and stdout (sshd's, when serving) to 1 MiB, best effort: fewer
