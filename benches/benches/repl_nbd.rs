@@ -120,7 +120,8 @@ impl NsRuntime {
             let f = std::fs::File::open(&path).unwrap();
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             // Worker threads are started from this thread and inherit its namespace.
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let workers = std::env::var("REPL_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
             htx.send(rt.handle().clone()).unwrap();
             rt.block_on(async {
                 let _ = stopped.await;

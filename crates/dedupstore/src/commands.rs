@@ -380,24 +380,28 @@ pub fn check_with_progress(
     let total = packs.len() as u64;
     let mut bytes = 0u64;
     on(CheckProgress::Packs { done: 0, total, bytes });
-    for (pack, blobs) in packs {
+    // Missing packs are not asked for; the others are read in order through `read_objects`
+    // (a remote backend keeps several requests in flight while one pack is verified).
+    let names: Vec<String> = packs.iter().filter(|p| on_disk.contains(p.0)).map(|p| p.0.to_hex()).collect();
+    let mut packs = packs.into_iter().peekable();
+    let mut one = |r: &mut CheckReport, pack: &Id, blobs: &Vec<BlobEntry>, read: Option<Result<Vec<u8>>>| {
         if r.packs > 0 {
             on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
         }
         r.packs += 1;
         let name = pack.to_hex();
-        if !on_disk.contains(pack) {
-            r.errors.push(format!("pack {name}: missing"));
-            damaged.extend(blobs.iter().map(|b| b.id));
-            continue;
-        }
-        let data = match repo.backend().read(FileType::Pack, &name) {
-            Ok(d) => d,
-            Err(e) => {
+        let data = match read {
+            None => {
+                r.errors.push(format!("pack {name}: missing"));
+                damaged.extend(blobs.iter().map(|b| b.id));
+                return;
+            }
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
                 r.errors.push(format!("pack {name}: {e}"));
                 damaged.extend(blobs.iter().map(|b| b.id));
                 bad_packs.insert(*pack);
-                continue;
+                return;
             }
         };
         bytes += data.len() as u64;
@@ -413,6 +417,19 @@ pub fn check_with_progress(
                 bad_packs.insert(*pack);
             }
         }
+    };
+    repo.backend().read_objects(FileType::Pack, &names, &mut |i, data| {
+        // the missing packs sorted before this one, then this one
+        while let Some((pack, blobs)) = packs.next_if(|p| p.0.to_hex() != names[i]) {
+            one(&mut r, pack, blobs, None);
+        }
+        if let Some((pack, blobs)) = packs.next() {
+            one(&mut r, pack, blobs, Some(data));
+        }
+        true
+    });
+    for (pack, blobs) in packs {
+        one(&mut r, pack, blobs, None);
     }
     on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
     r.orphan_packs = on_disk.iter().filter(|p| !index.packs.contains_key(p)).copied().collect();

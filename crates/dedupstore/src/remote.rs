@@ -364,24 +364,52 @@ impl<'a> ResponseRepr<'a> {
 /// Reads one frame body; `Ok(None)` on a clean end of stream before a frame.
 pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = r.read(&mut len[got..])?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        got += n;
+    if !read_full(r, &mut len)? {
+        return Ok(None);
     }
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_FRAME {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
     }
-    let mut buf = vec![0u8; n];
-    r.read_exact(&mut buf)?;
+    let mut buf = Vec::new();
+    read_into(r, &mut buf, n)?;
     Ok(Some(buf))
+}
+
+/// Appends exactly `n` bytes from `r` to `buf`, reading straight into its spare capacity (no
+/// zero-filling first: a restore reads hundreds of megabytes this way).
+fn read_into(r: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+    let want = buf.len() + n;
+    buf.reserve_exact(n);
+    r.take(n as u64).read_to_end(buf)?;
+    if buf.len() != want {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// One response as the client keeps it: the status byte and the payload in its own buffer, so
+/// the payload is handed on without another copy.
+#[derive(Debug)]
+struct Reply {
+    status: u8,
+    payload: Vec<u8>,
+}
+
+/// Reads one response; `Ok(None)` on a clean end of stream.
+fn read_reply(r: &mut impl Read) -> std::io::Result<Option<Reply>> {
+    let mut head = [0u8; 5];
+    if !read_full(r, &mut head[..4])? {
+        return Ok(None);
+    }
+    let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if n == 0 || n > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed response length"));
+    }
+    r.read_exact(&mut head[4..])?;
+    let mut payload = Vec::new();
+    read_into(r, &mut payload, n - 1)?;
+    Ok(Some(Reply { status: head[4], payload }))
 }
 
 fn conn_lost(loc: &str, e: impl std::fmt::Display) -> Error {
@@ -425,7 +453,7 @@ struct Rx {
     rx: BufReader<ChildStdout>,
     /// Number of the next answer on the stream.
     next: u64,
-    stash: HashMap<u64, Vec<u8>>,
+    stash: HashMap<u64, Reply>,
 }
 
 /// A repository on another host: `ssh … rempart-backup serve`, framed requests over the pipe.
@@ -534,8 +562,8 @@ impl SshBackend {
         }
     }
 
-    /// The body of the answer to request `seq`.
-    fn wait_for(&self, seq: u64) -> Result<Vec<u8>> {
+    /// The answer to request `seq`.
+    fn wait_for(&self, seq: u64) -> Result<Reply> {
         let mut r = locked(&self.rx);
         loop {
             if let Some(b) = r.stash.remove(&seq) {
@@ -545,7 +573,7 @@ impl SshBackend {
             if r.next > seq {
                 return Err(self.fail(format!("answer {seq} lost")));
             }
-            let body = match read_frame(&mut r.rx) {
+            let body = match read_reply(&mut r.rx) {
                 Ok(Some(b)) => b,
                 Ok(None) => return Err(self.fail("end of stream")),
                 Err(e) => return Err(self.fail(e)),
@@ -560,11 +588,11 @@ impl SshBackend {
     }
 
     /// Interprets an answer.
-    fn answer(&self, body: &[u8], what: &str) -> Result<Vec<u8>> {
-        let r = ResponseRepr::parse(body).map_err(|e| self.fail(e))?;
-        let msg = || String::from_utf8_lossy(r.payload).into_owned();
-        match r.status {
-            Status::Ok => Ok(r.payload.to_vec()),
+    fn answer(&self, reply: Reply, what: &str) -> Result<Vec<u8>> {
+        let status = Status::from_code(reply.status).ok_or_else(|| self.fail(malformed("unknown status")))?;
+        let msg = || String::from_utf8_lossy(&reply.payload).into_owned();
+        match status {
+            Status::Ok => Ok(reply.payload),
             Status::NotFound => Err(Error::NotFound(format!("{}: {}", self.location, msg()))),
             Status::AlreadyExists => Err(Error::AlreadyExists(PathBuf::from(&self.location))),
             Status::Refused => {
@@ -577,7 +605,7 @@ impl SshBackend {
     /// Checks the answer of the oldest pipelined write; a failure sticks.
     fn check_oldest_write(&self, t: &mut Tx) -> Result<()> {
         let Some((seq, name)) = t.pending.pop_front() else { return Ok(()) };
-        let r = self.wait_for(seq).and_then(|b| self.answer(&b, &format!("write of {name}")));
+        let r = self.wait_for(seq).and_then(|b| self.answer(b, &format!("write of {name}")));
         if let Err(e) = &r {
             locked(&self.broken).get_or_insert(e.to_string());
         }
@@ -633,7 +661,7 @@ impl SshBackend {
             seq
         };
         let body = self.wait_for(seq)?;
-        self.answer(&body, &format!("{:?} {:?} {}", req.op, req.file_type, req.name))
+        self.answer(body, &format!("{:?} {:?} {}", req.op, req.file_type, req.name))
     }
 }
 
@@ -716,7 +744,12 @@ impl Backend for SshBackend {
         parts: &[(String, u64, u64)],
         each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool,
     ) {
-        self.pipelined_reads(t, parts, each);
+        let req = |i: usize| ReadReq { name: &parts[i].0, part: Some((parts[i].1, parts[i].2)) };
+        self.pipelined_reads(t, parts.len(), &req, READ_WINDOW, each);
+    }
+    fn read_objects(&self, t: FileType, names: &[String], each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool) {
+        let req = |i: usize| ReadReq { name: &names[i], part: None };
+        self.pipelined_reads(t, names.len(), &req, OBJECT_WINDOW, each);
     }
     fn pipelines_reads(&self) -> bool {
         true
@@ -727,46 +760,65 @@ impl Backend for SshBackend {
 const READ_WINDOW: usize = 64;
 /// Most bytes those requests ask for (the link stays busy; memory stays bounded).
 const READ_WINDOW_BYTES: u64 = 32 << 20;
+/// Most whole-object reads ([`SshBackend::read_objects`]: `check`'s packs) in flight. Their
+/// sizes are not known in advance, but the answers wait in the pipes and on the server's disk,
+/// not in memory: only the one being handed on is held.
+const OBJECT_WINDOW: usize = 8;
+
+/// One read of a pipelined batch.
+struct ReadReq<'a> {
+    name: &'a str,
+    /// `Some((offset, len))`: a `ReadPart` whose answer must be `len` bytes; `None`: a `Read`.
+    part: Option<(u64, u64)>,
+}
 
 impl SshBackend {
-    /// `ReadPart` requests pipelined: up to [`READ_WINDOW`] (and [`READ_WINDOW_BYTES`]) are in
+    /// Read requests pipelined: up to `window` (and, for parts, [`READ_WINDOW_BYTES`]) are in
     /// flight while the oldest answer is read and handed on, so the link never idles for a
     /// round trip. Answers are matched to requests by their number (other threads' calls may
     /// interleave on the connection).
-    fn pipelined_reads(
+    fn pipelined_reads<'a>(
         &self,
         t: FileType,
-        parts: &[(String, u64, u64)],
+        count: usize,
+        req: &dyn Fn(usize) -> ReadReq<'a>,
+        window: usize,
         each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool,
     ) {
         let mut inflight: VecDeque<(u64, usize)> = VecDeque::new();
         let (mut bytes, mut next) = (0u64, 0usize);
         let mut send_err: Option<Error> = None;
+        let weight = |i: usize| req(i).part.map_or(0, |p| p.1);
         let room = |inflight: &VecDeque<(u64, usize)>, bytes: u64, next: usize| {
-            next < parts.len()
+            next < count
                 && (inflight.is_empty()
-                    || (inflight.len() < READ_WINDOW && bytes.saturating_add(parts[next].2) <= READ_WINDOW_BYTES))
+                    || (inflight.len() < window && bytes.saturating_add(weight(next)) <= READ_WINDOW_BYTES))
         };
         loop {
             if send_err.is_none() && room(&inflight, bytes, next) {
                 let mut tx = locked(&self.tx);
                 let mut sent = self.drain(&mut tx);
                 while sent.is_ok() && room(&inflight, bytes, next) {
-                    let (name, offset, len) = &parts[next];
+                    let r = req(next);
                     let mut p = [0u8; 16];
-                    p[..8].copy_from_slice(&offset.to_be_bytes());
-                    p[8..].copy_from_slice(&len.to_be_bytes());
-                    let req = RequestRepr { op: Op::ReadPart, file_type: t, name, payload: &p };
-                    match self.send(&mut tx, &req) {
+                    let (op, payload): (Op, &[u8]) = match r.part {
+                        Some((offset, len)) => {
+                            p[..8].copy_from_slice(&offset.to_be_bytes());
+                            p[8..].copy_from_slice(&len.to_be_bytes());
+                            (Op::ReadPart, &p)
+                        }
+                        None => (Op::Read, &[]),
+                    };
+                    match self.send(&mut tx, &RequestRepr { op, file_type: t, name: r.name, payload }) {
                         Ok(seq) => {
                             inflight.push_back((seq, next));
-                            bytes += len;
+                            bytes += weight(next);
                             next += 1;
                         }
                         Err(e) => sent = Err(e),
                     }
                 }
-                // the parts in flight still get their answers; part `next` gets this error
+                // the reads in flight still get their answers; read `next` gets this error
                 send_err = sent.and_then(|()| self.flush(&mut tx)).err();
             }
             let Some((seq, i)) = inflight.pop_front() else {
@@ -775,16 +827,16 @@ impl SshBackend {
                 }
                 return;
             };
-            bytes -= parts[i].2;
-            let (name, _, len) = &parts[i];
-            let r = self.wait_for(seq).and_then(|b| self.answer(&b, &format!("ReadPart {t:?} {name}"))).and_then(|v| {
-                if v.len() as u64 == *len {
-                    Ok(v)
-                } else {
-                    Err(Error::integrity(format!("{} {name}", self.location), "short read from the server"))
+            bytes -= weight(i);
+            let r = req(i);
+            let what = format!("{} {t:?} {}", if r.part.is_some() { "ReadPart" } else { "Read" }, r.name);
+            let res = self.wait_for(seq).and_then(|b| self.answer(b, &what)).and_then(|v| match r.part {
+                Some((_, len)) if v.len() as u64 != len => {
+                    Err(Error::integrity(format!("{} {}", self.location, r.name), "short read from the server"))
                 }
+                _ => Ok(v),
             });
-            if !each(i, r) {
+            if !each(i, res) {
                 // read the answers still due, so none is left on the stream for another call
                 for (seq, _) in inflight {
                     if self.wait_for(seq).is_err() {
@@ -1662,6 +1714,166 @@ mod tests {
         drop(client_tx);
         server.join().unwrap().unwrap();
         assert_eq!(std::fs::read(dir.path().join("r/manifest")).unwrap(), b"m");
+    }
+
+    /// `serve` between two real pipes (as under sshd): requests in, answers out.
+    struct PipeServer {
+        to_server: Option<File>,
+        from_server: BufReader<File>,
+        server: Option<std::thread::JoinHandle<Result<()>>>,
+    }
+
+    impl PipeServer {
+        fn start(opts: ServeOptions) -> PipeServer {
+            let (in_r, in_w) = nix::unistd::pipe().unwrap();
+            let (out_r, out_w) = nix::unistd::pipe().unwrap();
+            let server = std::thread::spawn(move || {
+                let (mut i, mut o) = (File::from(in_r), File::from(out_w));
+                serve(opts, &mut i, &mut o)
+            });
+            PipeServer {
+                to_server: Some(File::from(in_w)),
+                from_server: BufReader::new(File::from(out_r)),
+                server: Some(server),
+            }
+        }
+        fn send(&mut self, r: RequestRepr<'_>) {
+            self.to_server.as_mut().unwrap().write_all(&r.to_frame()).unwrap();
+        }
+        fn answer(&mut self) -> (Status, Vec<u8>) {
+            let body = read_frame(&mut self.from_server).unwrap().unwrap();
+            let r = ResponseRepr::parse(&body).unwrap();
+            (r.status, r.payload.to_vec())
+        }
+        fn ask(&mut self, r: RequestRepr<'_>) -> (Status, Vec<u8>) {
+            self.send(r);
+            self.answer()
+        }
+        /// Closes the input; the server's result.
+        fn finish(&mut self) -> Result<()> {
+            self.to_server = None;
+            self.server.take().unwrap().join().unwrap()
+        }
+    }
+
+    fn hidden_or_all(dir: &Path) -> (Vec<String>, Vec<String>) {
+        let mut all: Vec<String> = walk(dir);
+        all.sort();
+        let hidden = all.iter().filter(|n| n.rsplit('/').next().is_some_and(|f| f.starts_with('.'))).cloned().collect();
+        (hidden, all)
+    }
+
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                v.extend(walk(&e.path()));
+            } else {
+                v.push(e.path().display().to_string());
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn spliced_writes_and_reads_through_pipes_are_byte_identical() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = PipeServer::start(ServeOptions::default());
+        let path = dir.path().join("r").display().to_string().into_bytes();
+        let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
+        assert_eq!(p.ask(cfg(Op::Hello, &path)).0, Status::Ok);
+        assert_eq!(p.ask(cfg(Op::Create, &[])).0, Status::Ok);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // sizes around the splice threshold, a pipe's worth, and a pack's
+        let sizes = [1000, SPLICE_MIN as usize - 1, SPLICE_MIN as usize, 65_537, 1 << 20, (8 << 20) + 13];
+        let objects: Vec<(String, Vec<u8>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut v = vec![0u8; n];
+                rng.fill(&mut v[..]);
+                (format!("{i:02x}{:062x}", rng.gen::<u64>()), v)
+            })
+            .collect();
+        // pipelined, as the client sends them; answers read on another thread (the pipes are
+        // smaller than what is in flight)
+        let mut rx = p.from_server.get_ref().try_clone().map(BufReader::new).unwrap();
+        let n = objects.len();
+        let reader = std::thread::spawn(move || {
+            (0..n).map(|_| ResponseRepr::parse(&read_frame(&mut rx).unwrap().unwrap()).unwrap().status).collect()
+        });
+        for (name, v) in &objects {
+            p.send(RequestRepr { op: Op::Write, file_type: FileType::Pack, name, payload: v });
+        }
+        let statuses: Vec<Status> = reader.join().unwrap();
+        assert_eq!(statuses, vec![Status::Ok; n]);
+        let repo = dir.path().join("r");
+        for (name, v) in &objects {
+            assert!(std::fs::read(repo.join("data").join(&name[..2]).join(name)).unwrap() == *v, "{name} differs");
+        }
+        // whole and partial reads come back identical (the large ones spliced from the files)
+        for (name, v) in &objects {
+            let (st, got) = p.ask(RequestRepr { op: Op::Read, file_type: FileType::Pack, name, payload: &[] });
+            assert_eq!(st, Status::Ok);
+            assert!(got == *v, "Read {name}");
+            let (off, len) = (v.len() as u64 / 3, v.len() as u64 / 2);
+            let mut q = [0u8; 16];
+            q[..8].copy_from_slice(&off.to_be_bytes());
+            q[8..].copy_from_slice(&len.to_be_bytes());
+            let (st, got) = p.ask(RequestRepr { op: Op::ReadPart, file_type: FileType::Pack, name, payload: &q });
+            assert_eq!(st, Status::Ok);
+            assert!(got[..] == v[off as usize..(off + len) as usize], "ReadPart {name}");
+            // past the end: an error, not a short answer
+            q[8..].copy_from_slice(&(len * 2).to_be_bytes());
+            let (st, _) = p.ask(RequestRepr { op: Op::ReadPart, file_type: FileType::Pack, name, payload: &q });
+            assert_eq!(st, Status::Failed);
+        }
+        p.finish().unwrap();
+        assert!(hidden_or_all(&repo).0.is_empty(), "no temporary file left");
+    }
+
+    #[test]
+    fn a_pack_cut_short_leaves_no_partial_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = PipeServer::start(ServeOptions::default());
+        let path = dir.path().join("r").display().to_string().into_bytes();
+        let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
+        assert_eq!(p.ask(cfg(Op::Hello, &path)).0, Status::Ok);
+        assert_eq!(p.ask(cfg(Op::Create, &[])).0, Status::Ok);
+        let whole = vec![0x5au8; 4 << 20];
+        let frame = RequestRepr { op: Op::Write, file_type: FileType::Pack, name: "ab01", payload: &whole }.to_frame();
+        // the connection dies after 1 MiB of the 4 MiB payload
+        p.to_server.as_mut().unwrap().write_all(&frame[..(1 << 20) + 40]).unwrap();
+        let r = p.finish();
+        assert!(r.is_err(), "a truncated frame is an error");
+        let repo = dir.path().join("r");
+        let (hidden, all) = hidden_or_all(&repo);
+        assert!(hidden.is_empty(), "temporary file left: {hidden:?}");
+        assert!(!all.iter().any(|f| f.ends_with("ab01")), "partial object visible: {all:?}");
+    }
+
+    #[test]
+    fn names_cannot_leave_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        let mut s = Server::new(ServeOptions::default());
+        let path = dir.path().join("a/r").display().to_string().into_bytes();
+        assert_eq!(
+            ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &path }).0,
+            Status::Ok
+        );
+        assert_eq!(
+            ask(&mut s, RequestRepr { op: Op::Create, file_type: FileType::Config, name: "", payload: &[] }).0,
+            Status::Ok
+        );
+        for name in ["../../../secret", "..", ".hidden", "a/b"] {
+            for op in [Op::Read, Op::Size, Op::Remove, Op::Write] {
+                let (st, _) = ask(&mut s, RequestRepr { op, file_type: FileType::Key, name, payload: b"x" });
+                assert_eq!(st, Status::Failed, "{op:?} {name}");
+            }
+        }
+        assert_eq!(std::fs::read(dir.path().join("secret")).unwrap(), b"s");
     }
 
     #[test]
