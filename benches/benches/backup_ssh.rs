@@ -15,7 +15,8 @@
 //! or `target/release/rempart-backup`). Needs root (sshd with its own configuration).
 //!
 //! Each repetition backs up into a fresh repository (first backup: every new chunk crosses the
-//! link) without the files cache, then restores it into a fresh directory. The anchor column is
+//! link) without the files cache, restores it into a fresh directory, lists it and runs
+//! `check --verify-data` (every pack read and every chunk authenticated). The anchor column is
 //! the local path; the ratio is ssh time / local time (at most 1.25 meets the 0.8× throughput
 //! target). The bench also measures what ssh alone costs on the same sshd with the same options:
 //! the connection setup (`ssh … true`) and raw streams of the repository's byte count (what
@@ -236,12 +237,13 @@ impl Drop for Sshd {
     }
 }
 
-/// Samples of one corpus: (create local, create ssh, extract local, extract ssh, list local, list ssh).
+/// Samples of one corpus, (local, ssh) for each command.
 #[derive(Default)]
 struct Samples {
     create: (Vec<f64>, Vec<f64>),
     extract: (Vec<f64>, Vec<f64>),
     list: (Vec<f64>, Vec<f64>),
+    check: (Vec<f64>, Vec<f64>),
     /// Repository bytes after the ssh create: what crossed the link.
     stored: Vec<u64>,
 }
@@ -308,6 +310,9 @@ fn main() {
                 let t = Instant::now();
                 must(ours(&rsh).arg("list").arg(&repo));
                 let l = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                must(ours(&rsh).args(["check", "--verify-data"]).arg(&repo));
+                let k = t.elapsed().as_secs_f64();
                 outs.push(out);
                 let stored = if remote {
                     let p = sshd.base.join("srv").join(format!("c{ci}r{rep}"));
@@ -316,6 +321,7 @@ fn main() {
                     sm.create.1.push(c);
                     sm.extract.1.push(x);
                     sm.list.1.push(l);
+                    sm.check.1.push(k);
                     sm.stored.push(n);
                     n
                 } else {
@@ -324,11 +330,12 @@ fn main() {
                     sm.create.0.push(c);
                     sm.extract.0.push(x);
                     sm.list.0.push(l);
+                    sm.check.0.push(k);
                     n
                 };
                 eprintln!(
                     "{label}, rep {rep} {}: create {c:.2} s ({:.0} MB/s), extract {x:.2} s ({:.0} MB/s), list {l:.3} s, \
-                     repository {:.0} MB",
+                     check --verify-data {k:.2} s, repository {:.0} MB",
                     if remote { "ssh  " } else { "local" },
                     bytes as f64 / 1e6 / c,
                     bytes as f64 / 1e6 / x,
@@ -343,6 +350,11 @@ fn main() {
             Row { metric: format!("create, {label} (s)"), ours: sm.create.1.clone(), anchor: sm.create.0.clone() },
             Row { metric: format!("extract, {label} (s)"), ours: sm.extract.1.clone(), anchor: sm.extract.0.clone() },
             Row { metric: format!("list, {label} (s)"), ours: sm.list.1.clone(), anchor: sm.list.0.clone() },
+            Row {
+                metric: format!("check --verify-data, {label} (s)"),
+                ours: sm.check.1.clone(),
+                anchor: sm.check.0.clone(),
+            },
         ];
         tables.push_str(
             &markdown_table("local path", &rows)
@@ -352,9 +364,11 @@ fn main() {
         let tp = |s: &[f64]| median(s).map(|m| 1.0 / m).unwrap_or(0.0);
         let cr = tp(&sm.create.1) / tp(&sm.create.0);
         let xr = tp(&sm.extract.1) / tp(&sm.extract.0);
+        let kr = tp(&sm.check.1) / tp(&sm.check.0);
         let verdict = |r: f64| if r >= 0.8 { "met" } else { "NOT met" };
         verdicts.push_str(&format!(
-            "{label}: throughput over ssh / local: create {cr:.2}× ({}), extract {xr:.2}× ({})\n",
+            "{label}: throughput over ssh / local: create {cr:.2}× ({}), extract {xr:.2}× ({}), \
+             check --verify-data {kr:.2}×\n",
             verdict(cr),
             verdict(xr)
         ));

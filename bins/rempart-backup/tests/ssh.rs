@@ -319,4 +319,72 @@ fn pipelined_reads_over_ssh_match_answers_to_requests() {
     assert_eq!(n, 5);
     assert_eq!(b.read(FileType::Pack, &packs[3].0).unwrap(), packs[3].1);
     assert_eq!(b.size(FileType::Pack, &packs[7].0).unwrap(), packs[7].1.len() as u64);
+    // whole objects pipelined (check's reads), a missing one in the middle; the server's files
+    // (payloads spliced from sshd's pipe) are the bytes sent
+    let mut names: Vec<String> = packs.iter().map(|p| p.0.clone()).collect();
+    names.insert(6, "ee".repeat(32));
+    let mut seen = Vec::new();
+    b.read_objects(FileType::Pack, &names, &mut |i, data| {
+        match packs.iter().find(|p| p.0 == names[i]) {
+            Some((_, v)) => assert!(data.unwrap() == *v, "object {i}: bytes of another request"),
+            None => assert!(data.is_err(), "the missing object reports an error"),
+        }
+        seen.push(i);
+        true
+    });
+    assert_eq!(seen, (0..names.len()).collect::<Vec<_>>());
+    for (name, v) in &packs {
+        let on_server = std::fs::read(sshd.base.join("srv/raw/data").join(&name[..2]).join(name)).unwrap();
+        assert!(on_server == *v, "{name} stored differently");
+    }
+}
+
+#[test]
+fn check_over_ssh_finds_a_damaged_pack_as_a_local_check_does() {
+    if !rempart_testkit::require_root("sshd needs root to start with its own config") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let sshd = Sshd::start(&home.join("ssh"));
+    let rsh = sshd.rsh();
+    let url = sshd.url("repo");
+    let src = home.join("src");
+    // random data: several packs, one of which gets damaged
+    write_tree(&src, 5, 6, 3_000_000);
+    let mut c = ours(home, &rsh);
+    c.args(["init", "-e", "repokey", url.as_str()]);
+    ok(c);
+    let mut c = ours(home, &rsh);
+    c.arg("create").arg(format!("{url}::a")).arg(&src);
+    ok(c);
+    let server_repo = sshd.base.join("srv/repo");
+    let mut c = ours(home, &rsh);
+    c.args(["check", "--verify-data", url.as_str()]);
+    ok(c);
+    let mut packs: Vec<_> = std::fs::read_dir(server_repo.join("data"))
+        .unwrap()
+        .flat_map(|f| std::fs::read_dir(f.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    packs.sort();
+    assert!(packs.len() >= 2, "{packs:?}");
+    let victim = &packs[packs.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(victim, bytes).unwrap();
+    let problems = |err: &str| -> Vec<String> {
+        let mut v: Vec<String> = err.lines().filter(|l| l.starts_with("pack ") || l.contains("damaged")).map(String::from).collect();
+        v.sort();
+        v
+    };
+    let mut c = ours(home, &rsh);
+    c.args(["check", "--verify-data", url.as_str()]);
+    let remote = problems(&fails(c));
+    let mut c = ours(home, &rsh);
+    c.args(["check", "--verify-data"]).arg(&server_repo);
+    let local = problems(&fails(c));
+    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(remote.iter().any(|l| l.contains(&name)), "the damaged pack is named: {remote:?}");
+    assert_eq!(remote, local, "over ssh and locally, the same findings");
 }

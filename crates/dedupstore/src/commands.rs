@@ -380,57 +380,88 @@ pub fn check_with_progress(
     let total = packs.len() as u64;
     let mut bytes = 0u64;
     on(CheckProgress::Packs { done: 0, total, bytes });
-    // Missing packs are not asked for; the others are read in order through `read_objects`
-    // (a remote backend keeps several requests in flight while one pack is verified).
+    // Missing packs are not asked for; the others are read in order through `read_objects` (a
+    // remote backend keeps several requests in flight) and verified on worker threads, so
+    // reading the next packs overlaps with hashing and decrypting this one. The findings are
+    // applied in pack order.
     let names: Vec<String> = packs.iter().filter(|p| on_disk.contains(p.0)).map(|p| p.0.to_hex()).collect();
     let mut packs = packs.into_iter().peekable();
-    let mut one = |r: &mut CheckReport, pack: &Id, blobs: &Vec<BlobEntry>, read: Option<Result<Vec<u8>>>| {
+    let mut apply = |r: &mut CheckReport, pack: &Id, blobs: &Vec<BlobEntry>, found: Option<PackFindings>| {
         if r.packs > 0 {
             on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
         }
         r.packs += 1;
         let name = pack.to_hex();
-        let data = match read {
-            None => {
-                r.errors.push(format!("pack {name}: missing"));
-                damaged.extend(blobs.iter().map(|b| b.id));
-                return;
-            }
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                r.errors.push(format!("pack {name}: {e}"));
-                damaged.extend(blobs.iter().map(|b| b.id));
-                bad_packs.insert(*pack);
-                return;
-            }
+        let Some(f) = found else {
+            r.errors.push(format!("pack {name}: missing"));
+            damaged.extend(blobs.iter().map(|b| b.id));
+            return;
         };
-        bytes += data.len() as u64;
-        let hash_ok = Id::hash(&data) == *pack;
-        if !hash_ok {
-            r.errors.push(format!("pack {name}: content does not match its name (damaged)"));
+        bytes += f.bytes;
+        r.chunks_verified += f.verified;
+        if let Some(e) = f.error {
+            r.errors.push(format!("pack {name}: {e}"));
             bad_packs.insert(*pack);
         }
-        if opts.verify_data || !hash_ok {
-            let before = damaged.len();
-            r.chunks_verified += verify_blobs(repo, &data, blobs, &mut damaged);
-            if damaged.len() > before {
-                bad_packs.insert(*pack);
-            }
+        if !f.damaged.is_empty() {
+            damaged.extend(f.damaged);
+            bad_packs.insert(*pack);
         }
     };
-    repo.backend().read_objects(FileType::Pack, &names, &mut |i, data| {
-        // the missing packs sorted before this one, then this one
-        while let Some((pack, blobs)) = packs.next_if(|p| p.0.to_hex() != names[i]) {
-            one(&mut r, pack, blobs, None);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
+    let index_ref = &index;
+    let verify_data = opts.verify_data;
+    std::thread::scope(|sc| {
+        let (jtx, jrx) = crossbeam_channel::bounded::<(usize, Result<Vec<u8>>)>(threads);
+        let (ftx, frx) = crossbeam_channel::unbounded::<(usize, PackFindings)>();
+        for _ in 0..threads {
+            let (jrx, ftx, names) = (jrx.clone(), ftx.clone(), &names);
+            sc.spawn(move || {
+                for (i, data) in jrx {
+                    let blobs = Id::from_hex(&names[i]).and_then(|id| index_ref.packs.get(&id));
+                    let f = check_pack(repo, &names[i], blobs.map_or(&[][..], |b| &b[..]), data, verify_data);
+                    if ftx.send((i, f)).is_err() {
+                        return;
+                    }
+                }
+            });
         }
-        if let Some((pack, blobs)) = packs.next() {
-            one(&mut r, pack, blobs, Some(data));
+        drop((jrx, ftx));
+        // findings arrive in any order; apply them in pack order as they become complete
+        let mut ready: HashMap<usize, PackFindings> = HashMap::new();
+        let mut next = 0usize;
+        let mut drain = |r: &mut CheckReport, ready: &mut HashMap<usize, PackFindings>, next: &mut usize| {
+            while let Some(f) = ready.remove(next) {
+                // the missing packs sorted before this one, then this one
+                while let Some((pack, blobs)) = packs.next_if(|p| p.0.to_hex() != names[*next]) {
+                    apply(r, pack, blobs, None);
+                }
+                if let Some((pack, blobs)) = packs.next() {
+                    apply(r, pack, blobs, Some(f));
+                }
+                *next += 1;
+            }
+        };
+        repo.backend().read_objects(FileType::Pack, &names, &mut |i, data| {
+            if jtx.send((i, data)).is_err() {
+                return false;
+            }
+            while let Ok((k, f)) = frx.try_recv() {
+                ready.insert(k, f);
+            }
+            drain(&mut r, &mut ready, &mut next);
+            true
+        });
+        drop(jtx);
+        for (k, f) in frx.iter() {
+            ready.insert(k, f);
+            drain(&mut r, &mut ready, &mut next);
         }
-        true
+        drain(&mut r, &mut ready, &mut next);
+        for (pack, blobs) in packs {
+            apply(&mut r, pack, blobs, None);
+        }
     });
-    for (pack, blobs) in packs {
-        one(&mut r, pack, blobs, None);
-    }
     on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
     r.orphan_packs = on_disk.iter().filter(|p| !index.packs.contains_key(p)).copied().collect();
     r.orphan_packs.sort();
@@ -492,6 +523,51 @@ pub fn check_with_progress(
         repair(repo, &mut r, &index, &on_disk, &bad_packs, &damaged)?;
     }
     Ok(r)
+}
+
+/// What checking one pack found (see [`check_pack`]).
+#[derive(Debug, Default)]
+struct PackFindings {
+    /// Bytes read.
+    bytes: u64,
+    /// Chunks authenticated.
+    verified: usize,
+    /// The pack could not be read, or its content does not match its name.
+    error: Option<String>,
+    /// Chunks that failed authentication (all of them when the pack is unreadable).
+    damaged: Vec<Id>,
+}
+
+/// Checks one pack read as `data`: its hash, and with `verify_data` (or a bad hash) every blob.
+fn check_pack(
+    repo: &Repository,
+    name: &str,
+    blobs: &[BlobEntry],
+    data: Result<Vec<u8>>,
+    verify_data: bool,
+) -> PackFindings {
+    let data = match data {
+        Ok(d) => d,
+        Err(e) => {
+            return PackFindings {
+                error: Some(e.to_string()),
+                damaged: blobs.iter().map(|b| b.id).collect(),
+                ..PackFindings::default()
+            }
+        }
+    };
+    let mut f = PackFindings { bytes: data.len() as u64, ..PackFindings::default() };
+    let hash_ok = Id::from_hex(name).is_some_and(|id| Id::hash(&data) == id);
+    if !hash_ok {
+        f.error = Some("content does not match its name (damaged)".into());
+    }
+    if verify_data || !hash_ok {
+        let mut damaged = HashSet::new();
+        f.verified = verify_blobs(repo, &data, blobs, &mut damaged);
+        f.damaged = damaged.into_iter().collect();
+        f.damaged.sort();
+    }
+    f
 }
 
 /// Authenticates every blob of a pack held in memory; returns how many were checked.
