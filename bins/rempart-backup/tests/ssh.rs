@@ -374,7 +374,8 @@ fn check_over_ssh_finds_a_damaged_pack_as_a_local_check_does() {
     bytes[1000] ^= 0x40;
     std::fs::write(victim, bytes).unwrap();
     let problems = |err: &str| -> Vec<String> {
-        let mut v: Vec<String> = err.lines().filter(|l| l.starts_with("pack ") || l.contains("damaged")).map(String::from).collect();
+        let mut v: Vec<String> =
+            err.lines().filter(|l| l.starts_with("pack ") || l.contains("damaged")).map(String::from).collect();
         v.sort();
         v
     };

@@ -1189,6 +1189,9 @@ impl Server {
     }
 }
 
+/// Most answers waiting for the output thread; beyond it the reading thread and the writers wait.
+const ANSWERS_QUEUED: usize = 256;
+
 /// Work for the writer threads.
 #[derive(Debug)]
 enum Job {
@@ -1262,7 +1265,9 @@ where
     let append_only = opts.append_only;
     let mut s = Server::new(opts);
     let (jtx, jrx) = crossbeam_channel::bounded::<(u64, Job)>(workers);
-    let (otx, orx) = crossbeam_channel::unbounded::<(u64, Out)>();
+    // Bounded: a client that sends requests but never reads the answers stalls the server
+    // (its pipes fill), it does not make it queue answers (or open files) without end.
+    let (otx, orx) = crossbeam_channel::bounded::<(u64, Out)>(ANSWERS_QUEUED);
     let busy = Busy::default();
     std::thread::scope(|sc| {
         for _ in 0..workers {
