@@ -8,7 +8,7 @@
 //! `REPL_BENCH_CONFIGS=0,1` / `REPL_BENCH_WORKLOADS=2` pick rows and columns (`REPL_BENCH_CONFIGS=99`
 //! runs none of them), `REPL_BENCH_RESYNC=0` skips the resync part, `REPL_BENCH_RESYNC_MIB=128,512`
 //! sets its dirty region sizes, `REPL_BENCH_DIR` places the images, default /var/tmp;
-//! `REPL_BENCH_WORKERS=N` sets each replica's tokio worker threads (default 1, as the daemon);
+//! `REPL_BENCH_WORKERS=N` sets each replica's tokio worker threads (default 2, as the daemon);
 //! `REPL_BENCH_PERF_CTL=FIFO` with `perf record --control=fifo:FIFO -D -1` profiles only the
 //! resyncs).
 //!
@@ -121,8 +121,8 @@ impl NsRuntime {
             let f = std::fs::File::open(&path).unwrap();
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             // Worker threads are started from this thread and inherit its namespace.
-            // One worker, as `rempart-repl run` (`REPL_BENCH_WORKERS=N` for A/B runs).
-            let workers = std::env::var("REPL_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+            // Two workers, as `rempart-repl run` (`REPL_BENCH_WORKERS=N` for A/B runs).
+            let workers = std::env::var("REPL_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
             htx.send(rt.handle().clone()).unwrap();
             rt.block_on(async {

@@ -238,11 +238,7 @@ fn daemon(
     };
     let nbd = parse_nbd(&me.nbd).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    // One worker thread: the disk I/O runs on the blocking pool anyway, and a second worker
-    // mostly added cross-thread wake-ups and work stealing. On the 2-vCPU bench VM one worker
-    // gave +12-15 % protocol-C 1 MiB throughput in interleaved A/B runs, the same QD32 IOPS and
-    // resync speed (docs/repl.md, Benchmark).
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let handle = io::start(cfg, &c.resolve(&me.disk), &c.meta_path(&me), LinkConfig { listen, dial })
             .await

@@ -26,6 +26,10 @@
 //! `Write`/`CreateNew` the object. Responses carry the data, a size (u64), a flag (u8), names
 //! separated by `\n`, or an error message.
 //!
+//! Bulk bytes do not pass through the server's memory: a new pack's payload is spliced from the
+//! input pipe into its temporary file, and a large read's answer from the file into the output
+//! pipe (see [`serve`]); the client reads each answer straight into the buffer it returns.
+//!
 //! Why the server never needs trust in the client: it never sees keys or plaintext, and with
 //! `--append-only` it refuses every removal and every overwrite of an existing object with
 //! different bytes (objects are content-addressed, so a legitimate client never does that),
