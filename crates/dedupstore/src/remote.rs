@@ -1746,6 +1746,15 @@ mod tests {
                 server: Some(server),
             }
         }
+        /// A server whose session has opened a newly created repository at `repo`.
+        fn with_new_repo(repo: &Path) -> PipeServer {
+            let mut p = PipeServer::start(ServeOptions::default());
+            let path = repo.display().to_string().into_bytes();
+            let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
+            assert_eq!(p.ask(cfg(Op::Hello, &path)).0, Status::Ok);
+            assert_eq!(p.ask(cfg(Op::Create, &[])).0, Status::Ok);
+            p
+        }
         fn send(&mut self, r: RequestRepr<'_>) {
             self.to_server.as_mut().unwrap().write_all(&r.to_frame()).unwrap();
         }
@@ -1788,11 +1797,7 @@ mod tests {
     fn spliced_writes_and_reads_through_pipes_are_byte_identical() {
         use rand::{Rng, SeedableRng};
         let dir = tempfile::tempdir().unwrap();
-        let mut p = PipeServer::start(ServeOptions::default());
-        let path = dir.path().join("r").display().to_string().into_bytes();
-        let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
-        assert_eq!(p.ask(cfg(Op::Hello, &path)).0, Status::Ok);
-        assert_eq!(p.ask(cfg(Op::Create, &[])).0, Status::Ok);
+        let mut p = PipeServer::with_new_repo(&dir.path().join("r"));
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         // sizes around the splice threshold, a pipe's worth, and a pack's
         let sizes = [1000, SPLICE_MIN as usize - 1, SPLICE_MIN as usize, 65_537, 1 << 20, (8 << 20) + 13];
@@ -1845,11 +1850,7 @@ mod tests {
     #[test]
     fn a_pack_cut_short_leaves_no_partial_object() {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = PipeServer::start(ServeOptions::default());
-        let path = dir.path().join("r").display().to_string().into_bytes();
-        let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
-        assert_eq!(p.ask(cfg(Op::Hello, &path)).0, Status::Ok);
-        assert_eq!(p.ask(cfg(Op::Create, &[])).0, Status::Ok);
+        let mut p = PipeServer::with_new_repo(&dir.path().join("r"));
         let whole = vec![0x5au8; 4 << 20];
         let frame = RequestRepr { op: Op::Write, file_type: FileType::Pack, name: "ab01", payload: &whole }.to_frame();
         // the connection dies after 1 MiB of the 4 MiB payload
