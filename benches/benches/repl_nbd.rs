@@ -28,7 +28,8 @@
 //! Besides the table it prints the QD1 FUA latency bound of the issue — qemu-nbd + one round trip
 //! on the replication link + one fdatasync of a 4 KiB write on the same disk, each measured in
 //! the same run — and where the time of a QD1 FUA write goes inside rempart (local disk versus
-//! the rest).
+//! the rest), and, per run on stderr, the same for a 1 MiB QD4 write (local write, peer
+//! acknowledgement, the Secondary's own write).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
