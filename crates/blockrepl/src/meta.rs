@@ -286,25 +286,23 @@ impl Bitmap {
     pub fn blocks(&self) -> u64 {
         self.blocks
     }
+    /// The blocks touched by `[off, off+len)` (none when `len` is 0), clipped to the bitmap.
+    fn span(&self, off: u64, len: u64) -> std::ops::RangeInclusive<u64> {
+        if len == 0 {
+            #[allow(clippy::reversed_empty_ranges)]
+            return 1..=0;
+        }
+        off / BLOCK..=(off.saturating_add(len - 1) / BLOCK).min(self.blocks.saturating_sub(1))
+    }
     /// Marks every block touched by `[off, off+len)`.
     pub fn set_range(&mut self, off: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        let first = off / BLOCK;
-        let last = (off.saturating_add(len - 1) / BLOCK).min(self.blocks.saturating_sub(1));
-        for b in first..=last {
+        for b in self.span(off, len) {
             self.set(b);
         }
     }
     /// Clears every block touched by `[off, off+len)`.
     pub fn clear_range(&mut self, off: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        let first = off / BLOCK;
-        let last = (off.saturating_add(len - 1) / BLOCK).min(self.blocks.saturating_sub(1));
-        for b in first..=last {
+        for b in self.span(off, len) {
             self.clear(b);
         }
     }

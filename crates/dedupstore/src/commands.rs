@@ -384,7 +384,8 @@ pub fn check_with_progress(
     // remote backend keeps several requests in flight) and verified on worker threads, so
     // reading the next packs overlaps with hashing and decrypting this one. The findings are
     // applied in pack order.
-    let names: Vec<String> = packs.iter().filter(|p| on_disk.contains(p.0)).map(|p| p.0.to_hex()).collect();
+    let present: Vec<(&Id, &Vec<BlobEntry>)> = packs.iter().filter(|p| on_disk.contains(p.0)).copied().collect();
+    let names: Vec<String> = present.iter().map(|p| p.0.to_hex()).collect();
     let mut packs = packs.into_iter().peekable();
     let mut apply = |r: &mut CheckReport, pack: &Id, blobs: &Vec<BlobEntry>, found: Option<PackFindings>| {
         if r.packs > 0 {
@@ -409,17 +410,16 @@ pub fn check_with_progress(
         }
     };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
-    let index_ref = &index;
     let verify_data = opts.verify_data;
     std::thread::scope(|sc| {
         let (jtx, jrx) = crossbeam_channel::bounded::<(usize, Result<Vec<u8>>)>(threads);
         let (ftx, frx) = crossbeam_channel::unbounded::<(usize, PackFindings)>();
         for _ in 0..threads {
-            let (jrx, ftx, names) = (jrx.clone(), ftx.clone(), &names);
+            let (jrx, ftx, present) = (jrx.clone(), ftx.clone(), &present);
             sc.spawn(move || {
                 for (i, data) in jrx {
-                    let blobs = Id::from_hex(&names[i]).and_then(|id| index_ref.packs.get(&id));
-                    let f = check_pack(repo, &names[i], blobs.map_or(&[][..], |b| &b[..]), data, verify_data);
+                    let (id, blobs) = present[i];
+                    let f = check_pack(repo, id, blobs, data, verify_data);
                     if ftx.send((i, f)).is_err() {
                         return;
                     }
@@ -433,7 +433,7 @@ pub fn check_with_progress(
         let mut drain = |r: &mut CheckReport, ready: &mut HashMap<usize, PackFindings>, next: &mut usize| {
             while let Some(f) = ready.remove(next) {
                 // the missing packs sorted before this one, then this one
-                while let Some((pack, blobs)) = packs.next_if(|p| p.0.to_hex() != names[*next]) {
+                while let Some((pack, blobs)) = packs.next_if(|p| p.0 != present[*next].0) {
                     apply(r, pack, blobs, None);
                 }
                 if let Some((pack, blobs)) = packs.next() {
@@ -541,7 +541,7 @@ struct PackFindings {
 /// Checks one pack read as `data`: its hash, and with `verify_data` (or a bad hash) every blob.
 fn check_pack(
     repo: &Repository,
-    name: &str,
+    id: &Id,
     blobs: &[BlobEntry],
     data: Result<Vec<u8>>,
     verify_data: bool,
@@ -557,7 +557,7 @@ fn check_pack(
         }
     };
     let mut f = PackFindings { bytes: data.len() as u64, ..PackFindings::default() };
-    let hash_ok = Id::from_hex(name).is_some_and(|id| Id::hash(&data) == id);
+    let hash_ok = Id::hash(&data) == *id;
     if !hash_ok {
         f.error = Some("content does not match its name (damaged)".into());
     }
