@@ -403,6 +403,10 @@ impl ActivityLog {
         self.extents.push_back(extent);
         (true, evicted)
     }
+    /// How many extents the log holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
     /// Hot extents.
     pub fn extents(&self) -> impl Iterator<Item = u32> + '_ {
         self.extents.iter().copied()

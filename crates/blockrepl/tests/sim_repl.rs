@@ -1146,3 +1146,75 @@ fn a_second_write_to_a_newly_logged_extent_waits_for_the_log_on_disk() {
         .collect();
     assert_eq!(done, [1, 2, 3]);
 }
+
+/// A sequential stream logs the extents ahead of it while it writes the current one, so that
+/// only its first write waits for a metadata write; and still no data reaches the disk before a
+/// durable activity log covers its extent. A write elsewhere (not continuing a stream) logs
+/// nothing ahead and waits for its own record.
+#[test]
+fn a_sequential_stream_logs_extents_ahead_and_never_writes_outside_the_durable_log() {
+    use blockrepl::meta::EXTENT;
+    const MIB: u64 = 1 << 20;
+    let key = blockrepl::proto::auth_key(b"al");
+    let mut r = Replica::new(cfg(key, 0, 1), Meta::fresh(64 * MIB), true);
+    let now = Instant::now();
+    r.promote(now, true, 1).unwrap();
+    // Metadata writes in flight (io → the log they record) and the log already durable.
+    let mut metas: Vec<(u64, Vec<u32>)> = Vec::new();
+    let mut durable: Vec<u32> = Vec::new();
+    // Runs the replica until nothing moves; metadata writes complete only when `meta_done`.
+    let step = |r: &mut Replica, meta_done: bool, metas: &mut Vec<(u64, Vec<u32>)>, durable: &mut Vec<u32>| {
+        let (mut disk_writes, mut completed) = (0, Vec::new());
+        loop {
+            let a = actions(r);
+            if a.is_empty() && (!meta_done || metas.is_empty()) {
+                return (disk_writes, completed);
+            }
+            for a in a {
+                match a {
+                    Action::PersistMeta { io, meta, .. } => metas.push((io, meta.al.clone())),
+                    Action::Disk { io, op: DiskOp::Write { off, data, .. } } => {
+                        let (first, last) = (off / EXTENT, (off + data.len() as u64 - 1) / EXTENT);
+                        for e in first..=last {
+                            assert!(durable.contains(&(e as u32)), "data at {off} before extent {e} is logged");
+                        }
+                        disk_writes += 1;
+                        r.handle_disk_done(now, io, Ok(None));
+                    }
+                    Action::Complete { req, result } => {
+                        result.unwrap();
+                        completed.push(req);
+                    }
+                    _ => {}
+                }
+            }
+            if meta_done {
+                for (io, al) in std::mem::take(metas) {
+                    *durable = al;
+                    r.handle_disk_done(now, io, Ok(None));
+                }
+            }
+        }
+    };
+    step(&mut r, true, &mut metas, &mut durable);
+    let mib = vec![9u8; MIB as usize];
+    // The stream's first write waits for its extent's record.
+    r.handle_write(now, 0, 0, MIB as u32, Some(mib.clone()), false);
+    assert_eq!(step(&mut r, false, &mut metas, &mut durable).0, 0, "first write of a fresh extent waits for the log");
+    step(&mut r, true, &mut metas, &mut durable);
+    // Every later write of the stream, across four extent boundaries, goes to the disk at once:
+    // the extents it enters were logged (and made durable) while it wrote the previous ones.
+    for i in 1..20u64 {
+        r.handle_write(now, i, i * MIB, MIB as u32, Some(mib.clone()), false);
+        let (writes, done) = step(&mut r, false, &mut metas, &mut durable);
+        assert_eq!((writes, done), (1, vec![i]), "write {i} (extent {}) waited", i * MIB / EXTENT);
+        step(&mut r, true, &mut metas, &mut durable);
+    }
+    assert!(durable.contains(&5) && durable.contains(&6), "logged ahead: {durable:?}");
+    // A write that continues no stream, to a fresh extent: it waits, and logs only its own.
+    r.handle_write(now, 100, 40 * MIB, MIB as u32, Some(mib), false);
+    assert_eq!(step(&mut r, false, &mut metas, &mut durable).0, 0);
+    assert_eq!(metas.len(), 1);
+    assert!(metas[0].1.contains(&10) && !metas[0].1.contains(&11), "{:?}", metas[0].1);
+    assert_eq!(step(&mut r, true, &mut metas, &mut durable), (1, vec![100]));
+}
