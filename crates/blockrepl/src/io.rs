@@ -187,20 +187,36 @@ impl BlockStore for Handle {
 /// Largest activity log a metadata slot has room for.
 const AL_ROOM: u64 = 65536;
 
-/// The metadata file: two slots written alternately, each `seq | len | meta | blake3`, so that
-/// an update is one positioned write and one `fdatasync` (no rename, no directory sync), and a
-/// torn update leaves the other slot intact.
+/// The metadata file: two full slots written alternately, each `seq | len | meta | blake3`,
+/// so that an update is one positioned write and one `fdatasync` (no rename, no directory
+/// sync), and a torn update leaves the other slot intact; then two activity-log slots, each
+/// `seq | n | n extents | blake3`, written alternately the same way for the log's small
+/// transactions ([`Action::PersistAl`]). On open, the newest valid full slot is the
+/// metadata, and an activity-log record newer than it replaces its log: such a record was
+/// written only while nothing else differed from that full slot.
+///
+/// ```text
+///  | full slot 0 | full slot 1 | log slot 0 | log slot 1 |
+///    bitmap: 32 MiB for 1 TiB   ≤ 260 KiB, ~5 KiB for DRBD's default 1237 extents
+/// ```
 #[derive(Debug)]
 pub struct MetaFile {
     file: std::fs::File,
     slot: u64,
     seq: u64,
+    /// The full slot holding the newest valid copy (the next full write goes to the other).
+    full: u64,
+    /// The activity-log slot the next record goes to.
+    al_next: u64,
 }
 
 fn slot_size(size: u64) -> u64 {
     let bitmap = size.div_ceil(crate::meta::BLOCK).div_ceil(64) * 8;
     (8 + 4 + 128 + 4 * AL_ROOM + bitmap + 32).div_ceil(4096) * 4096
 }
+
+/// Room of an activity-log slot: the largest log with its framing.
+const AL_SLOT: u64 = (8 + 4 + 4 * AL_ROOM + 32).div_ceil(4096) * 4096;
 
 fn encode_slot(seq: u64, meta: &Meta) -> Vec<u8> {
     let m = meta.to_bytes();
@@ -213,16 +229,39 @@ fn encode_slot(seq: u64, meta: &Meta) -> Vec<u8> {
     b
 }
 
-fn decode_slot(b: &[u8]) -> Option<(u64, Meta)> {
+/// `seq | len | body | blake3(seq | len | body)`: the body, if the checksum holds.
+fn checked_body(b: &[u8]) -> Option<(u64, &[u8])> {
     let seq = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
     let len = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?) as usize;
     let end = 12usize.checked_add(len)?;
     let body = b.get(..end)?;
     let sum = b.get(end..end.checked_add(32)?)?;
-    if blake3::hash(body).as_bytes() != sum {
+    (blake3::hash(body).as_bytes() == sum).then(|| (seq, &body[12..]))
+}
+
+fn decode_slot(b: &[u8]) -> Option<(u64, Meta)> {
+    let (seq, body) = checked_body(b)?;
+    Some((seq, Meta::from_bytes(body).ok()?))
+}
+
+fn encode_al(seq: u64, al: &[u32]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(44 + 4 * al.len());
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&((4 * al.len()) as u32).to_le_bytes());
+    for e in al {
+        b.extend_from_slice(&e.to_le_bytes());
+    }
+    let h = *blake3::hash(&b).as_bytes();
+    b.extend_from_slice(&h);
+    b
+}
+
+fn decode_al(b: &[u8]) -> Option<(u64, Vec<u32>)> {
+    let (seq, body) = checked_body(b)?;
+    if body.len() % 4 != 0 || body.len() as u64 > 4 * AL_ROOM {
         return None;
     }
-    Some((seq, Meta::from_bytes(&body[12..]).ok()?))
+    Some((seq, body.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
 }
 
 impl MetaFile {
@@ -231,7 +270,7 @@ impl MetaFile {
         use std::os::unix::fs::FileExt;
         let slot = slot_size(meta.size);
         let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
-        f.set_len(2 * slot)?;
+        f.set_len(2 * slot + 2 * AL_SLOT)?;
         f.write_all_at(&encode_slot(1, meta), 0)?;
         f.sync_all()?;
         if let Some(dir) = path.parent() {
@@ -241,34 +280,69 @@ impl MetaFile {
         Ok(())
     }
 
-    /// Opens a metadata file and returns the newest valid copy.
+    /// Opens a metadata file and returns the newest valid copy. A file of an earlier version
+    /// (two full slots, no activity-log slots) gets its activity-log slots added.
     pub fn open(path: &Path) -> io::Result<(MetaFile, Meta)> {
         use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
         let len = file.metadata()?.len();
-        let slot = len / 2;
         let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
-        if slot == 0 || slot > 1 << 32 {
-            return Err(bad("not rempart-repl metadata (run create-md)"));
-        }
-        let mut best: Option<(u64, Meta)> = None;
+        // The newest valid full slot, if the file has slots of `slot` bytes.
+        let full = |slot: u64| -> io::Result<Option<(u64, u64, Meta)>> {
+            if slot == 0 || slot > 1 << 32 {
+                return Ok(None);
+            }
+            let mut best: Option<(u64, u64, Meta)> = None;
+            for i in 0..2 {
+                let mut b = vec![0u8; slot as usize];
+                file.read_exact_at(&mut b, i * slot)?;
+                if let Some((seq, m)) = decode_slot(&b) {
+                    if slot_size(m.size) == slot && best.as_ref().is_none_or(|(s, _, _)| seq > *s) {
+                        best = Some((seq, i, m));
+                    }
+                }
+            }
+            Ok(best)
+        };
+        let with_log = len.checked_sub(2 * AL_SLOT).filter(|l| l % 2 == 0).map(|l| l / 2);
+        let (slot, (seq, full_slot, mut meta)) = match with_log.map(&full).transpose()?.flatten() {
+            Some(found) => (with_log.unwrap_or_default(), found),
+            None => match full(len / 2)? {
+                Some(found) => {
+                    // Earlier layout: add the (invalid, zero) activity-log slots.
+                    file.set_len(len + 2 * AL_SLOT)?;
+                    file.sync_all()?;
+                    (len / 2, found)
+                }
+                None if len / 2 == 0 || len / 2 > 1 << 32 => {
+                    return Err(bad("not rempart-repl metadata (run create-md)"))
+                }
+                None => return Err(bad("no valid metadata slot (corrupted?)")),
+            },
+        };
+        // A log record newer than the full slot replaces its log; the next record never
+        // overwrites the newest valid one.
+        let mut newest = seq;
+        let mut newest_al: Option<(u64, u64)> = None;
         for i in 0..2 {
-            let mut b = vec![0u8; slot as usize];
-            file.read_exact_at(&mut b, i * slot)?;
-            if let Some((seq, m)) = decode_slot(&b) {
-                if best.as_ref().is_none_or(|(s, _)| seq > *s) {
-                    best = Some((seq, m));
+            let mut b = vec![0u8; AL_SLOT as usize];
+            file.read_exact_at(&mut b, 2 * slot + i * AL_SLOT)?;
+            if let Some((s, al)) = decode_al(&b) {
+                if s > newest {
+                    newest = s;
+                    meta.al = al;
+                }
+                if newest_al.is_none_or(|(n, _)| s > n) {
+                    newest_al = Some((s, i));
                 }
             }
         }
-        let (seq, meta) = best.ok_or_else(|| bad("no valid metadata slot (corrupted?)"))?;
-        if slot_size(meta.size) != slot {
-            return Err(bad("metadata slot size does not match the device size"));
-        }
-        Ok((MetaFile { file, slot, seq }, meta))
+        let al_next = newest_al.map_or(0, |(_, i)| 1 - i);
+        Ok((MetaFile { file, slot, seq: newest, full: full_slot, al_next }, meta))
     }
 
-    /// Durably replaces the metadata (writes the older slot, then `fdatasync`).
+    /// Durably replaces the metadata (writes the full slot not holding the newest copy, then
+    /// `fdatasync`).
     pub fn write(&mut self, meta: &Meta) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         let seq = self.seq + 1;
@@ -276,9 +350,26 @@ impl MetaFile {
         if b.len() as u64 > self.slot {
             return Err(io::Error::other("metadata larger than its slot"));
         }
-        self.file.write_all_at(&b, (seq % 2) * self.slot)?;
+        let target = 1 - self.full;
+        self.file.write_all_at(&b, target * self.slot)?;
         self.file.sync_data()?;
         self.seq = seq;
+        self.full = target;
+        Ok(())
+    }
+
+    /// Durably records the activity log `al` (everything else as in the last full write).
+    pub fn write_al(&mut self, al: &[u32]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let seq = self.seq + 1;
+        let b = encode_al(seq, al);
+        if b.len() as u64 > AL_SLOT {
+            return Err(io::Error::other("activity log larger than its slot"));
+        }
+        self.file.write_all_at(&b, 2 * self.slot + self.al_next * AL_SLOT)?;
+        self.file.sync_data()?;
+        self.seq = seq;
+        self.al_next = 1 - self.al_next;
         Ok(())
     }
 }
@@ -508,6 +599,17 @@ impl Actor {
                             // One persist in flight at a time (the core guarantees it).
                             mf.lock().map_err(|_| io::Error::other("metadata lock poisoned"))?.write(&meta)
                         })();
+                        let _ = tx.send(Cmd::DiskDone { io, result: r.map(|()| None).map_err(|e| e.to_string()) });
+                    });
+                }
+                Action::PersistAl { io, al } => {
+                    let tx = self.tx.clone();
+                    let mf = self.meta_file.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = mf
+                            .lock()
+                            .map_err(|_| io::Error::other("metadata lock poisoned"))
+                            .and_then(|mut m| m.write_al(&al));
                         let _ = tx.send(Cmd::DiskDone { io, result: r.map(|()| None).map_err(|e| e.to_string()) });
                     });
                 }
@@ -939,18 +1041,89 @@ mod tests {
         let (mut f, got) = MetaFile::open(&path).unwrap();
         assert_eq!(got, m);
         m.gen.current = 77;
-        f.write(&m).unwrap(); // seq 2 -> slot 0
+        f.write(&m).unwrap(); // seq 2 -> slot 1 (slot 0 holds seq 1)
         m.gen.current = 78;
-        f.write(&m).unwrap(); // seq 3 -> slot 1
+        f.write(&m).unwrap(); // seq 3 -> slot 0
         assert_eq!(load_meta(&path).unwrap().gen.current, 78);
         // Tear the newest slot: the previous state comes back.
         let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        raw.write_all_at(&[0xff; 64], slot_size(m.size) + 20).unwrap();
+        raw.write_all_at(&[0xff; 64], 20).unwrap();
         assert_eq!(load_meta(&path).unwrap().gen.current, 77);
         // Both slots torn: a clear error, no panic.
-        raw.write_all_at(&[0xff; 64], 20).unwrap();
+        raw.write_all_at(&[0xff; 64], slot_size(m.size) + 20).unwrap();
         let e = load_meta(&path).unwrap_err().to_string();
         assert!(e.contains("no valid metadata slot"), "{e}");
+    }
+
+    /// Activity-log records: a record newer than the newest full slot replaces its log, a
+    /// torn record leaves the previous one, a full write makes older records irrelevant, and
+    /// a torn full write after a record leaves the older full slot with that record's log.
+    #[test]
+    fn activity_log_records_apply_over_the_full_slot_and_survive_torn_writes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0.md");
+        let mut m = Meta::fresh(64 << 20);
+        MetaFile::create(&path, &m).unwrap();
+        let (mut f, _) = MetaFile::open(&path).unwrap();
+        m.gen.current = 77;
+        m.al = vec![1];
+        f.write(&m).unwrap();
+        f.write_al(&[1, 2]).unwrap();
+        f.write_al(&[1, 2, 3]).unwrap();
+        let got = load_meta(&path).unwrap();
+        assert_eq!((got.gen.current, got.al.clone()), (77, vec![1, 2, 3]));
+        assert_eq!(got.bitmap, m.bitmap);
+        // The newest record (log slot 1) torn: the one before it.
+        let slot = slot_size(m.size);
+        let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        raw.write_all_at(&[0xff; 16], 2 * slot + AL_SLOT + 4).unwrap();
+        assert_eq!(load_meta(&path).unwrap().al, vec![1, 2]);
+        // Reopened: the next record must not overwrite the newest valid one (log slot 0).
+        let (mut f, _) = MetaFile::open(&path).unwrap();
+        f.write_al(&[1, 2, 4]).unwrap();
+        assert_eq!(load_meta(&path).unwrap().al, vec![1, 2, 4]);
+        raw.write_all_at(&[0xff; 16], 2 * slot + AL_SLOT + 4).unwrap();
+        assert_eq!(load_meta(&path).unwrap().al, vec![1, 2], "the record before survived");
+        let (mut f, _) = MetaFile::open(&path).unwrap();
+        f.write_al(&[1, 2, 4]).unwrap();
+        // A full write supersedes every earlier record.
+        m.gen.current = 78;
+        m.al = vec![9];
+        f.write(&m).unwrap();
+        let got = load_meta(&path).unwrap();
+        assert_eq!((got.gen.current, got.al), (78, vec![9]));
+        // A record, then a full write torn half-way: the older full slot and the record's log.
+        f.write_al(&[9, 10]).unwrap();
+        m.gen.current = 79;
+        f.write(&m).unwrap();
+        let newest = f.full;
+        raw.write_all_at(&[0xff; 16], newest * slot + 4).unwrap();
+        let got = load_meta(&path).unwrap();
+        assert_eq!((got.gen.current, got.al), (78, vec![9, 10]));
+    }
+
+    /// A metadata file of the earlier layout (two full slots only) opens, gains its
+    /// activity-log slots and takes records.
+    #[test]
+    fn metadata_of_the_earlier_layout_is_upgraded_in_place() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.md");
+        let mut m = Meta::fresh(64 << 20);
+        m.gen.current = 5;
+        m.al = vec![3];
+        let slot = slot_size(m.size);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(2 * slot).unwrap();
+        f.write_all_at(&encode_slot(1, &m), 0).unwrap();
+        drop(f);
+        let (mut mf, got) = MetaFile::open(&path).unwrap();
+        assert_eq!(got, m);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * slot + 2 * AL_SLOT);
+        mf.write_al(&[3, 4]).unwrap();
+        let got = load_meta(&path).unwrap();
+        assert_eq!((got.gen.current, got.al), (5, vec![3, 4]));
     }
 
     #[test]

@@ -270,17 +270,32 @@ pub fn resolve_split_brain(policy: AfterSb0Pri, me: SbFacts, peer: SbFacts, tieb
 }
 
 /// One bit per 4 KiB block.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Bitmap {
     words: Vec<u64>,
     blocks: u64,
+    /// Counts the bits that changed (see [`Bitmap::changes`]); not part of the value.
+    changes: u64,
 }
+
+impl PartialEq for Bitmap {
+    fn eq(&self, other: &Self) -> bool {
+        self.blocks == other.blocks && self.words == other.words
+    }
+}
+
+impl Eq for Bitmap {}
 
 impl Bitmap {
     /// An empty bitmap for a device of `size` bytes.
     pub fn new(size: u64) -> Self {
         let blocks = size.div_ceil(BLOCK);
-        Self { words: vec![0; blocks.div_ceil(64) as usize], blocks }
+        Self { words: vec![0; blocks.div_ceil(64) as usize], blocks, changes: 0 }
+    }
+    /// A counter that moves whenever a bit flips: equal counts mean an unchanged bitmap (what
+    /// the activity log's small transactions rely on, see `Replica::persist`).
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
     /// Number of blocks covered.
     pub fn blocks(&self) -> u64 {
@@ -315,18 +330,27 @@ impl Bitmap {
     /// Marks block `b`.
     pub fn set(&mut self, b: u64) {
         if b < self.blocks {
-            self.words[(b / 64) as usize] |= 1 << (b % 64);
+            let w = &mut self.words[(b / 64) as usize];
+            if *w & (1 << (b % 64)) == 0 {
+                *w |= 1 << (b % 64);
+                self.changes += 1;
+            }
         }
     }
     /// Clears block `b`.
     pub fn clear(&mut self, b: u64) {
         if b < self.blocks {
-            self.words[(b / 64) as usize] &= !(1 << (b % 64));
+            let w = &mut self.words[(b / 64) as usize];
+            if *w & (1 << (b % 64)) != 0 {
+                *w &= !(1 << (b % 64));
+                self.changes += 1;
+            }
         }
     }
     /// Clears everything.
     pub fn clear_all(&mut self) {
         self.words.fill(0);
+        self.changes += 1;
     }
     /// Whether block `b` is marked.
     pub fn get(&self, b: u64) -> bool {
@@ -354,6 +378,7 @@ impl Bitmap {
         for (a, b) in self.words.iter_mut().zip(&other.words) {
             *a |= *b;
         }
+        self.changes += 1;
     }
     /// Little-endian words.
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -237,6 +237,16 @@ pub enum Action {
         /// Flush the data device before writing the metadata.
         flush_data_first: bool,
     },
+    /// Write an activity-log transaction durably: the log's extents only, everything else
+    /// as in the last [`Action::PersistMeta`] (which is durable by then); report with
+    /// [`Replica::handle_disk_done`]. Its size does not grow with the device, where a full
+    /// metadata write carries the whole bitmap (32 MiB for 1 TiB).
+    PersistAl {
+        /// Completion tag.
+        io: u64,
+        /// Every extent of the activity log.
+        al: Vec<u32>,
+    },
     /// Send a frame to the peer (dropped if there is no connection).
     Send(Msg),
     /// Complete a client request.
@@ -448,6 +458,17 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.0 + b.1 && b.0 < a.0 + a.1
 }
 
+/// The metadata besides the bitmap's bits and the activity log, as of a full metadata write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MetaState {
+    gen: GenIds,
+    consistent: bool,
+    primary: bool,
+    outdated: bool,
+    promoted_at: u64,
+    bitmap_changes: u64,
+}
+
 /// The replication state machine of one node.
 #[derive(Debug)]
 pub struct Replica {
@@ -479,6 +500,10 @@ pub struct Replica {
     meta_done: u64,
     meta_in_flight: bool,
     meta_again: Option<bool>,
+    /// What the last full metadata write held besides the activity log (see [`MetaState`]),
+    /// and the log of the last metadata write of either kind.
+    persisted: Option<MetaState>,
+    persisted_al: Vec<u32>,
     meta_waiters: Vec<(u64, MetaWaiter)>,
     // application side (Primary)
     writes: BTreeMap<u64, AppWrite>,
@@ -596,6 +621,8 @@ impl Replica {
             meta_done: 0,
             meta_in_flight: false,
             meta_again: None,
+            persisted: None,
+            persisted_al: Vec::new(),
             meta_waiters: Vec::new(),
             writes: BTreeMap::new(),
             next_wid: 1,
@@ -741,14 +768,26 @@ impl Replica {
         self.actions.push_back(Action::Send(m));
     }
 
-    fn meta_snapshot(&self) -> Meta {
-        Meta {
-            size: self.size,
+    fn meta_state(&self) -> MetaState {
+        MetaState {
             gen: self.gen,
             consistent: matches!(self.disk, DiskState::UpToDate | DiskState::Outdated),
             primary: self.role == Role::Primary,
             outdated: self.disk == DiskState::Outdated,
             promoted_at: self.promoted_at,
+            bitmap_changes: self.bitmap.changes(),
+        }
+    }
+
+    fn meta_snapshot(&self) -> Meta {
+        let st = self.meta_state();
+        Meta {
+            size: self.size,
+            gen: st.gen,
+            consistent: st.consistent,
+            primary: st.primary,
+            outdated: st.outdated,
+            promoted_at: st.promoted_at,
             bitmap: self.bitmap.clone(),
             al: self.al.extents().collect(),
         }
@@ -769,11 +808,28 @@ impl Replica {
         let io = self.next_io;
         self.next_io += 1;
         self.ios.insert(io, Io::Meta(self.meta_issued));
-        self.actions.push_back(Action::PersistMeta {
-            io,
-            meta: Box::new(self.meta_snapshot()),
-            flush_data_first: flush_first,
-        });
+        // DRBD's activity-log transaction: when nothing but new hot extents changed since the
+        // last full write (same generation ids and flags, not one bitmap bit flipped, no extent
+        // left the log), only the log is written. Anything else — an eviction, whose data must
+        // be flushed first, a marked block, a state change — writes everything.
+        let state = self.meta_state();
+        let al: Vec<u32> = self.al.extents().collect();
+        let only_added = || {
+            let now: std::collections::HashSet<u32> = al.iter().copied().collect();
+            self.persisted_al.iter().all(|e| now.contains(e))
+        };
+        if !flush_first && self.persisted == Some(state) && only_added() {
+            self.persisted_al.clone_from(&al);
+            self.actions.push_back(Action::PersistAl { io, al });
+        } else {
+            self.persisted = Some(state);
+            self.persisted_al = al;
+            self.actions.push_back(Action::PersistMeta {
+                io,
+                meta: Box::new(self.meta_snapshot()),
+                flush_data_first: flush_first,
+            });
+        }
         self.meta_issued
     }
 
