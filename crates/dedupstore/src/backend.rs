@@ -201,6 +201,59 @@ impl Staged {
         }
         LocalBackend::sync_dir(&self.dir)
     }
+
+    /// Like [`Staged::commit`], but never replaces an object (the append-only server): the
+    /// temporary file is hard-linked into place, which fails if an object already exists there.
+    /// `Ok(None)`: committed. `Ok(Some(self))`: an object was there and is left alone; the staged
+    /// bytes are still there to compare ([`Staged::same_as_existing`]) until this is dropped.
+    pub fn commit_new(mut self) -> Result<Option<Staged>> {
+        let Some(tmp) = self.tmp.clone() else { return Ok(None) };
+        match self.file.sync_all().and_then(|()| fs::hard_link(&tmp, &self.path)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(Some(self)),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        }
+        self.tmp = None;
+        let _ = fs::remove_file(&tmp);
+        LocalBackend::sync_dir(&self.dir)?;
+        Ok(None)
+    }
+
+    /// Whether the staged bytes are those of the object already at [`Staged::path`].
+    pub fn same_as_existing(&self) -> Result<bool> {
+        let Some(tmp) = &self.tmp else { return Ok(true) };
+        let open = |p: &Path| File::open(p).map_err(|e| not_found_or(p, e));
+        let (mut a, mut b) = (open(tmp)?, open(&self.path)?);
+        let len = |f: &File, p: &Path| f.metadata().map(|m| m.len()).map_err(|e| Error::io(p, e));
+        if len(&a, tmp)? != len(&b, &self.path)? {
+            return Ok(false);
+        }
+        let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        loop {
+            let n = read_up_to(&mut a, &mut ba).map_err(|e| Error::io(tmp, e))?;
+            let m = read_up_to(&mut b, &mut bb).map_err(|e| Error::io(&self.path, e))?;
+            if ba[..n] != bb[..m] {
+                return Ok(false);
+            }
+            if n == 0 {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Fills `buf` as far as the file goes; the number of bytes read.
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 impl Drop for Staged {
@@ -309,6 +362,14 @@ impl Backend for LocalBackend {
     fn read_part(&self, t: FileType, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let p = self.path(t, name);
         let mut f = File::open(&p).map_err(|e| not_found_or(&p, e))?;
+        // before allocating: `len` may come from a hostile client (the ssh server)
+        let size = f.metadata().map_err(|e| Error::io(&p, e))?.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::integrity(
+                p.display().to_string(),
+                format!("read of {len} bytes at {offset} is past the end ({size} bytes): file is truncated"),
+            ));
+        }
         f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&p, e))?;
         let len = usize::try_from(len).map_err(|_| Error::InvalidArgument(format!("read of {len} bytes")))?;
         let mut buf = vec![0u8; len];

@@ -994,6 +994,8 @@ impl Server {
                 }
             }
             self.backend = Some(LocalBackend::new(resolved));
+            // the quota is this repository's: measured again at its first write
+            self.used = None;
             return (Status::Ok, vec![u8::from(self.opts.append_only)]);
         }
         let Some(b) = self.backend.clone() else {
@@ -1025,14 +1027,8 @@ impl Server {
                     self.opts.storage_quota.unwrap_or(0)
                 ));
             }
-            Op::Write => {
-                if self.opts.append_only {
-                    if let Some(a) = Self::append_only_write(&b, r) {
-                        return a;
-                    }
-                }
-                b.write(r.file_type, r.name, r.payload).map(|_| vec![])
-            }
+            Op::Write if self.opts.append_only => return Self::append_only_write(&b, r),
+            Op::Write => b.write(r.file_type, r.name, r.payload).map(|_| vec![]),
             Op::CreateNew => b.create_new(r.file_type, r.name, r.payload).map(|x| vec![u8::from(x)]),
             Op::Remove => {
                 if self.opts.append_only && r.file_type != FileType::Lock {
@@ -1062,35 +1058,111 @@ impl Server {
         false
     }
 
-    /// Append-only policy for writes: `None` lets the write proceed.
-    fn append_only_write(b: &LocalBackend, r: &RequestRepr<'_>) -> Option<Answer> {
+    /// A write under the append-only policy: the manifest is replaced once its new version is
+    /// in the history, a lock is replaced, anything else is only created, never replaced.
+    fn append_only_write(b: &LocalBackend, r: &RequestRepr<'_>) -> Answer {
         let t = r.file_type;
         if t == FileType::Manifest {
-            // Every version is kept: manifests/<seq> (the current one included).
-            let dir = b.root().join(MANIFEST_HISTORY);
-            let seq = std::fs::read_dir(&dir)
-                .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok()).max().unwrap_or(0))
-                .unwrap_or(0)
-                + 1;
-            let res = std::fs::create_dir_all(&dir)
-                .and_then(|_| std::fs::write(dir.join(format!("{seq:08}")), r.payload))
-                .and_then(|_| std::fs::File::open(&dir)?.sync_all());
-            if let Err(e) = res {
-                return Some((Status::Failed, format!("manifest history: {e}").into_bytes()));
+            if let Err(e) = keep_manifest_version(b, r.payload) {
+                return (Status::Failed, format!("manifest history: {e}").into_bytes());
             }
-            return None;
         }
-        if t == FileType::Lock {
-            return None;
+        if matches!(t, FileType::Manifest | FileType::Lock) {
+            return match b.write(t, r.name, r.payload) {
+                Ok(()) => (Status::Ok, vec![]),
+                Err(e) => err_answer(e),
+            };
         }
         match b.read(t, r.name) {
-            Ok(cur) if cur == r.payload => Some((Status::Ok, vec![])),
-            Ok(_) => {
-                Some(Self::refuse(format!("append-only repository: overwriting {:?} {} is not allowed", t, r.name)))
+            Ok(cur) if cur == r.payload => (Status::Ok, vec![]),
+            Ok(_) => refuse_overwrite(t, r.name),
+            Err(Error::NotFound(_)) => {
+                let staged = b.stage(t, r.name).and_then(|mut st| {
+                    let path = st.path().to_path_buf();
+                    st.file().write_all(r.payload).map_err(|e| Error::io(path, e))?;
+                    Ok(st)
+                });
+                match staged {
+                    Ok(st) => commit_append_only(st, t, r.name),
+                    Err(e) => err_answer(e),
+                }
             }
-            Err(_) => None,
+            Err(e) => err_answer(e),
         }
     }
+}
+
+fn refuse_overwrite(t: FileType, name: &str) -> Answer {
+    Server::refuse(format!("append-only repository: overwriting {t:?} {name} is not allowed"))
+}
+
+/// Makes a staged new object visible under `--append-only`, never replacing one: an object of
+/// that name that appeared since the write was accepted (an earlier pipelined write of this
+/// session still being committed then, another session's) is kept, and the write succeeds only if
+/// it carries the same bytes.
+fn commit_append_only(st: Staged, t: FileType, name: &str) -> Answer {
+    match st.commit_new().and_then(|left| left.map_or(Ok(true), |st| st.same_as_existing())) {
+        Ok(true) => (Status::Ok, vec![]),
+        Ok(false) => refuse_overwrite(t, name),
+        Err(e) => err_answer(e),
+    }
+}
+
+/// Records `new` in the manifest history (`manifests/NNNNNNNN`) before it becomes current. If the
+/// history does not end with the current manifest (one written on the server itself: a local
+/// `prune`/`compact`, or before `--append-only` was set), the current one is recorded first, with
+/// its time (which [`rollback`] goes by). Versions are never replaced: each is a complete, synced
+/// file hard-linked to the next free number, which fails if a concurrent session took it.
+fn keep_manifest_version(b: &LocalBackend, new: &[u8]) -> std::io::Result<()> {
+    let dir = b.root().join(MANIFEST_HISTORY);
+    std::fs::create_dir_all(&dir)?;
+    let newest = || -> std::io::Result<Option<u64>> {
+        let mut max = None;
+        for e in std::fs::read_dir(&dir)? {
+            if let Some(n) = e?.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                max = max.max(Some(n));
+            }
+        }
+        Ok(max)
+    };
+    let add = |data: &[u8], time: Option<std::time::SystemTime>| -> std::io::Result<()> {
+        let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+        let res = (|| {
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            if let Some(t) = time {
+                f.set_modified(t)?;
+            }
+            f.sync_all()?;
+            loop {
+                let seq = newest()?.unwrap_or(0) + 1;
+                match std::fs::hard_link(&tmp, dir.join(format!("{seq:08}"))) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    r => return r,
+                }
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        res
+    };
+    let current = b.path(FileType::Manifest, "manifest");
+    match File::open(&current) {
+        Ok(mut f) => {
+            let mut cur = Vec::new();
+            f.read_to_end(&mut cur)?;
+            let last = match newest()? {
+                Some(seq) => Some(std::fs::read(dir.join(format!("{seq:08}")))?),
+                None => None,
+            };
+            if last.as_deref() != Some(&cur[..]) {
+                add(&cur, Some(f.metadata()?.modified()?))?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    add(new, None)?;
+    File::open(&dir)?.sync_all()
 }
 
 fn unreachable_hello() -> Result<Vec<u8>> {
@@ -1101,8 +1173,12 @@ fn unreachable_hello() -> Result<Vec<u8>> {
 /// nothing refers to until a later index or manifest write, and that write waits for them. An
 /// index names packs, so it is not offloaded: it waits until every earlier pack is durable (a
 /// connection cut after an index landed but before its packs did left `check` with missing packs).
+/// A bad name (`../x`) is not offloaded: `dispatch` refuses it before any file is touched (the
+/// append-only comparison would otherwise read a file outside the repository).
 fn offloadable(r: &RequestRepr<'_>) -> bool {
-    r.op == Op::Write && matches!(r.file_type, FileType::Pack | FileType::Archive)
+    r.op == Op::Write
+        && matches!(r.file_type, FileType::Pack | FileType::Archive)
+        && LocalBackend::check_name(r.name).is_ok()
 }
 
 /// Writes one content-addressed object (a request body that [`offloadable`] accepted, already
@@ -1112,9 +1188,7 @@ fn store(b: &LocalBackend, append_only: bool, body: &[u8]) -> Vec<u8> {
         let p: RequestPacket<&[u8]> = p;
         RequestRepr::parse(&p).map(|r| {
             if append_only {
-                if let Some(a) = Server::append_only_write(b, &r) {
-                    return a;
-                }
+                return Server::append_only_write(b, &r);
             }
             match b.write(r.file_type, r.name, r.payload) {
                 Ok(()) => (Status::Ok, vec![]),
@@ -1145,22 +1219,24 @@ impl Server {
         Some(b)
     }
 
-    /// For an offloadable write of a new object whose payload (`len` bytes, not read yet)
-    /// follows `head` on the input: the temporary file to receive it into, counted against the
-    /// quota. `None` (an existing object, whose bytes the append-only rule compares; a refusal;
-    /// an error) reads the payload into memory and takes the usual path, which answers.
-    fn stage(&mut self, head: &[u8], len: u64) -> Option<Staged> {
+    /// For an offloadable write whose payload (`len` bytes, not read yet) follows `head` on the
+    /// input: the temporary file to receive it into (with the object's type and name), counted
+    /// against the quota. An existing object is received the same way (never into memory): the
+    /// commit replaces it, or under `--append-only` compares it ([`commit_append_only`]). `None`
+    /// (a refusal, an error) reads the payload into memory and takes the usual path, which
+    /// answers.
+    fn stage(&mut self, head: &[u8], len: u64) -> Option<(Staged, FileType, String)> {
         let p = RequestPacket::new_checked(head).ok()?;
         let r = RequestRepr::parse(&p).ok()?;
         let b = self.backend.clone()?;
-        if !offloadable(&r) || b.path(r.file_type, r.name).exists() {
+        if !offloadable(&r) {
             return None;
         }
         let st = b.stage(r.file_type, r.name).ok()?;
         if self.over_quota(&b, usize::try_from(len).ok()?) {
             return None;
         }
-        Some(st)
+        Some((st, r.file_type, r.name.to_string()))
     }
 
     /// The answer to a request handled on the reading thread: a large `Read` or `ReadPart`
@@ -1202,7 +1278,7 @@ enum Job {
     /// Store an object held in memory (its request body).
     Store(LocalBackend, Vec<u8>),
     /// Make an object already received into its temporary file durable and visible.
-    Commit(Staged),
+    Commit(Staged, FileType, String),
 }
 
 /// An answer for the output thread.
@@ -1280,10 +1356,10 @@ where
                 for (seq, job) in jrx {
                     let frame = match job {
                         Job::Store(b, body) => store(&b, append_only, &body),
-                        Job::Commit(st) => {
-                            let (status, payload) = match st.commit() {
-                                Ok(()) => (Status::Ok, vec![]),
-                                Err(e) => err_answer(e),
+                        Job::Commit(st, t, name) => {
+                            let (status, payload) = match append_only {
+                                true => commit_append_only(st, t, &name),
+                                false => st.commit().map_or_else(err_answer, |()| (Status::Ok, vec![])),
                             };
                             ResponseRepr { status, payload: &payload }.to_frame()
                         }
@@ -1299,7 +1375,9 @@ where
         let r = read_requests(&mut s, input, &jtx, &otx, &busy);
         drop((jtx, otx));
         let w = writer.join().unwrap_or_else(|_| Err(worker_lost()));
-        r.and(w)
+        // the output's error first: when it died, the reading thread only saw the answers'
+        // channel close (`worker_lost`)
+        w.and(r)
     })
 }
 
@@ -1437,11 +1515,11 @@ fn read_requests<R: Read + AsFd>(
         }
         let payload = (n - body.len()) as u64;
         if payload >= SPLICE_MIN {
-            if let Some(mut st) = s.stage(&body, payload) {
+            if let Some((mut st, t, name)) = s.stage(&body, payload) {
                 match copy_in(input, st.file(), payload) {
                     Ok(()) => {
                         busy.start();
-                        jobs.send((seq, Job::Commit(st))).map_err(|_| worker_lost())?;
+                        jobs.send((seq, Job::Commit(st, t, name))).map_err(|_| worker_lost())?;
                     }
                     Err(CopyError::Input(e)) => return Err(io(e)), // `st` removes its file
                     Err(CopyError::Output(e, left)) => {
@@ -1748,12 +1826,7 @@ mod tests {
         }
         /// A server whose session has opened a newly created repository at `repo`.
         fn with_new_repo(repo: &Path) -> PipeServer {
-            let mut p = PipeServer::start(ServeOptions::default());
-            let path = repo.display().to_string().into_bytes();
-            let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
-            assert_eq!(p.ask(cfg(Op::Hello, &path)).0, Status::Ok);
-            assert_eq!(p.ask(cfg(Op::Create, &[])).0, Status::Ok);
-            p
+            pipe_server_with(ServeOptions::default(), repo)
         }
         fn send(&mut self, r: RequestRepr<'_>) {
             self.to_server.as_mut().unwrap().write_all(&r.to_frame()).unwrap();
@@ -1884,6 +1957,241 @@ mod tests {
             }
         }
         assert_eq!(std::fs::read(dir.path().join("secret")).unwrap(), b"s");
+    }
+
+    /// A server with `opts` whose session has opened a newly created repository at `repo`.
+    fn pipe_server_with(opts: ServeOptions, repo: &Path) -> PipeServer {
+        let mut p = PipeServer::start(opts);
+        let path = repo.display().to_string().into_bytes();
+        let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
+        assert_eq!(p.ask(cfg(Op::Hello, &path)).0, Status::Ok);
+        assert_eq!(p.ask(cfg(Op::Create, &[])).0, Status::Ok);
+        p
+    }
+
+    fn append_only() -> ServeOptions {
+        ServeOptions { append_only: true, ..ServeOptions::default() }
+    }
+
+    #[test]
+    fn pipelined_writes_cannot_probe_files_outside_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = vec![0x42u8; 100_000];
+        std::fs::write(dir.path().join("secret"), &secret).unwrap();
+        std::fs::write(dir.path().join("small"), b"s").unwrap();
+        // repo = dir/a/r; a pack's path is r/data/<first two chars>/name, so "../../x" is dir/x
+        let mut p = pipe_server_with(append_only(), &dir.path().join("a/r"));
+        // data/<fan>/name with fan "..": two levels up; archives/name: three
+        for (t, up) in [(FileType::Pack, "../../"), (FileType::Archive, "../../../")] {
+            // the right bytes (small: buffered path; large: the splice path's fallback) and wrong ones
+            for (file, payload) in [("small", &b"s"[..]), ("secret", &secret[..]), ("small", &b"t"[..])] {
+                let n = format!("{up}{file}");
+                let (st, msg) = p.ask(RequestRepr { op: Op::Write, file_type: t, name: &n, payload });
+                assert_eq!(st, Status::Failed, "{t:?} {n}: {}", String::from_utf8_lossy(&msg));
+                assert!(String::from_utf8_lossy(&msg).contains("bad object name"), "{}", String::from_utf8_lossy(&msg));
+            }
+        }
+        p.finish().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), b"s");
+    }
+
+    #[test]
+    fn read_part_of_an_absurd_length_is_refused_not_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = PipeServer::with_new_repo(&dir.path().join("r"));
+        let w = RequestRepr { op: Op::Write, file_type: FileType::Pack, name: "ab01", payload: &[1u8; 1000] };
+        assert_eq!(p.ask(w).0, Status::Ok);
+        for (off, len) in [(0u64, u64::MAX >> 1), (10, 1 << 42), (u64::MAX - 5, 10), (999, 2), (2000, 0)] {
+            let mut q = [0u8; 16];
+            q[..8].copy_from_slice(&off.to_be_bytes());
+            q[8..].copy_from_slice(&len.to_be_bytes());
+            let r = RequestRepr { op: Op::ReadPart, file_type: FileType::Pack, name: "ab01", payload: &q };
+            let (st, msg) = p.ask(r);
+            assert_eq!(st, Status::Failed, "{off}+{len}");
+            assert!(String::from_utf8_lossy(&msg).contains("past the end"), "{}", String::from_utf8_lossy(&msg));
+        }
+        // the session goes on
+        let mut q = [0u8; 16];
+        q[..8].copy_from_slice(&998u64.to_be_bytes());
+        q[8..].copy_from_slice(&2u64.to_be_bytes());
+        let r = RequestRepr { op: Op::ReadPart, file_type: FileType::Pack, name: "ab01", payload: &q };
+        assert_eq!(p.ask(r), (Status::Ok, vec![1, 1]));
+        p.finish().unwrap();
+    }
+
+    #[test]
+    fn append_only_history_keeps_the_manifest_the_server_found() {
+        // the operator pruned and compacted on the server (as docs/backup-remote.md says): that
+        // manifest was written locally, not through the append-only server
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("r");
+        let local = LocalBackend::new(&repo);
+        local.create().unwrap();
+        local.write(FileType::Manifest, "manifest", b"after local compact").unwrap();
+        let mut s = Server::new(append_only());
+        let path = repo.display().to_string().into_bytes();
+        assert_eq!(
+            ask(&mut s, RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &path }).0,
+            Status::Ok
+        );
+        let w = |payload| RequestRepr { op: Op::Write, file_type: FileType::Manifest, name: "manifest", payload };
+        assert_eq!(ask(&mut s, w(b"attacker 1")).0, Status::Ok);
+        assert_eq!(ask(&mut s, w(b"attacker 2")).0, Status::Ok);
+        let kept: Vec<Vec<u8>> =
+            manifest_versions(&repo).unwrap().iter().map(|(_, p)| std::fs::read(p).unwrap()).collect();
+        assert_eq!(kept, [&b"after local compact"[..], b"attacker 1", b"attacker 2"]);
+        rollback(&repo, manifest_versions(&repo).unwrap()[0].0).unwrap();
+        assert_eq!(local.read(FileType::Manifest, "manifest").unwrap(), b"after local compact");
+    }
+
+    #[test]
+    fn concurrent_append_only_sessions_keep_every_manifest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("r");
+        LocalBackend::new(&repo).create().unwrap();
+        let (sessions, each) = (4, 60);
+        std::thread::scope(|sc| {
+            for i in 0..sessions {
+                let repo = &repo;
+                sc.spawn(move || {
+                    let mut s = Server::new(append_only());
+                    let path = repo.display().to_string().into_bytes();
+                    let hello = RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &path };
+                    assert_eq!(ask(&mut s, hello).0, Status::Ok);
+                    for j in 0..each {
+                        let m = format!("session {i} version {j}");
+                        let r = RequestRepr {
+                            op: Op::Write,
+                            file_type: FileType::Manifest,
+                            name: "manifest",
+                            payload: m.as_bytes(),
+                        };
+                        let (st, msg) = ask(&mut s, r);
+                        assert_eq!(st, Status::Ok, "{}", String::from_utf8_lossy(&msg));
+                    }
+                });
+            }
+        });
+        let mut kept: Vec<String> = manifest_versions(&repo)
+            .unwrap()
+            .iter()
+            .map(|(_, p)| String::from_utf8(std::fs::read(p).unwrap()).unwrap())
+            .collect();
+        kept.sort();
+        kept.dedup();
+        assert_eq!(kept.len(), sessions * each, "a version was overwritten in manifests/");
+    }
+
+    #[test]
+    fn append_only_refuses_a_second_pipelined_write_of_a_name_with_other_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("r");
+        let mut p = pipe_server_with(append_only(), &repo);
+        let mut rx = p.from_server.get_ref().try_clone().map(BufReader::new).unwrap();
+        // pairs of writes of one name, back to back: the second arrives while the first is
+        // still being committed by a writer thread, so both pass the "is it new" check; sizes for
+        // both the splice and the buffered path
+        let pairs: Vec<(String, usize)> =
+            (0..24).map(|i| (format!("{i:02x}{:062x}", i), if i % 2 == 0 { 200_000 } else { 1000 })).collect();
+        let n = pairs.len() * 2;
+        let reader = std::thread::spawn(move || {
+            (0..n).map(|_| ResponseRepr::parse(&read_frame(&mut rx).unwrap().unwrap()).unwrap().status).collect()
+        });
+        for (name, size) in &pairs {
+            for b in [0xa1u8, 0xb2] {
+                let payload = vec![b; *size];
+                p.send(RequestRepr { op: Op::Write, file_type: FileType::Pack, name, payload: &payload });
+            }
+        }
+        let statuses: Vec<Status> = reader.join().unwrap();
+        // the two are stored concurrently: either may land first, the other is refused, and
+        // the object holds the bytes of the one acknowledged
+        for (i, (name, size)) in pairs.iter().enumerate() {
+            let pair = (statuses[2 * i], statuses[2 * i + 1]);
+            let kept = match pair {
+                (Status::Ok, Status::Refused) => 0xa1u8,
+                (Status::Refused, Status::Ok) => 0xb2,
+                _ => panic!("{name}: {pair:?}: both stored, one overwrote the other"),
+            };
+            let got = std::fs::read(repo.join("data").join(&name[..2]).join(name)).unwrap();
+            assert!(got == vec![kept; *size], "{name}: the acknowledged bytes were replaced");
+        }
+        p.finish().unwrap();
+        assert!(hidden_or_all(&repo).0.is_empty(), "no temporary file left");
+    }
+
+    #[test]
+    fn storage_quota_is_measured_again_for_each_repository_a_session_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, full) = (dir.path().join("empty"), dir.path().join("full"));
+        let b = LocalBackend::new(&full);
+        b.create().unwrap();
+        b.write(FileType::Pack, "aa00", &[0u8; 900]).unwrap();
+        let mut s = Server::new(ServeOptions { storage_quota: Some(1000), ..ServeOptions::default() });
+        let hello = |p: &Path| p.display().to_string().into_bytes();
+        let cfg = |op, payload| RequestRepr { op, file_type: FileType::Config, name: "", payload };
+        let w = |name, payload| RequestRepr { op: Op::Write, file_type: FileType::Pack, name, payload };
+        // measured on an empty repository first...
+        let (he, hf) = (hello(&empty), hello(&full));
+        assert_eq!(ask(&mut s, cfg(Op::Hello, &he)).0, Status::Ok);
+        assert_eq!(ask(&mut s, w("aa01", &[0u8; 10])).0, Status::Ok);
+        // ...then switching to the full one must not carry that measure over
+        assert_eq!(ask(&mut s, cfg(Op::Hello, &hf)).0, Status::Ok);
+        let (st, msg) = ask(&mut s, w("aa02", &[0u8; 500]));
+        assert_eq!(st, Status::Refused, "{}", String::from_utf8_lossy(&msg));
+        assert!(!full.join("data/aa/aa02").exists());
+        assert_eq!(ask(&mut s, w("aa03", &[0u8; 50])).0, Status::Ok);
+    }
+
+    #[test]
+    fn a_dead_output_ends_the_session_with_its_own_error() {
+        let (in_r, in_w) = nix::unistd::pipe().unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        // the client is gone on the answers' side
+        drop(out_r);
+        let server = std::thread::spawn(move || {
+            let (mut i, mut o) = (File::from(in_r), File::from(out_w));
+            serve(ServeOptions::default(), &mut i, &mut o)
+        });
+        let mut to_server = File::from(in_w);
+        let req = RequestRepr { op: Op::Exists, file_type: FileType::Config, name: "", payload: &[] }.to_frame();
+        // the input stays open: the server must end by itself, then this write fails
+        while to_server.write_all(&req).is_ok() {}
+        let e = server.join().unwrap().unwrap_err().to_string();
+        assert!(e.contains("<client>") && e.contains("Broken pipe"), "{e}");
+    }
+
+    #[test]
+    fn large_writes_of_existing_objects_go_to_a_file_not_to_memory() {
+        // a hostile client resending big frames for existing names must not make the server
+        // hold them in memory (up to 1 GiB each, several queued for the writer threads)
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("r");
+        let old = vec![0x11u8; 300_000];
+        for append_only in [true, false] {
+            let b = LocalBackend::new(&repo);
+            let _ = std::fs::remove_dir_all(&repo);
+            b.create().unwrap();
+            b.write(FileType::Pack, "ab01", &old).unwrap();
+            let mut s = Server::new(ServeOptions { append_only, ..ServeOptions::default() });
+            let path = repo.display().to_string().into_bytes();
+            let hello = RequestRepr { op: Op::Hello, file_type: FileType::Config, name: "", payload: &path };
+            assert_eq!(ask(&mut s, hello).0, Status::Ok);
+            let head = RequestRepr { op: Op::Write, file_type: FileType::Pack, name: "ab01", payload: &[] }.to_frame();
+            assert!(s.stage(&head[4..], old.len() as u64).is_some(), "append-only: {append_only}");
+        }
+        // and through a session: same bytes accepted, other bytes refused, nothing replaced
+        let mut p = pipe_server_with(append_only(), &dir.path().join("r2"));
+        let w = |payload| RequestRepr { op: Op::Write, file_type: FileType::Pack, name: "ab01", payload };
+        assert_eq!(p.ask(w(&old)).0, Status::Ok);
+        assert_eq!(p.ask(w(&old)).0, Status::Ok, "identical rewrite");
+        let (other, longer) = (vec![0x22u8; 300_000], vec![0x11u8; 300_001]);
+        assert_eq!(p.ask(w(&other)).0, Status::Refused);
+        assert_eq!(p.ask(w(&longer)).0, Status::Refused);
+        p.finish().unwrap();
+        let r2 = dir.path().join("r2");
+        assert!(std::fs::read(r2.join("data/ab/ab01")).unwrap() == old);
+        assert!(hidden_or_all(&r2).0.is_empty(), "no temporary file left");
     }
 
     #[test]
