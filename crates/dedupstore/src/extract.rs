@@ -16,6 +16,41 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// How many bytes of fetched, not yet opened blobs a pipelined (remote) restore holds.
+const FETCH_AHEAD: u64 = 48 << 20;
+
+/// Bytes allowed in a queue: the producer waits while more than the limit is queued (a single
+/// item larger than the limit still passes when the queue is empty).
+/// Once a consumer stops ([`ByteBudget::close`]), nobody waits any more.
+struct ByteBudget {
+    /// (bytes queued, closed)
+    queued: std::sync::Mutex<(u64, bool)>,
+    room: std::sync::Condvar,
+    limit: u64,
+}
+
+impl ByteBudget {
+    fn new(limit: u64) -> Self {
+        ByteBudget { queued: std::sync::Mutex::new((0, false)), room: std::sync::Condvar::new(), limit }
+    }
+    fn take(&self, n: u64) {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        while !q.1 && q.0 > 0 && q.0 + n > self.limit {
+            q = self.room.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        q.0 += n;
+    }
+    fn give(&self, n: u64) {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        q.0 = q.0.saturating_sub(n);
+        self.room.notify_one();
+    }
+    fn close(&self) {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.room.notify_all();
+    }
+}
+
 /// Options of `extract`.
 #[derive(Debug, Clone, Default)]
 pub struct ExtractOptions {
@@ -189,7 +224,13 @@ pub fn extract_with_progress(
         opts.threads
     };
     // A job: chunk n, and its sealed blob when a pipelined fetch (remote backend) read it.
-    let (jtx, jrx) = bounded::<(usize, Id, Option<Result<Vec<u8>>>)>(threads * 4);
+    // Over ssh the fetcher must go back to reading the link at once, or the link idles while
+    // the workers open a whole read run: its queue is bounded by bytes (the blobs are views of
+    // the runs read, no copies), not by a handful of chunks.
+    let pipelined = repo.backend().pipelines_reads();
+    let (jtx, jrx) =
+        bounded::<(usize, Id, Option<Result<bytes::Bytes>>)>(if pipelined { 1 << 16 } else { threads * 4 });
+    let budget = ByteBudget::new(FETCH_AHEAD);
     let (rtx, rrx) = bounded::<Fetched>(threads * 4);
     let mut res = ExtractResult::default();
     if !opts.dry_run {
@@ -198,11 +239,15 @@ pub fn extract_with_progress(
     std::thread::scope(|s| -> Result<()> {
         let ids = &ids;
         let fetch_index = index.clone();
+        let budget = &budget;
         s.spawn(move || {
-            if repo.backend().pipelines_reads() {
+            if pipelined {
                 // over ssh: many reads in flight on the one connection, neighbouring chunks of a
                 // pack in one read; the workers only open the blobs
-                repo.fetch_sealed(&fetch_index, ids, &mut |n, blob| jtx.send((n, ids[n], Some(blob))).is_ok());
+                repo.fetch_sealed(&fetch_index, ids, &mut |n, blob| {
+                    budget.take(blob.as_ref().map_or(0, |b| b.len() as u64));
+                    jtx.send((n, ids[n], Some(blob))).is_ok()
+                });
                 return;
             }
             for (n, id) in ids.iter().enumerate() {
@@ -218,10 +263,16 @@ pub fn extract_with_progress(
             s.spawn(move || {
                 for (n, id, blob) in jrx {
                     let chunk = match blob {
-                        Some(b) => b.and_then(|b| repo.open_fetched(&index, &id, &b)),
+                        Some(b) => b.and_then(|b| {
+                            let r = repo.open_fetched(&index, &id, &b);
+                            budget.give(b.len() as u64);
+                            r
+                        }),
                         None => repo.read_chunk(&index, &id),
                     };
                     if rtx.send((n, chunk)).is_err() {
+                        // the restore stopped: a fetcher waiting for room must not wait forever
+                        budget.close();
                         return;
                     }
                 }
@@ -475,4 +526,45 @@ pub fn item_content(repo: &Repository, index: &Index, item: &Item) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteBudget;
+    use std::sync::mpsc;
+
+    /// The fetcher waits while its queue is over the byte limit and goes on when a worker
+    /// hands bytes back; a blob larger than the limit still passes an empty queue.
+    #[test]
+    fn byte_budget_waits_for_room() {
+        let b = ByteBudget::new(100);
+        b.take(250); // empty queue: passes
+        b.give(250);
+        b.take(60);
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                b.take(60); // 120 > 100: waits for the give below
+                tx.send(()).unwrap();
+            });
+            assert!(rx.try_recv().is_err());
+            b.give(60);
+            rx.recv().unwrap();
+        });
+        assert_eq!(b.queued.lock().unwrap().0, 60);
+    }
+
+    /// A restore that stopped (its workers gone, nobody hands bytes back) must not leave the
+    /// fetcher waiting for room forever.
+    #[test]
+    fn byte_budget_never_waits_after_close() {
+        let b = ByteBudget::new(100);
+        b.take(100);
+        std::thread::scope(|s| {
+            let t = s.spawn(|| b.take(50));
+            b.close();
+            t.join().unwrap();
+        });
+        b.take(1000); // closed: never waits
+    }
 }

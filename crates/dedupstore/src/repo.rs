@@ -486,7 +486,7 @@ impl Repository {
     /// [`FETCH_MAX_GAP`] are read and dropped) become one read of up to [`FETCH_MAX_RUN`] bytes, so a
     /// restore that needs most of a pack reads it in one go. `each(n, blob)` receives blob `n`
     /// (open it with [`Repository::open_fetched`]), in order; fetching stops when it returns `false`.
-    pub fn fetch_sealed(&self, index: &Index, ids: &[Id], each: &mut dyn FnMut(usize, Result<Vec<u8>>) -> bool) {
+    pub fn fetch_sealed(&self, index: &Index, ids: &[Id], each: &mut dyn FnMut(usize, Result<bytes::Bytes>) -> bool) {
         // One read run: pack, start, end, and its blobs (n, offset, len).
         struct Run {
             pack: Id,
@@ -532,9 +532,11 @@ impl Repository {
             g += 1;
             match data {
                 Ok(buf) => {
+                    // each chunk is a view of the run's buffer, not a copy
+                    let buf = bytes::Bytes::from(buf);
                     for &(n, off, len) in &r.blobs {
                         let at = (off - r.start) as usize;
-                        if !each(n, Ok(buf[at..at + len as usize].to_vec())) {
+                        if !each(n, Ok(buf.slice(at..at + len as usize))) {
                             go = false;
                             return false;
                         }
