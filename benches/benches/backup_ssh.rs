@@ -10,7 +10,9 @@
 //! Two corpora: the worst case, `REMPART_BENCH_MB` MiB (default 256) of which two thirds are
 //! random (incompressible, every byte crosses the link), and the realistic corpus of
 //! `backup_compare` (`rempart_benches::corpus`), `REMPART_BENCH_REAL_MB` MiB (default 1024; 0
-//! skips it). Other environment: `REMPART_BENCH_REPS` (default 3), `REMPART_BENCH_SSH_OPTS`
+//! skips it). Other environment: `REMPART_BENCH_REPS` (default 4; keep it even: each side goes
+//! first in half the repetitions, and every restore leaves its files on the disk, which makes
+//! the later one of a pair slower), `REMPART_BENCH_SSH_OPTS`
 //! (extra ssh options), `REMPART_BACKUP_BIN` (default `$CARGO_TARGET_DIR/release/rempart-backup`
 //! or `target/release/rempart-backup`). Needs root (sshd with its own configuration).
 //!
@@ -257,7 +259,7 @@ fn main() {
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let mb = env("REMPART_BENCH_MB", 256);
     let real_mb = env("REMPART_BENCH_REAL_MB", 1024);
-    let reps = env("REMPART_BENCH_REPS", 3).max(1);
+    let reps = env("REMPART_BENCH_REPS", 4).max(1);
     let bin = bin();
     assert!(bin.is_file(), "{} missing: cargo build --release -p rempart-backup", bin.display());
     let d = tempfile::tempdir().unwrap();
