@@ -159,6 +159,10 @@ impl ResourceConfig {
         if r.resync_rate_mib == 0 {
             p.push("resource.resync-rate-mib: must be > 0".into());
         }
+        // DRBD's range; the metadata file has room for 65536.
+        if !(7..=65534).contains(&r.al_extents) {
+            p.push(format!("resource.al-extents {}: must be 7 to 65534 (DRBD's range)", r.al_extents));
+        }
         if self.node.len() != 2 {
             p.push(format!("node: exactly two [[node]] sections needed, found {}", self.node.len()));
         }
@@ -248,6 +252,7 @@ name = "r 0"
 protocol = "D"
 secret-file = "s"
 after-sb-0pri = "toss-a-coin"
+al-extents = 3
 
 [[node]]
 name = "a"
@@ -256,7 +261,7 @@ disk = "a.img"
 nbd = "bogus"
 "#;
         let e = ResourceConfig::parse(Path::new("/etc/r0.toml"), text).unwrap_err().to_string();
-        for needle in ["resource.name", "protocol", "after-sb-0pri", "exactly two", "address", "nbd"] {
+        for needle in ["resource.name", "protocol", "after-sb-0pri", "al-extents 3", "exactly two", "address", "nbd"] {
             assert!(e.contains(needle), "{needle} missing in {e}");
         }
         assert!(e.starts_with("/etc/r0.toml"));

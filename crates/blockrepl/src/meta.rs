@@ -418,15 +418,26 @@ impl ActivityLog {
     /// Makes `extent` hot. Returns `true` when the log changed (it must be persisted before the
     /// write goes to disk) and the evicted extent if any.
     pub fn touch(&mut self, extent: u32) -> (bool, Option<u32>) {
+        self.touch_idle(extent, |_| false).unwrap_or((false, None))
+    }
+    /// [`ActivityLog::touch`] that never evicts an extent for which `busy` holds (writes to it
+    /// still in flight: DRBD's reference count), the least recent idle one instead; `None`
+    /// (nothing changed) when the log is full of busy extents.
+    pub fn touch_idle(&mut self, extent: u32, busy: impl Fn(u32) -> bool) -> Option<(bool, Option<u32>)> {
         if let Some(i) = self.extents.iter().position(|e| *e == extent) {
             // Refresh its position: no persistence needed, the set is unchanged.
             self.extents.remove(i);
             self.extents.push_back(extent);
-            return (false, None);
+            return Some((false, None));
         }
-        let evicted = if self.extents.len() >= self.capacity { self.extents.pop_front() } else { None };
+        let evicted = if self.extents.len() >= self.capacity {
+            let i = self.extents.iter().position(|e| !busy(*e))?;
+            self.extents.remove(i)
+        } else {
+            None
+        };
         self.extents.push_back(extent);
-        (true, evicted)
+        Some((true, evicted))
     }
     /// How many extents the log holds at most.
     pub fn capacity(&self) -> usize {

@@ -924,22 +924,41 @@ impl Replica {
             }
             self.waiting.remove(i);
             self.active.push((r, wid));
-            self.start_write(wid);
+            if !self.start_write(wid) {
+                // No room in the activity log: it waits for a write in flight to finish.
+                self.waiting.insert(i, wid);
+                blocked.push(r);
+                i += 1;
+            }
         }
     }
 
-    fn start_write(&mut self, wid: u64) {
-        let Some(w) = self.writes.get(&wid) else { return };
+    /// Whether an extent has writes in flight (it must not leave the activity log before they
+    /// finish: the flush that precedes an eviction covers only completed writes).
+    fn extent_busy(active: &[((u64, u64), u64)], e: u32) -> bool {
+        let r = (u64::from(e) * EXTENT, EXTENT);
+        active.iter().any(|(a, _)| overlaps(*a, r))
+    }
+
+    /// Starts an active write; `false` (and no longer active) when the activity log is full of
+    /// extents with writes in flight.
+    fn start_write(&mut self, wid: u64) -> bool {
+        let Some(w) = self.writes.get(&wid) else { return true };
         let (off, len) = (w.off, u64::from(w.len));
         // Activity log: the extents must be recorded before the data goes to disk.
         let mut added = Vec::new();
         let mut evicted = false;
         // The newest metadata write that records an extent of this write someone else added.
         let mut recorded_by = 0;
+        let mut no_room = false;
         if len > 0 {
             for e in off / EXTENT..=(off + len - 1) / EXTENT {
                 let e = e as u32;
-                let (c, ev) = self.al.touch(e);
+                let active = &self.active;
+                let Some((c, ev)) = self.al.touch_idle(e, |x| Self::extent_busy(active, x)) else {
+                    no_room = true;
+                    break;
+                };
                 if c {
                     added.push(e);
                 } else if let Some(n) = self.al_pending.get(&e) {
@@ -954,7 +973,7 @@ impl Replica {
         // A sequential stream logs the extents it is about to enter while it still writes this
         // one, so that its writes do not stop at every extent boundary for a metadata write. A
         // hot extent that is never written only costs a few MiB of resync after a crash.
-        let sequential = len > 0 && self.recent_ends.contains(&off);
+        let sequential = !no_room && len > 0 && self.recent_ends.contains(&off);
         self.recent_ends.rotate_right(1);
         self.recent_ends[0] = off.saturating_add(len);
         let mut ahead = Vec::new();
@@ -964,7 +983,8 @@ impl Replica {
             for e in (last + 1..=last + AL_AHEAD).filter(|e| *e < extents) {
                 let e = e as u32;
                 if !self.al.contains(e) {
-                    let (_, ev) = self.al.touch(e);
+                    let active = &self.active;
+                    let Some((_, ev)) = self.al.touch_idle(e, |x| Self::extent_busy(active, x)) else { break };
                     if let Some(ev) = ev {
                         evicted = true;
                         self.al_pending.remove(&ev);
@@ -984,6 +1004,11 @@ impl Replica {
                 recorded_by = n;
             }
         }
+        if no_room {
+            // The extents it did add are on their way to the disk like any others.
+            self.active.retain(|(_, o)| *o != wid);
+            return false;
+        }
         if recorded_by > self.meta_done {
             // This write's extents are recorded by a metadata write still on its way to the
             // disk (its own, or an earlier one: two writes to one new extent in flight, e.g. the
@@ -992,6 +1017,7 @@ impl Replica {
         } else {
             self.dispatch_write(wid);
         }
+        true
     }
 
     fn dispatch_write(&mut self, wid: u64) {

@@ -1307,3 +1307,93 @@ fn activity_log_transactions_leave_the_bitmap_out_until_it_changes() {
     r.handle_write(now, 5, 30 * EXTENT, BLOCK as u32, Some(block), false);
     assert_eq!(run(&mut r), [("full", vec![10, 20, 30], true)]);
 }
+
+/// DRBD's activity-log reference counts: an extent with a write still in flight never leaves
+/// the log (the flush before an eviction covers only finished writes); the least recent idle
+/// extent goes instead, and when every extent is busy a write to a new one waits until a write
+/// finishes. Every metadata write issued logs every extent with a write in flight.
+#[test]
+fn an_extent_with_writes_in_flight_never_leaves_the_activity_log() {
+    use blockrepl::meta::EXTENT;
+    let key = blockrepl::proto::auth_key(b"al");
+    let mut c = cfg(key, 0, 1);
+    c.al_extents = 2;
+    let mut r = Replica::new(c, Meta::fresh(64 * EXTENT), true);
+    let now = Instant::now();
+    r.promote(now, true, 1).unwrap();
+    let block = vec![3u8; BLOCK as usize];
+    // Data writes issued and not completed: (io, extent).
+    let mut inflight: Vec<(u64, u32)> = Vec::new();
+    let logs: std::cell::RefCell<Vec<(Vec<u32>, bool)>> = std::cell::RefCell::new(Vec::new());
+    // Runs until nothing moves; metadata writes complete at once, data writes are held.
+    let run = |r: &mut Replica, inflight: &mut Vec<(u64, u32)>| {
+        let mut done = Vec::new();
+        loop {
+            let a = actions(r);
+            if a.is_empty() {
+                return done;
+            }
+            for a in a {
+                match a {
+                    Action::PersistMeta { io, meta, flush_data_first } => {
+                        logs.borrow_mut().push((meta.al.clone(), flush_data_first));
+                        for (_, e) in inflight.iter() {
+                            assert!(meta.al.contains(e), "extent {e} has a write in flight, log {:?}", meta.al);
+                        }
+                        r.handle_disk_done(now, io, Ok(None));
+                    }
+                    Action::PersistAl { io, al } => {
+                        for (_, e) in inflight.iter() {
+                            assert!(al.contains(e), "extent {e} has a write in flight, log {al:?}");
+                        }
+                        logs.borrow_mut().push((al, false));
+                        r.handle_disk_done(now, io, Ok(None));
+                    }
+                    Action::Disk { io, op: DiskOp::Write { off, .. } } => inflight.push((io, (off / EXTENT) as u32)),
+                    Action::Disk { io, .. } => r.handle_disk_done(now, io, Ok(None)),
+                    Action::Complete { req, result } => {
+                        result.unwrap();
+                        done.push(req);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    run(&mut r, &mut inflight);
+    let finish = |r: &mut Replica, inflight: &mut Vec<(u64, u32)>, e: u32| {
+        let i = inflight.iter().position(|(_, x)| *x == e).unwrap();
+        let (io, _) = inflight.remove(i);
+        r.handle_disk_done(now, io, Ok(None));
+    };
+    // A to extent 0 stays in flight; B to extent 1 finishes.
+    r.handle_write(now, 1, 0, BLOCK as u32, Some(block.clone()), false);
+    r.handle_write(now, 2, EXTENT, BLOCK as u32, Some(block.clone()), false);
+    run(&mut r, &mut inflight);
+    finish(&mut r, &mut inflight, 1);
+    assert_eq!(run(&mut r, &mut inflight), [2]);
+    // C to extent 2: the least recent extent (0) is busy, so extent 1 goes, data flushed first.
+    r.handle_write(now, 3, 2 * EXTENT, BLOCK as u32, Some(block.clone()), false);
+    run(&mut r, &mut inflight);
+    assert_eq!(logs.borrow().last(), Some(&(vec![0, 2], true)), "{:?}", logs.borrow());
+    // D to extent 3 while A and C are in flight: no room, D waits (no log change, no data).
+    let before = (logs.borrow().len(), inflight.len());
+    r.handle_write(now, 4, 3 * EXTENT, BLOCK as u32, Some(block.clone()), false);
+    run(&mut r, &mut inflight);
+    assert_eq!((logs.borrow().len(), inflight.len()), before, "D must wait: {:?}", logs.borrow());
+    // A write to a hot extent still goes at once.
+    r.handle_write(now, 5, 2 * EXTENT + BLOCK, BLOCK as u32, Some(block), false);
+    run(&mut r, &mut inflight);
+    assert_eq!(inflight.len(), before.1 + 1);
+    // A finishes: D takes extent 0's place and goes to the disk.
+    finish(&mut r, &mut inflight, 0);
+    assert_eq!(run(&mut r, &mut inflight), [1]);
+    assert_eq!(logs.borrow().last(), Some(&(vec![2, 3], true)), "{:?}", logs.borrow());
+    assert!(inflight.iter().any(|(_, e)| *e == 3), "D is on its way to the disk");
+    for e in [2, 2, 3] {
+        finish(&mut r, &mut inflight, e);
+    }
+    let mut done = run(&mut r, &mut inflight);
+    done.sort();
+    assert_eq!(done, [3, 4, 5]);
+}
