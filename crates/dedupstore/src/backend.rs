@@ -7,6 +7,7 @@
 //! sees either the old object or the complete new one, never a prefix, even after a crash.
 
 use crate::error::{Error, Result};
+use nix::fcntl::{Flock, FlockArg};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -154,7 +155,48 @@ impl LocalBackend {
         }
         let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        // Held while the write is alive, released by the kernel if its process dies: what tells
+        // a live temporary file from a stale one (`remove_stale_temps`).
+        let file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::io(&tmp, e.into()))?;
         Ok(Staged { file, tmp: Some(tmp), path, dir })
+    }
+
+    /// How old an unlocked temporary file must be to count as stale.
+    const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Removes the hidden temporary files of writes no process is making any more (a server or
+    /// client killed mid-write): a live write holds a lock on its file, and one created in the
+    /// last minute is left alone (it may not be locked yet). Never touches a visible object.
+    /// Returns the bytes freed.
+    pub fn remove_stale_temps(&self) -> u64 {
+        fn walk(dir: &Path, depth: u32, freed: &mut u64) {
+            let Ok(rd) = fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                let p = e.path();
+                if ft.is_dir() && depth > 0 {
+                    walk(&p, depth - 1, freed);
+                } else if ft.is_file() && e.file_name().as_encoded_bytes().starts_with(b".tmp-") {
+                    let Ok(f) = File::open(&p) else { continue };
+                    let young = |m: fs::Metadata| {
+                        m.modified().ok().and_then(|t| t.elapsed().ok()).is_none_or(|a| a < LocalBackend::STALE_AGE)
+                    };
+                    if f.metadata().map_or(true, young) {
+                        continue;
+                    }
+                    if let Ok(f) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        if fs::remove_file(&p).is_ok() {
+                            *freed += len;
+                        }
+                    }
+                }
+            }
+        }
+        let mut freed = 0;
+        // data/xx/ is the deepest object directory
+        walk(&self.root, 2, &mut freed);
+        freed
     }
 
     fn sync_dir(dir: &Path) -> Result<()> {
@@ -174,7 +216,7 @@ impl LocalBackend {
 /// An object being written (see [`LocalBackend::stage`]).
 #[derive(Debug)]
 pub struct Staged {
-    file: File,
+    file: Flock<File>,
     /// The temporary file, until committed.
     tmp: Option<PathBuf>,
     path: PathBuf,
@@ -406,7 +448,8 @@ impl Backend for LocalBackend {
         // exists, so readers never see a partially written lock.
         let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
         let res = (|| -> std::io::Result<bool> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
             f.write_all(data)?;
             f.sync_all()?;
             match fs::hard_link(&tmp, &p) {
@@ -434,6 +477,40 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temporary file left by a killed writer (no lock on it) is removed; one a live write is
+    /// still filling is not, and that write still commits.
+    #[test]
+    fn stale_temporary_files_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().to_path_buf());
+        b.create().unwrap();
+        let mut live = b.stage(FileType::Pack, "abcdef").unwrap();
+        live.file().write_all(b"live bytes").unwrap();
+        let fan = dir.path().join("data/ab");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let stale = |p: PathBuf, n: usize| {
+            std::fs::write(&p, vec![7u8; n]).unwrap();
+            File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+        };
+        stale(fan.join(".tmp-abcdff-0000000000000001"), 1000);
+        std::fs::create_dir_all(dir.path().join("index")).unwrap();
+        stale(dir.path().join("index/.tmp-dead-0000000000000002"), 24);
+        // unlocked but just created (its writer may not have locked it yet): kept
+        std::fs::write(dir.path().join("index/.tmp-young-0000000000000003"), b"y").unwrap();
+        // the live write's file, even when old
+        File::options().write(true).open(live.tmp.as_ref().unwrap()).unwrap().set_modified(old).unwrap();
+        assert_eq!(b.remove_stale_temps(), 1024);
+        assert!(dir.path().join("index/.tmp-young-0000000000000003").exists());
+        let left: Vec<String> =
+            std::fs::read_dir(&fan).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with(".tmp-abcdef-"), "{left:?}");
+        assert!(!dir.path().join("index/.tmp-dead-0000000000000002").exists());
+        live.commit().unwrap();
+        assert_eq!(b.read(FileType::Pack, "abcdef").unwrap(), b"live bytes");
+        assert_eq!(b.remove_stale_temps(), 0);
+    }
 
     #[test]
     fn write_read_list_remove() {

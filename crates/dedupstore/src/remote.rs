@@ -993,7 +993,11 @@ impl Server {
                     ));
                 }
             }
-            self.backend = Some(LocalBackend::new(resolved));
+            let b = LocalBackend::new(resolved);
+            // what a killed earlier session (or client) was writing: never visible, but it
+            // would count against the quota and never go away
+            b.remove_stale_temps();
+            self.backend = Some(b);
             // the quota is this repository's: measured again at its first write
             self.used = None;
             return (Status::Ok, vec![u8::from(self.opts.append_only)]);
@@ -1128,7 +1132,10 @@ fn keep_manifest_version(b: &LocalBackend, new: &[u8]) -> std::io::Result<()> {
     let add = |data: &[u8], time: Option<std::time::SystemTime>| -> std::io::Result<()> {
         let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let res = (|| {
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            // a live temporary file (see `LocalBackend::remove_stale_temps`)
+            let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| std::io::Error::from(e))?;
             f.write_all(data)?;
             if let Some(t) = time {
                 f.set_modified(t)?;
