@@ -218,18 +218,22 @@ fn slot_size(size: u64) -> u64 {
 /// Room of an activity-log slot: the largest log with its framing.
 const AL_SLOT: u64 = (8 + 4 + 4 * AL_ROOM + 32).div_ceil(4096) * 4096;
 
-fn encode_slot(seq: u64, meta: &Meta) -> Vec<u8> {
-    let m = meta.to_bytes();
-    let mut b = Vec::with_capacity(m.len() + 44);
+/// `seq | len | body | blake3(seq | len | body)`: how both kinds of slot are written.
+fn framed(seq: u64, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(body.len() + 44);
     b.extend_from_slice(&seq.to_le_bytes());
-    b.extend_from_slice(&(m.len() as u32).to_le_bytes());
-    b.extend_from_slice(&m);
+    b.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    b.extend_from_slice(body);
     let h = *blake3::hash(&b).as_bytes();
     b.extend_from_slice(&h);
     b
 }
 
-/// `seq | len | body | blake3(seq | len | body)`: the body, if the checksum holds.
+fn encode_slot(seq: u64, meta: &Meta) -> Vec<u8> {
+    framed(seq, &meta.to_bytes())
+}
+
+/// The body of a [`framed`] slot, if the checksum holds.
 fn checked_body(b: &[u8]) -> Option<(u64, &[u8])> {
     let seq = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
     let len = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?) as usize;
@@ -245,15 +249,7 @@ fn decode_slot(b: &[u8]) -> Option<(u64, Meta)> {
 }
 
 fn encode_al(seq: u64, al: &[u32]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(44 + 4 * al.len());
-    b.extend_from_slice(&seq.to_le_bytes());
-    b.extend_from_slice(&((4 * al.len()) as u32).to_le_bytes());
-    for e in al {
-        b.extend_from_slice(&e.to_le_bytes());
-    }
-    let h = *blake3::hash(&b).as_bytes();
-    b.extend_from_slice(&h);
-    b
+    framed(seq, &al.iter().flat_map(|e| e.to_le_bytes()).collect::<Vec<u8>>())
 }
 
 fn decode_al(b: &[u8]) -> Option<(u64, Vec<u32>)> {
@@ -344,32 +340,28 @@ impl MetaFile {
     /// Durably replaces the metadata (writes the full slot not holding the newest copy, then
     /// `fdatasync`).
     pub fn write(&mut self, meta: &Meta) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let seq = self.seq + 1;
-        let b = encode_slot(seq, meta);
-        if b.len() as u64 > self.slot {
-            return Err(io::Error::other("metadata larger than its slot"));
-        }
         let target = 1 - self.full;
-        self.file.write_all_at(&b, target * self.slot)?;
-        self.file.sync_data()?;
-        self.seq = seq;
+        self.put(encode_slot(self.seq + 1, meta), target * self.slot, self.slot, "metadata")?;
         self.full = target;
         Ok(())
     }
 
     /// Durably records the activity log `al` (everything else as in the last full write).
     pub fn write_al(&mut self, al: &[u32]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let seq = self.seq + 1;
-        let b = encode_al(seq, al);
-        if b.len() as u64 > AL_SLOT {
-            return Err(io::Error::other("activity log larger than its slot"));
-        }
-        self.file.write_all_at(&b, 2 * self.slot + self.al_next * AL_SLOT)?;
-        self.file.sync_data()?;
-        self.seq = seq;
+        self.put(encode_al(self.seq + 1, al), 2 * self.slot + self.al_next * AL_SLOT, AL_SLOT, "activity log")?;
         self.al_next = 1 - self.al_next;
+        Ok(())
+    }
+
+    /// Writes the next record (`self.seq + 1`) at `at` in a slot of `room` bytes, `fdatasync`.
+    fn put(&mut self, b: Vec<u8>, at: u64, room: u64, what: &str) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if b.len() as u64 > room {
+            return Err(io::Error::other(format!("{what} larger than its slot")));
+        }
+        self.file.write_all_at(&b, at)?;
+        self.file.sync_data()?;
+        self.seq += 1;
         Ok(())
     }
 }
@@ -558,6 +550,17 @@ impl Actor {
         }
     }
 
+    /// Runs a metadata write on the blocking pool and reports it as `io` (one in flight at a
+    /// time: the core guarantees it).
+    fn spawn_meta(&self, io: u64, f: impl FnOnce(&mut MetaFile) -> io::Result<()> + Send + 'static) {
+        let tx = self.tx.clone();
+        let mf = self.meta_file.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = mf.lock().map_err(|_| io::Error::other("metadata lock poisoned")).and_then(|mut m| f(&mut m));
+            let _ = tx.send(Cmd::DiskDone { io, result: r.map(|()| None).map_err(|e| e.to_string()) });
+        });
+    }
+
     fn drain(&mut self) {
         while let Some(a) = self.rep.poll_action() {
             match a {
@@ -589,30 +592,14 @@ impl Actor {
                 }
                 Action::PersistMeta { io, meta, flush_data_first } => {
                     let data = self.data.clone();
-                    let tx = self.tx.clone();
-                    let mf = self.meta_file.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let r = (|| {
-                            if flush_data_first {
-                                data.flush_blocking()?;
-                            }
-                            // One persist in flight at a time (the core guarantees it).
-                            mf.lock().map_err(|_| io::Error::other("metadata lock poisoned"))?.write(&meta)
-                        })();
-                        let _ = tx.send(Cmd::DiskDone { io, result: r.map(|()| None).map_err(|e| e.to_string()) });
+                    self.spawn_meta(io, move |mf| {
+                        if flush_data_first {
+                            data.flush_blocking()?;
+                        }
+                        mf.write(&meta)
                     });
                 }
-                Action::PersistAl { io, al } => {
-                    let tx = self.tx.clone();
-                    let mf = self.meta_file.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let r = mf
-                            .lock()
-                            .map_err(|_| io::Error::other("metadata lock poisoned"))
-                            .and_then(|mut m| m.write_al(&al));
-                        let _ = tx.send(Cmd::DiskDone { io, result: r.map(|()| None).map_err(|e| e.to_string()) });
-                    });
-                }
+                Action::PersistAl { io, al } => self.spawn_meta(io, move |mf| mf.write_al(&al)),
                 Action::Send(m) => {
                     if let Some((_, tx)) = &self.link {
                         match m {

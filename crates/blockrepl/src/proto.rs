@@ -933,11 +933,21 @@ impl Replica {
         }
     }
 
-    /// Whether an extent has writes in flight (it must not leave the activity log before they
-    /// finish: the flush that precedes an eviction covers only completed writes).
-    fn extent_busy(active: &[((u64, u64), u64)], e: u32) -> bool {
-        let r = (u64::from(e) * EXTENT, EXTENT);
-        active.iter().any(|(a, _)| overlaps(*a, r))
+    /// Makes extent `e` hot in the activity log without evicting an extent that has writes in
+    /// flight (the flush that precedes an eviction covers only completed writes); sets
+    /// `evicted` when one went. `Some(true)`: newly added; `None`: no room.
+    fn log_extent(&mut self, e: u32, evicted: &mut bool) -> Option<bool> {
+        let active = &self.active;
+        let busy = |x: u32| {
+            let r = (u64::from(x) * EXTENT, EXTENT);
+            active.iter().any(|(a, _)| overlaps(*a, r))
+        };
+        let (added, ev) = self.al.touch_idle(e, busy)?;
+        if let Some(ev) = ev {
+            *evicted = true;
+            self.al_pending.remove(&ev);
+        }
+        Some(added)
     }
 
     /// Starts an active write; `false` (and no longer active) when the activity log is full of
@@ -954,8 +964,7 @@ impl Replica {
         if len > 0 {
             for e in off / EXTENT..=(off + len - 1) / EXTENT {
                 let e = e as u32;
-                let active = &self.active;
-                let Some((c, ev)) = self.al.touch_idle(e, |x| Self::extent_busy(active, x)) else {
+                let Some(c) = self.log_extent(e, &mut evicted) else {
                     no_room = true;
                     break;
                 };
@@ -963,10 +972,6 @@ impl Replica {
                     added.push(e);
                 } else if let Some(n) = self.al_pending.get(&e) {
                     recorded_by = recorded_by.max(*n);
-                }
-                if let Some(ev) = ev {
-                    evicted = true;
-                    self.al_pending.remove(&ev);
                 }
             }
         }
@@ -983,11 +988,8 @@ impl Replica {
             for e in (last + 1..=last + AL_AHEAD).filter(|e| *e < extents) {
                 let e = e as u32;
                 if !self.al.contains(e) {
-                    let active = &self.active;
-                    let Some((_, ev)) = self.al.touch_idle(e, |x| Self::extent_busy(active, x)) else { break };
-                    if let Some(ev) = ev {
-                        evicted = true;
-                        self.al_pending.remove(&ev);
+                    if self.log_extent(e, &mut evicted).is_none() {
+                        break;
                     }
                     ahead.push(e);
                 }

@@ -438,30 +438,11 @@ impl Backend for LocalBackend {
     }
 
     fn create_new(&self, t: FileType, name: &str, data: &[u8]) -> Result<bool> {
-        Self::check_name(name)?;
-        let p = self.path(t, name);
-        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-        // Write a complete temp file, then hard-link it into place: link fails if the target
+        // A complete temporary file, hard-linked into place: the link fails if the target
         // exists, so readers never see a partially written lock.
-        let tmp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
-        let res = (|| -> std::io::Result<bool> {
-            let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            let mut f = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            match fs::hard_link(&tmp, &p) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(e),
-            }
-        })();
-        let _ = fs::remove_file(&tmp);
-        let created = res.map_err(|e| Error::io(&p, e))?;
-        Self::sync_dir(&dir)?;
-        Ok(created)
+        let mut s = self.stage(t, name)?;
+        s.file().write_all(data).map_err(|e| Error::io(s.path(), e))?;
+        Ok(s.commit_new()?.is_none())
     }
 
     fn remove(&self, t: FileType, name: &str) -> Result<()> {
