@@ -832,3 +832,142 @@ fn walk_sizes(p: &Path) -> u64 {
         })
         .sum()
 }
+
+/// A backend whose reads are pipelined like ssh's ([`Backend::pipelines_reads`], so a restore
+/// plans its reads with `fetch_sealed`), counting the bytes it is asked for.
+#[derive(Debug)]
+struct PipelinedReads {
+    inner: LocalBackend,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl Backend for PipelinedReads {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn exists(&self) -> dedupstore::Result<bool> {
+        self.inner.exists()
+    }
+    fn create(&self) -> dedupstore::Result<()> {
+        self.inner.create()
+    }
+    fn list(&self, t: FileType) -> dedupstore::Result<Vec<String>> {
+        self.inner.list(t)
+    }
+    fn read(&self, t: FileType, name: &str) -> dedupstore::Result<Vec<u8>> {
+        self.inner.read(t, name)
+    }
+    fn read_part(&self, t: FileType, name: &str, offset: u64, len: u64) -> dedupstore::Result<Vec<u8>> {
+        self.inner.read_part(t, name, offset, len)
+    }
+    fn size(&self, t: FileType, name: &str) -> dedupstore::Result<u64> {
+        self.inner.size(t, name)
+    }
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> dedupstore::Result<()> {
+        self.inner.write(t, name, data)
+    }
+    fn create_new(&self, t: FileType, name: &str, data: &[u8]) -> dedupstore::Result<bool> {
+        self.inner.create_new(t, name, data)
+    }
+    fn remove(&self, t: FileType, name: &str) -> dedupstore::Result<()> {
+        self.inner.remove(t, name)
+    }
+    fn read_parts(
+        &self,
+        t: FileType,
+        parts: &[(String, u64, u64)],
+        each: &mut dyn FnMut(usize, dedupstore::Result<Vec<u8>>) -> bool,
+    ) {
+        let n: u64 = parts.iter().map(|p| p.2).sum();
+        self.asked.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_parts(t, parts, each)
+    }
+    fn pipelines_reads(&self) -> bool {
+        true
+    }
+}
+
+/// Over ssh every byte read costs ssh's cipher and copies on both hosts: a restore through a
+/// pipelined backend asks for exactly the blobs it needs, each once — not the gaps between them
+/// in a pack (chunks of files not restored), not a duplicated chunk again (a file stored twice, a
+/// shifted copy) — and still restores every byte. With a tiny keep budget, later occurrences are
+/// read again and the restore is still right.
+#[test]
+fn a_pipelined_restore_reads_each_needed_blob_once_and_nothing_between() {
+    use dedupstore::repo::plan_reuse;
+    let d = tempfile::tempdir().unwrap();
+    let repo = init(d.path(), Mode::Repokey);
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let a = random_bytes(1_500_000, 41);
+    fs::write(src.join("a.bin"), &a).unwrap();
+    fs::write(src.join("b-skipped.bin"), random_bytes(700_000, 42)).unwrap();
+    fs::write(src.join("c-copy-of-a.bin"), &a).unwrap();
+    let mut shifted = random_bytes(300_000, 43);
+    shifted.extend_from_slice(&a[..900_000]);
+    fs::write(src.join("d-shifted.bin"), &shifted).unwrap();
+    backup(&repo, "one", vec![src.clone()], None);
+    drop(repo);
+    let backend = Arc::new(PipelinedReads {
+        inner: LocalBackend::new(d.path().join("repo")),
+        asked: std::sync::atomic::AtomicU64::new(0),
+    });
+    let repo = Repository::open(
+        backend.clone(),
+        &OpenOptions { passphrase: Some("pw".into()), keys_dir: Some(d.path().join("keys")) },
+    )
+    .unwrap();
+    let index = repo.load_index().unwrap();
+    let rel = src.strip_prefix("/").unwrap();
+    let wanted = ["a.bin", "c-copy-of-a.bin", "d-shifted.bin"];
+    let paths: Vec<Vec<u8>> = wanted.iter().map(|w| rel.join(w).as_os_str().as_bytes().to_vec()).collect();
+    // what the restore needs: every chunk of the wanted files, in order
+    let ids: Vec<_> = archive_items(&repo, &index, "one")
+        .unwrap()
+        .into_iter()
+        .filter(|i| paths.contains(&i.path))
+        .flat_map(|i| i.chunks)
+        .filter_map(|c| match c {
+            Extent::Data { id, .. } => Some(id),
+            Extent::Hole(_) => None,
+        })
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().copied().collect();
+    assert!(unique.len() + 20 < ids.len(), "the corpus must repeat chunks: {} of {}", unique.len(), ids.len());
+    let need: u64 = unique.iter().map(|id| u64::from(index.chunks[id].len)).sum();
+    let dest = d.path().join("out");
+    let r = extract(&repo, "one", &ExtractOptions { dest: dest.clone(), paths: paths.clone(), ..Default::default() })
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let asked = backend.asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked, need, "bytes read through the link vs the unique blobs the files need");
+    for w in wanted {
+        assert!(fs::read(dest.join(rel).join(w)).unwrap() == fs::read(src.join(w)).unwrap(), "{w} restored wrong");
+    }
+    assert!(!dest.join(rel).join("b-skipped.bin").exists());
+
+    // the plan: every reuse takes an earlier occurrence of the same chunk, and the blobs kept
+    // waiting never add up to more than the budget at any point
+    for cap in [0, 40_000, 200_000, u64::MAX] {
+        let (from, keep) = plan_reuse(&index, &ids, cap);
+        let mut held: u64 = 0;
+        let mut peak = 0;
+        for n in 0..ids.len() {
+            if let Some(m) = from[n] {
+                assert!(m < n && ids[m] == ids[n] && keep[m] == Some(n), "cap {cap}: occurrence {n}");
+                held -= u64::from(index.chunks[&ids[n]].len);
+            }
+            if keep[n].is_some() {
+                held += u64::from(index.chunks[&ids[n]].len);
+            }
+            peak = peak.max(held);
+        }
+        assert!(peak <= cap, "cap {cap}: {peak} bytes kept at once");
+        let reused = from.iter().filter(|f| f.is_some()).count();
+        match cap {
+            0 => assert_eq!(reused, 0),
+            u64::MAX => assert_eq!(reused, ids.len() - unique.len(), "every repeat reused"),
+            _ => assert!(reused > 0 && reused < ids.len() - unique.len(), "cap {cap}: {reused} reused"),
+        }
+    }
+}
