@@ -1248,8 +1248,9 @@ impl Server {
         Some((st, r.file_type, r.name.to_string()))
     }
 
-    /// The answer to a request handled on the reading thread: a large `Read` or `ReadPart`
-    /// becomes a file range the output thread splices onto the link; anything else a frame.
+    /// The answer to a request handled on the reading thread: a `Read` or `ReadPart` becomes a
+    /// file range the output thread sends (a large one spliced onto the link, a small one through
+    /// its buffer); anything else a frame.
     fn answer(&mut self, body: &[u8]) -> Out {
         self.file_answer(body).unwrap_or_else(|| Out::Frame(self.handle(body)))
     }
@@ -1271,7 +1272,7 @@ impl Server {
         let file = File::open(b.path(r.file_type, r.name)).ok()?;
         let size = file.metadata().ok()?.len();
         let len = len.unwrap_or(size);
-        if len < SPLICE_MIN || offset.checked_add(len)? > size || len >= MAX_FRAME as u64 {
+        if offset.checked_add(len)? > size || len >= MAX_FRAME as u64 {
             return None;
         }
         Some(Out::File { file, offset, len })
@@ -1564,20 +1565,42 @@ fn read_requests<R: Read + AsFd>(
 
 /// The output thread: answers in request order, flushed whenever none is ready.
 fn write_answers<W: Write + AsFd>(output: &mut W, answers: &crossbeam_channel::Receiver<(u64, Out)>) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let io = |e: std::io::Error| Error::io("<client>", e);
     let mut w = BufWriter::with_capacity(1 << 18, output);
     let mut ready: HashMap<u64, Out> = HashMap::new();
     let mut next = 0u64;
+    let mut scratch = Vec::new();
+    // the head of an `Ok` answer carrying `len` bytes
+    let ok_head = |len: u64| {
+        let mut head = [0u8; 5];
+        head[..4].copy_from_slice(&((len + 1) as u32).to_be_bytes());
+        head[4] = Status::Ok.code();
+        head
+    };
     while let Ok((k, o)) = answers.recv() {
         ready.insert(k, o);
         while let Some(o) = ready.remove(&next) {
             match o {
                 Out::Frame(f) => w.write_all(&f).map_err(io)?,
+                Out::File { file, offset, len } if len < SPLICE_MIN => {
+                    // small (most of a restore's reads): through the buffer with the answers
+                    // around it, one write to the pipe for many
+                    scratch.resize(len as usize, 0);
+                    match file.read_exact_at(&mut scratch, offset) {
+                        Ok(()) => {
+                            w.write_all(&ok_head(len)).map_err(io)?;
+                            w.write_all(&scratch).map_err(io)?;
+                        }
+                        Err(e) => {
+                            let msg = format!("reading {len} bytes at {offset}: {e}");
+                            w.write_all(&ResponseRepr { status: Status::Failed, payload: msg.as_bytes() }.to_frame())
+                                .map_err(io)?;
+                        }
+                    }
+                }
                 Out::File { file, offset, len } => {
-                    let mut head = [0u8; 5];
-                    head[..4].copy_from_slice(&((len + 1) as u32).to_be_bytes());
-                    head[4] = Status::Ok.code();
-                    w.write_all(&head).map_err(io)?;
+                    w.write_all(&ok_head(len)).map_err(io)?;
                     w.flush().map_err(io)?;
                     copy_out(&file, offset, len, w.get_mut()).map_err(io)?;
                 }
