@@ -6,7 +6,7 @@
 use crate::archive::{decode_items, Extent, Item, ItemKind};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repo::{Index, Repository};
+use crate::repo::{plan_reuse, Index, Repository};
 use crossbeam_channel::bounded;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -18,6 +18,10 @@ use std::sync::Arc;
 
 /// How many bytes of fetched, not yet opened blobs a pipelined (remote) restore holds.
 const FETCH_AHEAD: u64 = 48 << 20;
+/// Most bytes of restored chunks kept at any time for a later occurrence of the same chunk (a
+/// file stored twice, a duplicated block, a hard link's content), instead of reading and opening
+/// it again; see [`plan_reuse`].
+pub const RESTORE_KEEP: u64 = 32 << 20;
 
 /// Bytes allowed in a queue: the producer waits while more than the limit is queued (a single
 /// item larger than the limit still passes when the queue is empty).
@@ -207,6 +211,10 @@ pub fn extract_with_progress(
             })
         })
         .collect();
+    // A chunk that occurs again soon is read and opened once (over ssh: its bytes cross the link
+    // once); `wanted`: the occurrences that are read.
+    let (reuse_from, keep_for) = plan_reuse(&index, &ids, RESTORE_KEEP);
+    let wanted: Vec<usize> = (0..ids.len()).filter(|&n| reuse_from[n].is_none()).collect();
     let progress = ExtractProgress {
         items_total: todo.iter().filter(|(_, t)| t.is_some()).count() as u64,
         bytes_total: todo
@@ -238,20 +246,22 @@ pub fn extract_with_progress(
     }
     std::thread::scope(|s| -> Result<()> {
         let ids = &ids;
+        let wanted = &wanted;
         let fetch_index = index.clone();
         let budget = &budget;
         s.spawn(move || {
             if pipelined {
                 // over ssh: many reads in flight on the one connection, neighbouring chunks of a
                 // pack in one read; the workers only open the blobs
-                repo.fetch_sealed(&fetch_index, ids, &mut |n, blob| {
+                let wanted_ids: Vec<Id> = wanted.iter().map(|&n| ids[n]).collect();
+                repo.fetch_sealed(&fetch_index, &wanted_ids, &mut |k, blob| {
                     budget.take(blob.as_ref().map_or(0, |b| b.len() as u64));
-                    jtx.send((n, ids[n], Some(blob))).is_ok()
+                    jtx.send((wanted[k], wanted_ids[k], Some(blob))).is_ok()
                 });
                 return;
             }
-            for (n, id) in ids.iter().enumerate() {
-                if jtx.send((n, *id, None)).is_err() {
+            for &n in wanted {
+                if jtx.send((n, ids[n], None)).is_err() {
                     return;
                 }
             }
@@ -280,7 +290,18 @@ pub fn extract_with_progress(
         }
         drop(rtx);
         drop(jrx);
-        let mut fetcher = Fetcher { next: 0, pending: BTreeMap::new(), rrx, consumed: 0, progress, on };
+        let mut fetcher = Fetcher {
+            next: 0,
+            pending: BTreeMap::new(),
+            rrx,
+            ids,
+            reuse_from: &reuse_from,
+            keep_for: &keep_for,
+            kept: HashMap::new(),
+            consumed: 0,
+            progress,
+            on,
+        };
         let mut extracted: HashMap<Vec<u8>, PathBuf> = HashMap::new();
         let mut dirs: Vec<(PathBuf, Item)> = Vec::new();
         for (item, target) in &todo {
@@ -337,6 +358,12 @@ struct Fetcher<'a> {
     next: usize,
     pending: BTreeMap<usize, Result<Vec<u8>>>,
     rrx: crossbeam_channel::Receiver<Fetched>,
+    /// Every chunk occurrence, and the reuse plan over them ([`plan_reuse`]).
+    ids: &'a [Id],
+    reuse_from: &'a [Option<usize>],
+    keep_for: &'a [Option<usize>],
+    /// Chunks kept for a later occurrence, by that occurrence.
+    kept: HashMap<usize, Vec<u8>>,
     consumed: usize,
     progress: ExtractProgress,
     on: &'a mut dyn FnMut(ExtractProgress),
@@ -348,18 +375,32 @@ impl Fetcher<'_> {
         self.consumed += 1;
         self.progress.bytes += u64::from(len);
         (self.on)(self.progress);
-        loop {
-            if let Some(r) = self.pending.remove(&self.next) {
-                self.next += 1;
-                return r;
-            }
-            match self.rrx.recv() {
-                Ok((n, r)) => {
-                    self.pending.insert(n, r);
+        let n = self.next;
+        let r = if self.reuse_from.get(n).copied().flatten().is_some() {
+            self.kept.remove(&n).ok_or_else(|| {
+                Error::integrity(
+                    format!("chunk {}", self.ids.get(n).map(Id::to_hex).unwrap_or_default()),
+                    "its earlier occurrence could not be restored (see above)",
+                )
+            })
+        } else {
+            loop {
+                if let Some(r) = self.pending.remove(&n) {
+                    break r;
                 }
-                Err(_) => return Err(Error::PreviousIo),
+                match self.rrx.recv() {
+                    Ok((k, r)) => {
+                        self.pending.insert(k, r);
+                    }
+                    Err(_) => return Err(Error::PreviousIo),
+                }
             }
+        };
+        self.next += 1;
+        if let (Some(later), Ok(data)) = (self.keep_for.get(n).copied().flatten(), &r) {
+            self.kept.insert(later, data.clone());
         }
+        r
     }
 }
 

@@ -19,17 +19,14 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_PACK_SIZE: u32 = 8 << 20;
 /// Largest single read [`Repository::fetch_sealed`] asks for.
 pub const FETCH_MAX_RUN: u64 = 16 << 20;
-/// Most bytes of blobs [`Repository::fetch_sealed`] keeps at any time for a chunk's next
-/// occurrence (instead of reading it again).
-pub const FETCH_KEEP: u64 = 64 << 20;
-
-/// Which occurrences of a chunk in `ids` (a restore's order) can reuse the blob of the
-/// occurrence before instead of reading it again, if at no point more than `cap` bytes of blobs
-/// are kept waiting for their next occurrence. Returns, for each occurrence, the earlier one it
-/// reuses (`reuse_from`) and the later one its blob is kept for (`keep_for`).
+/// Which occurrences of a chunk in `ids` (a restore's order) can reuse the plaintext of the
+/// occurrence before instead of reading and opening it again, if at no point more than `cap`
+/// bytes of plaintext are kept waiting for their next occurrence. Returns, for each occurrence,
+/// the earlier one it reuses (`reuse_from`) and the later one its plaintext is kept for
+/// (`keep_for`). Chunks missing from the index are never kept.
 ///
-/// Greedy in order: an occurrence keeps its blob for the next occurrence if the blobs kept at that
-/// moment leave room; a blob is kept from its occurrence until the next one. Later decisions only
+/// Greedy in order: an occurrence keeps its plaintext for the next occurrence if what is kept at
+/// that moment leaves room; it is kept from its occurrence until the next one. Later decisions only
 /// ever add to the total at their own moment, so the total never exceeds `cap`.
 pub fn plan_reuse(index: &Index, ids: &[Id], cap: u64) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
     let mut next_occ: Vec<Option<usize>> = vec![None; ids.len()];
@@ -38,7 +35,7 @@ pub fn plan_reuse(index: &Index, ids: &[Id], cap: u64) -> (Vec<Option<usize>>, V
         next_occ[n] = seen.insert(*id, n);
     }
     let (mut reuse_from, mut keep_for) = (vec![None; ids.len()], vec![None; ids.len()]);
-    // blobs kept: (the occurrence that takes it, its length), earliest first
+    // kept: (the occurrence that takes it, its length), earliest first
     let mut held: std::collections::BinaryHeap<std::cmp::Reverse<(usize, u64)>> = Default::default();
     let mut total = 0u64;
     for n in 0..ids.len() {
@@ -50,7 +47,7 @@ pub fn plan_reuse(index: &Index, ids: &[Id], cap: u64) -> (Vec<Option<usize>>, V
             total -= len;
         }
         let (Some(later), Some(loc)) = (next_occ[n], index.chunks.get(&ids[n])) else { continue };
-        let len = u64::from(loc.len);
+        let len = u64::from(loc.ulen);
         if total + len <= cap {
             keep_for[n] = Some(later);
             reuse_from[later] = Some(n);
@@ -521,128 +518,91 @@ impl Repository {
 
     /// Reads the sealed blobs of `ids` for a reader that needs them in this order (a restore),
     /// through [`Backend::read_parts`]: blobs that follow each other in one pack become one read of
-    /// up to [`FETCH_MAX_RUN`] bytes, so a restore that needs most of a pack reads it in one go; a
-    /// chunk that occurs again later (a file backed up twice, a duplicated block) is read once and
-    /// its blob kept for the next occurrence, up to [`FETCH_KEEP`] bytes kept at any time (see
-    /// [`plan_reuse`]). Nothing is read that is not needed: over ssh every byte read costs ssh's
-    /// cipher and copies on both hosts, while one more read costs a 40-byte request in a pipeline
-    /// that hides the round trip (reading through gaps of up to 256 KiB, and reading duplicated
-    /// chunks again, had made a restore of the realistic bench corpus move 848 MB for 527 MB of
-    /// blobs).
+    /// up to [`FETCH_MAX_RUN`] bytes, so a restore that needs most of a pack reads it in one go.
+    /// Nothing is read that is not needed: over ssh every byte read costs ssh's cipher and copies
+    /// on both hosts, while one more read costs a 40-byte request in a pipeline that hides the
+    /// round trip (reading through gaps of up to 256 KiB, and reading duplicated chunks again,
+    /// had made a restore of the realistic bench corpus move 848 MB for 527 MB of blobs; the
+    /// restore reads a repeated chunk once, see [`plan_reuse`]).
     /// `each(n, blob)` receives blob `n` (open it with [`Repository::open_fetched`]), in order;
     /// fetching stops when it returns `false`.
     pub fn fetch_sealed(&self, index: &Index, ids: &[Id], each: &mut dyn FnMut(usize, Result<bytes::Bytes>) -> bool) {
-        // What to do for each chunk, in order: a read run of one pack (its blobs, and the reused
-        // chunks that come between them), or a step without a read.
-        enum Step {
-            Run {
-                pack: Id,
-                start: u64,
-                end: u64,
-                blobs: Vec<(usize, Option<(u64, u64)>)>,
-            },
-            /// chunk n is not in the index
-            Missing(usize),
-            /// chunk n is a kept blob of an earlier occurrence
-            Reuse(usize),
+        // One read run: pack, start, end, and its blobs (n, offset, len).
+        struct Run {
+            pack: Id,
+            start: u64,
+            end: u64,
+            blobs: Vec<(usize, u64, u64)>,
         }
-        let (reuse_from, keep_for) = plan_reuse(index, ids, FETCH_KEEP);
-        let mut steps: Vec<Step> = Vec::new();
+        // Runs in order; `Err(n)`: chunk n is not in the index.
+        let mut runs: Vec<std::result::Result<Run, usize>> = Vec::new();
         for (n, id) in ids.iter().enumerate() {
-            if reuse_from[n].is_some() {
-                match steps.last_mut() {
-                    Some(Step::Run { blobs, .. }) => blobs.push((n, None)),
-                    _ => steps.push(Step::Reuse(n)),
-                }
-                continue;
-            }
             let Some(loc) = index.chunks.get(id) else {
-                steps.push(Step::Missing(n));
+                runs.push(Err(n));
                 continue;
             };
             let (off, len) = (u64::from(loc.offset), u64::from(loc.len));
-            if let Some(Step::Run { pack, start, end, blobs }) = steps.last_mut() {
-                if *pack == loc.pack && off == *end && off + len - *start <= FETCH_MAX_RUN {
-                    *end = off + len;
-                    blobs.push((n, Some((off, len))));
+            if let Some(Ok(r)) = runs.last_mut() {
+                if r.pack == loc.pack && off == r.end && off + len - r.start <= FETCH_MAX_RUN {
+                    r.end = off + len;
+                    r.blobs.push((n, off, len));
                     continue;
                 }
             }
-            steps.push(Step::Run { pack: loc.pack, start: off, end: off + len, blobs: vec![(n, Some((off, len)))] });
+            runs.push(Ok(Run { pack: loc.pack, start: off, end: off + len, blobs: vec![(n, off, len)] }));
         }
         let missing = |n: usize| Error::integrity(format!("chunk {}", ids[n].to_hex()), "missing from the index");
-        let unread =
-            |n: usize| Error::integrity(format!("chunk {}", ids[n].to_hex()), "its pack could not be read (see above)");
-        // blobs kept for a later occurrence, by that occurrence
-        let mut kept: HashMap<usize, bytes::Bytes> = HashMap::new();
-        // Hands chunk n on, keeping its blob if a later occurrence reuses it.
-        let mut hand_on = |n: usize, blob: Result<bytes::Bytes>, kept: &mut HashMap<usize, bytes::Bytes>| {
-            if let (Some(later), Ok(b)) = (keep_for[n], &blob) {
-                // a copy: a view would pin the whole read run in memory
-                kept.insert(later, bytes::Bytes::copy_from_slice(b));
-            }
-            each(n, blob)
-        };
-        let reused = |n: usize, kept: &mut HashMap<usize, bytes::Bytes>| kept.remove(&n).ok_or_else(|| unread(n));
-        let parts: Vec<(String, u64, u64)> = steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Run { pack, start, end, .. } => Some((pack.to_hex(), *start, end - start)),
-                _ => None,
-            })
-            .collect();
-        let mut g = 0; // next step to hand on
+        let parts: Vec<(String, u64, u64)> =
+            runs.iter().filter_map(|r| r.as_ref().ok()).map(|r| (r.pack.to_hex(), r.start, r.end - r.start)).collect();
+        let mut g = 0; // next run to hand on
         let mut go = true;
         self.backend.read_parts(FileType::Pack, &parts, &mut |_, data| {
-            loop {
-                let ok = match steps.get(g) {
-                    Some(Step::Missing(n)) => hand_on(*n, Err(missing(*n)), &mut kept),
-                    Some(Step::Reuse(n)) => {
-                        let b = reused(*n, &mut kept);
-                        hand_on(*n, b, &mut kept)
-                    }
-                    _ => break,
-                };
+            while let Some(Err(n)) = runs.get(g) {
                 g += 1;
-                if !ok {
+                if !each(*n, Err(missing(*n))) {
                     go = false;
                     return false;
                 }
             }
-            let Some(Step::Run { start, blobs, .. }) = steps.get(g) else { return false };
+            let Some(Ok(r)) = runs.get(g) else { return false };
             g += 1;
-            // each chunk is a view of the run's buffer, not a copy; after a failed read the first
-            // chunk carries the cause, the others of the run a pointer to it
-            let (buf, mut err) = match data {
-                Ok(buf) => (Some(bytes::Bytes::from(buf)), None),
-                Err(e) => (None, Some(e)),
-            };
-            for &(n, at) in blobs {
-                let blob = match (at, &buf) {
-                    (None, _) => reused(n, &mut kept),
-                    (Some((off, len)), Some(buf)) => {
-                        let at = (off - start) as usize;
-                        Ok(buf.slice(at..at + len as usize))
+            match data {
+                Ok(buf) => {
+                    // each chunk is a view of the run's buffer, not a copy
+                    let buf = bytes::Bytes::from(buf);
+                    for &(n, off, len) in &r.blobs {
+                        let at = (off - r.start) as usize;
+                        if !each(n, Ok(buf.slice(at..at + len as usize))) {
+                            go = false;
+                            return false;
+                        }
                     }
-                    (Some(_), None) => Err(err.take().unwrap_or_else(|| unread(n))),
-                };
-                if !hand_on(n, blob, &mut kept) {
-                    go = false;
-                    return false;
+                }
+                Err(e) => {
+                    // the first chunk carries the cause, the others of the run a pointer to it
+                    let mut e = Some(e);
+                    for &(n, _, _) in &r.blobs {
+                        let err = e.take().unwrap_or_else(|| {
+                            Error::integrity(
+                                format!("chunk {}", ids[n].to_hex()),
+                                "its pack could not be read (see above)",
+                            )
+                        });
+                        if !each(n, Err(err)) {
+                            go = false;
+                            return false;
+                        }
+                    }
                 }
             }
             true
         });
-        // steps without a read after the last read run
+        // chunks missing from the index after the last read run
         while go {
-            go = match steps.get(g) {
-                Some(Step::Missing(n)) => hand_on(*n, Err(missing(*n)), &mut kept),
-                Some(Step::Reuse(n)) => {
-                    let b = reused(*n, &mut kept);
-                    hand_on(*n, b, &mut kept)
-                }
+            match runs.get(g) {
+                Some(Err(n)) => go = each(*n, Err(missing(*n))),
                 _ => break,
-            };
+            }
             g += 1;
         }
     }

@@ -890,8 +890,8 @@ impl Backend for PipelinedReads {
 /// Over ssh every byte read costs ssh's cipher and copies on both hosts: a restore through a
 /// pipelined backend asks for exactly the blobs it needs, each once — not the gaps between them
 /// in a pack (chunks of files not restored), not a duplicated chunk again (a file stored twice, a
-/// shifted copy) — and still restores every byte. With a tiny keep budget, later occurrences are
-/// read again and the restore is still right.
+/// shifted copy: the restored chunk is kept for its next occurrence) — and still restores every
+/// byte. The reuse plan keeps at most its budget at any moment.
 #[test]
 fn a_pipelined_restore_reads_each_needed_blob_once_and_nothing_between() {
     use dedupstore::repo::plan_reuse;
@@ -946,7 +946,7 @@ fn a_pipelined_restore_reads_each_needed_blob_once_and_nothing_between() {
     }
     assert!(!dest.join(rel).join("b-skipped.bin").exists());
 
-    // the plan: every reuse takes an earlier occurrence of the same chunk, and the blobs kept
+    // the plan: every reuse takes an earlier occurrence of the same chunk, and the chunks kept
     // waiting never add up to more than the budget at any point
     for cap in [0, 40_000, 200_000, u64::MAX] {
         let (from, keep) = plan_reuse(&index, &ids, cap);
@@ -955,10 +955,10 @@ fn a_pipelined_restore_reads_each_needed_blob_once_and_nothing_between() {
         for n in 0..ids.len() {
             if let Some(m) = from[n] {
                 assert!(m < n && ids[m] == ids[n] && keep[m] == Some(n), "cap {cap}: occurrence {n}");
-                held -= u64::from(index.chunks[&ids[n]].len);
+                held -= u64::from(index.chunks[&ids[n]].ulen);
             }
             if keep[n].is_some() {
-                held += u64::from(index.chunks[&ids[n]].len);
+                held += u64::from(index.chunks[&ids[n]].ulen);
             }
             peak = peak.max(held);
         }
