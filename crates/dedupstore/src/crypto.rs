@@ -37,7 +37,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Encryption mode of a repository (borg's names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,7 +225,7 @@ pub struct Crypto {
     session: [u8; 16],
     session_cipher: Aes256Gcm,
     counter: AtomicU64,
-    readers: Mutex<HashMap<[u8; 16], Aes256Gcm>>,
+    readers: Mutex<HashMap<[u8; 16], Arc<Aes256Gcm>>>,
 }
 
 impl std::fmt::Debug for Crypto {
@@ -360,11 +360,15 @@ impl Crypto {
                 let res = if session == self.session {
                     self.session_cipher.decrypt(Nonce::from_slice(&nonce), payload)
                 } else {
-                    let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-                    if readers.len() > 4096 {
-                        readers.clear();
-                    }
-                    let c = readers.entry(session).or_insert_with(|| session_cipher(&self.key, &session));
+                    // the lock only finds the session's cipher: decrypting under it made the
+                    // workers of a restore (every chunk from an earlier session) take turns
+                    let c = {
+                        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+                        if readers.len() > 4096 {
+                            readers.clear();
+                        }
+                        readers.entry(session).or_insert_with(|| Arc::new(session_cipher(&self.key, &session))).clone()
+                    };
                     c.decrypt(Nonce::from_slice(&nonce), payload)
                 };
                 res.map_err(|_| fail("authentication failed (data damaged or tampered with)"))
