@@ -17,7 +17,8 @@
 //! or `target/release/rempart-backup`). Needs root (sshd with its own configuration).
 //!
 //! Each repetition backs up into a fresh repository (first backup: every new chunk crosses the
-//! link) without the files cache, restores it into a fresh directory, lists it and runs
+//! link) without the files cache, restores it into a freshly made ext4 file system (a loop
+//! device; `REMPART_BENCH_HOST_FS=1`: a fresh directory on the host's), lists it and runs
 //! `check --verify-data` (every pack read and every chunk authenticated); the local path and ssh
 //! take turns going first, and each timed command starts after a `sync`. The anchor column is
 //! the local path; the ratio is ssh time / local time (at most 1.25 meets the 0.8× throughput
@@ -233,6 +234,37 @@ impl Sshd {
     }
 }
 
+/// A fresh ext4 file system (a sparse image on a loop device) for one restore, unmounted and
+/// deleted on drop. Each restore gets one: on the host's file system a restore creates ~27,000
+/// files, and ext4 scans its inode bitmap for every file created within ~30 s of thousands of
+/// deletions (`recently_deleted` in perf), so the same restore took 3.4 s or 7-10 s depending on
+/// what earlier runs had deleted. `REMPART_BENCH_HOST_FS=1` restores on the host's file system.
+struct FreshFs {
+    image: PathBuf,
+    mnt: PathBuf,
+}
+
+impl FreshFs {
+    fn new(dir: &Path, bytes: u64) -> FreshFs {
+        let image = dir.with_extension("img");
+        std::fs::create_dir_all(dir).unwrap();
+        let f = std::fs::File::create(&image).unwrap();
+        // room for the restore, its metadata and ext4's own
+        f.set_len(bytes * 3 / 2 + (256 << 20)).unwrap();
+        drop(f);
+        must(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        must(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir));
+        FreshFs { image, mnt: dir.to_path_buf() }
+    }
+}
+
+impl Drop for FreshFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
 impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -290,9 +322,11 @@ fn main() {
     for (ci, (label, src)) in corpora.iter().enumerate() {
         let bytes = rempart_benches::corpus::du(src);
         let mut sm = Samples::default();
-        // Extract directories are removed only after the last repetition: ext4 does not hand out
-        // an inode freed in the last ~30 s, so creating files right after deleting thousands
-        // scans the inode bitmap (perf: `recently_deleted`) and the extracts measure that.
+        // On the host's file system (REMPART_BENCH_HOST_FS=1), extract directories are removed
+        // only after the last repetition: ext4 does not hand out an inode freed in the last ~30 s,
+        // so creating files right after deleting thousands scans the inode bitmap (perf:
+        // `recently_deleted`) and the extracts measure that.
+        let host_fs = std::env::var_os("REMPART_BENCH_HOST_FS").is_some();
         let mut outs = Vec::new();
         for rep in 0..reps {
             // Which side goes first alternates, and every timed command starts with the page
@@ -311,6 +345,7 @@ fn main() {
                 must(ours(&rsh).args(["create", "--no-files-cache"]).arg(format!("{repo}::a")).arg(src));
                 let c = t.elapsed().as_secs_f64();
                 let out = d.path().join(format!("out-{ci}-{rep}-{remote}"));
+                let fresh = (!host_fs).then(|| FreshFs::new(&out, bytes));
                 std::fs::create_dir_all(&out).unwrap();
                 nix::unistd::sync();
                 let t = Instant::now();
@@ -323,7 +358,10 @@ fn main() {
                 let t = Instant::now();
                 must(ours(&rsh).args(["check", "--verify-data"]).arg(&repo));
                 let k = t.elapsed().as_secs_f64();
-                outs.push(out);
+                match fresh {
+                    Some(fs) => drop(fs),
+                    None => outs.push(out),
+                }
                 let stored = if remote {
                     let p = sshd.base.join("srv").join(format!("c{ci}r{rep}"));
                     let n = rempart_benches::corpus::du(&p);

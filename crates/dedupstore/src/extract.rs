@@ -60,7 +60,7 @@ impl ByteBudget {
 /// the chunks after a slow one waited for the writer, and the writer then waited for the slow one
 /// alone: over ssh the writer waited ~1.5 s of a 4.5 s restore for chunks whose blobs had long
 /// arrived; ~1 s with this bound.
-const DECODE_AHEAD: u64 = 16 << 20;
+const DECODE_AHEAD: u64 = 8 << 20;
 
 /// A [`ByteBudget`] for results that are consumed in order: the result the consumer needs next
 /// never waits (or the consumer and that worker would wait for each other).
