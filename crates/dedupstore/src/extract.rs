@@ -18,10 +18,73 @@ use std::sync::Arc;
 
 /// How many bytes of fetched, not yet opened blobs a pipelined (remote) restore holds.
 const FETCH_AHEAD: u64 = 48 << 20;
-/// Most bytes of restored chunks kept at any time for a later occurrence of the same chunk (a
-/// file stored twice, a duplicated block, a hard link's content), instead of reading and opening
-/// it again; see [`plan_reuse`].
+/// Most bytes of restored chunks kept in memory at any time for a later occurrence of the same
+/// chunk (a file stored twice, a duplicated block, a hard link's content), instead of reading and
+/// opening it again, when they cannot go to a spill file (a dry run); see [`plan_reuse`].
 pub const RESTORE_KEEP: u64 = 16 << 20;
+/// Most room kept chunks may take in the spill file at any time: slots of the largest chunk of
+/// the restore, written sparse, so the disk holds only the chunks themselves (page cache, not
+/// the process's memory; gone when the restore ends).
+pub const SPILL_KEEP: u64 = 512 << 20;
+
+/// Restored chunks kept for a later occurrence ([`plan_reuse`]): in slots of an unlinked
+/// temporary file on the destination's file system, or in memory when there is none. A chunk
+/// that is not there when its occurrence comes (its write failed) is read again.
+struct Kept {
+    mem: HashMap<usize, Vec<u8>>,
+    spill: Option<Spill>,
+}
+
+/// An unlinked file (`O_TMPFILE`) of fixed-size slots.
+struct Spill {
+    file: fs::File,
+    slot: u64,
+    /// free slots, and the first never used
+    free: Vec<u64>,
+    unused: u64,
+    /// by the occurrence that takes it: (slot, length)
+    at: HashMap<usize, (u64, usize)>,
+}
+
+impl Spill {
+    fn new(dir: &Path, slot: u64) -> Option<Spill> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file =
+            OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(nix::libc::O_TMPFILE).open(dir).ok()?;
+        Some(Spill { file, slot: slot.max(1), free: Vec::new(), unused: 0, at: HashMap::new() })
+    }
+}
+
+impl Kept {
+    fn put(&mut self, later: usize, data: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let Some(sp) = self.spill.as_mut() else {
+            self.mem.insert(later, data.to_vec());
+            return;
+        };
+        let slot = sp.free.pop().unwrap_or_else(|| {
+            sp.unused += 1;
+            sp.unused - 1
+        });
+        // a failed write (a full disk) keeps nothing: the occurrence reads the chunk again
+        match sp.file.write_all_at(data, slot * sp.slot) {
+            Ok(()) => {
+                sp.at.insert(later, (slot, data.len()));
+            }
+            Err(_) => sp.free.push(slot),
+        }
+    }
+    /// The chunk kept for occurrence `n`, if it was kept and can be read back.
+    fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let Some(sp) = self.spill.as_mut() else { return self.mem.remove(&n) };
+        let (slot, len) = sp.at.remove(&n)?;
+        let mut buf = vec![0u8; len];
+        let r = sp.file.read_exact_at(&mut buf, slot * sp.slot);
+        sp.free.push(slot);
+        r.ok().map(|()| buf)
+    }
+}
 
 /// Bytes allowed in a queue: the producer waits while more than the limit is queued (a single
 /// item larger than the limit still passes when the queue is empty).
@@ -252,9 +315,17 @@ pub fn extract_with_progress(
             })
         })
         .collect();
-    // A chunk that occurs again soon is read and opened once (over ssh: its bytes cross the link
-    // once); `wanted`: the occurrences that are read.
-    let (reuse_from, keep_for) = plan_reuse(&index, &ids, RESTORE_KEEP);
+    if !opts.dry_run {
+        fs::create_dir_all(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
+    }
+    // A chunk that occurs again is read and opened once (over ssh: its bytes cross the link
+    // once), kept in the spill file until then; `wanted`: the occurrences that are read.
+    let slot = ids.iter().filter_map(|id| index.chunks.get(id)).map(|l| u64::from(l.ulen)).max().unwrap_or(0);
+    let spill = if opts.dry_run { None } else { Spill::new(&opts.dest, slot) };
+    let (reuse_from, keep_for) = match spill {
+        Some(_) => plan_reuse(&index, &ids, SPILL_KEEP, &|_| slot.max(1)),
+        None => plan_reuse(&index, &ids, RESTORE_KEEP, &|l| u64::from(l.ulen)),
+    };
     let wanted: Vec<usize> = (0..ids.len()).filter(|&n| reuse_from[n].is_none()).collect();
     let progress = ExtractProgress {
         items_total: todo.iter().filter(|(_, t)| t.is_some()).count() as u64,
@@ -284,9 +355,6 @@ pub fn extract_with_progress(
     let (rtx, rrx) = crossbeam_channel::unbounded::<Fetched>();
     let decoded = OrderedBudget::new(DECODE_AHEAD);
     let mut res = ExtractResult::default();
-    if !opts.dry_run {
-        fs::create_dir_all(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
-    }
     std::thread::scope(|s| -> Result<()> {
         let ids = &ids;
         let wanted = &wanted;
@@ -345,7 +413,9 @@ pub fn extract_with_progress(
             ids,
             reuse_from: &reuse_from,
             keep_for: &keep_for,
-            kept: HashMap::new(),
+            kept: Kept { mem: HashMap::new(), spill },
+            repo,
+            index: &index,
             consumed: 0,
             progress,
             on,
@@ -412,7 +482,9 @@ struct Fetcher<'a> {
     reuse_from: &'a [Option<usize>],
     keep_for: &'a [Option<usize>],
     /// Chunks kept for a later occurrence, by that occurrence.
-    kept: HashMap<usize, Vec<u8>>,
+    kept: Kept,
+    repo: &'a Repository,
+    index: &'a Index,
     consumed: usize,
     progress: ExtractProgress,
     on: &'a mut dyn FnMut(ExtractProgress),
@@ -433,12 +505,15 @@ impl Fetcher<'_> {
         (self.on)(self.progress);
         let n = self.next;
         let r = if self.reuse_from.get(n).copied().flatten().is_some() {
-            self.kept.remove(&n).ok_or_else(|| {
-                Error::integrity(
-                    format!("chunk {}", self.ids.get(n).map(Id::to_hex).unwrap_or_default()),
-                    "its earlier occurrence could not be restored (see above)",
-                )
-            })
+            // not kept after all (its earlier occurrence failed, or the spill file did): read
+            // it here, which also reports its own error
+            match self.kept.take(n) {
+                Some(d) => Ok(d),
+                None => match self.ids.get(n) {
+                    Some(id) => self.repo.read_chunk(self.index, id),
+                    None => Err(Error::PreviousIo),
+                },
+            }
         } else {
             loop {
                 if let Some(r) = self.pending.remove(&n) {
@@ -459,7 +534,7 @@ impl Fetcher<'_> {
             self.decoded.give(0, self.next);
         }
         if let (Some(later), Ok(data)) = (self.keep_for.get(n).copied().flatten(), &r) {
-            self.kept.insert(later, data.clone());
+            self.kept.put(later, data);
         }
         r
     }

@@ -21,14 +21,20 @@ pub const DEFAULT_PACK_SIZE: u32 = 8 << 20;
 pub const FETCH_MAX_RUN: u64 = 16 << 20;
 /// Which occurrences of a chunk in `ids` (a restore's order) can reuse the plaintext of the
 /// occurrence before instead of reading and opening it again, if at no point more than `cap`
-/// bytes of plaintext are kept waiting for their next occurrence. Returns, for each occurrence,
+/// is kept waiting for their next occurrence, a chunk weighing `weight(location)` (its plaintext
+/// length `ulen` when kept in memory; the slot size when kept in slots of a file). Returns, for each occurrence,
 /// the earlier one it reuses (`reuse_from`) and the later one its plaintext is kept for
 /// (`keep_for`). Chunks missing from the index are never kept.
 ///
 /// Greedy in order: an occurrence keeps its plaintext for the next occurrence if what is kept at
 /// that moment leaves room; it is kept from its occurrence until the next one. Later decisions only
 /// ever add to the total at their own moment, so the total never exceeds `cap`.
-pub fn plan_reuse(index: &Index, ids: &[Id], cap: u64) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
+pub fn plan_reuse(
+    index: &Index,
+    ids: &[Id],
+    cap: u64,
+    weight: &dyn Fn(&Location) -> u64,
+) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
     let mut next_occ: Vec<Option<usize>> = vec![None; ids.len()];
     let mut seen: HashMap<Id, usize> = HashMap::new();
     for (n, id) in ids.iter().enumerate().rev() {
@@ -47,7 +53,7 @@ pub fn plan_reuse(index: &Index, ids: &[Id], cap: u64) -> (Vec<Option<usize>>, V
             total -= len;
         }
         let (Some(later), Some(loc)) = (next_occ[n], index.chunks.get(&ids[n])) else { continue };
-        let len = u64::from(loc.ulen);
+        let len = weight(loc);
         if total + len <= cap {
             keep_for[n] = Some(later);
             reuse_from[later] = Some(n);

@@ -949,7 +949,7 @@ fn a_pipelined_restore_reads_each_needed_blob_once_and_nothing_between() {
     // the plan: every reuse takes an earlier occurrence of the same chunk, and the chunks kept
     // waiting never add up to more than the budget at any point
     for cap in [0, 40_000, 200_000, u64::MAX] {
-        let (from, keep) = plan_reuse(&index, &ids, cap);
+        let (from, keep) = plan_reuse(&index, &ids, cap, &|l| u64::from(l.ulen));
         let mut held: u64 = 0;
         let mut peak = 0;
         for n in 0..ids.len() {
