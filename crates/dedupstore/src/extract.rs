@@ -87,67 +87,41 @@ impl Kept {
 }
 
 /// Bytes allowed in a queue: the producer waits while more than the limit is queued (a single
-/// item larger than the limit still passes when the queue is empty).
+/// item larger than the limit still passes when the queue is empty). For results consumed in
+/// order ([`ByteBudget::take_for`], [`ByteBudget::give_next`]), the result the consumer needs next
+/// never waits (or the consumer and that worker would wait for each other).
 /// Once a consumer stops ([`ByteBudget::close`]), nobody waits any more.
 struct ByteBudget {
-    /// (bytes queued, closed)
-    queued: std::sync::Mutex<(u64, bool)>,
+    /// (bytes queued, the consumer's next result, closed)
+    state: std::sync::Mutex<(u64, usize, bool)>,
     room: std::sync::Condvar,
     limit: u64,
 }
 
 impl ByteBudget {
     fn new(limit: u64) -> Self {
-        ByteBudget { queued: std::sync::Mutex::new((0, false)), room: std::sync::Condvar::new(), limit }
+        ByteBudget { state: std::sync::Mutex::new((0, 0, false)), room: std::sync::Condvar::new(), limit }
     }
-    fn take(&self, n: u64) {
-        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        while !q.1 && q.0 > 0 && q.0 + n > self.limit {
-            q = self.room.wait(q).unwrap_or_else(|p| p.into_inner());
-        }
-        q.0 += n;
-    }
-    fn give(&self, n: u64) {
-        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        q.0 = q.0.saturating_sub(n);
-        self.room.notify_one();
-    }
-    fn close(&self) {
-        self.queued.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
-        self.room.notify_all();
-    }
-}
-
-/// How many bytes of opened (decrypted, decompressed) chunks the workers may hold ahead of the
-/// thread that writes files. With a handful of chunks (the earlier bound), a worker that finished
-/// the chunks after a slow one waited for the writer, and the writer then waited for the slow one
-/// alone: over ssh the writer waited ~1.5 s of a 4.5 s restore for chunks whose blobs had long
-/// arrived; ~1 s with this bound.
-const DECODE_AHEAD: u64 = 8 << 20;
-
-/// A [`ByteBudget`] for results that are consumed in order: the result the consumer needs next
-/// never waits (or the consumer and that worker would wait for each other).
-struct OrderedBudget {
-    /// (bytes queued, the consumer's next index, closed)
-    state: std::sync::Mutex<(u64, usize, bool)>,
-    room: std::sync::Condvar,
-    limit: u64,
-}
-
-impl OrderedBudget {
-    fn new(limit: u64) -> Self {
-        OrderedBudget { state: std::sync::Mutex::new((0, 0, false)), room: std::sync::Condvar::new(), limit }
+    /// Room for `len` bytes.
+    fn take(&self, len: u64) {
+        self.take_for(usize::MAX, len);
     }
     /// Room for result `n` of `len` bytes.
-    fn take(&self, n: usize, len: u64) {
+    fn take_for(&self, n: usize, len: u64) {
         let mut q = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while !q.2 && n != q.1 && q.0 > 0 && q.0 + len > self.limit {
             q = self.room.wait(q).unwrap_or_else(|p| p.into_inner());
         }
         q.0 += len;
     }
+    /// The consumer took `len` bytes.
+    fn give(&self, len: u64) {
+        let mut q = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        q.0 = q.0.saturating_sub(len);
+        self.room.notify_all();
+    }
     /// The consumer took a result of `len` bytes and needs result `next` now.
-    fn give(&self, len: u64, next: usize) {
+    fn give_next(&self, len: u64, next: usize) {
         let mut q = self.state.lock().unwrap_or_else(|p| p.into_inner());
         q.0 = q.0.saturating_sub(len);
         q.1 = next;
@@ -158,6 +132,13 @@ impl OrderedBudget {
         self.room.notify_all();
     }
 }
+
+/// How many bytes of opened (decrypted, decompressed) chunks the workers may hold ahead of the
+/// thread that writes files. With a handful of chunks (the earlier bound), a worker that finished
+/// the chunks after a slow one waited for the writer, and the writer then waited for the slow one
+/// alone: over ssh the writer waited ~1.5 s of a 4.5 s restore for chunks whose blobs had long
+/// arrived; ~1 s with this bound.
+const DECODE_AHEAD: u64 = 8 << 20;
 
 /// Options of `extract`.
 #[derive(Debug, Clone, Default)]
@@ -353,7 +334,7 @@ pub fn extract_with_progress(
     let budget = ByteBudget::new(FETCH_AHEAD);
     // results: bounded by bytes, not count (see DECODE_AHEAD)
     let (rtx, rrx) = crossbeam_channel::unbounded::<Fetched>();
-    let decoded = OrderedBudget::new(DECODE_AHEAD);
+    let decoded = ByteBudget::new(DECODE_AHEAD);
     let mut res = ExtractResult::default();
     std::thread::scope(|s| -> Result<()> {
         let ids = &ids;
@@ -392,7 +373,7 @@ pub fn extract_with_progress(
                         }),
                         None => repo.read_chunk(&index, &id),
                     };
-                    decoded.take(n, chunk.as_ref().map_or(0, |c| c.len() as u64));
+                    decoded.take_for(n, chunk.as_ref().map_or(0, |c| c.len() as u64));
                     if rtx.send((n, chunk)).is_err() {
                         // the restore stopped: a fetcher or worker waiting for room must not
                         // wait forever
@@ -476,7 +457,7 @@ struct Fetcher<'a> {
     next: usize,
     pending: BTreeMap<usize, Result<Vec<u8>>>,
     rrx: crossbeam_channel::Receiver<Fetched>,
-    decoded: &'a OrderedBudget,
+    decoded: &'a ByteBudget,
     /// Every chunk occurrence, and the reuse plan over them ([`plan_reuse`]).
     ids: &'a [Id],
     reuse_from: &'a [Option<usize>],
@@ -504,7 +485,8 @@ impl Fetcher<'_> {
         self.progress.bytes += u64::from(len);
         (self.on)(self.progress);
         let n = self.next;
-        let r = if self.reuse_from.get(n).copied().flatten().is_some() {
+        let reused = self.reuse_from.get(n).copied().flatten().is_some();
+        let r = if reused {
             // not kept after all (its earlier occurrence failed, or the spill file did): read
             // it here, which also reports its own error
             match self.kept.take(n) {
@@ -528,11 +510,9 @@ impl Fetcher<'_> {
             }
         };
         self.next += 1;
-        if self.reuse_from.get(n).copied().flatten().is_none() {
-            self.decoded.give(r.as_ref().map_or(0, |c| c.len() as u64), self.next);
-        } else {
-            self.decoded.give(0, self.next);
-        }
+        // a reused chunk never went through the workers' budget
+        let took = if reused { 0 } else { r.as_ref().map_or(0, |c| c.len() as u64) };
+        self.decoded.give_next(took, self.next);
         if let (Some(later), Ok(data)) = (self.keep_for.get(n).copied().flatten(), &r) {
             self.kept.put(later, data);
         }
@@ -707,7 +687,7 @@ pub fn item_content(repo: &Repository, index: &Index, item: &Item) -> Result<Vec
 
 #[cfg(test)]
 mod tests {
-    use super::{ByteBudget, OrderedBudget};
+    use super::ByteBudget;
     use std::sync::mpsc;
 
     /// The fetcher waits while its queue is over the byte limit and goes on when a worker
@@ -728,7 +708,7 @@ mod tests {
             b.give(60);
             rx.recv().unwrap();
         });
-        assert_eq!(b.queued.lock().unwrap().0, 60);
+        assert_eq!(b.state.lock().unwrap().0, 60);
     }
 
     /// A restore that stopped (its workers gone, nobody hands bytes back) must not leave the
@@ -749,24 +729,24 @@ mod tests {
     /// next always passes (or the writer and its worker would wait for each other); a later one
     /// waits until the writer takes something; after close nobody waits.
     #[test]
-    fn ordered_budget_lets_the_next_result_through_and_holds_later_ones() {
-        let b = OrderedBudget::new(100);
-        b.take(3, 100); // results 3..: the queue is full
-        b.take(0, 40); // the writer needs 0 next: passes although full
+    fn byte_budget_lets_the_next_result_through_and_holds_later_ones() {
+        let b = ByteBudget::new(100);
+        b.take_for(3, 100); // results 3..: the queue is full
+        b.take_for(0, 40); // the writer needs 0 next: passes although full
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|s| {
             s.spawn(|| {
-                b.take(5, 10); // full, and not the next one: waits
+                b.take_for(5, 10); // full, and not the next one: waits
                 tx.send(()).unwrap();
             });
             assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "result 5 did not wait");
-            b.give(40, 3); // the writer took result 0 (40 bytes): still full
+            b.give_next(40, 3); // the writer took result 0 (40 bytes): still full
             assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "result 5 did not wait");
-            b.give(100, 4); // and result 3: room again (5 is still not the next one)
+            b.give_next(100, 4); // and result 3: room again (5 is still not the next one)
             rx.recv().unwrap();
         });
         assert_eq!(b.state.lock().unwrap().0, 10);
         b.close();
-        b.take(9, 1000); // closed: never waits
+        b.take_for(9, 1000); // closed: never waits
     }
 }
