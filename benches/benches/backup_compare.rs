@@ -11,7 +11,8 @@
 //!
 //! Measures: first backup, unchanged second backup, backup after modifying 5 % of the files, full
 //! restore, `check --verify-data` (restic: `check --read-data`): wall time, MB/s, repository size,
-//! peak RSS (GNU time). The first backup (each run into fresh repositories), the unchanged
+//! peak RSS (GNU time). Each restore goes to a freshly made ext4 file system on a loop device (needs
+//! root; `REMPART_BENCH_HOST_FS=1`: a directory on the host's). The first backup (each run into fresh repositories), the unchanged
 //! backup, the restore and the check run `REMPART_BENCH_REPS` times, the three tools interleaved
 //! (rempart, borg, restic, then borg, restic, rempart, ...), and the table shows the median of
 //! each figure; the backup after modifying files runs once. Then, in-process, what each chunk
@@ -314,11 +315,21 @@ fn main() {
     let changed = modify(&src, 77);
     let third: Vec<_> = tools.iter().map(|t| t.backup("third", &src)).collect();
     op(&format!("backup after modifying 5 % ({changed} files)"), &third);
-    // Every restore goes to its own directory, all removed only afterwards: ext4 does not hand
-    // out an inode freed in the last ~30 s, and with ~15k files just deleted, every file creation
-    // of the next restore scanned the inode bitmap (measured with perf: 37 % of the restore's CPU
-    // in `recently_deleted`, growing with each repetition, whichever tool came next).
-    let restore = repeated(&tools, reps, |t, rep| t.restore("third", &dir.join(format!("{}-restore-{rep}", t.name))));
+    // Every restore goes to a freshly made ext4 (a loop device, `rempart_benches::FreshFs`): on
+    // the host's file system each restore ran slower than the one before, whichever tool it was
+    // (ext4 scans its inode bitmap for files created soon after thousands were deleted; perf:
+    // `recently_deleted`, up to 37 % of a restore's CPU). `REMPART_BENCH_HOST_FS=1` restores on the
+    // host's file system (each restore into its own directory, all removed afterwards).
+    let host_fs = std::env::var_os("REMPART_BENCH_HOST_FS").is_some();
+    let restore = repeated(&tools, reps, |t, rep| {
+        let dest = dir.join(format!("{}-restore-{rep}", t.name));
+        let fresh = (!host_fs).then(|| rempart_benches::FreshFs::new(&dest, size as u64));
+        // the previous restore's dirty pages are written back before the clock starts
+        nix::unistd::sync();
+        let cost = t.restore("third", &dest);
+        drop(fresh);
+        cost
+    });
     for t in &tools {
         for rep in 0..reps {
             let _ = std::fs::remove_dir_all(dir.join(format!("{}-restore-{rep}", t.name)));

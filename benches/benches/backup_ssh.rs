@@ -234,37 +234,6 @@ impl Sshd {
     }
 }
 
-/// A fresh ext4 file system (a sparse image on a loop device) for one restore, unmounted and
-/// deleted on drop. Each restore gets one: on the host's file system a restore creates ~27,000
-/// files, and ext4 scans its inode bitmap for every file created within ~30 s of thousands of
-/// deletions (`recently_deleted` in perf), so the same restore took 3.4 s or 7-10 s depending on
-/// what earlier runs had deleted. `REMPART_BENCH_HOST_FS=1` restores on the host's file system.
-struct FreshFs {
-    image: PathBuf,
-    mnt: PathBuf,
-}
-
-impl FreshFs {
-    fn new(dir: &Path, bytes: u64) -> FreshFs {
-        let image = dir.with_extension("img");
-        std::fs::create_dir_all(dir).unwrap();
-        let f = std::fs::File::create(&image).unwrap();
-        // room for the restore, its metadata and ext4's own
-        f.set_len(bytes * 3 / 2 + (256 << 20)).unwrap();
-        drop(f);
-        must(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
-        must(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir));
-        FreshFs { image, mnt: dir.to_path_buf() }
-    }
-}
-
-impl Drop for FreshFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
 impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -345,7 +314,7 @@ fn main() {
                 must(ours(&rsh).args(["create", "--no-files-cache"]).arg(format!("{repo}::a")).arg(src));
                 let c = t.elapsed().as_secs_f64();
                 let out = d.path().join(format!("out-{ci}-{rep}-{remote}"));
-                let fresh = (!host_fs).then(|| FreshFs::new(&out, bytes));
+                let fresh = (!host_fs).then(|| rempart_benches::FreshFs::new(&out, bytes));
                 std::fs::create_dir_all(&out).unwrap();
                 nix::unistd::sync();
                 let t = Instant::now();
