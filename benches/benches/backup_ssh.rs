@@ -25,7 +25,9 @@
 //! target). The bench also measures what ssh alone costs on the same sshd with the same options:
 //! the connection setup (`ssh … true`) and raw streams of the repository's byte count (what
 //! crossed the link) both ways
-//! (`ssh … cat >/dev/null`, `ssh … head -c N /dev/zero`), so a reader sees the ceiling.
+//! (`ssh … cat >/dev/null`, `ssh … head -c N /dev/zero`), so a reader sees the ceiling, and the
+//! busy CPU time of the whole machine during each create and extract (/proc/stat): on a machine
+//! with few cores, ssh's and sshd's work takes cores from the client's rather than overlapping.
 
 use rand::{Rng, SeedableRng};
 use rempart_benches::{markdown_table, median, Row};
@@ -250,6 +252,21 @@ struct Samples {
     check: (Vec<f64>, Vec<f64>),
     /// Repository bytes after the ssh create: what crossed the link.
     stored: Vec<u64>,
+    /// Busy CPU-seconds of the whole machine during create and extract, (local, ssh): over ssh
+    /// this includes ssh, sshd and the server, which share the cores with the client here.
+    create_cpu: (Vec<f64>, Vec<f64>),
+    extract_cpu: (Vec<f64>, Vec<f64>),
+}
+
+/// Busy CPU-seconds of the whole machine so far (/proc/stat: user, nice, system, irq, softirq;
+/// not idle, iowait or steal).
+fn busy_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100);
+    busy as f64 / hz as f64
 }
 
 fn main() {
@@ -310,16 +327,16 @@ fn main() {
                 };
                 must(ours(&rsh).args(["init", "-e", "repokey", &repo]));
                 nix::unistd::sync();
-                let t = Instant::now();
+                let (t, cpu) = (Instant::now(), busy_cpu());
                 must(ours(&rsh).args(["create", "--no-files-cache"]).arg(format!("{repo}::a")).arg(src));
-                let c = t.elapsed().as_secs_f64();
+                let (c, c_cpu) = (t.elapsed().as_secs_f64(), busy_cpu() - cpu);
                 let out = d.path().join(format!("out-{ci}-{rep}-{remote}"));
                 let fresh = (!host_fs).then(|| rempart_benches::FreshFs::new(&out, bytes));
                 std::fs::create_dir_all(&out).unwrap();
                 nix::unistd::sync();
-                let t = Instant::now();
+                let (t, cpu) = (Instant::now(), busy_cpu());
                 must(ours(&rsh).current_dir(&out).arg("extract").arg(format!("{repo}::a")));
-                let x = t.elapsed().as_secs_f64();
+                let (x, x_cpu) = (t.elapsed().as_secs_f64(), busy_cpu() - cpu);
                 nix::unistd::sync();
                 let t = Instant::now();
                 must(ours(&rsh).arg("list").arg(&repo));
@@ -337,6 +354,8 @@ fn main() {
                     let _ = std::fs::remove_dir_all(p);
                     sm.create.1.push(c);
                     sm.extract.1.push(x);
+                    sm.create_cpu.1.push(c_cpu);
+                    sm.extract_cpu.1.push(x_cpu);
                     sm.list.1.push(l);
                     sm.check.1.push(k);
                     sm.stored.push(n);
@@ -346,6 +365,8 @@ fn main() {
                     let _ = std::fs::remove_dir_all(&repo);
                     sm.create.0.push(c);
                     sm.extract.0.push(x);
+                    sm.create_cpu.0.push(c_cpu);
+                    sm.extract_cpu.0.push(x_cpu);
                     sm.list.0.push(l);
                     sm.check.0.push(k);
                     n
@@ -408,6 +429,17 @@ fn main() {
              create {:.2}×, extract {:.2}×\n",
             lc / lc.max(up),
             lx / lx.max(down)
+        ));
+        // On a small machine ssh's work cannot overlap with rempart's: it takes cores the local
+        // run had. If the ssh run kept the cores as busy as the local run did, its throughput
+        // ratio would be local CPU / ssh CPU.
+        let (cl, cs, xl, xs) = (m(&sm.create_cpu.0), m(&sm.create_cpu.1), m(&sm.extract_cpu.0), m(&sm.extract_cpu.1));
+        verdicts.push_str(&format!(
+            "  CPU of the whole machine (median busy CPU-s; over ssh with ssh, sshd and the server): create \
+             local {cl:.2} / ssh {cs:.2}, extract local {xl:.2} / ssh {xs:.2}; ratio at the local run's \
+             utilisation (local CPU / ssh CPU): create {:.2}×, extract {:.2}×\n",
+            cl / cs,
+            xl / xs
         ));
     }
     println!("\nrempart-backup over ssh (loopback, forced command) vs local path, {reps} repetitions\n");
