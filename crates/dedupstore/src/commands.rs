@@ -412,7 +412,11 @@ pub fn check_with_progress(
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
     let verify_data = opts.verify_data;
     std::thread::scope(|sc| {
-        let (jtx, jrx) = crossbeam_channel::bounded::<(usize, Result<Vec<u8>>)>(threads);
+        // A rendezvous: a read pack waits for a free worker instead of in a queue. Each queued
+        // pack is a whole pack in memory (8 MiB by default): with a queue as long as the worker
+        // count, peak RSS was 78-86 MB against borg's 78; 61 MB this way, no slower (local and
+        // ssh, the realistic 1 GiB corpus).
+        let (jtx, jrx) = crossbeam_channel::bounded::<(usize, Result<Vec<u8>>)>(0);
         let (ftx, frx) = crossbeam_channel::unbounded::<(usize, PackFindings)>();
         for _ in 0..threads {
             let (jrx, ftx, present) = (jrx.clone(), ftx.clone(), &present);
