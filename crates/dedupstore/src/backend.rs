@@ -100,6 +100,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn pipelines_reads(&self) -> bool {
         false
     }
+    /// Removes the temporary files of writes no process is making any more (a writer killed
+    /// mid-write), never a visible object; returns the bytes freed. A remote backend returns 0:
+    /// its server does this when a session opens the repository.
+    fn remove_stale_temps(&self) -> u64 {
+        0
+    }
 }
 
 /// A repository in a local directory.
@@ -163,41 +169,6 @@ impl LocalBackend {
 
     /// How old an unlocked temporary file must be to count as stale.
     const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(60);
-
-    /// Removes the hidden temporary files of writes no process is making any more (a server or
-    /// client killed mid-write): a live write holds a lock on its file, and one created in the
-    /// last minute is left alone (it may not be locked yet). Never touches a visible object.
-    /// Returns the bytes freed.
-    pub fn remove_stale_temps(&self) -> u64 {
-        fn walk(dir: &Path, depth: u32, freed: &mut u64) {
-            let Ok(rd) = fs::read_dir(dir) else { return };
-            for e in rd.flatten() {
-                let Ok(ft) = e.file_type() else { continue };
-                let p = e.path();
-                if ft.is_dir() && depth > 0 {
-                    walk(&p, depth - 1, freed);
-                } else if ft.is_file() && e.file_name().as_encoded_bytes().starts_with(b".tmp-") {
-                    let Ok(f) = File::open(&p) else { continue };
-                    let young = |m: fs::Metadata| {
-                        m.modified().ok().and_then(|t| t.elapsed().ok()).is_none_or(|a| a < LocalBackend::STALE_AGE)
-                    };
-                    if f.metadata().map_or(true, young) {
-                        continue;
-                    }
-                    if let Ok(f) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                        if fs::remove_file(&p).is_ok() {
-                            *freed += len;
-                        }
-                    }
-                }
-            }
-        }
-        let mut freed = 0;
-        // data/xx/ is the deepest object directory
-        walk(&self.root, 2, &mut freed);
-        freed
-    }
 
     fn sync_dir(dir: &Path) -> Result<()> {
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
@@ -315,6 +286,40 @@ fn not_found_or(path: &Path, e: std::io::Error) -> Error {
 }
 
 impl Backend for LocalBackend {
+    /// Removes the hidden temporary files of writes no process is making any more (a server or
+    /// client killed mid-write): a live write holds a lock on its file, and one created in the
+    /// last minute is left alone (it may not be locked yet). Never touches a visible object.
+    /// Returns the bytes freed.
+    fn remove_stale_temps(&self) -> u64 {
+        fn walk(dir: &Path, depth: u32, freed: &mut u64) {
+            let Ok(rd) = fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                let p = e.path();
+                if ft.is_dir() && depth > 0 {
+                    walk(&p, depth - 1, freed);
+                } else if ft.is_file() && e.file_name().as_encoded_bytes().starts_with(b".tmp-") {
+                    let Ok(f) = File::open(&p) else { continue };
+                    let young = |m: fs::Metadata| {
+                        m.modified().ok().and_then(|t| t.elapsed().ok()).is_none_or(|a| a < LocalBackend::STALE_AGE)
+                    };
+                    if f.metadata().map_or(true, young) {
+                        continue;
+                    }
+                    if let Ok(f) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        if fs::remove_file(&p).is_ok() {
+                            *freed += len;
+                        }
+                    }
+                }
+            }
+        }
+        let mut freed = 0;
+        // data/xx/ is the deepest object directory
+        walk(&self.root, 2, &mut freed);
+        freed
+    }
     fn location(&self) -> String {
         self.root.display().to_string()
     }

@@ -381,8 +381,15 @@ impl Repository {
 
     /// Takes the exclusive writer lock (create, delete, prune, compact, check --repair): no
     /// other writer and no reader at the same time. Waits up to the lock wait.
+    /// The writer also removes what writers killed mid-write left behind (hidden temporary
+    /// files nobody holds; see [`Backend::remove_stale_temps`]), as a server does per session.
     pub fn lock(&self) -> Result<RepoLock> {
-        RepoLock::acquire(self.backend.clone(), true, self.lock_wait)
+        let lock = RepoLock::acquire(self.backend.clone(), true, self.lock_wait)?;
+        let freed = self.backend.remove_stale_temps();
+        if freed > 0 {
+            tracing::info!(freed, "removed temporary files left by an interrupted write");
+        }
+        Ok(lock)
     }
 
     /// Takes a shared reader lock (list, info, extract, check): any number of readers, no

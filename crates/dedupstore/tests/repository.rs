@@ -971,3 +971,28 @@ fn a_pipelined_restore_reads_each_needed_blob_once_and_nothing_between() {
         }
     }
 }
+
+/// A writer killed mid-write leaves a hidden temporary file in a local repository; the next
+/// writer (the exclusive lock: create, prune, compact) removes it, as a server does per session.
+/// A reader leaves it alone, and the archives are untouched.
+#[test]
+fn the_next_writer_removes_what_a_killed_writer_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path(), Mode::Repokey);
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(100_000, 5)).unwrap();
+    backup(&repo, "a1", vec![src.clone()], None);
+    let fan = dir.path().join("repo/data/00");
+    fs::create_dir_all(&fan).unwrap();
+    let stale = fan.join(".tmp-00dead-0000000000000009");
+    fs::write(&stale, vec![1u8; 4096]).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+    drop(repo.shared_lock().unwrap());
+    assert!(stale.exists(), "a reader must not clean up");
+    drop(repo.lock().unwrap());
+    assert!(!stale.exists(), "the writer removes the stale temporary file");
+    let report = commands::check(&repo, CheckOptions { verify_data: true, ..Default::default() }).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
