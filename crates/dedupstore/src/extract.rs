@@ -443,7 +443,7 @@ pub fn extract_with_progress(
                 if !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
                     continue;
                 }
-                if let Err(e) = set_metadata(item, dest, opts) {
+                if let Err(e) = set_metadata(item, dest, None, opts) {
                     res.errors.push(format!("{}: {e}", item.path_lossy()));
                 }
             }
@@ -571,10 +571,13 @@ fn restore_item(
             }
             let mut f = OpenOptions::new().write(true).create_new(true).open(dest).map_err(io)?;
             let mut first_err = None;
+            // where the file offset is, and where the file ends (a seek does not extend it)
+            let (mut pos, mut end) = (0u64, 0u64);
             for c in &item.chunks {
                 match c {
                     Extent::Hole(n) => {
                         f.seek(SeekFrom::Current(*n as i64)).map_err(io)?;
+                        pos += n;
                     }
                     Extent::Data { len, .. } => match fetcher.fetch(*len) {
                         Ok(d) => {
@@ -586,7 +589,9 @@ fn restore_item(
                                 f.seek(SeekFrom::Current(d.len() as i64)).map_err(io)?;
                             } else {
                                 f.write_all(&d).map_err(io)?;
+                                end = pos + d.len() as u64;
                             }
+                            pos += d.len() as u64;
                         }
                         Err(e) => first_err = first_err.or(Some(e)),
                     },
@@ -597,8 +602,14 @@ fn restore_item(
                 let _ = fs::remove_file(dest);
                 return Err(e);
             }
-            f.set_len(item.size).map_err(io)?;
-            drop(f);
+            // only a file that ends in a hole needs it (6 % of the writer thread's time when
+            // every file paid for it)
+            if end != item.size {
+                f.set_len(item.size).map_err(io)?;
+            }
+            // metadata through the open file: no path walk for each of chown, xattrs, chmod
+            // and the times
+            return set_metadata(item, dest, Some(&f), opts);
         }
         ItemKind::Symlink => {
             let t = item.target.clone().unwrap_or_default();
@@ -623,12 +634,15 @@ fn restore_item(
         }
         ItemKind::Socket => return Ok(()),
     }
-    set_metadata(item, dest, opts)
+    set_metadata(item, dest, None, opts)
 }
 
-fn set_metadata(item: &Item, dest: &Path, opts: &ExtractOptions) -> Result<()> {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
+/// Owner, extended attributes, mode and times of `dest`, through `file` when the item is a
+/// regular file just written (no path lookups), else by path without following a symlink.
+fn set_metadata(item: &Item, dest: &Path, file: Option<&fs::File>, opts: &ExtractOptions) -> Result<()> {
+    use nix::sys::stat::{futimens, utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
+    use std::os::fd::AsRawFd;
     let io = |e: std::io::Error| Error::io(dest, e);
     if nix::unistd::geteuid().is_root() {
         let uid = (!opts.numeric_ids)
@@ -643,28 +657,38 @@ fn set_metadata(item: &Item, dest: &Path, opts: &ExtractOptions) -> Result<()> {
             .and_then(|n| nix::unistd::Group::from_name(n).ok().flatten())
             .map(|g| g.gid.as_raw())
             .unwrap_or(item.gid);
-        nix::unistd::fchownat(
-            None,
-            dest,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
+        let (uid, gid) = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+        match file {
+            Some(f) => nix::unistd::fchown(f.as_raw_fd(), uid, gid),
+            None => nix::unistd::fchownat(None, dest, uid, gid, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW),
+        }
         .map_err(|e| io(e.into()))?;
     }
     for (k, v) in &item.xattrs {
-        if let Err(e) = xattr::set(dest, OsStr::from_bytes(k), v) {
+        let set = match file {
+            Some(f) => xattr::FileExt::set_xattr(f, OsStr::from_bytes(k), v),
+            None => xattr::set(dest, OsStr::from_bytes(k), v),
+        };
+        if let Err(e) = set {
             // Like borg: a file system without xattr support is a warning, not a failure.
             tracing::warn!("{}: xattr {}: {e}", dest.display(), String::from_utf8_lossy(k));
         }
     }
     if item.kind != ItemKind::Symlink {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dest, fs::Permissions::from_mode(item.mode)).map_err(io)?;
+        let mode = fs::Permissions::from_mode(item.mode);
+        match file {
+            Some(f) => f.set_permissions(mode),
+            None => fs::set_permissions(dest, mode),
+        }
+        .map_err(io)?;
     }
     let ts = |n: i64| TimeSpec::new(n.div_euclid(1_000_000_000), n.rem_euclid(1_000_000_000));
-    utimensat(None, dest, &ts(item.atime), &ts(item.mtime), UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| io(e.into()))?;
+    match file {
+        Some(f) => futimens(f.as_raw_fd(), &ts(item.atime), &ts(item.mtime)),
+        None => utimensat(None, dest, &ts(item.atime), &ts(item.mtime), UtimensatFlags::NoFollowSymlink),
+    }
+    .map_err(|e| io(e.into()))?;
     Ok(())
 }
 
