@@ -27,12 +27,12 @@ pub const RESTORE_KEEP: u64 = 16 << 20;
 /// the process's memory; gone when the restore ends).
 pub const SPILL_KEEP: u64 = 512 << 20;
 
-/// Restored chunks kept for a later occurrence ([`plan_reuse`]): in slots of an unlinked
-/// temporary file on the destination's file system, or in memory when there is none. A chunk
-/// that is not there when its occurrence comes (its write failed) is read again.
-struct Kept {
-    mem: HashMap<usize, Vec<u8>>,
-    spill: Option<Spill>,
+/// Restored chunks kept for a later occurrence ([`plan_reuse`]), by that occurrence: in slots of
+/// an unlinked temporary file on the destination's file system, or in memory when there is none.
+/// A chunk that is not there when its occurrence comes (its write failed) is read again.
+enum Kept {
+    Mem(HashMap<usize, Vec<u8>>),
+    Spill(Spill),
 }
 
 /// An unlinked file (`O_TMPFILE`) of fixed-size slots.
@@ -58,9 +58,12 @@ impl Spill {
 impl Kept {
     fn put(&mut self, later: usize, data: &[u8]) {
         use std::os::unix::fs::FileExt;
-        let Some(sp) = self.spill.as_mut() else {
-            self.mem.insert(later, data.to_vec());
-            return;
+        let sp = match self {
+            Kept::Mem(m) => {
+                m.insert(later, data.to_vec());
+                return;
+            }
+            Kept::Spill(sp) => sp,
         };
         let slot = sp.free.pop().unwrap_or_else(|| {
             sp.unused += 1;
@@ -77,7 +80,10 @@ impl Kept {
     /// The chunk kept for occurrence `n`, if it was kept and can be read back.
     fn take(&mut self, n: usize) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let Some(sp) = self.spill.as_mut() else { return self.mem.remove(&n) };
+        let sp = match self {
+            Kept::Mem(m) => return m.remove(&n),
+            Kept::Spill(sp) => sp,
+        };
         let (slot, len) = sp.at.remove(&n)?;
         let mut buf = vec![0u8; len];
         let r = sp.file.read_exact_at(&mut buf, slot * sp.slot);
@@ -302,10 +308,13 @@ pub fn extract_with_progress(
     // A chunk that occurs again is read and opened once (over ssh: its bytes cross the link
     // once), kept in the spill file until then; `wanted`: the occurrences that are read.
     let slot = ids.iter().filter_map(|id| index.chunks.get(id)).map(|l| u64::from(l.ulen)).max().unwrap_or(0);
-    let spill = if opts.dry_run { None } else { Spill::new(&opts.dest, slot) };
-    let (reuse_from, keep_for) = match spill {
-        Some(_) => plan_reuse(&index, &ids, SPILL_KEEP, &|_| slot.max(1)),
-        None => plan_reuse(&index, &ids, RESTORE_KEEP, &|l| u64::from(l.ulen)),
+    let kept = match (!opts.dry_run).then(|| Spill::new(&opts.dest, slot)).flatten() {
+        Some(sp) => Kept::Spill(sp),
+        None => Kept::Mem(HashMap::new()),
+    };
+    let (reuse_from, keep_for) = match kept {
+        Kept::Spill(_) => plan_reuse(&index, &ids, SPILL_KEEP, &|_| slot.max(1)),
+        Kept::Mem(_) => plan_reuse(&index, &ids, RESTORE_KEEP, &|l| u64::from(l.ulen)),
     };
     let wanted: Vec<usize> = (0..ids.len()).filter(|&n| reuse_from[n].is_none()).collect();
     let progress = ExtractProgress {
@@ -394,7 +403,7 @@ pub fn extract_with_progress(
             ids,
             reuse_from: &reuse_from,
             keep_for: &keep_for,
-            kept: Kept { mem: HashMap::new(), spill },
+            kept,
             repo,
             index: &index,
             consumed: 0,
