@@ -36,10 +36,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    rempart_daemon::init_logging("RUST_LOG", "warn");
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
