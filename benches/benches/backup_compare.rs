@@ -18,10 +18,21 @@
 //! each figure; the backup after modifying files runs once. Then, in-process, what each chunk
 //! size trades on the file with shifted duplicates: stored bytes, number of chunks (index size)
 //! and chunking speed.
+//!
+//! borg and restic, the anchors, are checked against references measured in the same run
+//! (issue 14, `rempart_benches::physical`) before the table: raw `pwrite` + `fdatasync` on the
+//! scratch directory's file system, and one core doing the least a backup (keyed blake3 + zstd,3)
+//! or a restore / verifying check (zstd decompress + keyed blake3) must do, on a sample of the
+//! corpus, measured before the first backup and after the checks (the faster of the two counts).
+//! Both tools are CPU-bound, so an anchor's throughput below 10 % of min(disk, that one-core
+//! pipeline), or its CPU time above 10× the pipeline's, marks it implausible. Incremental
+//! backups (bounded by metadata work), peak RSS and repository sizes are not checked.
 
 use dedupstore::chunker::{Chunker, ChunkerParams};
 use rand::{Rng, SeedableRng};
 use rempart_benches::corpus::generate;
+use rempart_benches::physical::{self, Bound, MIN_FRACTION_CPU};
+use rempart_benches::AnchorCheck;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -270,6 +281,80 @@ fn chunk_table(file: &Path) -> String {
     out
 }
 
+/// The same-run references of this bench: the disk and the one-core pipeline, each measured
+/// twice (before the first backup, after the checks).
+struct Refs {
+    disk: Vec<physical::Disk>,
+    pipeline: Vec<physical::Pipeline>,
+}
+
+impl Refs {
+    fn measure(&mut self, dir: &Path, src: &Path) {
+        let d = physical::disk(dir).expect("disk reference");
+        let p = physical::pipeline(&rempart_benches::corpus::sample(src, 64 << 20));
+        eprintln!("physical references: {d}; {p}");
+        self.disk.push(d);
+        self.pipeline.push(p);
+    }
+
+    /// MB/s (10^6) of the disk's 1 MiB pwrite stream + fdatasync, the better of the runs.
+    fn disk_mbs(&self) -> f64 {
+        self.disk.iter().map(|d| d.stream_mibs * 1.048576).fold(f64::NAN, f64::max)
+    }
+
+    fn best(&self, f: fn(&physical::Pipeline) -> f64) -> f64 {
+        self.pipeline.iter().map(f).fold(f64::NAN, f64::max)
+    }
+
+    /// How an anchor's figures for one operation over `bytes` are checked: its MB/s against
+    /// `MIN_FRACTION_CPU` of min(disk, pipeline), its CPU seconds against 10× the pipeline's.
+    fn op(&self, bytes: f64, restore: bool, with_disk: bool) -> OpCheck {
+        let (pipe, what) = if restore {
+            (self.best(|p| p.restore_mbs), "zstd decompress + keyed blake3")
+        } else {
+            (self.best(|p| p.create_mbs), "keyed blake3 + zstd,3")
+        };
+        let (rate, reference) = if with_disk {
+            let disk = self.disk_mbs();
+            (pipe.min(disk), format!("min(disk pwrite stream {disk:.0} MB/s, one core {what} {pipe:.0} MB/s)"))
+        } else {
+            (pipe, format!("one core {what} {pipe:.0} MB/s"))
+        };
+        let cpu_s = bytes / 1e6 / pipe;
+        OpCheck {
+            rate: AnchorCheck::Against {
+                reference: format!("{reference} = {rate:.0} MB/s"),
+                bound: Bound::Rate { reference: rate, min_fraction: MIN_FRACTION_CPU },
+            },
+            cpu: AnchorCheck::Against {
+                reference: format!("one core {what} over the corpus: {cpu_s:.2} s"),
+                bound: Bound::Cost { reference: cpu_s, max_factor: 1.0 / MIN_FRACTION_CPU },
+            },
+        }
+    }
+}
+
+/// The checks of one operation's rows (wall and MB/s share the rate check).
+struct OpCheck {
+    rate: AnchorCheck,
+    cpu: AnchorCheck,
+}
+
+impl OpCheck {
+    fn not_checked(why: &'static str) -> OpCheck {
+        OpCheck { rate: AnchorCheck::NotChecked(why), cpu: AnchorCheck::NotChecked(why) }
+    }
+}
+
+/// One row of the table: the figures as printed, each anchor's value (borg, restic) in the
+/// unit `check` expects, and the check.
+struct TableRow {
+    metric: String,
+    vals: Vec<String>,
+    anchors: [f64; 2],
+    check: AnchorCheck,
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -293,28 +378,24 @@ fn main() {
     // Drop the page cache influence as far as we can without root tricks: every tool reads the
     // same corpus, in rotating order, and the first pass warms the cache for everyone.
     let _ = Command::new("cat").arg(src.join("large-with-shifted-duplicates.img")).output();
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    let mut push = |metric: &str, vals: Vec<String>| rows.push((metric.to_string(), vals));
-    // Every operation: wall time, throughput over the corpus size, peak RSS, CPU time (user +
-    // sys: what the machine spent, independent of how busy it was with other work).
-    let mut op = |label: &str, costs: &[Cost]| {
-        push(&format!("{label}: wall (s)"), costs.iter().map(|c| format!("{:.2}", c.wall)).collect());
-        push(&format!("{label}: MB/s"), costs.iter().map(|c| format!("{:.0}", size / 1e6 / c.wall)).collect());
-        push(&format!("{label}: peak RSS (MB)"), costs.iter().map(|c| format!("{:.0}", c.rss_mb)).collect());
-        push(&format!("{label}: CPU (s)"), costs.iter().map(|c| format!("{:.2}", c.cpu)).collect());
-    };
+    let mut refs = Refs { disk: Vec::new(), pipeline: Vec::new() };
+    refs.measure(&dir, &src);
+    // (label, costs per tool, rate check applies with the disk, restore-type pipeline); checks
+    // are made once both reference runs are in.
+    let mut ops: Vec<(String, Vec<Cost>, Option<(bool, bool)>)> = Vec::new();
+    let mut extra: Vec<(String, Vec<String>)> = Vec::new();
     let first = repeated(&tools, reps, |t, _| {
         t.fresh();
         t.backup("first", &src)
     });
-    op("first backup", &first);
+    ops.push(("first backup".into(), first, Some((true, false))));
     let repo_first: Vec<String> =
         tools.iter().map(|t| format!("{:.0}", rempart_benches::corpus::du(&t.repo) as f64 / 1e6)).collect();
     let second = repeated(&tools, reps, |t, rep| t.backup(&format!("second-{rep}"), &src));
-    op("unchanged backup", &second);
+    ops.push(("unchanged backup".into(), second, None));
     let changed = modify(&src, 77);
     let third: Vec<_> = tools.iter().map(|t| t.backup("third", &src)).collect();
-    op(&format!("backup after modifying 5 % ({changed} files)"), &third);
+    ops.push((format!("backup after modifying 5 % ({changed} files)"), third, None));
     // Every restore goes to a freshly made ext4 (a loop device, `rempart_benches::FreshFs`): on
     // the host's file system each restore ran slower than the one before, whichever tool it was
     // (ext4 scans its inode bitmap for files created soon after thousands were deleted; perf:
@@ -335,14 +416,57 @@ fn main() {
             let _ = std::fs::remove_dir_all(dir.join(format!("{}-restore-{rep}", t.name)));
         }
     }
-    op("full restore", &restore);
+    ops.push(("full restore".into(), restore, Some((true, true))));
     let check = repeated(&tools, reps, |t, _| t.check());
-    op("check --verify-data", &check);
-    push("repository size after the first backup (MB)", repo_first);
-    push(
-        "repository size after three backups (MB)",
+    // A check reads the repository (page cache) and writes nothing: the pipeline alone bounds it.
+    ops.push(("check --verify-data".into(), check, Some((false, true))));
+    extra.push(("repository size after the first backup (MB)".into(), repo_first));
+    extra.push((
+        "repository size after three backups (MB)".into(),
         tools.iter().map(|t| format!("{:.0}", rempart_benches::corpus::du(&t.repo) as f64 / 1e6)).collect(),
-    );
+    ));
+    refs.measure(&dir, &src);
+    // Every operation: wall time, throughput over the corpus size, peak RSS, CPU time (user +
+    // sys: what the machine spent, independent of how busy it was with other work).
+    let mut rows: Vec<TableRow> = Vec::new();
+    for (label, costs, how) in &ops {
+        let c = match how {
+            Some((with_disk, restore)) => refs.op(size, *restore, *with_disk),
+            None => OpCheck::not_checked(
+                "an incremental backup is bounded by metadata work (stat, cache and repository, archive), \
+                 which no same-run reference measures",
+            ),
+        };
+        let anchors = |f: &dyn Fn(&Cost) -> f64| [f(&costs[1]), f(&costs[2])];
+        let mbs = |c: &Cost| size / 1e6 / c.wall;
+        rows.push(TableRow {
+            metric: format!("{label}: wall (s)"),
+            vals: costs.iter().map(|c| format!("{:.2}", c.wall)).collect(),
+            anchors: anchors(&mbs),
+            check: c.rate.clone(),
+        });
+        rows.push(TableRow {
+            metric: format!("{label}: MB/s"),
+            vals: costs.iter().map(|c| format!("{:.0}", mbs(c))).collect(),
+            anchors: anchors(&mbs),
+            check: c.rate,
+        });
+        rows.push(TableRow {
+            metric: format!("{label}: peak RSS (MB)"),
+            vals: costs.iter().map(|c| format!("{:.0}", c.rss_mb)).collect(),
+            anchors: anchors(&|c| c.rss_mb),
+            check: AnchorCheck::NotChecked("a size"),
+        });
+        rows.push(TableRow {
+            metric: format!("{label}: CPU (s)"),
+            vals: costs.iter().map(|c| format!("{:.2}", c.cpu)).collect(),
+            anchors: anchors(&|c| c.cpu),
+            check: c.cpu,
+        });
+    }
+    for (metric, vals) in extra {
+        rows.push(TableRow { metric, vals, anchors: [f64::NAN; 2], check: AnchorCheck::NotChecked("a size") });
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -351,19 +475,51 @@ fn main() {
         size / 1e6,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
+    let _ = writeln!(out, "physical references (issue 14), before the first backup and after the checks:");
+    for (d, p) in refs.disk.iter().zip(&refs.pipeline) {
+        let _ = writeln!(out, "- {d}; {p}");
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| metric | rempart-backup | borg 1.2.4 (zstd,3) | restic 0.14 | rempart/borg | rempart/restic |"
+        "| metric | rempart-backup | borg 1.2.4 (zstd,3) | restic 0.14 | rempart/borg | rempart/restic | borg, restic vs physical reference |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-    for (m, v) in &rows {
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+    let mut details = Vec::new();
+    for r in &rows {
+        let v = &r.vals;
         let ratio = |i: usize| -> String {
             match (v[0].parse::<f64>(), v[i].parse::<f64>()) {
                 (Ok(a), Ok(b)) if b != 0.0 => format!("{:.2}", a / b),
                 _ => "n/a".into(),
             }
         };
-        let _ = writeln!(out, "| {m} | {} | {} | {} | {} | {} |", v[0], v[1], v[2], ratio(1), ratio(2));
+        let short = |i: usize| match r.check.judge(r.anchors[i]) {
+            Some(p) if p.is_plausible() => "plausible".to_string(),
+            Some(_) => "IMPLAUSIBLE".to_string(),
+            None => "not checked".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {}, {} |",
+            r.metric,
+            v[0],
+            v[1],
+            v[2],
+            ratio(1),
+            ratio(2),
+            short(0),
+            short(1)
+        );
+        if matches!(r.check, AnchorCheck::Against { .. }) && !r.metric.ends_with("wall (s)") {
+            for (i, name) in [(0, "borg"), (1, "restic")] {
+                details.push(format!("- {}, {name}: {}", r.metric, r.check.cell(r.anchors[i])));
+            }
+        }
+    }
+    let _ = writeln!(out, "\nanchor checks (a ratio against an IMPLAUSIBLE anchor is no evidence either way):");
+    for d in details {
+        let _ = writeln!(out, "{d}");
     }
     let _ = writeln!(out);
     out.push_str(&chunk_table(&src.join("large-with-shifted-duplicates.img")));

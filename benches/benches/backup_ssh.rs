@@ -28,9 +28,18 @@
 //! (`ssh … cat >/dev/null`, `ssh … head -c N /dev/zero`), so a reader sees the ceiling, and the
 //! busy CPU time of the whole machine during each create and extract (/proc/stat): on a machine
 //! with few cores, ssh's and sshd's work takes cores from the client's rather than overlapping.
+//!
+//! The anchor, the local path, is checked against references measured in the same run (issue
+//! 14, `rempart_benches::physical`) before a verdict is printed: raw `pwrite` + `fdatasync` on
+//! the scratch file system and, per corpus, one core doing keyed blake3 + zstd,3 (create) or zstd
+//! decompress + keyed blake3 (extract, check) on a sample of it. A local create or extract slower
+//! than 10× the time min(disk, that pipeline) allows is implausible (it would flatter the ssh
+//! ratio): its verdict is withheld. Loopback TCP (where ssh runs) is printed next to ssh's own
+//! streams.
 
 use rand::{Rng, SeedableRng};
-use rempart_benches::{markdown_table, median, Row};
+use rempart_benches::physical::{self, Bound, MIN_FRACTION_CPU};
+use rempart_benches::{markdown_table, median, AnchorCheck, Plausibility, Row};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -305,8 +314,13 @@ fn main() {
     }
     let mut tables = String::new();
     let mut verdicts = String::new();
+    let disk = physical::disk(d.path()).expect("disk reference");
+    let lo = physical::loopback().expect("loopback reference");
+    let mut refs = format!("physical references (issue 14): {disk}; {lo}\n");
     for (ci, (label, src)) in corpora.iter().enumerate() {
         let bytes = rempart_benches::corpus::du(src);
+        let pipe = physical::pipeline(&rempart_benches::corpus::sample(src, 64 << 20));
+        refs.push_str(&format!("{label}: {pipe}\n"));
         let mut sm = Samples::default();
         // On the host's file system (REMPART_BENCH_HOST_FS=1), extract directories are removed
         // only after the last repetition: ext4 does not hand out an inode freed in the last ~30 s,
@@ -384,16 +398,51 @@ fn main() {
         for out in &outs {
             let _ = std::fs::remove_dir_all(out);
         }
+        // The local run's seconds against what the disk and one core allow for these bytes.
+        let allow = |mbs: f64, what: &str, with_disk: bool| {
+            let disk_mbs = disk.stream_mibs * 1.048576;
+            let (rate, reference) = if with_disk {
+                (
+                    mbs.min(disk_mbs),
+                    format!("min(disk pwrite stream {disk_mbs:.0} MB/s, one core {what} {mbs:.0} MB/s)"),
+                )
+            } else {
+                (mbs, format!("one core {what} {mbs:.0} MB/s"))
+            };
+            let secs = bytes as f64 / 1e6 / rate;
+            AnchorCheck::Against {
+                reference: format!("{reference}: {secs:.2} s for {:.0} MB", bytes as f64 / 1e6),
+                bound: Bound::Cost { reference: secs, max_factor: 1.0 / MIN_FRACTION_CPU },
+            }
+        };
         let rows = vec![
-            Row { metric: format!("create, {label} (s)"), ours: sm.create.1.clone(), anchor: sm.create.0.clone() },
-            Row { metric: format!("extract, {label} (s)"), ours: sm.extract.1.clone(), anchor: sm.extract.0.clone() },
-            Row { metric: format!("list, {label} (s)"), ours: sm.list.1.clone(), anchor: sm.list.0.clone() },
+            Row {
+                metric: format!("create, {label} (s)"),
+                ours: sm.create.1.clone(),
+                anchor: sm.create.0.clone(),
+                check: allow(pipe.create_mbs, "keyed blake3 + zstd,3", true),
+            },
+            Row {
+                metric: format!("extract, {label} (s)"),
+                ours: sm.extract.1.clone(),
+                anchor: sm.extract.0.clone(),
+                check: allow(pipe.restore_mbs, "zstd decompress + keyed blake3", true),
+            },
+            Row {
+                metric: format!("list, {label} (s)"),
+                ours: sm.list.1.clone(),
+                anchor: sm.list.0.clone(),
+                check: AnchorCheck::NotChecked("bounded by reading archive metadata, no same-run reference"),
+            },
             Row {
                 metric: format!("check --verify-data, {label} (s)"),
                 ours: sm.check.1.clone(),
                 anchor: sm.check.0.clone(),
+                check: allow(pipe.restore_mbs, "zstd decompress + keyed blake3", false),
             },
         ];
+        let gate = |r: &Row| r.plausibility().unwrap_or_else(|| Plausibility::Implausible("not checked".into()));
+        let (create_ok, extract_ok) = (gate(&rows[0]), gate(&rows[1]));
         tables.push_str(
             &markdown_table("local path", &rows)
                 .replace("rempart median", "ssh median")
@@ -407,8 +456,8 @@ fn main() {
         verdicts.push_str(&format!(
             "{label}: throughput over ssh / local: create {cr:.2}× ({}), extract {xr:.2}× ({}), \
              check --verify-data {kr:.2}×\n",
-            verdict(cr),
-            verdict(xr)
+            create_ok.gate(verdict(cr)),
+            extract_ok.gate(verdict(xr))
         ));
         // ssh alone moving what crossed the link (the repository's bytes)
         let linked = sm.stored.iter().copied().max().unwrap_or(bytes);
@@ -443,6 +492,7 @@ fn main() {
         ));
     }
     println!("\nrempart-backup over ssh (loopback, forced command) vs local path, {reps} repetitions\n");
+    println!("{refs}");
     println!("{tables}");
     println!("target: throughput over ssh ≥ 0.80× the local path\n{verdicts}");
 }

@@ -2,10 +2,17 @@
 //! comparison with an anchor (keepalived, qemu-nbd, borg, restic) prints.
 //!
 //! The machines these run on are shared and noisy, so a bench reports medians and ratios, never a
-//! single absolute time.
+//! single absolute time. An anchor can collapse too (issue 14: qemu-nbd at 103 MiB/s where the
+//! machine allowed ~1.8 GiB/s): every row names how its anchor was checked against a physical
+//! reference measured in the same run ([`physical`]), and a verdict is printed only when the
+//! anchor is plausible.
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+pub mod physical;
+
+pub use physical::{AnchorCheck, Plausibility};
 
 /// The `p`-th percentile (0.0..=100.0) of `samples`, by nearest rank. `None` when empty.
 pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
@@ -37,15 +44,28 @@ pub struct Row {
     pub ours: Vec<f64>,
     /// The anchor's samples, measured in the same run on the same data.
     pub anchor: Vec<f64>,
+    /// How the anchor's median is checked against a physical reference of the same run.
+    pub check: AnchorCheck,
 }
 
-/// Renders rows as a Markdown table: median and p95 for both, and the ratio of the medians
-/// (ours / anchor; below 1.0 means rempart is faster when the metric is a time).
+impl Row {
+    /// Whether the anchor's median is plausible; `None` when the row is not checked (or has no
+    /// anchor samples: then nothing vouches for it and the caller prints no verdict).
+    pub fn plausibility(&self) -> Option<Plausibility> {
+        self.check.judge(median(&self.anchor).unwrap_or(f64::NAN))
+    }
+}
+
+/// Renders rows as a Markdown table: median and p95 for both, the ratio of the medians
+/// (ours / anchor; below 1.0 means rempart is faster when the metric is a time), and the check
+/// of the anchor against its physical reference.
 pub fn markdown_table(anchor_name: &str, rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ =
-        writeln!(out, "| metric | rempart median | rempart p95 | {anchor_name} median | {anchor_name} p95 | ratio |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| metric | rempart median | rempart p95 | {anchor_name} median | {anchor_name} p95 | ratio | {anchor_name} vs physical reference |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let (om, op) = (median(&r.ours), percentile(&r.ours, 95.0));
         let (am, ap) = (median(&r.anchor), percentile(&r.anchor, 95.0));
@@ -54,7 +74,8 @@ pub fn markdown_table(anchor_name: &str, rows: &[Row]) -> String {
             _ => "n/a".to_string(),
         };
         let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
-        let _ = writeln!(out, "| {} | {} | {} | {} | {} | {} |", r.metric, f(om), f(op), f(am), f(ap), ratio);
+        let check = r.check.cell(am.unwrap_or(f64::NAN));
+        let _ = writeln!(out, "| {} | {} | {} | {} | {} | {} | {check} |", r.metric, f(om), f(op), f(am), f(ap), ratio);
     }
     out
 }
@@ -241,6 +262,38 @@ pub mod corpus {
         du(root)
     }
 
+    /// About `budget` bytes taken from every regular file under `root` in proportion to its
+    /// size (a prefix of each), in path order: the corpus's mix of text, binaries and
+    /// incompressible data in small, for a same-run CPU reference (`physical::pipeline`).
+    pub fn sample(root: &Path, budget: usize) -> Vec<u8> {
+        fn files(p: &Path, out: &mut Vec<(PathBuf, u64)>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => files(&e.path(), out),
+                    Ok(t) if t.is_file() => out.push((e.path(), e.metadata().map(|m| m.len()).unwrap_or(0))),
+                    _ => {}
+                }
+            }
+        }
+        let mut all = Vec::new();
+        files(root, &mut all);
+        all.sort();
+        let total: u64 = all.iter().map(|f| f.1).sum();
+        let share = if total == 0 { 0.0 } else { (budget as f64 / total as f64).min(1.0) };
+        let mut out = Vec::with_capacity(budget + 4096);
+        for (p, len) in all {
+            let want = ((len as f64 * share).ceil() as usize).min(len as usize);
+            if let Ok(mut f) = std::fs::File::open(&p) {
+                use std::io::Read;
+                let mut v = Vec::with_capacity(want);
+                if (&mut f).take(want as u64).read_to_end(&mut v).is_ok() {
+                    out.extend_from_slice(&v);
+                }
+            }
+        }
+        out
+    }
+
     /// Bytes of the regular files (and other non-directories) under `p`, recursively.
     pub fn du(p: &Path) -> u64 {
         let mut total = 0;
@@ -272,8 +325,32 @@ mod tests {
     fn table_has_ratio_of_medians() {
         let t = markdown_table(
             "keepalived",
-            &[Row { metric: "x".into(), ours: vec![1.0, 1.0, 1.0], anchor: vec![2.0, 2.0, 2.0] }],
+            &[Row {
+                metric: "x".into(),
+                ours: vec![1.0, 1.0, 1.0],
+                anchor: vec![2.0, 2.0, 2.0],
+                check: AnchorCheck::NotChecked("a test"),
+            }],
         );
-        assert!(t.contains("| x | 1.0000 | 1.0000 | 2.0000 | 2.0000 | 0.50 |"), "{t}");
+        assert!(t.contains("| x | 1.0000 | 1.0000 | 2.0000 | 2.0000 | 0.50 | not checked: a test |"), "{t}");
+    }
+
+    // Issue 14: a row whose anchor collapsed still shows its ratio, and says the anchor is
+    // implausible next to it.
+    #[test]
+    fn table_flags_an_implausible_anchor() {
+        use physical::{Bound, MIN_FRACTION};
+        let row = Row {
+            metric: "1 MiB QD4 (MiB/s)".into(),
+            ours: vec![1843.0],
+            anchor: vec![103.0],
+            check: AnchorCheck::Against {
+                reference: "min(disk, loopback) 1843 MiB/s".into(),
+                bound: Bound::Rate { reference: 1843.0, min_fraction: MIN_FRACTION },
+            },
+        };
+        assert!(!row.plausibility().unwrap().is_plausible());
+        let t = markdown_table("qemu-nbd", &[row]);
+        assert!(t.contains("| 17.89 | IMPLAUSIBLE: 103.0 is 5.6 % of the 1843.0"), "{t}");
     }
 }
