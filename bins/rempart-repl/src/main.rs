@@ -8,7 +8,16 @@
 //!              | verify | invalidate   --run-dir /run/rempart-r0
 //! ```
 //!
-//! Exit codes: 0 success; 1 error (bad config, refused state change, daemon unreachable).
+//! Exit codes: 0 success; 1 error (bad config, refused state change, daemon unreachable,
+//! another daemon already running with the same `--run-dir`).
+//!
+//! Signals (`run`): TERM and INT stop the daemon (after demoting it if nothing is in flight);
+//! HUP is a logged no-op (no reload: restart to apply a changed resource file); USR1 logs the
+//! status (`drbdadm status` layout), USR2 the status as JSON with its counters. No other
+//! signal is caught.
+//!
+//! One daemon per run directory: `run` holds `RUN_DIR/repl.pid` under a lock for its whole
+//! life; a second `run` with the same directory fails at start and touches nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,8 +89,11 @@ enum Cmd {
         #[command(flatten)]
         ctl: Ctl,
     },
-    /// Become Secondary.
+    /// Become Secondary (refused while an NBD client has the device open).
     Secondary {
+        /// Even while NBD clients have the device open: their I/O fails from then on.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         ctl: Ctl,
     },
@@ -118,14 +130,7 @@ struct Ctl {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    rempart_daemon::init_logging("RUST_LOG", "info");
     match run() {
         Ok(code) => code,
         Err(e) => {
@@ -148,7 +153,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Cmd::Status { json, ctl } => (ctl, if json { "status --json" } else { "status" }.to_string()),
         Cmd::Primary { force, ctl } => (ctl, if force { "primary --force" } else { "primary" }.to_string()),
-        Cmd::Secondary { ctl } => (ctl, "secondary".into()),
+        Cmd::Secondary { force, ctl } => (ctl, if force { "secondary --force" } else { "secondary" }.to_string()),
         Cmd::Connect { discard_my_data, ctl } => {
             (ctl, if discard_my_data { "connect --discard-my-data" } else { "connect" }.to_string())
         }
@@ -190,7 +195,7 @@ fn create_md(config: &Path, node: &str, force: bool) -> anyhow::Result<ExitCode>
     let (c, i) = load(config, node)?;
     let n = &c.node[i];
     let disk = c.resolve(&n.disk);
-    let meta = c.meta_path(n);
+    let meta = c.checked_meta_path(n)?;
     if meta.exists() && !force {
         bail!("{}: metadata exists (use --force to overwrite)", meta.display());
     }
@@ -212,6 +217,7 @@ fn daemon(
     let (c, i) = load(config, node)?;
     let me = c.node[i].clone();
     let peer = c.node[1 - i].clone();
+    let meta_path = c.checked_meta_path(&me)?;
     let secret_path = c.resolve(&c.resource.secret_file);
     let secret = std::fs::read(&secret_path).with_context(|| format!("reading secret {}", secret_path.display()))?;
     let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
@@ -227,6 +233,7 @@ fn daemon(
     cfg.peer_timeout = std::time::Duration::from_millis(c.resource.peer_timeout_ms);
     cfg.al_extents = c.resource.al_extents;
     cfg.checksum_resync = c.resource.checksum_resync;
+    cfg.peer_name = format!("{} ({})", peer.name, peer.address);
     let listen: SocketAddr = me.address.parse().context("node address")?;
     let dial = if tiebreak {
         Some(match peer_address {
@@ -238,9 +245,19 @@ fn daemon(
     };
     let nbd = parse_nbd(&me.nbd).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // Before anything is bound or removed: a second daemon on this run directory stops here,
+    // leaving the first one's control socket alone.
+    let _pid = rempart_daemon::PidLock::acquire(run_dir.join("repl.pid"))
+        .with_context(|| format!("cannot run resource {} with run directory {}", c.resource.name, run_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let handle = io::start(cfg, &c.resolve(&me.disk), &c.meta_path(&me), LinkConfig { listen, dial })
+        // Caught from the start: an operator's `kill -HUP` or `kill -USR1` must never kill it.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let mut usr2 = signal(SignalKind::user_defined2())?;
+        let handle = io::start(cfg, &c.resolve(&me.disk), &meta_path, LinkConfig { listen, dial })
             .await
             .with_context(|| format!("starting resource {} on node {}", c.resource.name, me.name))?;
         let name = c.resource.name.clone();
@@ -266,16 +283,32 @@ fn daemon(
             _ => bail!("unsupported nbd endpoint"),
         }
         info!(resource = %name, node = %me.name, "running");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP: reload is not supported, ignored (restart the daemon to apply a changed resource file)");
+                }
+                _ = usr1.recv() => match handle.status().await {
+                    Some(s) => info!("SIGUSR1: status\n{}", io::status_text(&name, &s).trim_end()),
+                    None => tracing::warn!("SIGUSR1: the replica has stopped"),
+                },
+                _ = usr2.recv() => match handle.status().await {
+                    Some(s) => info!("SIGUSR2: status {}", io::status_json(&name, &s)),
+                    None => tracing::warn!("SIGUSR2: the replica has stopped"),
+                },
+            }
         }
         // A clean stop demotes first, so the next start is not treated as a crashed Primary
         // (which would resync the activity log). Refused while writes are in flight: then the
         // activity log covers them.
-        if let Err(e) = handle.admin(io::Admin::Secondary).await {
-            tracing::warn!(error = %e, "could not demote before stopping");
+        // The peer is told (it answers within its timeout, or the connection is declared lost).
+        let demote = handle.admin(io::Admin::Secondary { force: true });
+        match tokio::time::timeout(std::time::Duration::from_secs(10), demote).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not demote before stopping"),
+            Err(_) => tracing::warn!("could not demote before stopping: no answer from the replica"),
         }
         info!("stopping");
         Ok(ExitCode::SUCCESS)

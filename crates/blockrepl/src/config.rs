@@ -39,6 +39,33 @@ pub enum ConfigError {
     },
 }
 
+/// Why a node's metadata location is refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MetaPathError {
+    /// No `meta` path is set and the default, next to the disk, would be on devtmpfs: gone at
+    /// the next reboot, with the generation identifiers and the bitmap.
+    #[error(
+        "node {node}: disk {} is a block device and no `meta` path is set: the default metadata \
+         file {} would be on devtmpfs (/dev) and lost at the next reboot. Set `meta = \"{}\"` (a \
+         file on persistent storage, e.g. /var/lib/rempart/) in this [[node]] section; internal \
+         metadata (at the end of the device) is not supported yet",
+        disk.display(),
+        default.display(),
+        suggestion.display()
+    )]
+    OnDevtmpfs {
+        /// Node name.
+        node: String,
+        /// The disk.
+        disk: PathBuf,
+        /// The refused default.
+        default: PathBuf,
+        /// A place that survives a reboot.
+        suggestion: PathBuf,
+    },
+}
+
 /// The `[resource]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -93,7 +120,8 @@ pub struct Node {
     pub address: String,
     /// Backing file or block device.
     pub disk: PathBuf,
-    /// Metadata file (default: `<disk>.md`).
+    /// Metadata file (default: `<disk>.md`, refused when the disk is a block device: see
+    /// [`ResourceConfig::checked_meta_path`]).
     #[serde(default)]
     pub meta: Option<PathBuf>,
     /// NBD endpoint: `HOST:PORT` or `unix:/path`.
@@ -207,6 +235,28 @@ impl ResourceConfig {
         }
     }
 
+    /// The metadata file of `node`, refusing the default `<disk>.md` when the disk is a block
+    /// device (or anything under `/dev`): that file would be on devtmpfs and vanish at reboot
+    /// (`/dev/sdb` → `/dev/sdb.md`). An explicit `meta` path is taken as given.
+    pub fn checked_meta_path(&self, node: &Node) -> Result<PathBuf, MetaPathError> {
+        use std::os::unix::fs::FileTypeExt;
+        let path = self.meta_path(node);
+        if node.meta.is_some() {
+            return Ok(path);
+        }
+        let disk = self.resolve(&node.disk);
+        let block = std::fs::metadata(&disk).is_ok_and(|m| m.file_type().is_block_device());
+        if block || path.starts_with("/dev") {
+            return Err(MetaPathError::OnDevtmpfs {
+                node: node.name.clone(),
+                disk,
+                default: path,
+                suggestion: PathBuf::from(format!("/var/lib/rempart/{}-{}.md", self.resource.name, node.name)),
+            });
+        }
+        Ok(path)
+    }
+
     /// Protocol (validated).
     pub fn protocol(&self) -> Protocol {
         self.resource.protocol.parse().unwrap_or_default()
@@ -265,6 +315,52 @@ nbd = "bogus"
             assert!(e.contains(needle), "{needle} missing in {e}");
         }
         assert!(e.starts_with("/etc/r0.toml"));
+    }
+
+    /// Issue 14: `/dev/sdb` → `/dev/sdb.md` is on devtmpfs, lost at reboot: refused as a
+    /// default with what to do instead; an explicit path is taken.
+    #[test]
+    fn default_metadata_next_to_a_block_device_is_refused_issue_14() {
+        let text = |meta: &str| {
+            format!(
+                "[resource]\nname = \"r0\"\nsecret-file = \"s\"\n\n\
+                 [[node]]\nname = \"main\"\naddress = \"127.0.0.1:7789\"\ndisk = \"/dev/sdb\"\nnbd = \"127.0.0.1:10809\"\n{meta}\n\
+                 [[node]]\nname = \"backup\"\naddress = \"127.0.0.1:7790\"\ndisk = \"b.img\"\nnbd = \"127.0.0.1:10810\"\n"
+            )
+        };
+        let c = ResourceConfig::parse(Path::new("/etc/rempart/r0.toml"), &text("")).unwrap();
+        let (me, peer) = c.nodes("main").unwrap();
+        let e = c.checked_meta_path(me).unwrap_err().to_string();
+        for needle in ["/dev/sdb.md", "devtmpfs", "reboot", "meta = \"/var/lib/rempart/r0-main.md\"", "internal"] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+        assert_eq!(c.checked_meta_path(peer).unwrap(), Path::new("/etc/rempart/b.img.md"));
+        let c = ResourceConfig::parse(Path::new("/etc/rempart/r0.toml"), &text("meta = \"/var/lib/r0.md\"")).unwrap();
+        assert_eq!(c.checked_meta_path(c.nodes("main").unwrap().0).unwrap(), Path::new("/var/lib/r0.md"));
+        // A block device outside /dev (a symlink or a custom node) is recognised too, where one
+        // exists: the root disk of this machine, through a path that does not start with /dev.
+        let blockdev = std::fs::read_dir("/sys/block")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| Path::new("/dev").join(e.file_name()))
+            .find(|p| {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+            });
+        if let Some(dev) = blockdev {
+            let dir = tempfile::tempdir().unwrap();
+            let link = dir.path().join("disk");
+            std::os::unix::fs::symlink(&dev, &link).unwrap();
+            let t = text("").replace("/dev/sdb", &link.display().to_string());
+            let c = ResourceConfig::parse(&dir.path().join("r0.toml"), &t).unwrap();
+            assert!(
+                c.checked_meta_path(c.nodes("main").unwrap().0).is_err(),
+                "{} via {}",
+                dev.display(),
+                link.display()
+            );
+        }
     }
 
     #[test]

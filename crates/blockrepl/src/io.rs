@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::meta::Meta;
-use crate::proto::{Action, Config, DiskOp, Replica, Status};
+use crate::proto::{Action, Change, Config, DiskOp, Replica, Role, Status};
 use crate::store::{BlockStore, FileStore};
 use crate::wire::{Bytes, FramePacket, Msg, HEADER_LEN};
 
@@ -37,8 +37,13 @@ pub enum Admin {
         /// Even if the disk is not UpToDate.
         force: bool,
     },
-    /// Become Secondary.
-    Secondary,
+    /// Become Secondary. Refused while an NBD client has the device open, as DRBD refuses
+    /// ("Device is held open by someone"), unless `force`: then the open clients' requests fail
+    /// with EIO from now on, as after DRBD's `secondary --force`.
+    Secondary {
+        /// Even while clients have the device open.
+        force: bool,
+    },
     /// Connect to the peer.
     Connect {
         /// Become SyncTarget of the union of both bitmaps.
@@ -70,6 +75,8 @@ pub struct Handle {
     data: FileStore,
     can_serve: Arc<AtomicBool>,
     pub(crate) wants_conn: Arc<AtomicBool>,
+    /// NBD clients in their transmission phase (DRBD's "openers").
+    open_clients: Arc<std::sync::atomic::AtomicUsize>,
     latency: Arc<Mutex<Histogram>>,
     local_latency: Arc<Mutex<Histogram>>,
     peer_latency: Arc<Mutex<Histogram>>,
@@ -132,6 +139,11 @@ impl Handle {
         rx.await.ok()
     }
 
+    /// NBD clients that have the device open now.
+    pub fn open_clients(&self) -> usize {
+        self.open_clients.load(Ordering::Acquire)
+    }
+
     /// Local disk write latency so far.
     pub fn local_latency(&self) -> Histogram {
         self.local_latency.lock().map(|h| h.clone()).unwrap_or_default()
@@ -155,6 +167,12 @@ impl Handle {
 impl BlockStore for Handle {
     fn size(&self) -> u64 {
         self.data.size()
+    }
+    fn opened(&self) {
+        self.open_clients.fetch_add(1, Ordering::AcqRel);
+    }
+    fn closed(&self) {
+        self.open_clients.fetch_sub(1, Ordering::AcqRel);
     }
     async fn read(&self, off: u64, len: u32) -> io::Result<Vec<u8>> {
         if !self.can_serve.load(Ordering::Acquire) {
@@ -208,6 +226,17 @@ pub struct MetaFile {
     full: u64,
     /// The activity-log slot the next record goes to.
     al_next: u64,
+    /// Set when the newest full slot was damaged and the older one was used.
+    fallback: Option<SlotFallback>,
+}
+
+/// A damaged newest metadata slot, and the older one used instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotFallback {
+    /// The damaged slot (0 or 1) and the counter its header still shows.
+    pub damaged: (u64, u64),
+    /// The slot used and its counter.
+    pub used: (u64, u64),
 }
 
 fn slot_size(size: u64) -> u64 {
@@ -283,25 +312,31 @@ impl MetaFile {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
         let len = file.metadata()?.len();
         let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        // The counter in the header of a slot that failed its checksum (a torn write).
+        let mut damaged: Vec<(u64, u64)> = Vec::new();
         // The newest valid full slot, if the file has slots of `slot` bytes.
-        let full = |slot: u64| -> io::Result<Option<(u64, u64, Meta)>> {
+        let mut full = |slot: u64| -> io::Result<Option<(u64, u64, Meta)>> {
             if slot == 0 || slot > 1 << 32 {
                 return Ok(None);
             }
             let mut best: Option<(u64, u64, Meta)> = None;
+            damaged.clear();
             for i in 0..2 {
                 let mut b = vec![0u8; slot as usize];
                 file.read_exact_at(&mut b, i * slot)?;
-                if let Some((seq, m)) = decode_slot(&b) {
-                    if slot_size(m.size) == slot && best.as_ref().is_none_or(|(s, _, _)| seq > *s) {
-                        best = Some((seq, i, m));
+                match decode_slot(&b) {
+                    Some((seq, m)) if slot_size(m.size) == slot => {
+                        if best.as_ref().is_none_or(|(s, _, _)| seq > *s) {
+                            best = Some((seq, i, m));
+                        }
                     }
+                    _ => damaged.push((i, u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))),
                 }
             }
             Ok(best)
         };
         let with_log = len.checked_sub(2 * AL_SLOT).filter(|l| l % 2 == 0).map(|l| l / 2);
-        let (slot, (seq, full_slot, mut meta)) = match with_log.map(&full).transpose()?.flatten() {
+        let (slot, (seq, full_slot, mut meta)) = match with_log.map(&mut full).transpose()?.flatten() {
             Some(found) => (with_log.unwrap_or_default(), found),
             None => match full(len / 2)? {
                 Some(found) => {
@@ -334,7 +369,29 @@ impl MetaFile {
             }
         }
         let al_next = newest_al.map_or(0, |(_, i)| 1 - i);
-        Ok((MetaFile { file, slot, seq: newest, full: full_slot, al_next }, meta))
+        // A slot that fails its checksum but shows a newer counter than the one used: the
+        // last metadata write was torn (a crash during it) and the state before it is used.
+        let fallback = damaged
+            .iter()
+            .filter(|(_, s)| *s > seq)
+            .map(|&(i, s)| SlotFallback { damaged: (i, s), used: (full_slot, seq) })
+            .next();
+        if let Some(f) = fallback {
+            warn!(
+                path = %path.display(),
+                damaged_slot = f.damaged.0,
+                damaged_counter = f.damaged.1,
+                used_slot = f.used.0,
+                used_counter = f.used.1,
+                "metadata: the newest slot is damaged (torn write?); fell back to the older slot"
+            );
+        }
+        Ok((MetaFile { file, slot, seq: newest, full: full_slot, al_next, fallback }, meta))
+    }
+
+    /// Whether opening fell back to the older full slot (the newest was damaged).
+    pub fn fallback(&self) -> Option<SlotFallback> {
+        self.fallback
     }
 
     /// Durably replaces the metadata (writes the full slot not holding the newest copy, then
@@ -387,8 +444,16 @@ pub struct LinkConfig {
 
 /// Starts a replica: the actor, the link manager. Returns the handle.
 pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkConfig) -> io::Result<Handle> {
-    let data = FileStore::open(data_path)?;
-    let (meta_file, meta) = MetaFile::open(meta_path)?;
+    let named = |what: &str, p: &Path, e: io::Error| {
+        let hint = if e.kind() == io::ErrorKind::NotFound && what == "metadata file" { " (run create-md)" } else { "" };
+        io::Error::new(e.kind(), format!("{what} {}: {e}{hint}", p.display()))
+    };
+    let data = FileStore::open(data_path).map_err(|e| named("disk", data_path, e))?;
+    let (meta_file, meta) = MetaFile::open(meta_path).map_err(|e| match e.kind() {
+        // Already names the file.
+        io::ErrorKind::InvalidData => e,
+        _ => named("metadata file", meta_path, e),
+    })?;
     if meta.size != data.size() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -410,12 +475,14 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         data: data.clone(),
         can_serve: Arc::new(AtomicBool::new(false)),
         wants_conn: Arc::new(AtomicBool::new(true)),
+        open_clients: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         latency: Arc::new(Mutex::new(Histogram::default())),
         local_latency: Arc::new(Mutex::new(Histogram::default())),
         peer_latency: Arc::new(Mutex::new(Histogram::default())),
     };
     let listener = TcpListener::bind(link.listen).await?;
     let conn_wake = Arc::new(tokio::sync::Notify::new());
+    let dial_backoff = Arc::new(Mutex::new(None));
     let actor = Actor {
         rep: replica,
         rx,
@@ -426,14 +493,19 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         next_req: 1,
         link: None,
         admin_waiting: Vec::new(),
+        admin_pending: None,
+        open_clients: handle.open_clients.clone(),
         can_serve: handle.can_serve.clone(),
         wants_conn: handle.wants_conn.clone(),
         conn_wake: conn_wake.clone(),
+        link_established: false,
+        failed_sessions: 0,
+        dial_backoff: dial_backoff.clone(),
         local_latency: handle.local_latency.clone(),
         peer_latency: handle.peer_latency.clone(),
     };
     tokio::spawn(actor.run());
-    tokio::spawn(link_manager(listener, link.dial, tx, handle.wants_conn.clone(), conn_wake));
+    tokio::spawn(link_manager(listener, link.dial, tx, handle.wants_conn.clone(), conn_wake, dial_backoff));
     Ok(handle)
 }
 
@@ -447,10 +519,19 @@ struct Actor {
     next_req: u64,
     link: Option<(u64, mpsc::UnboundedSender<Bytes>)>,
     admin_waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    /// The command whose state change waits for the peer (the core keeps at most one).
+    admin_pending: Option<oneshot::Sender<Result<(), String>>>,
+    open_clients: Arc<std::sync::atomic::AtomicUsize>,
     can_serve: Arc<AtomicBool>,
     wants_conn: Arc<AtomicBool>,
     /// Wakes the dialer at once when the replica starts wanting a connection (`connect`).
     conn_wake: Arc<tokio::sync::Notify>,
+    /// The current link reached an established connection.
+    link_established: bool,
+    /// Links in a row that ended before the handshake was done (e.g. a wrong shared secret).
+    failed_sessions: u32,
+    /// When the dialer may dial again (exponential backoff after failed sessions).
+    dial_backoff: Arc<Mutex<Option<Instant>>>,
     local_latency: Arc<Mutex<Histogram>>,
     peer_latency: Arc<Mutex<Histogram>>,
 }
@@ -504,21 +585,37 @@ impl Actor {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
+                let open = self.open_clients.load(Ordering::Acquire);
                 let r = match cmd {
-                    Admin::Primary { force } => self.rep.promote(now, force, wall),
-                    Admin::Secondary => self.rep.demote(),
-                    Admin::Connect { discard_my_data } => self.rep.connect(discard_my_data),
+                    Admin::Primary { force } => self.rep.promote(now, force, wall).map_err(|e| e.to_string()),
+                    Admin::Secondary { force: false } if open > 0 && self.rep.status().role == Role::Primary => {
+                        Err(format!(
+                            "state change failed: device is held open by {open} NBD client{} \
+                             (disconnect them first, or use --force: their I/O then fails)",
+                            if open == 1 { "" } else { "s" }
+                        ))
+                    }
+                    Admin::Secondary { force } => {
+                        if force && open > 0 {
+                            warn!(open, "forced to Secondary while held open: the clients' I/O fails from now on");
+                        }
+                        self.rep.demote().map_err(|e| e.to_string())
+                    }
+                    Admin::Connect { discard_my_data } => {
+                        self.rep.connect(discard_my_data).map(|()| Change::Done).map_err(|e| e.to_string())
+                    }
                     Admin::Disconnect => {
                         self.rep.disconnect(now);
-                        Ok(())
+                        Ok(Change::Done)
                     }
-                    Admin::Verify => self.rep.start_verify(),
-                    Admin::Invalidate => self.rep.invalidate(now),
+                    Admin::Verify => self.rep.start_verify().map(|()| Change::Done).map_err(|e| e.to_string()),
+                    Admin::Invalidate => self.rep.invalidate(now).map(|()| Change::Done).map_err(|e| e.to_string()),
                 };
                 match r {
-                    Ok(()) => self.admin_waiting.push(reply),
+                    Ok(Change::Pending) => self.admin_pending = Some(reply),
+                    Ok(_) => self.admin_waiting.push(reply),
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -529,6 +626,7 @@ impl Actor {
             Cmd::Connected { id, tx } => {
                 if self.link.take().is_some() {
                     self.rep.handle_disconnected(now);
+                    self.link_ended(now);
                 }
                 if !self.rep.wants_connection() {
                     return; // StandAlone: drop the new connection
@@ -545,8 +643,31 @@ impl Actor {
                 if self.link.as_ref().is_some_and(|(l, _)| *l == id) {
                     self.link = None;
                     self.rep.handle_disconnected(now);
+                    self.link_ended(now);
                 }
             }
+        }
+    }
+
+    /// The current link is gone. One that never got established (the peer refused our
+    /// secret, or closed during the handshake) delays the next dial: 0.2 s, doubling up to
+    /// [`MAX_DIAL_BACKOFF`], so that a misconfigured pair retries calmly instead of several
+    /// times a second. An established link resets it.
+    fn link_ended(&mut self, now: Instant) {
+        if std::mem::take(&mut self.link_established) {
+            self.failed_sessions = 0;
+        } else {
+            self.failed_sessions = self.failed_sessions.saturating_add(1);
+        }
+        let delay = match self.failed_sessions {
+            0 => None,
+            n => Some(Duration::from_millis(200).saturating_mul(1 << (n - 1).min(16)).min(MAX_DIAL_BACKOFF)),
+        };
+        if let Some(d) = delay {
+            debug!(failed_sessions = self.failed_sessions, delay = ?d, "next dial delayed");
+        }
+        if let Ok(mut b) = self.dial_backoff.lock() {
+            *b = delay.map(|d| now + d);
         }
     }
 
@@ -625,7 +746,14 @@ impl Actor {
                 }
                 Action::CloseConnection => {
                     // Dropping the sender ends the writer task, which closes the socket.
-                    self.link = None;
+                    if self.link.take().is_some() {
+                        self.link_ended(Instant::now());
+                    }
+                }
+                Action::StateChangeDone { result } => {
+                    if let Some(r) = self.admin_pending.take() {
+                        let _ = r.send(result.map_err(|e| e.to_string()));
+                    }
                 }
             }
         }
@@ -640,6 +768,9 @@ impl Actor {
         for r in self.admin_waiting.drain(..) {
             let _ = r.send(Ok(()));
         }
+        if self.link.is_some() && self.rep.is_connected() {
+            self.link_established = true;
+        }
         self.can_serve.store(self.rep.can_serve(), Ordering::Release);
         let wants = self.rep.wants_connection();
         if !self.wants_conn.swap(wants, Ordering::AcqRel) && wants {
@@ -648,12 +779,16 @@ impl Actor {
     }
 }
 
+/// Longest wait between two dials after failed sessions (DRBD's `connect-int` is 10 s).
+const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(10);
+
 async fn link_manager(
     listener: TcpListener,
     dial: Option<SocketAddr>,
     tx: mpsc::UnboundedSender<Cmd>,
     wants: Arc<AtomicBool>,
     wake: Arc<tokio::sync::Notify>,
+    backoff: Arc<Mutex<Option<Instant>>>,
 ) {
     let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
     // Accept loop: the peer dials us (or re-dials after a failure).
@@ -677,11 +812,21 @@ async fn link_manager(
     let mut current: Option<u64> = None;
     let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<u64>();
     loop {
+        let not_before = backoff.lock().ok().and_then(|b| *b);
+        if current.is_none() && not_before.is_some_and(|t| Instant::now() < t) {
+            if let Some(t) = not_before {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(t)) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            continue;
+        }
         if current.is_none() && wants.load(Ordering::Acquire) {
             match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
                 Ok(Ok(sock)) => {
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    info!(%addr, "replication link connected");
+                    debug!(%addr, "replication link connected");
                     let done = spawn_link(sock, id, tx.clone());
                     let lost_tx = lost_tx.clone();
                     tokio::spawn(async move {
@@ -745,7 +890,8 @@ fn spawn_link(sock: TcpStream, id: u64, tx: mpsc::UnboundedSender<Cmd>) -> onesh
             _ = &mut stop_rx => Ok(()),
         };
         if let Err(e) = result {
-            warn!(error = %e, "replication link closed");
+            // The core reports what matters (peer lost, timed out, refused) once, at its level.
+            debug!(error = %e, "replication link closed");
         }
         let _ = tx.send(Cmd::Lost { id });
         let _ = done_tx.send(());
@@ -983,7 +1129,8 @@ async fn control(handle: &Handle, name: &str, line: &str) -> Result<String, Stri
         }
         ["primary"] => admin(Admin::Primary { force: false }).await,
         ["primary", "--force"] => admin(Admin::Primary { force: true }).await,
-        ["secondary"] => admin(Admin::Secondary).await,
+        ["secondary"] => admin(Admin::Secondary { force: false }).await,
+        ["secondary", "--force"] => admin(Admin::Secondary { force: true }).await,
         ["connect"] => admin(Admin::Connect { discard_my_data: false }).await,
         ["connect", "--discard-my-data"] => admin(Admin::Connect { discard_my_data: true }).await,
         ["disconnect"] => admin(Admin::Disconnect).await,
@@ -1032,10 +1179,13 @@ mod tests {
         m.gen.current = 78;
         f.write(&m).unwrap(); // seq 3 -> slot 0
         assert_eq!(load_meta(&path).unwrap().gen.current, 78);
-        // Tear the newest slot: the previous state comes back.
+        assert_eq!(MetaFile::open(&path).unwrap().0.fallback(), None);
+        // Tear the newest slot: the previous state comes back, and it says so (issue 14).
         let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         raw.write_all_at(&[0xff; 64], 20).unwrap();
         assert_eq!(load_meta(&path).unwrap().gen.current, 77);
+        let (f, _) = MetaFile::open(&path).unwrap();
+        assert_eq!(f.fallback(), Some(SlotFallback { damaged: (0, 3), used: (1, 2) }));
         // Both slots torn: a clear error, no panic.
         raw.write_all_at(&[0xff; 64], slot_size(m.size) + 20).unwrap();
         let e = load_meta(&path).unwrap_err().to_string();
@@ -1139,5 +1289,25 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&status_json("r0", &s)).unwrap();
         assert_eq!(j["peer"]["disk"], "Inconsistent");
         assert_eq!(j["sync_done_percent"], 42.1666);
+    }
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+
+    /// Issue 14: a missing metadata file is reported with its path (and what to run).
+    #[tokio::test]
+    async fn a_missing_metadata_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("r0.img");
+        std::fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+        let md = dir.path().join("r0.img.md");
+        let link = LinkConfig { listen: "127.0.0.1:0".parse().unwrap(), dial: None };
+        let e = start(Config::new([0; 32], false, 1), &disk, &md, link).await.unwrap_err().to_string();
+        assert!(e.contains(&md.display().to_string()) && e.contains("create-md"), "{e}");
+        let link = LinkConfig { listen: "127.0.0.1:0".parse().unwrap(), dial: None };
+        let e = start(Config::new([0; 32], false, 1), &dir.path().join("nope.img"), &md, link).await.unwrap_err();
+        assert!(e.to_string().contains("nope.img"), "{e}");
     }
 }

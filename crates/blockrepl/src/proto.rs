@@ -37,7 +37,10 @@ use crate::meta::{
     compare, resolve_split_brain, ActivityLog, AfterSb0Pri, Bitmap, GenIds, Meta, NodeFacts, SbFacts, SyncDecision,
     BLOCK, EXTENT, UUID_JUST_CREATED,
 };
-use crate::wire::{Bytes, Msg, StateMsg, DATA_FUA, DATA_ZERO};
+use crate::wire::{
+    Bytes, Msg, StateMsg, CHANGE_DEMOTE, CHANGE_PROMOTE, DATA_FUA, DATA_ZERO, REPLY_GRANTED, REPLY_PEER_PRIMARY,
+    REPLY_PEER_PROMOTING, REPLY_UNKNOWN_CHANGE,
+};
 
 /// Node role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +168,20 @@ pub enum ReplError {
     /// Promotion refused: the peer is a connected Primary.
     #[error("the peer is Primary; two primaries are never allowed")]
     PeerIsPrimary,
+    /// Promotion refused: the peer is being promoted at the same time and wins the tie-break
+    /// (or granted the peer's promotion already).
+    #[error("the peer is being promoted at the same time (it wins the tie-break); two primaries are never allowed")]
+    ConcurrentPromotion,
+    /// The connection broke before the peer answered a cluster-wide state change; nothing
+    /// changed here. Retry: a disconnected node decides alone.
+    #[error("the connection to the peer was lost during the state change; nothing changed, retry")]
+    ConnectionLost,
+    /// Another state change (promotion or demotion) is waiting for the peer.
+    #[error("another state change is in progress")]
+    ChangeInProgress,
+    /// The peer refused a state change for a reason this node does not know (a newer peer).
+    #[error("the peer refused the state change (code {0})")]
+    PeerRefused(u8),
     /// Demotion refused while writes are in flight.
     #[error("writes in flight")]
     Busy,
@@ -258,6 +275,39 @@ pub enum Action {
     },
     /// Close the current connection.
     CloseConnection,
+    /// The state change for which [`Replica::promote`] or [`Replica::demote`] returned
+    /// [`Change::Pending`] finished (at most one is pending at a time).
+    StateChangeDone {
+        /// Outcome.
+        result: Result<(), ReplError>,
+    },
+}
+
+/// Whether an administrative state change is done or waits for the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// Done (or nothing to do).
+    Done,
+    /// Asked of the peer (or waiting for the handshake in progress to end); the outcome comes
+    /// as [`Action::StateChangeDone`].
+    Pending,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChangeKind {
+    Promote { force: bool, wall: u64 },
+    Demote,
+}
+
+/// A state change waiting for the peer: DRBD's cluster-wide two-phase state change.
+#[derive(Debug, Clone, Copy)]
+struct PendingChange {
+    seq: u64,
+    kind: ChangeKind,
+    /// Not sent yet: a handshake is in progress, and the change is asked of the peer once it is
+    /// established (or made alone if the handshake fails).
+    after_handshake: bool,
 }
 
 /// Static configuration of a replica.
@@ -286,6 +336,8 @@ pub struct Config {
     /// Bytes per resync request (rounded down to whole 4 KiB blocks, at least one, at most
     /// 64 MiB).
     pub resync_request: u64,
+    /// How the peer is named in logs (e.g. `backup (192.168.56.20:7789)`).
+    pub peer_name: String,
 }
 
 impl Config {
@@ -303,6 +355,7 @@ impl Config {
             seed,
             checksum_resync: false,
             resync_request: 1 << 20,
+            peer_name: "peer".into(),
         }
     }
 }
@@ -492,6 +545,12 @@ pub struct Replica {
     promoted_at: u64,
     crashed_primary: bool,
     discard_my_data: bool,
+    /// The administrative state change waiting for the peer, if any.
+    change: Option<PendingChange>,
+    next_change_seq: u64,
+    /// This node granted the peer's promotion and has not yet seen the peer's state after it:
+    /// it must not become Primary itself meanwhile.
+    peer_granted: bool,
     actions: VecDeque<Action>,
     next_io: u64,
     ios: HashMap<u64, Io>,
@@ -562,6 +621,8 @@ pub struct Replica {
     resync_wire_bytes: u64,
     split_brains: u64,
     auth_failures: u64,
+    /// Authentication failures since the last success: only the first is a warning.
+    auth_failed_streak: u64,
     verify_mismatches: u64,
     now: Option<Instant>,
     peer_latencies: Vec<Duration>,
@@ -612,6 +673,9 @@ impl Replica {
             promoted_at: meta.promoted_at,
             crashed_primary,
             discard_my_data: false,
+            change: None,
+            next_change_seq: 1,
+            peer_granted: false,
             actions: VecDeque::new(),
             next_io: 1,
             ios: HashMap::new(),
@@ -672,6 +736,7 @@ impl Replica {
             resync_wire_bytes: 0,
             split_brains: 0,
             auth_failures: 0,
+            auth_failed_streak: 0,
             verify_mismatches: 0,
             now: None,
             peer_latencies: Vec::new(),
@@ -717,6 +782,11 @@ impl Replica {
     /// Whether the shell should (re)establish a connection to the peer.
     pub fn wants_connection(&self) -> bool {
         self.conn != ConnState::StandAlone
+    }
+
+    /// Whether the connection is established (handshake done), cheaply (no status snapshot).
+    pub fn is_connected(&self) -> bool {
+        self.established
     }
 
     /// Whether client I/O is served.
@@ -1299,8 +1369,10 @@ impl Replica {
         // Resync source: forget reads in flight (their ranges stay marked).
         self.active.retain(|(_, o)| *o != u64::MAX);
         self.rs_inflight = 0;
+        self.peer_granted = false;
         if !was {
             self.start_waiting();
+            self.change_after_disconnect(now);
             return;
         }
         warn!(?prev_repl, "connection to peer lost");
@@ -1352,6 +1424,53 @@ impl Replica {
             self.persist(prev_repl == ReplState::SyncTarget);
         }
         self.start_waiting();
+        self.change_after_disconnect(now);
+    }
+
+    /// The connection is gone with a state change pending: a request the peer may have answered
+    /// fails (the peer may have granted it, but nothing changed here; the operator retries and
+    /// a disconnected node decides alone); a change waiting for a handshake that failed is made
+    /// alone now; a demotion is done anyway (the peer learns it at the next handshake).
+    fn change_after_disconnect(&mut self, now: Instant) {
+        let Some(c) = self.change.take() else { return };
+        let result = match (c.kind, c.after_handshake) {
+            (ChangeKind::Demote, _) => Ok(()),
+            (ChangeKind::Promote { .. }, false) => {
+                warn!("connection lost during a promotion: not promoted");
+                Err(ReplError::ConnectionLost)
+            }
+            (ChangeKind::Promote { force, wall }, true) => self.commit_promote(now, force, wall),
+        };
+        self.actions.push_back(Action::StateChangeDone { result });
+    }
+
+    /// The handshake established the connection: ask the peer for a change that waited for it.
+    fn change_after_handshake(&mut self) {
+        let Some(c) = self.change.as_mut() else { return };
+        if !c.after_handshake || !self.established {
+            return;
+        }
+        c.after_handshake = false;
+        let (seq, kind) = (c.seq, c.kind);
+        match kind {
+            ChangeKind::Promote { .. } => {
+                if self.peer_role == Some(Role::Primary) {
+                    self.change = None;
+                    self.actions.push_back(Action::StateChangeDone { result: Err(ReplError::PeerIsPrimary) });
+                    return;
+                }
+                self.send(Msg::StateChangeReq { seq, change: CHANGE_PROMOTE });
+            }
+            ChangeKind::Demote => {
+                self.announce(false);
+                self.send(Msg::StateChangeReq { seq, change: CHANGE_DEMOTE });
+            }
+        }
+    }
+
+    /// A handshake is under way: a state change now would not reach the peer's decision.
+    fn handshaking(&self) -> bool {
+        !self.established && self.my_chal.is_some() && self.close_at.is_none()
     }
 
     /// A SyncTarget's disk became Inconsistent: take the source's generation (see
@@ -1483,12 +1602,26 @@ impl Replica {
                     let want = auth_mac(&self.cfg.auth_key, !self.dialer, &mine, &theirs);
                     if !constant_eq(&want, &mac) {
                         self.auth_failures += 1;
-                        warn!("peer authentication failed (wrong shared secret?)");
+                        self.auth_failed_streak += 1;
+                        if self.auth_failed_streak == 1 {
+                            warn!(
+                                peer = %self.cfg.peer_name,
+                                "authentication with the peer failed: the shared secrets differ; \
+                                 retrying with backoff, repeated failures are counted in status \
+                                 (auth_failures) and logged at debug level"
+                            );
+                        } else {
+                            debug!(peer = %self.cfg.peer_name, failures = self.auth_failed_streak, "authentication failed again");
+                        }
                         self.actions.push_back(Action::CloseConnection);
                         self.handle_disconnected(now);
                         return;
                     }
                     self.authed = true;
+                    if self.auth_failed_streak > 0 {
+                        info!(peer = %self.cfg.peer_name, after = self.auth_failed_streak, "peer authenticated after failures");
+                    }
+                    self.auth_failed_streak = 0;
                     debug!("peer authenticated");
                     self.announce(false);
                 }
@@ -1533,6 +1666,9 @@ impl Replica {
             Msg::Ping => self.send(Msg::PingAck),
             Msg::PingAck => {}
             Msg::State(s) => {
+                // The peer's state after a promotion we granted: it is Primary now, or it is not
+                // and will not become so without asking again.
+                self.peer_granted = false;
                 self.peer_role = Some(if s.role == 1 { Role::Primary } else { Role::Secondary });
                 self.peer_disk = Some(disk_from(s.disk));
                 if s.flags & 8 != 0 {
@@ -1551,16 +1687,29 @@ impl Replica {
                     self.close(now, "bitmap before state");
                     return;
                 };
+                if ps.size != self.size {
+                    let why =
+                        format!("peer device size differs: this node has {} bytes, the peer {}", self.size, ps.size);
+                    self.close(now, &why);
+                    return;
+                }
                 let Some(peer_bm) = Bitmap::from_bytes(self.size, &bytes) else {
-                    self.close(now, "peer device size differs");
+                    self.close(now, "peer sent a bitmap of the wrong length");
                     return;
                 };
                 if !self.established || ps.flags & 4 != 0 {
                     self.decide(now, ps, &peer_bm);
+                    self.change_after_handshake();
                 }
             }
+            Msg::StateChangeReq { seq, change } => self.state_change_request(seq, change),
+            Msg::StateChangeReply { seq, result } => self.state_change_reply(now, seq, result),
             Msg::Data { seq, offset, len, flags, data } => {
                 if self.role == Role::Primary {
+                    // Two Primaries on one connection: both may have written. Never expected
+                    // (promotion is a two-phase change), but if it happens it is a split brain.
+                    self.split_brains += 1;
+                    warn!("split brain detected: the peer wrote to this Primary");
                     self.close(now, "peer sent data to a Primary");
                     return;
                 }
@@ -1716,14 +1865,11 @@ impl Replica {
 
     fn decide(&mut self, now: Instant, ps: StateMsg, peer_bm: &Bitmap) {
         if ps.size != self.size {
-            self.close(now, "peer device size differs");
+            let why = format!("peer device size differs: this node has {} bytes, the peer {}", self.size, ps.size);
+            self.close(now, &why);
             return;
         }
         let peer_primary = ps.role == 1;
-        if peer_primary && self.role == Role::Primary {
-            self.refuse(now, "both nodes are Primary");
-            return;
-        }
         let me = NodeFacts { gen: self.gen, crashed_primary: self.crashed_primary };
         let peer = NodeFacts {
             gen: GenIds { current: ps.gen[0], bitmap: ps.gen[1], history: [ps.gen[2], ps.gen[3]] },
@@ -1732,6 +1878,16 @@ impl Replica {
         let peer_discard = ps.flags & 2 != 0;
         let mut decision = compare(&me, &peer, self.cfg.tiebreak);
         info!(?decision, mine = ?self.gen, peer = ?peer.gen, "generation identifiers compared");
+        if peer_primary && self.role == Role::Primary {
+            // Both were promoted while apart. If both wrote since their common generation, that
+            // is a split brain and counted as one, whatever happens next.
+            if matches!(decision, SyncDecision::SplitBrain | SyncDecision::SplitBrainFull) {
+                self.split_brains += 1;
+                warn!(mine = ?self.gen, peer = ?peer.gen, "split brain detected: both nodes are Primary and both wrote since their common generation");
+            }
+            self.refuse(now, "both nodes are Primary");
+            return;
+        }
         if self.discard_my_data || peer_discard {
             if self.discard_my_data && peer_discard {
                 self.refuse(now, "both sides asked to discard their data");
@@ -1748,7 +1904,7 @@ impl Replica {
         }
         if matches!(decision, SyncDecision::SplitBrain | SyncDecision::SplitBrainFull) {
             self.split_brains += 1;
-            warn!("split brain detected");
+            warn!(mine = ?self.gen, peer = ?peer.gen, "split brain detected: both nodes wrote since their common generation");
             let full = decision == SyncDecision::SplitBrainFull;
             let victim = if self.role == Role::Primary || peer_primary {
                 None
@@ -2077,14 +2233,44 @@ impl Replica {
     // ---------------------------------------------------------------- roles
 
     /// `primary [--force]`. `wall` is the wall-clock time in seconds (for split-brain policies).
-    pub fn promote(&mut self, now: Instant, force: bool, wall: u64) -> Result<(), ReplError> {
-        let _ = now;
+    ///
+    /// While connected, promotion is DRBD's cluster-wide two-phase state change: this node asks
+    /// the peer ([`Msg::StateChangeReq`]) and becomes Primary only once the peer granted it;
+    /// the peer grants only if it is not Primary and not being promoted itself (two requests
+    /// that cross: the node whose name sorts first wins, the other one's request fails with
+    /// [`ReplError::ConcurrentPromotion`]). Then [`Change::Pending`] is returned and the outcome
+    /// comes as [`Action::StateChangeDone`]. During a handshake the request waits for it to
+    /// end. A disconnected node is promoted at once, as DRBD does (that is what failover needs):
+    /// if both nodes write while apart, the next handshake finds a split brain.
+    pub fn promote(&mut self, now: Instant, force: bool, wall: u64) -> Result<Change, ReplError> {
         if self.role == Role::Primary {
-            return Ok(());
+            return Ok(Change::Done);
+        }
+        if self.change.is_some() {
+            return Err(ReplError::ChangeInProgress);
+        }
+        if self.peer_granted {
+            return Err(ReplError::ConcurrentPromotion);
         }
         if self.established && self.peer_role == Some(Role::Primary) {
             return Err(ReplError::PeerIsPrimary);
         }
+        self.check_promotable(force)?;
+        if self.established || self.handshaking() {
+            let seq = self.next_change_seq;
+            self.next_change_seq += 1;
+            let after_handshake = !self.established;
+            self.change = Some(PendingChange { seq, kind: ChangeKind::Promote { force, wall }, after_handshake });
+            if !after_handshake {
+                self.send(Msg::StateChangeReq { seq, change: CHANGE_PROMOTE });
+            }
+            debug!(seq, after_handshake, "promotion asked of the peer");
+            return Ok(Change::Pending);
+        }
+        self.commit_promote(now, force, wall).map(|()| Change::Done)
+    }
+
+    fn check_promotable(&self, force: bool) -> Result<(), ReplError> {
         if self.disk != DiskState::UpToDate {
             if !force {
                 return Err(ReplError::DiskNotUpToDate(self.disk));
@@ -2092,6 +2278,23 @@ impl Replica {
             if self.repl == ReplState::SyncTarget {
                 return Err(ReplError::State("cannot force a SyncTarget to Primary".into()));
             }
+        }
+        Ok(())
+    }
+
+    /// Becomes Primary: alone (disconnected), or with the peer's grant.
+    fn commit_promote(&mut self, now: Instant, force: bool, wall: u64) -> Result<(), ReplError> {
+        if self.role == Role::Primary {
+            return Ok(());
+        }
+        if let Err(e) = self.check_promotable(force) {
+            if self.established {
+                // The peer granted and waits for our state to clear its grant.
+                self.announce(false);
+            }
+            return Err(e);
+        }
+        if self.disk != DiskState::UpToDate {
             let fresh = self.fresh_uuid();
             self.gen.force_new(fresh);
             self.disk = DiskState::UpToDate;
@@ -2123,10 +2326,63 @@ impl Replica {
         Ok(())
     }
 
-    /// `secondary`.
-    pub fn demote(&mut self) -> Result<(), ReplError> {
+    /// The peer asks for a state change: grant or refuse it (the first phase of its change).
+    fn state_change_request(&mut self, seq: u64, change: u8) {
+        let result = match change {
+            CHANGE_PROMOTE => {
+                let promoting = matches!(self.change, Some(PendingChange { kind: ChangeKind::Promote { .. }, .. }));
+                if self.role == Role::Primary {
+                    REPLY_PEER_PRIMARY
+                } else if promoting && self.cfg.tiebreak {
+                    info!("concurrent promotion requests: this node wins the tie-break, the peer's is refused");
+                    REPLY_PEER_PROMOTING
+                } else {
+                    if promoting {
+                        warn!("concurrent promotion requests: the peer wins the tie-break; this node stays Secondary");
+                        self.change = None;
+                        self.actions.push_back(Action::StateChangeDone { result: Err(ReplError::ConcurrentPromotion) });
+                    }
+                    self.peer_granted = true;
+                    REPLY_GRANTED
+                }
+            }
+            // Our view of the peer's role came with its `State` frame, just before.
+            CHANGE_DEMOTE => REPLY_GRANTED,
+            _ => REPLY_UNKNOWN_CHANGE,
+        };
+        debug!(seq, change, result, "state change asked by the peer");
+        self.send(Msg::StateChangeReply { seq, result });
+    }
+
+    /// The peer answered our state change request (the second phase: commit or give up).
+    fn state_change_reply(&mut self, now: Instant, seq: u64, result: u8) {
+        let Some(c) = self.change.filter(|c| c.seq == seq && !c.after_handshake) else {
+            return; // an answer to a request given up already
+        };
+        self.change = None;
+        let outcome = match (c.kind, result) {
+            (ChangeKind::Demote, _) => Ok(()),
+            (ChangeKind::Promote { force, wall }, REPLY_GRANTED) => self.commit_promote(now, force, wall),
+            (ChangeKind::Promote { .. }, REPLY_PEER_PRIMARY) => Err(ReplError::PeerIsPrimary),
+            (ChangeKind::Promote { .. }, REPLY_PEER_PROMOTING) => Err(ReplError::ConcurrentPromotion),
+            (ChangeKind::Promote { .. }, code) => Err(ReplError::PeerRefused(code)),
+        };
+        if let Err(e) = &outcome {
+            info!(error = %e, "promotion refused by the peer");
+        }
+        self.actions.push_back(Action::StateChangeDone { result: outcome });
+    }
+
+    /// `secondary`. While connected, the command is done once the peer has seen the new role
+    /// ([`Change::Pending`], then [`Action::StateChangeDone`]), so that the peer can be
+    /// promoted right after. Refused while writes are in flight. (Refusing while a client has
+    /// the device open is the shell's business: the core does not know about clients.)
+    pub fn demote(&mut self) -> Result<Change, ReplError> {
         if self.role == Role::Secondary {
-            return Ok(());
+            return Ok(Change::Done);
+        }
+        if self.change.is_some() {
+            return Err(ReplError::ChangeInProgress);
         }
         if !self.writes.is_empty() || !self.flushes.is_empty() {
             return Err(ReplError::Busy);
@@ -2135,10 +2391,18 @@ impl Replica {
         self.al.clear();
         self.persist(true);
         info!("demoted to Secondary");
-        if self.established {
-            self.announce(false);
+        if self.established || self.handshaking() {
+            let seq = self.next_change_seq;
+            self.next_change_seq += 1;
+            let after_handshake = !self.established;
+            self.change = Some(PendingChange { seq, kind: ChangeKind::Demote, after_handshake });
+            if !after_handshake {
+                self.announce(false);
+                self.send(Msg::StateChangeReq { seq, change: CHANGE_DEMOTE });
+            }
+            return Ok(Change::Pending);
         }
-        Ok(())
+        Ok(Change::Done)
     }
 
     /// `invalidate`: declare the local data bad; a full resync from the peer follows on the next

@@ -28,6 +28,10 @@ pub trait BlockStore: Send + Sync + 'static {
     fn read_only(&self) -> bool {
         false
     }
+    /// A client opened the store (an NBD client entered its transmission phase).
+    fn opened(&self) {}
+    /// A client that [`BlockStore::opened`] the store went away.
+    fn closed(&self) {}
     /// Read `len` bytes at `off`.
     fn read(&self, off: u64, len: u32) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
     /// Write `data` at `off`; durable on completion when `fua`.

@@ -27,6 +27,22 @@ pub const DATA_FUA: u8 = 1;
 /// Data flag: the range reads as zeroes (no payload bytes).
 pub const DATA_ZERO: u8 = 2;
 
+/// [`Msg::StateChangeReq`] change: the sender wants to become Primary.
+pub const CHANGE_PROMOTE: u8 = 1;
+/// [`Msg::StateChangeReq`] change: the sender became Secondary (its `State` frame went first);
+/// the reply tells it the peer has seen that.
+pub const CHANGE_DEMOTE: u8 = 2;
+
+/// [`Msg::StateChangeReply`] result: granted.
+pub const REPLY_GRANTED: u8 = 0;
+/// [`Msg::StateChangeReply`] result: refused, the replier is Primary.
+pub const REPLY_PEER_PRIMARY: u8 = 1;
+/// [`Msg::StateChangeReply`] result: refused, the replier is being promoted itself and wins
+/// the tie-break.
+pub const REPLY_PEER_PROMOTING: u8 = 2;
+/// [`Msg::StateChangeReply`] result: refused, a change the replier does not know.
+pub const REPLY_UNKNOWN_CHANGE: u8 = 3;
+
 /// Frame types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,6 +83,11 @@ pub enum FrameType {
     RsCsum,
     /// Checksum resync: the range differs, send the data.
     RsNeed,
+    /// A cluster-wide state change asked of the peer (two-phase: nothing changes before the
+    /// reply).
+    StateChangeReq,
+    /// The peer's answer to a [`FrameType::StateChangeReq`].
+    StateChangeReply,
     /// Unknown code.
     Unknown(u8),
 }
@@ -93,6 +114,8 @@ impl From<u8> for FrameType {
             16 => VerifyReply,
             17 => RsCsum,
             18 => RsNeed,
+            19 => StateChangeReq,
+            20 => StateChangeReply,
             x => Unknown(x),
         }
     }
@@ -120,6 +143,8 @@ impl From<FrameType> for u8 {
             VerifyReply => 16,
             RsCsum => 17,
             RsNeed => 18,
+            StateChangeReq => 19,
+            StateChangeReply => 20,
             Unknown(x) => x,
         }
     }
@@ -363,6 +388,21 @@ pub enum Msg {
         /// blake3 of the range.
         hash: [u8; 32],
     },
+    /// Two-phase state change, first phase: the sender asks before it changes (DRBD's
+    /// cluster-wide state change).
+    StateChangeReq {
+        /// Sequence number, echoed in the reply.
+        seq: u64,
+        /// [`CHANGE_PROMOTE`] or [`CHANGE_DEMOTE`] (others are refused).
+        change: u8,
+    },
+    /// The answer to a [`Msg::StateChangeReq`].
+    StateChangeReply {
+        /// The request's sequence number.
+        seq: u64,
+        /// [`REPLY_GRANTED`] or a refusal code.
+        result: u8,
+    },
 }
 
 impl Msg {
@@ -386,6 +426,8 @@ impl Msg {
             Msg::VerifyReply { .. } => (FrameType::VerifyReply, 0),
             Msg::RsCsum { .. } => (FrameType::RsCsum, 0),
             Msg::RsNeed { .. } => (FrameType::RsNeed, 0),
+            Msg::StateChangeReq { .. } => (FrameType::StateChangeReq, 0),
+            Msg::StateChangeReply { .. } => (FrameType::StateChangeReply, 0),
         }
     }
 
@@ -402,6 +444,7 @@ impl Msg {
             Msg::Ping | Msg::PingAck => 0,
             Msg::VerifyReply { .. } | Msg::RsCsum { .. } => 44,
             Msg::RsNeed { .. } => 12,
+            Msg::StateChangeReq { .. } | Msg::StateChangeReply { .. } => 9,
         }
     }
 
@@ -456,6 +499,10 @@ impl Msg {
                 w.u64(*offset);
                 w.u32(*len);
                 w.bytes(hash);
+            }
+            Msg::StateChangeReq { seq, change: b } | Msg::StateChangeReply { seq, result: b } => {
+                w.u64(*seq);
+                w.bytes(&[*b]);
             }
         }
     }
@@ -579,6 +626,14 @@ impl Msg {
                 fixed(44)?;
                 Msg::VerifyReply { offset: be64(pl), len: be32(&pl[8..]), hash: arr32(&pl[12..]) }
             }
+            FrameType::StateChangeReq => {
+                fixed(9)?;
+                Msg::StateChangeReq { seq: be64(pl), change: pl[8] }
+            }
+            FrameType::StateChangeReply => {
+                fixed(9)?;
+                Msg::StateChangeReply { seq: be64(pl), result: pl[8] }
+            }
             FrameType::Unknown(x) => return Err(WireError::UnknownType(x)),
         })
     }
@@ -698,6 +753,26 @@ mod tests {
         assert_eq!(Msg::parse_bytes(&golden), Ok(m));
     }
 
+    /// Issue 14: the two-phase promotion frames, golden both ways.
+    #[test]
+    fn state_change_frames_golden() {
+        let req = [0x52, 0x50, 0x52, 0x4c, 19, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 7, 1];
+        let rep = [0x52, 0x50, 0x52, 0x4c, 20, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 7, 2];
+        for (golden, m) in [
+            (req, Msg::StateChangeReq { seq: 7, change: CHANGE_PROMOTE }),
+            (rep, Msg::StateChangeReply { seq: 7, result: REPLY_PEER_PROMOTING }),
+        ] {
+            let mut buf = [0xa5u8; 21];
+            m.emit(&mut FramePacket::new_checked(&mut buf[..]).unwrap());
+            assert_eq!(buf, golden);
+            assert_eq!(Msg::parse_bytes(&golden), Ok(m));
+        }
+        let mut short = req.to_vec();
+        short[11] = 8;
+        short.pop();
+        assert_eq!(Msg::parse_bytes(&short), Err(WireError::BadLength(FrameType::StateChangeReq)));
+    }
+
     #[test]
     fn round_trips() {
         let msgs = vec![
@@ -726,6 +801,8 @@ mod tests {
             Msg::VerifyReply { offset: 1, len: 2, hash: [3; 32] },
             Msg::RsCsum { offset: 4, len: 5, hash: [6; 32] },
             Msg::RsNeed { offset: 7, len: 8 },
+            Msg::StateChangeReq { seq: 9, change: CHANGE_PROMOTE },
+            Msg::StateChangeReply { seq: 9, result: REPLY_PEER_PROMOTING },
         ];
         for m in msgs {
             assert_eq!(Msg::parse_bytes(&m.to_vec()), Ok(m.clone()), "{m:?}");

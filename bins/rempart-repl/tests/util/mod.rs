@@ -172,7 +172,7 @@ impl NsPair {
         self.dir.path().join(format!("{n}.img"))
     }
 
-    fn run_dir(&self, n: &str) -> PathBuf {
+    pub(crate) fn run_dir(&self, n: &str) -> PathBuf {
         self.dir.path().join(format!("run-{n}"))
     }
 
@@ -278,4 +278,75 @@ impl NsPair {
 
 pub(crate) fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+/// An interactive `qemu-io` session: one NBD connection held open (DRBD's "opener") while the
+/// test sends commands one at a time. Killed on drop.
+pub(crate) struct QemuIo {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl QemuIo {
+    /// Connects to `url` and waits until a first read went through (the client is in its
+    /// transmission phase).
+    pub(crate) fn open(url: &str) -> QemuIo {
+        use std::io::Read;
+        let mut child = Command::new("qemu-io")
+            .args(["-f", "raw", url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for mut r in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut q = QemuIo { child, stdin, out };
+        let got = q.run("read 0 4k", "read 4096/4096 bytes");
+        assert!(got, "qemu-io could not read through {url}: {}", q.output());
+        q
+    }
+
+    /// Sends one command; `true` once `expect` appears in the output, `false` if the output
+    /// shows an error (or nothing came within 10 s).
+    pub(crate) fn run(&mut self, cmd: &str, expect: &str) -> bool {
+        use std::io::Write;
+        let start = self.output().len();
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut ok = false;
+        let _ = wait::until(Duration::from_secs(10), cmd, || {
+            let o = self.output();
+            let new = &o[start..];
+            ok = new.contains(expect);
+            ok || new.contains("error") || new.contains("failed")
+        });
+        ok
+    }
+
+    pub(crate) fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+}
+
+impl Drop for QemuIo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -89,6 +89,15 @@ impl<B: BlockStore> NbdServer<B> {
         };
         let _ = no_zeroes;
         info!(export = %self.export.name, "nbd transmission started");
+        // The client has the device open until its transmission phase ends, however it ends.
+        struct Opened<'a, B: BlockStore>(&'a B);
+        impl<B: BlockStore> Drop for Opened<'_, B> {
+            fn drop(&mut self) {
+                self.0.closed();
+            }
+        }
+        self.export.store.opened();
+        let _open = Opened(&*self.export.store);
         self.transmission(rd, wr).await
     }
 
