@@ -239,10 +239,23 @@ fn check_config_reports_errors_with_location() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(":3:21: invalid virtual_router_id"));
 
-    let ok = std::process::Command::new(bin())
-        .args(["check-config", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/vrrp-keepalived.conf")])
-        .output()
-        .expect("run");
+    // The example names interface `mgmt`: check-config checks it exists (issue 14), so it passes
+    // only where there is one (below, in a lab with a LAN named mgmt).
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/vrrp-keepalived.conf");
+    let out = std::process::Command::new(bin()).args(["check-config", "-f", example]).output().expect("run");
+    if !std::path::Path::new("/sys/class/net/mgmt").exists() {
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("(vrrp_instance VI_MGMT): interface mgmt does not exist here"), "{err}");
+    }
+    if !require_root("network namespaces") {
+        return;
+    }
+    let mut lab = rempart_testkit::Lab::new().expect("lab");
+    lab.add_host("a").expect("host");
+    lab.add_lan("mgmt").expect("lan");
+    lab.attach("mgmt", "a", "192.168.50.1/24").expect("attach");
+    let ok = lab.cmd("a", bin()).args(["check-config", "-f", example]).output().expect("run");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 

@@ -4,14 +4,19 @@
 //! also stand on the next line). `#` and `!` start comments; `"..."` quotes a word with spaces.
 //! `include PATTERN` (with `*` and `?` in the file name, relative to the including file) splices
 //! other files in. Parsing builds a tree of [`Node`]s, then [`interpret`] maps it to
-//! [`super::Config`]. A keyword we do not support is a [`Warning`] with file and line; a malformed
-//! file (unbalanced braces, unterminated quote, bad number or address) is a
-//! [`ConfigError::Syntax`] with file, line and column.
+//! [`super::Config`]. A keyword we do not act on is a [`Warning`] with file and line, of one of
+//! three kinds ([`WarningKind`]): a keepalived keyword that does not change failover (e-mail,
+//! SNMP, process tuning: ignored), a keepalived feature we do not implement that does
+//! (`use_vmac`, `track_file`, `virtual_routes`, ...: unsupported), or no keepalived keyword at all
+//! in that place (`priorty`, `vrrp_instanse`: unknown). [`super::load_with`] makes the last two
+//! errors unless `--lenient` (issue 14: they were warnings, and a misspelt `vrrp_instanse` gave a
+//! valid configuration with no instance). A malformed file (unbalanced braces, unterminated
+//! quote, bad number or address) is a [`ConfigError::Syntax`] with file, line and column.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Config, ConfigError, Instance, Loc, Script, SyncGroup, Track, Vip, Warning};
+use super::{Config, ConfigError, Instance, Loc, Script, SyncGroup, Track, Vip, Warning, WarningKind};
 
 /// A word with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,12 +226,319 @@ struct Ctx {
     warnings: Vec<Warning>,
 }
 
+/// Where a keyword stands, for the tables below and for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Top,
+    Global,
+    Script,
+    Instance,
+    SyncGroup,
+    Auth,
+}
+
+impl Block {
+    fn name(self) -> &'static str {
+        match self {
+            Block::Top => "the top level",
+            Block::Global => "global_defs",
+            Block::Script => "vrrp_script",
+            Block::Instance => "vrrp_instance",
+            Block::SyncGroup => "vrrp_sync_group",
+            Block::Auth => "authentication",
+        }
+    }
+
+    /// Keywords we act on here (for "did you mean").
+    fn supported(self) -> &'static [&'static str] {
+        match self {
+            Block::Top => &["global_defs", "vrrp_script", "vrrp_instance", "vrrp_sync_group", "include"],
+            Block::Global => &["router_id", "vrrp_version", "script_user", "enable_script_security"],
+            Block::Script => &["script", "interval", "timeout", "weight", "rise", "fall", "user"],
+            Block::Instance => &[
+                "state",
+                "interface",
+                "virtual_router_id",
+                "priority",
+                "advert_int",
+                "version",
+                "nopreempt",
+                "preempt",
+                "preempt_delay",
+                "accept",
+                "no_accept",
+                "authentication",
+                "virtual_ipaddress",
+                "unicast_src_ip",
+                "mcast_src_ip",
+                "unicast_peer",
+                "track_interface",
+                "track_script",
+                "notify_master",
+                "notify_backup",
+                "notify_fault",
+                "notify_stop",
+                "notify",
+                "garp_master_delay",
+                "garp_master_repeat",
+                "garp_master_refresh",
+            ],
+            Block::SyncGroup => &["group"],
+            Block::Auth => &["auth_type", "auth_pass"],
+        }
+    }
+
+    /// keepalived 2.2.7 keywords (keepalived.conf(5)) we ignore because they do not change which
+    /// router is master nor what becoming master does: notifications by e-mail, SNMP, D-Bus,
+    /// process and socket tuning, GARP pacing.
+    fn harmless(self) -> &'static [&'static str] {
+        match self {
+            Block::Top => &["linkbeat_interfaces", "garp_group"],
+            Block::Global => &[
+                "notification_email",
+                "notification_email_from",
+                "smtp_server",
+                "smtp_helo_name",
+                "smtp_connect_timeout",
+                "smtp_alert",
+                "smtp_alert_vrrp",
+                "smtp_alert_checker",
+                "no_email_faults",
+                "no_checker_emails",
+                "enable_snmp_vrrp",
+                "enable_snmp_checker",
+                "enable_snmp_rfc",
+                "enable_snmp_rfcv2",
+                "enable_snmp_rfcv3",
+                "enable_traps",
+                "snmp_socket",
+                "enable_dbus",
+                "dbus_service_name",
+                "process_names",
+                "process_name",
+                "vrrp_process_name",
+                "checker_process_name",
+                "bfd_process_name",
+                "vrrp_priority",
+                "checker_priority",
+                "bfd_priority",
+                "vrrp_no_swap",
+                "checker_no_swap",
+                "bfd_no_swap",
+                "vrrp_rt_priority",
+                "checker_rt_priority",
+                "bfd_rt_priority",
+                "vrrp_rlimit_rttime",
+                "checker_rlimit_rttime",
+                "bfd_rlimit_rttime",
+                "vrrp_cpu_affinity",
+                "checker_cpu_affinity",
+                "bfd_cpu_affinity",
+                "umask",
+                "max_auto_priority",
+                "min_auto_priority_delay",
+                "vrrp_netlink_cmd_rcv_bufs",
+                "vrrp_netlink_cmd_rcv_bufs_force",
+                "vrrp_netlink_monitor_rcv_bufs",
+                "vrrp_netlink_monitor_rcv_bufs_force",
+                "process_monitor_rcv_bufs",
+                "process_monitor_rcv_bufs_force",
+                "vrrp_rx_bufs_policy",
+                "vrrp_rx_bufs_multiplier",
+                "checker_log_all_failures",
+                "log_unknown_vrids",
+                "linkbeat_use_polling",
+                "data_use_instance",
+                "config_save_dir",
+                "tmp_config_directory",
+                "reload_check_config",
+                "reload_time_file",
+                "reload_repeat",
+                "reload_file",
+                "include_check",
+                "random_seed",
+                "child_wait_time",
+                "instance",
+                "use_pid_dir",
+                "vrrp_garp_interval",
+                "vrrp_gna_interval",
+                "vrrp_min_garp",
+                "vrrp_garp_master_refresh_repeat",
+                "vrrp_garp_lower_prio_delay",
+                "vrrp_garp_lower_prio_repeat",
+                "disable_local_igmp",
+                "lvs_flush",
+                "lvs_flush_on_stop",
+                "lvs_timeouts",
+                "lvs_netlink_cmd_rcv_bufs",
+                "lvs_netlink_cmd_rcv_bufs_force",
+                "lvs_netlink_monitor_rcv_bufs",
+                "lvs_netlink_monitor_rcv_bufs_force",
+                "nftables_counters",
+            ],
+            Block::Script => &[],
+            Block::Instance => &[
+                "smtp_alert",
+                "debug",
+                "kernel_rx_buf_size",
+                "linkbeat_use_polling",
+                "garp_master_refresh_repeat",
+                "garp_lower_prio_delay",
+                "garp_lower_prio_repeat",
+                "promote_secondaries",
+            ],
+            Block::SyncGroup => &["smtp_alert"],
+            Block::Auth => &[],
+        }
+    }
+
+    /// keepalived 2.2.7 keywords for features we do not implement that change failover or what
+    /// it does (addresses, routes, tracking, timing, which packets count, scripts that would not
+    /// run). Unknown keywords are refused just the same; this list only gives a clearer message.
+    fn failover(self) -> &'static [&'static str] {
+        match self {
+            Block::Top => &[
+                "track_file",
+                "vrrp_track_file",
+                "vrrp_track_process",
+                "track_group",
+                "bfd_instance",
+                "static_ipaddress",
+                "static_routes",
+                "static_rules",
+                "virtual_server",
+                "virtual_server_group",
+            ],
+            Block::Global => &[
+                "vrrp_mcast_group4",
+                "vrrp_mcast_group6",
+                "vrrp_strict",
+                "vrrp_skip_check_adv_addr",
+                "vrrp_check_unicast_src",
+                "vrrp_higher_prio_send_advert",
+                "vrrp_lower_prio_no_advert",
+                "vrrp_startup_delay",
+                "vrrp_down_timer_adverts",
+                "vrrp_garp_master_delay",
+                "vrrp_garp_master_repeat",
+                "vrrp_garp_master_refresh",
+                "vrrp_garp_extra_if",
+                "vrrp_iptables",
+                "vrrp_ipsets",
+                "nftables",
+                "nftables_priority",
+                "nftables_ifindex",
+                "default_interface",
+                "dynamic_interfaces",
+                "net_namespace",
+                "net_namespace_ipvs",
+                "namespace_with_ipsets",
+                "notify_fifo",
+                "notify_fifo_script",
+                "vrrp_notify_fifo",
+                "vrrp_notify_fifo_script",
+                "vrrp_notify_priority_changes",
+                "fifo_write_vrrp_states_on_reload",
+                "startup_script",
+                "startup_script_timeout",
+                "shutdown_script",
+                "shutdown_script_timeout",
+                "vmac_prefix",
+                "vmac_addr_prefix",
+                "lvs_sync_daemon",
+            ],
+            Block::Script => &["init_fail"],
+            Block::Instance => &[
+                "use_vmac",
+                "vmac_xmit_base",
+                "use_vmac_addr",
+                "use_ipvlan",
+                "track_process",
+                "track_file",
+                "track_bfd",
+                "virtual_routes",
+                "virtual_rules",
+                "virtual_ipaddress_excluded",
+                "skip_check_adv_addr",
+                "strict_mode",
+                "lower_prio_no_advert",
+                "higher_prio_send_advert",
+                "unicast_ttl",
+                "unicast_fault_no_peer",
+                "check_unicast_src",
+                "old_unicast_checksum",
+                "track_src_ip",
+                "native_ipv6",
+                "dont_track_primary",
+                "down_timer_adverts",
+                "mcast_dst_ip",
+                "vrf",
+                "garp_extra_if",
+                "notify_deleted",
+                "notify_master_rx_lower_pri",
+                "notify_priority_changes",
+                "lvs_sync_daemon_interface",
+            ],
+            Block::SyncGroup => &[
+                "notify_master",
+                "notify_backup",
+                "notify_fault",
+                "notify_stop",
+                "notify",
+                "notify_deleted",
+                "notify_priority_changes",
+                "track_interface",
+                "track_script",
+                "track_process",
+                "track_file",
+                "track_bfd",
+                "global_tracking",
+                "sync_group_tracking_weight",
+            ],
+            Block::Auth => &[],
+        }
+    }
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 impl Ctx {
-    fn unsupported(&mut self, n: &Node, within: &str) {
-        self.warnings.push(Warning {
-            loc: Loc { col: 0, ..n.key.loc.clone() },
-            msg: format!("unsupported keyword '{}' in {within} (ignored)", n.key.text),
-        });
+    /// A keyword we do not act on in `within`: classified and recorded.
+    fn unsupported(&mut self, n: &Node, within: Block) {
+        let k = n.key.text.as_str();
+        let place = within.name();
+        let (kind, msg) = if within.harmless().contains(&k) {
+            (WarningKind::Ignored, format!("{k}: not supported in {place}, ignored (it does not change failover)"))
+        } else if within.failover().contains(&k) {
+            (
+                WarningKind::Unsupported,
+                format!("{k}: keepalived feature not supported by rempart-vrrp in {place}; it changes failover or what failover does"),
+            )
+        } else if k.starts_with(['@', '$', '~']) {
+            (
+                WarningKind::Unknown,
+                format!("{k}: keepalived conditional, parameter or sequence syntax is not supported"),
+            )
+        } else {
+            let known = within.supported().iter().chain(within.harmless()).chain(within.failover());
+            let near = known.map(|w| (distance(k, w), *w)).filter(|(d, _)| *d <= 2).min();
+            let hint = near.map(|(_, w)| format!(" (did you mean {w}?)")).unwrap_or_default();
+            (WarningKind::Unknown, format!("{k}: unknown keyword in {place}{hint}"))
+        };
+        self.warnings.push(Warning { loc: Loc { col: 0, ..n.key.loc.clone() }, msg, kind });
     }
 }
 
@@ -276,7 +588,7 @@ pub fn interpret(tree: &[Node]) -> Result<(Config, Vec<Warning>), ConfigError> {
                             cfg.global.script_group = c.args.get(1).map(|t| t.text.clone());
                         }
                         "enable_script_security" => cfg.global.enable_script_security = true,
-                        _ => cx.unsupported(c, "global_defs"),
+                        _ => cx.unsupported(c, Block::Global),
                     }
                 }
             }
@@ -292,12 +604,12 @@ pub fn interpret(tree: &[Node]) -> Result<(Config, Vec<Warning>), ConfigError> {
                                 g.group.extend(m.args.iter().map(|t| t.text.clone()));
                             }
                         }
-                        _ => cx.unsupported(c, "vrrp_sync_group"),
+                        _ => cx.unsupported(c, Block::SyncGroup),
                     }
                 }
                 cfg.sync_groups.push(g);
             }
-            _ => cx.unsupported(n, "the top level"),
+            _ => cx.unsupported(n, Block::Top),
         }
     }
     Ok((cfg, cx.warnings))
@@ -321,14 +633,24 @@ fn script(cx: &mut Ctx, n: &Node) -> Result<Script, ConfigError> {
             "script" => s.script = joined(c)?,
             "interval" => s.interval = secs(arg(c, 0)?, "interval")?,
             "timeout" => s.timeout = Some(secs(arg(c, 0)?, "timeout")?),
-            "weight" => s.weight = num(arg(c, 0)?, "weight")?,
+            "weight" => {
+                s.weight = num(arg(c, 0)?, "weight")?;
+                if let Some(r) = c.args.get(1).filter(|a| a.text == "reverse") {
+                    cx.warnings.push(Warning {
+                        loc: Loc { col: 0, ..r.loc.clone() },
+                        msg: "weight ... reverse: not supported by rempart-vrrp in vrrp_script; it changes failover"
+                            .into(),
+                        kind: WarningKind::Unsupported,
+                    });
+                }
+            }
             "rise" => s.rise = num(arg(c, 0)?, "rise")?,
             "fall" => s.fall = num(arg(c, 0)?, "fall")?,
             "user" => {
                 s.user = Some(name_of(c)?);
                 s.group = c.args.get(1).map(|t| t.text.clone());
             }
-            _ => cx.unsupported(c, "vrrp_script"),
+            _ => cx.unsupported(c, Block::Script),
         }
     }
     Ok(s)
@@ -369,7 +691,7 @@ fn instance(cx: &mut Ctx, n: &Node) -> Result<Instance, ConfigError> {
                     match a.key.text.as_str() {
                         "auth_type" => kind = Some(arg(a, 0)?.clone()),
                         "auth_pass" => i.auth_pass = Some(name_of(a)?),
-                        _ => cx.unsupported(a, "authentication"),
+                        _ => cx.unsupported(a, Block::Auth),
                     }
                 }
                 if let Some(k) = kind {
@@ -391,11 +713,12 @@ fn instance(cx: &mut Ctx, n: &Node) -> Result<Instance, ConfigError> {
                                 "virtual_ipaddress option '{f}' after {} is not supported (ignored)",
                                 v.key.text
                             ),
+                            kind: WarningKind::Ignored,
                         });
                     }
                 }
             }
-            "unicast_src_ip" => {
+            "unicast_src_ip" | "mcast_src_ip" => {
                 let t = arg(c, 0)?;
                 i.unicast_src_ip =
                     Some(t.text.parse().map_err(|_| syntax(t.loc.clone(), format!("invalid address {:?}", t.text)))?);
@@ -423,7 +746,7 @@ fn instance(cx: &mut Ctx, n: &Node) -> Result<Instance, ConfigError> {
                 let d = secs(arg(c, 0)?, "garp_master_refresh")?;
                 i.garp_master_refresh = (!d.is_zero()).then_some(d);
             }
-            _ => cx.unsupported(c, "vrrp_instance"),
+            _ => cx.unsupported(c, Block::Instance),
         }
     }
     Ok(i)

@@ -54,8 +54,8 @@ impl fmt::Display for Loc {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A file could not be read.
-    #[error("{file}: {source}")]
+    /// A file could not be read. (The cause is the source: `{:#}` prints it once.)
+    #[error("cannot read {}", file.display())]
     Io {
         /// The file.
         file: PathBuf,
@@ -98,13 +98,43 @@ impl fmt::Display for Problem {
     }
 }
 
-/// A non-fatal remark (unsupported keyword), naming file and line.
+/// A remark on a keyword, naming file and line. Whether it stops the configuration from loading
+/// depends on its [`WarningKind`] and the [`Keywords`] policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
     /// Where.
     pub loc: Loc,
-    /// What.
+    /// What (starts with the keyword).
     pub msg: String,
+    /// How serious.
+    pub kind: WarningKind,
+}
+
+/// How serious an ignored keyword is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WarningKind {
+    /// A keepalived keyword we ignore that does not change failover (e-mail, SNMP, process
+    /// tuning): always a warning.
+    Ignored,
+    /// A keepalived feature we do not implement that changes failover or what a failover does
+    /// (`use_vmac`, `track_file`, `virtual_routes`, ...): an error unless [`Keywords::Lenient`].
+    Unsupported,
+    /// Not a keepalived keyword in this place (a misspelling such as `priorty`, or a block such
+    /// as `vrrp_instanse`): an error unless [`Keywords::Lenient`].
+    Unknown,
+}
+
+/// What to do with unknown and unsupported keywords ([`WarningKind::Unknown`],
+/// [`WarningKind::Unsupported`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keywords {
+    /// They are errors (the default): the daemon would otherwise fail over differently from the
+    /// keepalived that the file was written for (issue 14).
+    #[default]
+    Strict,
+    /// They are warnings (`--lenient`, for a migration).
+    Lenient,
 }
 
 impl fmt::Display for Warning {
@@ -589,20 +619,49 @@ pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Toml { file: file.to_path_buf(), msg: e.to_string() })
 }
 
-/// Loads `path`: `.toml` as native TOML, anything else as keepalived.conf; then validates.
+/// Loads `path` with [`Keywords::Strict`]; see [`load_with`].
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let (config, warnings) = if path.extension().is_some_and(|e| e == "toml") {
+    load_with(path, Keywords::Strict)
+}
+
+/// Loads `path`: `.toml` as native TOML, anything else as keepalived.conf; then validates.
+/// Unknown and unsupported keywords are problems under [`Keywords::Strict`], reported together
+/// with the validation problems; under [`Keywords::Lenient`] they are returned as warnings.
+pub fn load_with(path: &Path, keywords: Keywords) -> Result<Loaded, ConfigError> {
+    let (config, found) = if path.extension().is_some_and(|e| e == "toml") {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: path.to_path_buf(), source })?;
         (from_toml(&text, path)?, Vec::new())
     } else {
         keepalived::parse_file(path)?
     };
-    let problems = config.validate();
+    let (problems, warnings) = apply_keywords(found, keywords);
+    let mut problems = problems;
+    problems.extend(config.validate());
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
     }
     Ok(Loaded { config, warnings })
+}
+
+/// Splits keyword remarks into problems and warnings under `policy`.
+#[must_use]
+pub fn apply_keywords(found: Vec<Warning>, policy: Keywords) -> (Vec<Problem>, Vec<Warning>) {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    for mut w in found {
+        match (w.kind, policy) {
+            (WarningKind::Ignored, _) => warnings.push(w),
+            (_, Keywords::Strict) => {
+                problems.push(Problem { at: w.loc.to_string(), msg: format!("{} (--lenient ignores it)", w.msg) });
+            }
+            (_, Keywords::Lenient) => {
+                w.msg.push_str(" (ignored: --lenient)");
+                warnings.push(w);
+            }
+        }
+    }
+    (problems, warnings)
 }
 
 impl Config {
@@ -613,6 +672,9 @@ impl Config {
         let mut push = |at: String, msg: String| p.push(Problem { at, msg });
         if !matches!(self.global.vrrp_version, 2 | 3) {
             push("global_defs".into(), format!("vrrp_version {} (must be 2 or 3)", self.global.vrrp_version));
+        }
+        if self.instances.is_empty() {
+            push("configuration".into(), "no vrrp_instance: nothing to run".into());
         }
         let mut seen = std::collections::HashSet::new();
         let mut names = std::collections::HashSet::new();

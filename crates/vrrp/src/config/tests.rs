@@ -120,15 +120,99 @@ vrrp_sync_group G {
 }
 
 #[test]
-fn unknown_keyword_is_a_warning_with_file_and_line() {
-    let (c, w) = p("global_defs {\n  notification_email { a@b }\n}\nvirtual_server 1.2.3.4 80 {\n}\n").unwrap();
-    assert_eq!(c.instances.len(), 0);
+fn harmless_keepalived_keywords_are_warnings_with_file_and_line() {
+    let (_, w) = p("global_defs {\n  notification_email { a@b }\n  smtp_server 10.0.0.1\n}\n").unwrap();
     assert_eq!(w.len(), 2);
     assert_eq!(
         w[0].to_string(),
-        "/etc/keepalived/keepalived.conf:2: unsupported keyword 'notification_email' in global_defs (ignored)"
+        "/etc/keepalived/keepalived.conf:2: notification_email: not supported in global_defs, ignored (it does not \
+         change failover)"
     );
-    assert_eq!(w[1].loc.line, 4);
+    assert!(w.iter().all(|w| w.kind == WarningKind::Ignored), "{w:?}");
+    let (problems, warnings) = apply_keywords(w, Keywords::Strict);
+    assert!(problems.is_empty());
+    assert_eq!(warnings.len(), 2);
+}
+
+const MINIMAL: &str = "  interface eth0\n  virtual_router_id 1\n  virtual_ipaddress {\n    10.0.0.1\n  }\n";
+
+/// Issue 14: misspelt keywords and keepalived features that change failover were warnings, so
+/// `check-config` and `run` accepted them (`vrrp_instanse` gave "0 instances", OK).
+#[test]
+fn unknown_and_failover_keywords_are_errors_with_file_line_and_keyword() {
+    let text = format!(
+        "global_defs {{\n  vrrp_strict\n}}\nvrrp_instanse VI_0 {{\n{MINIMAL}}}\nvrrp_instance VI_1 {{\n{MINIMAL}  priorty 150\n  use_vmac\n  track_process {{\n    p\n  }}\n  virtual_routes {{\n    10.1.0.0/16 via 10.0.0.254\n  }}\n  track_file {{\n    f\n  }}\n}}\ntrack_file f {{\n  file /tmp/f\n}}\n@main priority 150\n"
+    );
+    let (c, w) = p(&text).unwrap();
+    assert_eq!(c.instances.len(), 1);
+    let (problems, warnings) = apply_keywords(w.clone(), Keywords::Strict);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let got: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let f = "/etc/keepalived/keepalived.conf";
+    let failover = "keepalived feature not supported by rempart-vrrp in";
+    let lenient = "(--lenient ignores it)";
+    assert_eq!(
+        got,
+        [
+            format!("{f}:2: vrrp_strict: {failover} global_defs; it changes failover or what failover does {lenient}"),
+            format!("{f}:4: vrrp_instanse: unknown keyword in the top level (did you mean vrrp_instance?) {lenient}"),
+            format!("{f}:17: priorty: unknown keyword in vrrp_instance (did you mean priority?) {lenient}"),
+            format!("{f}:18: use_vmac: {failover} vrrp_instance; it changes failover or what failover does {lenient}"),
+            format!(
+                "{f}:19: track_process: {failover} vrrp_instance; it changes failover or what failover does {lenient}"
+            ),
+            format!(
+                "{f}:22: virtual_routes: {failover} vrrp_instance; it changes failover or what failover does {lenient}"
+            ),
+            format!(
+                "{f}:25: track_file: {failover} vrrp_instance; it changes failover or what failover does {lenient}"
+            ),
+            format!(
+                "{f}:29: track_file: {failover} the top level; it changes failover or what failover does {lenient}"
+            ),
+            format!("{f}:32: @main: keepalived conditional, parameter or sequence syntax is not supported {lenient}"),
+        ]
+    );
+    // --lenient: the same, as warnings that say so.
+    let (problems, warnings) = apply_keywords(w, Keywords::Lenient);
+    assert!(problems.is_empty());
+    assert_eq!(warnings.len(), 9);
+    assert!(warnings[2].to_string().ends_with("(did you mean priority?) (ignored: --lenient)"), "{}", warnings[2]);
+}
+
+#[test]
+fn load_reports_keyword_and_validation_problems_together_and_lenient_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("k.conf");
+    std::fs::write(&f, format!("vrrp_instance VI_1 {{\n{MINIMAL}  priorty 150\n  priority 0\n}}\n")).unwrap();
+    let e = load(&f).unwrap_err();
+    let shown = e.to_string();
+    assert!(shown.starts_with("2 problem(s):\n"), "{shown}");
+    assert!(shown.contains(&format!("  {}:7: priorty: unknown keyword", f.display())), "{shown}");
+    assert!(shown.contains("(vrrp_instance VI_1): priority must be 1..255"), "{shown}");
+    std::fs::write(&f, format!("vrrp_instance VI_1 {{\n{MINIMAL}  priorty 150\n}}\n")).unwrap();
+    let l = load_with(&f, Keywords::Lenient).unwrap();
+    assert_eq!(l.config.instances[0].priority, 100);
+    assert_eq!(l.warnings.len(), 1);
+    // A file whose only block is misspelt has nothing to run, even when lenient.
+    std::fs::write(&f, format!("vrrp_instanse VI_1 {{\n{MINIMAL}}}\n")).unwrap();
+    let e = load_with(&f, Keywords::Lenient).unwrap_err();
+    assert!(e.to_string().contains("configuration: no vrrp_instance: nothing to run"), "{e}");
+}
+
+#[test]
+fn mcast_src_ip_is_unicast_src_ip_as_in_keepalived() {
+    let (c, w) = p(&format!("vrrp_instance VI_1 {{\n{MINIMAL}  mcast_src_ip 10.0.0.2\n}}\n")).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.instances[0].unicast_src_ip, Some("10.0.0.2".parse().unwrap()));
+}
+
+#[test]
+fn script_weight_reverse_is_unsupported() {
+    let (_, w) = p("vrrp_script s {\n  script /bin/true\n  weight 10 reverse\n}\n").unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].kind, WarningKind::Unsupported);
+    assert_eq!(w[0].loc.line, 3);
 }
 
 #[test]
@@ -200,7 +284,7 @@ fn include_with_glob() {
     .unwrap();
     std::fs::write(
         dir.path().join("conf.d/b.conf"),
-        "vrrp_instance B {\n interface e\n virtual_router_id 2\n virtual_ipaddress { 10.0.0.2 }\n bogus 1\n}\n",
+        "vrrp_instance B {\n interface e\n virtual_router_id 2\n virtual_ipaddress { 10.0.0.2 }\n debug 1\n}\n",
     )
     .unwrap();
     std::fs::write(dir.path().join("conf.d/skip.txt"), "garbage {").unwrap();

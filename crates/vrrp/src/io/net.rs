@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 
-use crate::config::Vip;
+use crate::config::{Config, Problem, Vip};
 use crate::wire::{IP_PROTOCOL, MCAST_V4, MCAST_V6, TTL};
 
 /// Facts about one interface.
@@ -52,6 +52,40 @@ pub fn if_info(name: &str, exclude: &[IpAddr]) -> io::Result<IfInfo> {
         running: i.is_up() && i.is_running(),
         addrs: i.ips.iter().map(|n| n.ip()).collect(),
     })
+}
+
+/// Every interface the configuration names (an instance's `interface`, a VIP's `dev`, a
+/// `track_interface`) that does not exist in this network namespace, one problem each, naming
+/// the interface and the instance (keepalived -t checks them too; issue 14).
+#[must_use]
+pub fn missing_interfaces(cfg: &Config) -> Vec<Problem> {
+    let have: Vec<String> = pnet_datalink::interfaces().into_iter().map(|i| i.name).collect();
+    missing_among(cfg, &have)
+}
+
+fn missing_among(cfg: &Config, have: &[String]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for i in &cfg.instances {
+        let at = match &i.loc {
+            Some(l) => format!("{l} (vrrp_instance {})", i.name),
+            None => format!("instance {}", i.name),
+        };
+        let mut check = |name: &str, role: &str| {
+            if !name.is_empty() && !have.iter().any(|h| h == name) {
+                out.push(Problem { at: at.clone(), msg: format!("{role} {name} does not exist here") });
+            }
+        };
+        check(&i.interface, "interface");
+        for v in &i.virtual_ipaddress {
+            if let Some(d) = &v.dev {
+                check(d, &format!("virtual_ipaddress {} dev", v.addr));
+            }
+        }
+        for t in &i.track_interface {
+            check(&t.name, "track_interface");
+        }
+    }
+    out
 }
 
 /// The receiving socket of an interface: every protocol-112 packet that reaches it, IP header
@@ -313,5 +347,25 @@ mod tests {
             1, 192, 168, 50, 50, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 192, 168, 50, 50,
         ];
         assert_eq!(f, want);
+    }
+
+    /// Issue 14: check-config exited 0 on an interface that does not exist.
+    #[test]
+    fn missing_interfaces_are_named_with_their_instance() {
+        let text = "vrrp_instance VI_1 {\n  interface eth9\n  virtual_router_id 1\n  virtual_ipaddress {\n    \
+                    10.0.0.9/24 dev eth7\n    10.0.0.10/24 dev eth0\n  }\n  track_interface {\n    eth8\n    lo\n  }\n}\n";
+        let (cfg, _) = crate::config::keepalived::parse(text, std::path::Path::new("/k.conf")).unwrap();
+        let have = ["lo".to_string(), "eth0".to_string()];
+        let p: Vec<String> = missing_among(&cfg, &have).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            p,
+            [
+                "/k.conf:1 (vrrp_instance VI_1): interface eth9 does not exist here",
+                "/k.conf:1 (vrrp_instance VI_1): virtual_ipaddress 10.0.0.9 dev eth7 does not exist here",
+                "/k.conf:1 (vrrp_instance VI_1): track_interface eth8 does not exist here",
+            ]
+        );
+        let have = ["lo", "eth0", "eth7", "eth8", "eth9"].map(String::from);
+        assert!(missing_among(&cfg, &have).is_empty());
     }
 }

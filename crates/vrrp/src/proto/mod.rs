@@ -180,6 +180,36 @@ pub struct Stats {
     pub adverts_received: u64,
     /// Advertisements requested (SendAdvert actions).
     pub adverts_sent: u64,
+    /// Transitions out of Master.
+    pub released_master: u64,
+    /// Advertisements with priority 0 (a master stopping) accepted.
+    pub priority_zero_received: u64,
+    /// Advertisements with priority 0 requested (we stopped as master).
+    pub priority_zero_sent: u64,
+    /// Dropped: VRRPv2 authentication differs from ours (keepalived: "invalid passwd").
+    pub auth_failures: u64,
+    /// Dropped: advertisement interval differs (VRRPv2) or is 0.
+    pub interval_errors: u64,
+    /// Dropped: VRRP version differs from the instance's.
+    pub version_errors: u64,
+    /// Dropped: TTL / hop limit not 255.
+    pub ttl_errors: u64,
+    /// Dropped: another owner (priority 255) of our addresses.
+    pub owner_conflicts: u64,
+}
+
+impl Stats {
+    fn count_drop(&mut self, r: DropReason) {
+        let c = match r {
+            DropReason::Auth => &mut self.auth_failures,
+            DropReason::Interval => &mut self.interval_errors,
+            DropReason::VersionMismatch => &mut self.version_errors,
+            DropReason::Ttl(_) => &mut self.ttl_errors,
+            DropReason::Owner => &mut self.owner_conflicts,
+            _ => return,
+        };
+        *c += 1;
+    }
 }
 
 /// Skew_Time for `priority` and an interval, in microseconds precision.
@@ -301,6 +331,7 @@ impl Instance {
             return;
         }
         if from == State::Master {
+            self.stats.released_master += 1;
             self.actions.push_back(Action::RemoveVips);
         }
         self.state = to;
@@ -334,6 +365,9 @@ impl Instance {
 
     fn send(&mut self, priority: u8) {
         self.stats.adverts_sent += 1;
+        if priority == 0 {
+            self.stats.priority_zero_sent += 1;
+        }
         self.actions.push_back(Action::SendAdvert { priority });
     }
 
@@ -383,7 +417,16 @@ impl Instance {
 
     /// Handles an advertisement for this VRID received from `src` with IP TTL/hop limit `ttl`.
     /// Returns why it was dropped, if it was (RFC 5798 §7.1 rules that need instance config).
+    /// Drops are counted in [`Instance::stats`] by reason.
     pub fn handle_packet(&mut self, now: Instant, src: IpAddr, ttl: u8, adv: &Repr) -> Result<(), DropReason> {
+        let r = self.accept_packet(now, src, ttl, adv);
+        if let Err(e) = r {
+            self.stats.count_drop(e);
+        }
+        r
+    }
+
+    fn accept_packet(&mut self, now: Instant, src: IpAddr, ttl: u8, adv: &Repr) -> Result<(), DropReason> {
         if ttl != crate::wire::TTL {
             return Err(DropReason::Ttl(ttl));
         }
@@ -411,6 +454,9 @@ impl Instance {
             return Err(DropReason::Owner);
         }
         self.stats.adverts_received += 1;
+        if adv.priority == 0 {
+            self.stats.priority_zero_received += 1;
+        }
         let adv_int = match self.cfg.version {
             Version::V2 => self.cfg.adver_int,
             _ => Duration::from_millis(u64::from(adv.interval) * 10),

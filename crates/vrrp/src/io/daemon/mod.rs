@@ -5,9 +5,20 @@
 //! ```text
 //!  raw socket per interface ──▶ reader task ──┐
 //!  vrrp_script tasks ─────────────────────────┼──▶ mpsc ──▶ main loop ──▶ proto::Instance
-//!  SIGTERM / SIGHUP / link events / timers ───┘                │ poll_action()
+//!  signals / link events / timers ───────────┘                │ poll_action()
 //!                 netlink (VIPs) ◀── adverts (raw socket) ◀────┘ ──▶ GARP, notify, status, metrics
 //! ```
+//!
+//! Signals, as keepalived handles them: SIGTERM and SIGINT stop (priority 0 advert, VIPs
+//! removed), SIGHUP reloads, SIGUSR1 / SIGUSR2 / SIGRTMIN+2 write the data / stats / JSON dumps
+//! ([`DATA_FILE`], [`STATS_FILE`], [`JSON_FILE`]) into the run directory, SIGRTMAX (keepalived's
+//! "clear stats") is logged and ignored. The pid file is the binary's: it holds the
+//! single-instance lock before calling [`run`].
+
+mod dump;
+mod loglimit;
+
+pub use dump::{DATA_FILE, JSON_FILE, STATS_FILE};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,18 +45,18 @@ use crate::wire::{self, Auth, ChecksumKind, Packet, Repr, Version};
 
 /// File name of the control socket inside the run directory.
 pub const CONTROL_SOCKET: &str = "rempart-vrrp.sock";
-/// File name of the pid file inside the run directory.
-pub const PID_FILE: &str = "rempart-vrrp.pid";
 
 /// Daemon settings from the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// keepalived.conf or `.toml`.
     pub config_path: PathBuf,
-    /// Directory for the pid file and control socket.
+    /// Directory for the control socket and the dumps (the binary keeps its pid file there).
     pub run_dir: PathBuf,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How a reload (SIGHUP) treats unknown and unsupported keywords: as the start did.
+    pub keywords: config::Keywords,
 }
 
 /// Errors that stop the daemon.
@@ -55,8 +66,9 @@ pub enum DaemonError {
     /// The configuration did not load.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// An OS operation failed.
-    #[error("{what}: {source}")]
+    /// An OS operation failed. (Its display names the operation; the cause is the source, so
+    /// that `{:#}` prints each once.)
+    #[error("{what}")]
     Io {
         /// What we were doing.
         what: String,
@@ -118,6 +130,8 @@ struct Inst {
     /// The last advertisements built: priority and one datagram per destination.
     advert_cache: Option<(u8, Vec<Vec<u8>>)>,
     last: Option<(SystemTime, Reason)>,
+    /// Rate-limited logging of adverts dropped for a peer's misconfiguration, by reason.
+    fault_logs: HashMap<&'static str, (&'static str, loglimit::Limiter)>,
 }
 
 #[derive(Clone)]
@@ -135,6 +149,14 @@ enum Ev {
     Int,
     /// SIGHUP.
     Hup,
+    /// SIGUSR1: data dump.
+    Usr1,
+    /// SIGUSR2: stats dump.
+    Usr2,
+    /// SIGRTMIN+2 (keepalived's JSON signal).
+    Json,
+    /// SIGRTMAX (keepalived's "clear stats").
+    StatsClear,
 }
 
 struct Reader {
@@ -184,6 +206,8 @@ struct Daemon {
     tx: mpsc::UnboundedSender<Ev>,
     metrics: Arc<Metrics>,
     status: Arc<Mutex<Vec<InstanceStatus>>>,
+    /// Rate-limited logging of malformed VRRP packets, by interface and reason.
+    iface_fault_logs: HashMap<(String, &'static str), (&'static str, loglimit::Limiter)>,
 }
 
 fn same_instance(a: &config::Instance, b: &config::Instance) -> bool {
@@ -274,6 +298,7 @@ impl Daemon {
             recv_ctr: self.metrics.adverts_received.get_or_create(&labels).clone(),
             advert_cache: None,
             last: None,
+            fault_logs: HashMap::new(),
         })
     }
 
@@ -433,7 +458,20 @@ impl Daemon {
         let parsed = Packet::new_checked(msg).and_then(|p| Repr::parse(&p, src, dst));
         let (repr, kind) = match parsed {
             Ok(x) => x,
-            Err(r) => return drop(&self.metrics, r),
+            Err(r) => {
+                // keepalived logs these ("Invalid VRRPv3 checksum"): a peer we cannot hear is
+                // a second master. Rate-limited per interface, like the per-instance faults.
+                if let Some(what) = packet_fault(r) {
+                    let (_, lim) = self
+                        .iface_fault_logs
+                        .entry((ifname.to_string(), r.label()))
+                        .or_insert_with(|| (what, loglimit::Limiter::default()));
+                    if let Some(line) = lim.event(now, src) {
+                        log_iface_fault_line(ifname, what, &line);
+                    }
+                }
+                return drop(&self.metrics, r);
+            }
         };
         let Some(inst) = self
             .insts
@@ -450,7 +488,10 @@ impl Daemon {
             Ok(()) => {
                 inst.recv_ctr.inc();
             }
-            Err(r) => drop(&self.metrics, r),
+            Err(r) => {
+                drop(&self.metrics, r);
+                log_peer_fault(inst, r, src, now);
+            }
         }
         if inst.m.master() != before {
             self.publish();
@@ -655,10 +696,10 @@ impl Daemon {
     }
 
     async fn reload(&mut self) {
-        let loaded = match config::load(&self.opts.config_path) {
+        let loaded = match config::load_with(&self.opts.config_path, self.opts.keywords) {
             Ok(l) => l,
             Err(e) => {
-                warn!("reload failed, keeping the running configuration: {e}");
+                warn!("reload failed, keeping the running configuration: {}", chain(&e));
                 return;
             }
         };
@@ -669,7 +710,7 @@ impl Daemon {
         let env = match NotifyEnv::new(&new.global) {
             Ok(e) => e,
             Err(e) => {
-                warn!("reload failed, keeping the running configuration: {e}");
+                warn!("reload failed, keeping the running configuration: {}", chain(&e));
                 return;
             }
         };
@@ -704,10 +745,10 @@ impl Daemon {
             match self.build_inst(c) {
                 Ok(inst) => {
                     if let Err(e) = self.start_instance(inst).await {
-                        warn!(instance = %c.name, "cannot start: {e}");
+                        warn!(instance = %c.name, "cannot start: {}", chain(&e));
                     }
                 }
-                Err(e) => warn!(instance = %c.name, "cannot start: {e}"),
+                Err(e) => warn!(instance = %c.name, "cannot start: {}", chain(&e)),
             }
         }
         // Keep config order.
@@ -716,6 +757,84 @@ impl Daemon {
         self.recompute_tracking(Instant::now());
         info!("configuration reloaded ({} instances kept)", self.insts.len());
         self.process().await;
+    }
+}
+
+/// What a drop reason says about the peer's configuration, for the log; `None` for drops that
+/// are not a peer's misconfiguration (our own adverts looped back).
+fn peer_fault(r: wire::DropReason) -> Option<&'static str> {
+    Some(match r {
+        wire::DropReason::Auth => {
+            "authentication failed: its auth_pass differs from ours (keepalived: received an invalid passwd), \
+             so both routers may be master"
+        }
+        wire::DropReason::Interval => "its advert_int differs from ours",
+        wire::DropReason::VersionMismatch => "its VRRP version differs from ours",
+        wire::DropReason::Ttl(_) => "its TTL / hop limit is not 255 (routed, or not a conforming VRRP router)",
+        wire::DropReason::Owner => "it also claims to own the virtual addresses (priority 255)",
+        _ => return None,
+    })
+}
+
+/// Issue 14: an advert dropped because the peer is configured differently (a wrong `auth_pass`
+/// leaves two masters) is logged, rate-limited: the first in full with the peer, interface and
+/// VRID, then a count at most once per [`loglimit::SUMMARY_EVERY`].
+fn log_peer_fault(inst: &mut Inst, r: wire::DropReason, peer: IpAddr, now: std::time::Instant) {
+    let Some(what) = peer_fault(r) else { return };
+    let (_, lim) = inst.fault_logs.entry(r.label()).or_insert_with(|| (what, loglimit::Limiter::default()));
+    if let Some(line) = lim.event(now, peer) {
+        log_fault_line(&inst.cfg, what, &line);
+    }
+}
+
+/// The summaries due on the 1 s tick.
+fn flush_peer_faults(inst: &mut Inst, now: std::time::Instant) {
+    for (what, lim) in inst.fault_logs.values_mut() {
+        if let Some(line) = lim.flush(now) {
+            log_fault_line(&inst.cfg, *what, &line);
+        }
+    }
+}
+
+/// Malformed packets worth an operator's attention (before the VRID is known).
+fn packet_fault(r: wire::DropReason) -> Option<&'static str> {
+    Some(match r {
+        wire::DropReason::Checksum => "bad checksum (keepalived: Invalid VRRPv3 checksum)",
+        wire::DropReason::Version(_) => "unsupported VRRP version",
+        _ => return None,
+    })
+}
+
+fn log_iface_fault_line(ifname: &str, what: &str, line: &loglimit::Line) {
+    match line {
+        loglimit::Line::First { peer } => warn!(
+            interface = %ifname, %peer,
+            "VRRP packet from {peer} on {ifname} dropped: {what}; further ones are counted and summed up every {} s",
+            loglimit::SUMMARY_EVERY.as_secs()
+        ),
+        loglimit::Line::Summary { count, over, last_peer } => warn!(
+            interface = %ifname, peer = %last_peer,
+            "{count} more VRRP packets on {ifname} dropped in the last {} s: {what} (last from {last_peer})",
+            over.as_secs()
+        ),
+    }
+}
+
+fn log_fault_line(c: &config::Instance, what: &str, line: &loglimit::Line) {
+    let (name, ifname, vrid) = (&c.name, &c.interface, c.vrid);
+    match line {
+        loglimit::Line::First { peer } => warn!(
+            instance = %name, interface = %ifname, vrid, %peer,
+            "({name}) advert from {peer} on {ifname} for VRID {vrid} dropped: {what}; \
+             further ones are counted and summed up every {} s",
+            loglimit::SUMMARY_EVERY.as_secs()
+        ),
+        loglimit::Line::Summary { count, over, last_peer } => warn!(
+            instance = %name, interface = %ifname, vrid, peer = %last_peer,
+            "({name}) {count} more adverts on {ifname} for VRID {vrid} dropped in the last {} s: {what} \
+             (last from {last_peer})",
+            over.as_secs()
+        ),
     }
 }
 
@@ -914,17 +1033,26 @@ pub async fn query_status(run_dir: &Path) -> Result<Vec<InstanceStatus>, DaemonE
 /// Runs the daemon until SIGTERM/SIGINT. `config` is already loaded and validated.
 pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&opts.run_dir).map_err(io_err(format!("create {}", opts.run_dir.display())))?;
-    let pid_path = opts.run_dir.join(PID_FILE);
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
-        .map_err(io_err(format!("write {}", pid_path.display())))?;
-    let term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
-    let int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
-    let hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
+    // Every signal an operator of keepalived sends (issue 14: SIGUSR1, whose default action is to
+    // terminate, killed the daemon and left its VIPs, pid file and socket behind).
+    let handlers = [
+        (SignalKind::terminate(), Ev::Term, "SIGTERM"),
+        (SignalKind::interrupt(), Ev::Int, "SIGINT"),
+        (SignalKind::hangup(), Ev::Hup, "SIGHUP"),
+        (SignalKind::user_defined1(), Ev::Usr1, "SIGUSR1"),
+        (SignalKind::user_defined2(), Ev::Usr2, "SIGUSR2"),
+        (SignalKind::from_raw(nix::libc::SIGRTMIN() + 2), Ev::Json, "SIGRTMIN+2"),
+        (SignalKind::from_raw(nix::libc::SIGRTMAX()), Ev::StatsClear, "SIGRTMAX"),
+    ];
+    let mut sigs = Vec::new();
+    for (kind, ev, name) in handlers {
+        sigs.push((signal(kind).map_err(io_err(format!("{name} handler")))?, ev));
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Signals and the slow tick arrive as events on the one channel, so that the main loop waits
     // on two things only (the channel and the protocol timer): at 10 ms adverts the loop runs
     // 100 times a second and re-arming half a dozen futures each time showed in the profile.
-    for (mut sig, ev) in [(term, Ev::Term), (int, Ev::Int), (hup, Ev::Hup)] {
+    for (mut sig, ev) in sigs {
         let tx = tx.clone();
         tokio::spawn(async move {
             while sig.recv().await.is_some() {
@@ -949,6 +1077,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     }
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(Mutex::new(Vec::new()));
+    // Removed however run() ends (an instance that cannot start returns an error below).
+    let _socket = RemoveOnDrop(opts.run_dir.join(CONTROL_SOCKET));
     let control = tokio::spawn(serve_control(opts.run_dir.join(CONTROL_SOCKET), status.clone()));
     let metrics_task = match opts.metrics_listen {
         Some(a) => {
@@ -972,6 +1102,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
         tx,
         metrics,
         status,
+        iface_fault_logs: HashMap::new(),
     };
     // A crashed predecessor's no_accept table would keep dropping traffic to the VIPs.
     if let Err(e) = nft::remove_tables() {
@@ -997,12 +1128,13 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     if has_scripts && !env.security && env.run_as.map_or(env.daemon_uid, |r| r.uid) == 0 {
         warn!("scripts run as root but enable_script_security is not set (keepalived: SECURITY VIOLATION)");
     }
-    d.recompute_tracking(Instant::now());
-    d.process().await;
     // Link state comes from rtnetlink events; a 1 s tick republishes status and gauges, and every
-    // 10th tick re-reads the links in case an event was lost.
+    // 10th tick re-reads the links in case an event was lost. Set up before the first actions are
+    // performed, so that failing here cannot leave an owner's VIPs behind.
     let link_tx = d.tx.clone();
     net::watch_links(move || link_tx.send(Ev::Link).is_ok()).map_err(io_err("rtnetlink link events"))?;
+    d.recompute_tracking(Instant::now());
+    d.process().await;
     let mut ticks = 0u64;
     let far = || Instant::now() + Duration::from_secs(3600);
     let sleep = tokio::time::sleep_until(far());
@@ -1048,6 +1180,15 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
                     d.publish();
                 }
                 Ev::Tick => {
+                    let now = std_now(Instant::now());
+                    for inst in &mut d.insts {
+                        flush_peer_faults(inst, now);
+                    }
+                    for ((ifname, _), (what, lim)) in &mut d.iface_fault_logs {
+                        if let Some(line) = lim.flush(now) {
+                            log_iface_fault_line(ifname, what, &line);
+                        }
+                    }
                     ticks += 1;
                     if ticks == 10 {
                         ticks = 0;
@@ -1066,6 +1207,26 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
                 Ev::Hup => {
                     info!("SIGHUP: reloading");
                     d.reload().await;
+                }
+                Ev::Usr1 => {
+                    d.publish();
+                    let r = dump::write(&d.opts.run_dir, DATA_FILE, &d.data_dump());
+                    log_dump("SIGUSR1", "data", r);
+                }
+                Ev::Usr2 => {
+                    let r = dump::write(&d.opts.run_dir, STATS_FILE, &d.stats_dump());
+                    log_dump("SIGUSR2", "stats", r);
+                }
+                Ev::Json => {
+                    d.publish();
+                    let st = d.status.lock().map(|v| v.clone()).unwrap_or_default();
+                    let r = dump::json_dump(&st)
+                        .map_err(std::io::Error::other)
+                        .and_then(|j| dump::write(&d.opts.run_dir, JSON_FILE, &j));
+                    log_dump("SIGRTMIN+2", "JSON", r);
+                }
+                Ev::StatsClear => {
+                    info!("SIGRTMAX (keepalived: clear stats): ignored, counters are never reset (Prometheus)");
                 }
             }
             next = rx.try_recv().ok();
@@ -1086,7 +1247,33 @@ pub async fn run(opts: Options, config: Config) -> Result<(), DaemonError> {
     if let Some(m) = metrics_task {
         m.abort();
     }
-    let _ = std::fs::remove_file(opts.run_dir.join(CONTROL_SOCKET));
-    let _ = std::fs::remove_file(&pid_path);
     Ok(())
+}
+
+/// An error and its causes on one line, each once (`a: b: c`), for logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn log_dump(signal: &str, what: &str, r: std::io::Result<PathBuf>) {
+    match r {
+        Ok(p) => info!("{signal}: {what} dump written to {}", p.display()),
+        Err(e) => warn!("{signal}: cannot write the {what} dump into the run directory: {e}"),
+    }
 }
