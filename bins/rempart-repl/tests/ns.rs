@@ -4,7 +4,7 @@
 
 mod util;
 
-use util::{sh, u, Cleanup, NbdFuse, NsPair, SECRET, SIZE};
+use util::{sh, u, Cleanup, NbdFuse, NsPair, QemuIo, SECRET, SIZE};
 
 fn root(why: &str) -> bool {
     rempart_testkit::require_root(why)
@@ -207,4 +207,103 @@ fn ns_ext4_made_through_nbdfuse_on_the_primary_checks_clean_on_the_backup_after_
     undo.0.push(vec!["umount".into(), mnt.to_string_lossy().into()]);
     assert!(std::fs::read(mnt.join("payload.bin")).unwrap() == payload, "file differs on the backup");
     assert_eq!(std::fs::metadata(&backup).unwrap().len(), SIZE);
+}
+
+/// One control command straight on a daemon's control socket (what the CLI sends), over a
+/// connection opened beforehand: the two requests of a race leave within microseconds.
+fn ctl_line(sock: std::os::unix::net::UnixStream, line: &str) -> (bool, String) {
+    use std::io::{Read, Write};
+    let mut sock = sock;
+    sock.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    sock.read_to_string(&mut out).unwrap();
+    (out.starts_with("ok\n"), out)
+}
+
+/// Issue 14: `primary` released together on both connected nodes used to succeed on both in
+/// about half the trials. 100 trials, the two requests released by a barrier (every tenth
+/// through the CLI, the others straight on the control sockets, which is tighter): at most one
+/// succeeds, exactly one when connected, and the other is refused saying why.
+#[test]
+fn ns_primary_released_together_on_both_nodes_promotes_exactly_one_issue_14() {
+    if !root("network namespaces") {
+        return;
+    }
+    let p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    p.ok("main", &["secondary"]);
+    let mut wins = [0u32; 2];
+    for trial in 0..100 {
+        let barrier = std::sync::Barrier::new(2);
+        let cli = trial % 10 == 0;
+        let results: Vec<(bool, String)> = std::thread::scope(|s| {
+            let hs: Vec<_> = ["main", "backup"]
+                .into_iter()
+                .map(|n| {
+                    let (barrier, p) = (&barrier, &p);
+                    let sock =
+                        (!cli).then(|| std::os::unix::net::UnixStream::connect(p.run_dir(n).join("repl.ctl")).unwrap());
+                    s.spawn(move || {
+                        barrier.wait();
+                        match sock {
+                            Some(sock) => ctl_line(sock, "primary"),
+                            None => p.ctl(n, &["primary"]),
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok = [results[0].0, results[1].0];
+        assert!(ok[0] ^ ok[1], "trial {trial}: {results:?}\n{}", p.logs());
+        let (winner, loser) = if ok[0] { (0, 1) } else { (1, 0) };
+        wins[winner] += 1;
+        assert!(results[loser].1.contains("two primaries"), "trial {trial}: unclear refusal {:?}", results[loser].1);
+        let names = ["main", "backup"];
+        assert_eq!(p.status(names[loser])["role"], "Secondary", "trial {trial}");
+        assert_eq!(p.status(names[winner])["role"], "Primary", "trial {trial}");
+        // The winner steps down; its `secondary` returns once the peer has seen it.
+        p.ok(names[winner], &["secondary"]);
+    }
+    let s = p.status("main");
+    assert_eq!((u(&s, "split_brains"), s["connection"].as_str()), (0, Some("Connected")), "{s}");
+    eprintln!("wins (main, backup): {wins:?}");
+}
+
+/// Issue 14: `secondary` on a Primary whose device an NBD client holds open is refused, as
+/// DRBD refuses ("Device is held open by someone"); once the client is gone it succeeds and
+/// returns only after the peer has seen it, so `primary` on the peer right after succeeds.
+/// `secondary --force` demotes anyway and the open client's I/O fails from then on.
+#[test]
+fn ns_secondary_is_refused_while_an_nbd_client_holds_the_device_open_issue_14() {
+    if !root("network namespaces") {
+        return;
+    }
+    let p = NsPair::new(SECRET, "");
+    p.primary_synced();
+    let mut q = QemuIo::open(&p.url("main"));
+    let (ok, text) = p.ctl("main", &["secondary"]);
+    assert!(!ok && text.contains("held open by 1 NBD client"), "{text}");
+    assert_eq!(p.status("main")["role"], "Primary");
+    assert!(q.run("write -P 0x5c 0 64k", "wrote 65536/65536"), "{}", q.output());
+    drop(q);
+    // The server sees the client leave a moment after qemu-io exits.
+    rempart_testkit::wait::until(std::time::Duration::from_secs(10), "secondary accepted", || {
+        p.ctl("main", &["secondary"]).0
+    })
+    .unwrap();
+    // No wait in between: the peer already knows main is Secondary.
+    p.ok("backup", &["primary"]);
+    p.io("backup", &["read -P 0x5c 0 64k"]);
+    // --force: demoted while held open; the client's next I/O fails.
+    let mut q = QemuIo::open(&p.url("backup"));
+    p.ok("backup", &["secondary", "--force"]);
+    assert_eq!(p.status("backup")["role"], "Secondary");
+    assert!(!q.run("write -P 0x5d 0 4k", "wrote 4096/4096"), "a write succeeded after the forced demotion");
+    assert!(
+        q.output().contains("Input/output error") || q.output().contains("Operation not permitted"),
+        "{}",
+        q.output()
+    );
+    p.ok("main", &["primary"]);
 }
