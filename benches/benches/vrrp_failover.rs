@@ -262,7 +262,8 @@ impl Costs {
         let (low, high) = (mdi - adv, mdi + probe_slack + MAX_FACTOR * per_op);
         AnchorCheck::Against {
             reference: format!(
-                "MDI {mdi:.4} s − advert {adv} s .. MDI + probe slack {probe_slack} s + 10 × (TCP connect c→b {:.0} µs                  + 1 ms sleep overshoot p95 {:.0} µs + probe poll {:.1} ms) = {low:.4}..{high:.4} s",
+                "MDI {mdi:.4} s − advert {adv} s .. MDI + probe slack {probe_slack} s + 10 × (TCP connect c→b {:.0} µs \
+                 + 1 ms sleep overshoot p95 {:.0} µs + probe poll {:.1} ms) = {low:.4}..{high:.4} s",
                 self.connect_us,
                 self.wake_us,
                 probe_poll * 1e3
@@ -276,7 +277,8 @@ impl Costs {
             if master { (KEEPALIVED_CPU_PCT.0, self.cpu_pct.0) } else { (KEEPALIVED_CPU_PCT.1, self.cpu_pct.1) };
         AnchorCheck::Against {
             reference: format!(
-                "CPU reference, no physical bound: ANCHORS' {calib} % × {CALIBRATION_BLAKE3_MBS:.0} / this run's keyed                  blake3 {:.0} MB/s = {expect:.2} %, ×/÷ 10",
+                "CPU reference, no physical bound: ANCHORS' {calib} % × {CALIBRATION_BLAKE3_MBS:.0} / this run's keyed \
+                 blake3 {:.0} MB per CPU-second = {expect:.2} %, ×/÷ 10",
                 self.cpu.blake3_mbs
             ),
             bound: Bound::Window { low: expect / MAX_FACTOR, high: expect * MAX_FACTOR },
