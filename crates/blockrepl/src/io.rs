@@ -609,7 +609,7 @@ impl Actor {
                         Ok(Change::Done)
                     }
                     Admin::Verify => self.rep.start_verify().map(|()| Change::Done).map_err(|e| e.to_string()),
-                    Admin::Invalidate => self.rep.invalidate(now).map(|()| Change::Done).map_err(|e| e.to_string()),
+                    Admin::Invalidate => self.rep.invalidate(now).map_err(|e| e.to_string()),
                 };
                 match r {
                     Ok(Change::Pending) => self.admin_pending = Some(reply),

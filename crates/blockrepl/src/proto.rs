@@ -38,8 +38,9 @@ use crate::meta::{
     BLOCK, EXTENT, UUID_JUST_CREATED,
 };
 use crate::wire::{
-    Bytes, Msg, StateMsg, CHANGE_DEMOTE, CHANGE_PROMOTE, DATA_FUA, DATA_ZERO, REPLY_GRANTED, REPLY_PEER_PRIMARY,
-    REPLY_PEER_PROMOTING, REPLY_UNKNOWN_CHANGE,
+    Bytes, Msg, StateMsg, CHANGE_DEMOTE, CHANGE_INVALIDATE, CHANGE_PROMOTE, DATA_FUA, DATA_ZERO,
+    REPLY_CONCURRENT_CHANGE, REPLY_GRANTED, REPLY_NOT_UP_TO_DATE, REPLY_PEER_PRIMARY, REPLY_PEER_PROMOTING,
+    REPLY_UNKNOWN_CHANGE,
 };
 
 /// Node role.
@@ -176,6 +177,14 @@ pub enum ReplError {
     /// changed here. Retry: a disconnected node decides alone.
     #[error("the connection to the peer was lost during the state change; nothing changed, retry")]
     ConnectionLost,
+    /// `invalidate` refused: the connected peer's disk is not UpToDate, so nothing could
+    /// resync this node's data (both copies would be bad).
+    #[error("the peer's disk is not UpToDate: invalidating would leave no good copy")]
+    PeerNotUpToDate,
+    /// The peer makes a conflicting state change at the same time and wins the tie-break (or
+    /// this node granted it already).
+    #[error("the peer is making the same state change at the same time (it wins the tie-break)")]
+    ConcurrentChange,
     /// Another state change (promotion or demotion) is waiting for the peer.
     #[error("another state change is in progress")]
     ChangeInProgress,
@@ -298,6 +307,7 @@ pub enum Change {
 enum ChangeKind {
     Promote { force: bool, wall: u64 },
     Demote,
+    Invalidate,
 }
 
 /// A state change waiting for the peer: DRBD's cluster-wide two-phase state change.
@@ -1435,6 +1445,11 @@ impl Replica {
         let Some(c) = self.change.take() else { return };
         let result = match (c.kind, c.after_handshake) {
             (ChangeKind::Demote, _) => Ok(()),
+            (ChangeKind::Invalidate, false) => Err(ReplError::ConnectionLost),
+            (ChangeKind::Invalidate, true) => {
+                self.commit_invalidate(now);
+                Ok(())
+            }
             (ChangeKind::Promote { .. }, false) => {
                 warn!("connection lost during a promotion: not promoted");
                 Err(ReplError::ConnectionLost)
@@ -1464,6 +1479,14 @@ impl Replica {
             ChangeKind::Demote => {
                 self.announce(false);
                 self.send(Msg::StateChangeReq { seq, change: CHANGE_DEMOTE });
+            }
+            ChangeKind::Invalidate => {
+                if self.peer_disk != Some(DiskState::UpToDate) {
+                    self.change = None;
+                    self.actions.push_back(Action::StateChangeDone { result: Err(ReplError::PeerNotUpToDate) });
+                    return;
+                }
+                self.send(Msg::StateChangeReq { seq, change: CHANGE_INVALIDATE });
             }
         }
     }
@@ -2348,6 +2371,24 @@ impl Replica {
             }
             // Our view of the peer's role came with its `State` frame, just before.
             CHANGE_DEMOTE => REPLY_GRANTED,
+            // The peer will resync everything from this node: it must be UpToDate and stay so
+            // (not invalidated itself meanwhile).
+            CHANGE_INVALIDATE => {
+                let invalidating = matches!(self.change, Some(PendingChange { kind: ChangeKind::Invalidate, .. }));
+                if self.disk != DiskState::UpToDate {
+                    REPLY_NOT_UP_TO_DATE
+                } else if self.peer_granted || (invalidating && self.cfg.tiebreak) {
+                    REPLY_CONCURRENT_CHANGE
+                } else {
+                    if invalidating {
+                        warn!("concurrent invalidate requests: the peer wins the tie-break; this node keeps its data");
+                        self.change = None;
+                        self.actions.push_back(Action::StateChangeDone { result: Err(ReplError::ConcurrentChange) });
+                    }
+                    self.peer_granted = true;
+                    REPLY_GRANTED
+                }
+            }
             _ => REPLY_UNKNOWN_CHANGE,
         };
         debug!(seq, change, result, "state change asked by the peer");
@@ -2362,13 +2403,20 @@ impl Replica {
         self.change = None;
         let outcome = match (c.kind, result) {
             (ChangeKind::Demote, _) => Ok(()),
+            (ChangeKind::Invalidate, REPLY_GRANTED) => {
+                self.commit_invalidate(now);
+                Ok(())
+            }
+            (ChangeKind::Invalidate, REPLY_NOT_UP_TO_DATE) => Err(ReplError::PeerNotUpToDate),
+            (ChangeKind::Invalidate, REPLY_CONCURRENT_CHANGE) => Err(ReplError::ConcurrentChange),
+            (ChangeKind::Invalidate, code) => Err(ReplError::PeerRefused(code)),
             (ChangeKind::Promote { force, wall }, REPLY_GRANTED) => self.commit_promote(now, force, wall),
             (ChangeKind::Promote { .. }, REPLY_PEER_PRIMARY) => Err(ReplError::PeerIsPrimary),
             (ChangeKind::Promote { .. }, REPLY_PEER_PROMOTING) => Err(ReplError::ConcurrentPromotion),
             (ChangeKind::Promote { .. }, code) => Err(ReplError::PeerRefused(code)),
         };
         if let Err(e) = &outcome {
-            info!(error = %e, "promotion refused by the peer");
+            info!(error = %e, "state change refused by the peer");
         }
         self.actions.push_back(Action::StateChangeDone { result: outcome });
     }
@@ -2406,20 +2454,59 @@ impl Replica {
     }
 
     /// `invalidate`: declare the local data bad; a full resync from the peer follows on the next
-    /// connection.
-    pub fn invalidate(&mut self, now: Instant) -> Result<(), ReplError> {
+    /// connection. While connected this is a two-phase change like a promotion: the peer must
+    /// be UpToDate and not invalidating itself (two that cross: the node whose name sorts first
+    /// wins), or both copies could end up bad; then [`Change::Pending`] and
+    /// [`Action::StateChangeDone`]. Disconnected, it is done at once (as in DRBD).
+    pub fn invalidate(&mut self, now: Instant) -> Result<Change, ReplError> {
         if self.role == Role::Primary {
             return Err(ReplError::State("cannot invalidate a Primary".into()));
         }
+        if self.change.is_some() {
+            return Err(ReplError::ChangeInProgress);
+        }
+        if self.peer_granted {
+            return Err(ReplError::ConcurrentChange);
+        }
+        if self.established && self.peer_disk != Some(DiskState::UpToDate) {
+            return Err(ReplError::PeerNotUpToDate);
+        }
+        if self.established || self.handshaking() {
+            let seq = self.next_change_seq;
+            self.next_change_seq += 1;
+            let after_handshake = !self.established;
+            self.change = Some(PendingChange { seq, kind: ChangeKind::Invalidate, after_handshake });
+            if !after_handshake {
+                self.send(Msg::StateChangeReq { seq, change: CHANGE_INVALIDATE });
+            }
+            return Ok(Change::Pending);
+        }
+        self.commit_invalidate(now);
+        Ok(Change::Done)
+    }
+
+    fn commit_invalidate(&mut self, now: Instant) {
+        warn!("local data invalidated: a full resync from the peer follows");
         self.disk = DiskState::Inconsistent;
         self.gen = GenIds::fresh();
         self.bitmap.set_all();
         self.persist(false);
         if self.established {
-            self.actions.push_back(Action::CloseConnection);
-            self.handle_disconnected(now);
+            match self.peer_state {
+                // As DRBD, the connection stays: both re-decide with the new identifiers and
+                // this node becomes the SyncTarget of a full resync at once. (Dropping it left a
+                // moment in which the peer, disconnected, could invalidate its own copy too.)
+                Some(ps) => {
+                    self.announce(true);
+                    let peer_bm = Bitmap::new(self.size);
+                    self.decide(now, ps, &peer_bm);
+                }
+                None => {
+                    self.actions.push_back(Action::CloseConnection);
+                    self.handle_disconnected(now);
+                }
+            }
         }
-        Ok(())
     }
 }
 

@@ -32,6 +32,9 @@ pub const CHANGE_PROMOTE: u8 = 1;
 /// [`Msg::StateChangeReq`] change: the sender became Secondary (its `State` frame went first);
 /// the reply tells it the peer has seen that.
 pub const CHANGE_DEMOTE: u8 = 2;
+/// [`Msg::StateChangeReq`] change: the sender wants to declare its data bad and resync it all
+/// from the replier (`invalidate`).
+pub const CHANGE_INVALIDATE: u8 = 3;
 
 /// [`Msg::StateChangeReply`] result: granted.
 pub const REPLY_GRANTED: u8 = 0;
@@ -42,6 +45,12 @@ pub const REPLY_PEER_PRIMARY: u8 = 1;
 pub const REPLY_PEER_PROMOTING: u8 = 2;
 /// [`Msg::StateChangeReply`] result: refused, a change the replier does not know.
 pub const REPLY_UNKNOWN_CHANGE: u8 = 3;
+/// [`Msg::StateChangeReply`] result: refused, the replier's disk is not UpToDate (it cannot be
+/// the source of a full resync).
+pub const REPLY_NOT_UP_TO_DATE: u8 = 4;
+/// [`Msg::StateChangeReply`] result: refused, the replier makes the same change at the same
+/// time and wins the tie-break.
+pub const REPLY_CONCURRENT_CHANGE: u8 = 5;
 
 /// Frame types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,7 +402,7 @@ pub enum Msg {
     StateChangeReq {
         /// Sequence number, echoed in the reply.
         seq: u64,
-        /// [`CHANGE_PROMOTE`] or [`CHANGE_DEMOTE`] (others are refused).
+        /// [`CHANGE_PROMOTE`], [`CHANGE_DEMOTE`] or [`CHANGE_INVALIDATE`] (others are refused).
         change: u8,
     },
     /// The answer to a [`Msg::StateChangeReq`].

@@ -1751,3 +1751,76 @@ fn a_peer_of_another_size_is_refused_with_both_sizes_issue_14() {
         "{logs}"
     );
 }
+
+/// Issue 14, the same class as the promotion race: `invalidate` released together on both
+/// connected nodes used to invalidate both (no good copy left). It is a two-phase change now:
+/// at most one node invalidates, one disk stays UpToDate after every event, and the pair
+/// converges identical. A SyncSource (its peer is not UpToDate) refuses to invalidate.
+fn invalidate_race(seed: u64) {
+    let mut w = World::with(seed, |_, _| {});
+    synced_pair(&mut w);
+    if w.rng().gen_bool(0.5) && w.rep(0).unwrap().demote().unwrap() == Change::Pending {
+        w.run_until(Duration::from_secs(1), "demoted", |w| !w.changes_done.is_empty());
+    }
+    w.changes_done.clear();
+    for race in 0..6 {
+        let t0 = w.clock.now();
+        let at = [
+            t0 + Duration::from_micros(w.rng().gen_range(0..2_000)),
+            t0 + Duration::from_micros(w.rng().gen_range(0..2_000)),
+        ];
+        let mut issued = [false; 2];
+        let mut outcome: [Option<Result<(), ReplError>>; 2] = [None, None];
+        let mut refused_source = false;
+        let end = t0 + Duration::from_millis(400);
+        while w.clock.now() < end {
+            let now = w.clock.now();
+            for i in 0..2 {
+                if !issued[i] && now >= at[i] {
+                    issued[i] = true;
+                    outcome[i] = match w.rep(i).unwrap().invalidate(now) {
+                        Ok(Change::Pending) => None,
+                        Ok(_) => Some(Ok(())),
+                        Err(e) => Some(Err(e)),
+                    };
+                }
+            }
+            for (i, r) in std::mem::take(&mut w.changes_done) {
+                outcome[i] = Some(r);
+            }
+            assert!(
+                (0..2).any(|i| disk_of(&w, i) == Some(DiskState::UpToDate)),
+                "seed {seed} race {race}: no UpToDate disk left: {outcome:?}"
+            );
+            // While the invalidated node resyncs, the source has nothing to resync from.
+            if let Some(s) = (0..2)
+                .find(|i| w.nodes[*i].rep.as_ref().is_some_and(|r| r.status().replication == ReplState::SyncSource))
+            {
+                if w.nodes[s].rep.as_ref().is_some_and(|r| r.status().role == Role::Secondary) && !refused_source {
+                    let now = w.clock.now();
+                    assert_eq!(w.rep(s).unwrap().invalidate(now), Err(ReplError::PeerNotUpToDate));
+                    refused_source = true;
+                }
+            }
+            let dt = Duration::from_micros(w.rng().gen_range(50..500));
+            w.step(dt);
+        }
+        let ok = [0, 1].map(|i| matches!(outcome[i], Some(Ok(()))));
+        assert!(!(ok[0] && ok[1]), "seed {seed} race {race}: both invalidated: {outcome:?}");
+        for o in outcome.iter().flatten() {
+            if let Err(e) = o {
+                assert!(
+                    matches!(e, ReplError::ConcurrentChange | ReplError::PeerNotUpToDate | ReplError::State(_)),
+                    "seed {seed} race {race}: {e}"
+                );
+            }
+        }
+        w.run_until(Duration::from_secs(5), "resynced", World::synced);
+        assert!(w.nodes[0].disk.live() == w.nodes[1].disk.live(), "seed {seed} race {race}");
+    }
+}
+
+#[test]
+fn invalidates_released_together_leave_one_good_copy_issue_14() {
+    run_seeds("invalidates_released_together_leave_one_good_copy_issue_14", 1..=20, invalidate_race);
+}
