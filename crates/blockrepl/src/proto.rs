@@ -1544,6 +1544,14 @@ impl Replica {
         if discard_my_data && self.role == Role::Primary {
             return Err(ReplError::State("a Primary cannot discard its data".into()));
         }
+        if discard_my_data && self.conn != ConnState::StandAlone {
+            // The flag is used at the next handshake only: set now, it would linger until some
+            // later reconnect (a network blip days later) and discard this node's data then.
+            return Err(ReplError::State(format!(
+                "--discard-my-data needs a StandAlone resource (it is {}): disconnect first",
+                self.conn
+            )));
+        }
         self.discard_my_data = discard_my_data;
         if self.conn == ConnState::StandAlone {
             self.conn = ConnState::Connecting;

@@ -1824,3 +1824,26 @@ fn invalidate_race(seed: u64) {
 fn invalidates_released_together_leave_one_good_copy_issue_14() {
     run_seeds("invalidates_released_together_leave_one_good_copy_issue_14", 1..=20, invalidate_race);
 }
+
+/// Issue 14, same class: `connect --discard-my-data` on a connected node used to set a flag
+/// that lingered until some later handshake (a blip days later), discarding this node's data
+/// then. It is refused unless StandAlone; the pair stays in sync, nothing is discarded.
+#[test]
+fn discard_my_data_is_refused_unless_standalone_issue_14() {
+    let mut w = World::with(34, |_, _| {});
+    synced_pair(&mut w);
+    let e = w.rep(1).unwrap().connect(true).unwrap_err();
+    assert!(e.to_string().contains("StandAlone"), "{e}");
+    // A blip later: a bitmap resync of what was written apart, never a full one of node 1.
+    let before = w.rep(1).unwrap().status().resync_bytes;
+    w.cut_now();
+    write_blocks(&mut w, 0, &[3]);
+    w.heal();
+    w.run_until(Duration::from_secs(5), "in sync again", World::synced);
+    let moved = w.rep(1).unwrap().status().resync_bytes - before;
+    assert_eq!(moved, BLOCK, "node 1 resynced {moved} bytes for one block written apart");
+    // From StandAlone it is taken.
+    let now = w.clock.now();
+    w.rep(1).unwrap().disconnect(now);
+    assert_eq!(w.rep(1).unwrap().connect(true), Ok(()));
+}
