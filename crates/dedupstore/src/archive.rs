@@ -111,12 +111,12 @@ impl Item {
     }
 }
 
-/// Appends one item to an item stream.
-pub fn encode_item(item: &Item, out: &mut Vec<u8>) {
-    // Serialising plain data into a Vec cannot fail.
-    let body = postcard::to_stdvec(item).unwrap_or_default();
+/// Appends one item to an item stream; on a serialization error `out` is left as it was.
+pub fn encode_item(item: &Item, out: &mut Vec<u8>) -> Result<()> {
+    let body = crate::encode::postcard("item", item)?;
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
+    Ok(())
 }
 
 /// Decodes a whole item stream. Never panics on malformed input.
@@ -251,7 +251,7 @@ mod tests {
         let items = vec![item(b"a/b"), item(b"\xff\xfe-not-utf8")];
         let mut buf = Vec::new();
         for i in &items {
-            encode_item(i, &mut buf);
+            encode_item(i, &mut buf).unwrap();
         }
         assert_eq!(decode_items(&buf).unwrap(), items);
         for cut in 0..buf.len() {

@@ -715,7 +715,7 @@ fn repair(
         if changed {
             let mut stream = Vec::new();
             for i in &items {
-                encode_item(i, &mut stream);
+                encode_item(i, &mut stream)?;
             }
             meta.items = repo
                 .chunker()

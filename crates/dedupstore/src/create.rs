@@ -274,7 +274,7 @@ impl Walker<'_> {
 
     fn emit(&mut self, item: &Item, status: char) -> Result<()> {
         (self.on)(Event::Item { status, path: &item.path });
-        encode_item(item, &mut self.items);
+        encode_item(item, &mut self.items)?;
         // Amortised: cut once twice `max` is buffered, keep less than `max`.
         if self.items.len() >= 2 * self.chunker.params().max as usize {
             self.cut_items(false)?;
@@ -683,7 +683,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         broken: vec![],
     };
     let id = if opts.dry_run {
-        repo.crypto().key().chunk_id(&postcard::to_stdvec(&meta).unwrap_or_default())
+        repo.crypto().key().chunk_id(&crate::encode::postcard("archive", &meta)?)
     } else {
         let id = repo.write_archive(&meta)?;
         // Checkpoints wrote the manifest since we read it; we hold the lock, nobody else did.

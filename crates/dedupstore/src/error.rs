@@ -67,6 +67,28 @@ pub enum Error {
     /// An earlier IO error left the writer in an unknown state; reopen the repository.
     #[error("an earlier write failed; reopen the repository")]
     PreviousIo,
+    /// An object could not be serialized (a bug in this program, not in the repository or the
+    /// caller's input); nothing was written for it.
+    #[error("could not serialize the {what}: {source}")]
+    Serialize {
+        /// The kind of object ("manifest", "archive", "index", "pack header", ...).
+        what: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: SerializeError,
+    },
+}
+
+/// The serializer behind an [`Error::Serialize`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SerializeError {
+    /// postcard (manifest, archives, index, pack headers, items).
+    #[error(transparent)]
+    Postcard(postcard::Error),
+    /// serde_json (config, key files, lock tokens).
+    #[error(transparent)]
+    Json(serde_json::Error),
 }
 
 impl Error {

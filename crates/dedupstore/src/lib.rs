@@ -87,6 +87,7 @@ pub mod compress;
 pub mod create;
 pub mod crypto;
 pub mod drill;
+mod encode;
 pub mod error;
 pub mod extract;
 pub mod id;

@@ -240,7 +240,7 @@ impl Repository {
         backend.create()?;
         if opts.mode.has_key() {
             let kf = KeyFile::seal(&key, &pass, &id, opts.kdf.clone())?;
-            let json = serde_json::to_vec_pretty(&kf).unwrap_or_default();
+            let json = crate::encode::json_pretty("key file", &kf)?;
             match &keyfile_target {
                 Some(p) => write_keyfile(p, &json)?,
                 None => backend.write(FileType::Key, "repokey", &json)?,
@@ -257,10 +257,10 @@ impl Repository {
         repo.write_manifest(&Manifest { version: 1, timestamp: now_ns(), archives: vec![] })?;
         // The config is written last: its presence means "initialised".
         let cfg = Config {
-            mac: hex::encode(repo.crypto.key().mac(&postcard::to_stdvec(&repo.config).unwrap_or_default())),
+            mac: hex::encode(repo.crypto.key().mac(&crate::encode::postcard("config", &repo.config)?)),
             body: repo.config.clone(),
         };
-        repo.backend.write(FileType::Config, "config", &serde_json::to_vec_pretty(&cfg).unwrap_or_default())?;
+        repo.backend.write(FileType::Config, "config", &crate::encode::json_pretty("config", &cfg)?)?;
         Ok(repo)
     }
 
@@ -282,7 +282,7 @@ impl Repository {
     pub fn open(backend: Arc<dyn Backend>, opts: &OpenOptions) -> Result<Repository> {
         let cfg = Self::read_config(backend.as_ref())?;
         let key = Self::load_key(backend.as_ref(), &cfg.body, opts)?;
-        let mac = hex::encode(key.mac(&postcard::to_stdvec(&cfg.body).unwrap_or_default()));
+        let mac = hex::encode(key.mac(&crate::encode::postcard("config", &cfg.body)?));
         if mac != cfg.mac {
             return Err(Error::integrity("config", "MAC mismatch (config tampered with)"));
         }
@@ -324,7 +324,7 @@ impl Repository {
         }
         let id = Id::from_hex(&self.config.id).unwrap_or(Id([0; 32]));
         let kf = KeyFile::seal(self.crypto.key(), new, &id, KdfParams::default())?;
-        let json = serde_json::to_vec_pretty(&kf).unwrap_or_default();
+        let json = crate::encode::json_pretty("key file", &kf)?;
         if self.config.mode == Mode::Keyfile {
             write_keyfile(&keyfile_path(keys_dir, &self.config.id)?, &json)
         } else {
@@ -352,7 +352,7 @@ impl Repository {
             return Err(Error::InvalidArgument("key belongs to another repository".into()));
         }
         let key = kf.open(pass)?;
-        let mac = hex::encode(key.mac(&postcard::to_stdvec(&cfg.body).unwrap_or_default()));
+        let mac = hex::encode(key.mac(&crate::encode::postcard("config", &cfg.body)?));
         if mac != cfg.mac {
             return Err(Error::InvalidArgument("key does not match the repository".into()));
         }
@@ -426,7 +426,7 @@ impl Repository {
 
     /// Atomically replaces the manifest.
     pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
-        let pt = postcard::to_stdvec(m).unwrap_or_default();
+        let pt = crate::encode::postcard("manifest", m)?;
         let blob = self.crypto.seal(b"manifest", &pt);
         self.backend.write(FileType::Manifest, "manifest", &blob)
     }
@@ -446,9 +446,9 @@ impl Repository {
 
     /// Writes an archive object; returns its id.
     pub fn write_archive(&self, meta: &ArchiveMeta) -> Result<Id> {
-        let mut pt = postcard::to_stdvec(meta).unwrap_or_default();
+        let mut pt = crate::encode::postcard("archive", meta)?;
         if !meta.broken.is_empty() {
-            pt.extend(postcard::to_stdvec(&meta.broken).unwrap_or_default());
+            pt.extend(crate::encode::postcard("archive", &meta.broken)?);
         }
         let id = self.crypto.key().chunk_id(&pt);
         let blob = self.crypto.seal(&archive_aad(&id), &pt);
@@ -469,7 +469,7 @@ impl Repository {
 
     /// Writes an index file; returns its name.
     pub fn write_index_file(&self, f: &IndexFile) -> Result<Id> {
-        let pt = postcard::to_stdvec(f).unwrap_or_default();
+        let pt = crate::encode::postcard("index", f)?;
         let blob = self.crypto.seal(b"index", &pt);
         let id = Id::hash(&blob);
         self.backend.write(FileType::Index, &id.to_hex(), &blob)?;
@@ -693,7 +693,7 @@ impl PackBuilder {
     /// Seals the header, writes the pack, returns its id and blobs.
     pub fn finish(self, repo: &Repository) -> Result<(Id, Vec<BlobEntry>)> {
         let mut buf = self.buf;
-        let header = repo.crypto.seal(b"pack header", &postcard::to_stdvec(&self.blobs).unwrap_or_default());
+        let header = repo.crypto.seal(b"pack header", &crate::encode::postcard("pack header", &self.blobs)?);
         buf.extend_from_slice(&header);
         buf.extend_from_slice(&(header.len() as u32).to_le_bytes());
         let id = Id::hash(&buf);
@@ -777,10 +777,10 @@ impl RepoLock {
         }
     }
 
-    fn info() -> (LockInfo, String) {
+    fn info() -> Result<(LockInfo, String)> {
         let info = LockInfo { host: hostname(), pid: std::process::id() as i32, time: chrono::Utc::now().to_rfc3339() };
-        let token = serde_json::to_string(&info).unwrap_or_default();
-        (info, token)
+        let token = crate::encode::json_string("lock", &info)?;
+        Ok((info, token))
     }
 
     /// Reads a lock file: `Ok(None)` if it is gone or was stale (and is now removed).
@@ -807,7 +807,7 @@ impl RepoLock {
     }
 
     fn try_exclusive(backend: &Arc<dyn Backend>) -> Result<Attempt> {
-        let (_, token) = Self::info();
+        let (_, token) = Self::info()?;
         if !backend.create_new(FileType::Lock, EXCLUSIVE, token.as_bytes())? {
             return Ok(match Self::live(backend, EXCLUSIVE)? {
                 None => Attempt::Busy("a racing process".into()), // stale one removed: retry
@@ -833,7 +833,7 @@ impl RepoLock {
         if let Some(h) = writer(backend)? {
             return Ok(Attempt::Busy(h));
         }
-        let (info, token) = Self::info();
+        let (info, token) = Self::info()?;
         let name = format!("shared-{}-{}-{:016x}", info.host, info.pid, rand::random::<u64>());
         match backend.create_new(FileType::Lock, &name, token.as_bytes()) {
             Ok(true) => {}

@@ -533,7 +533,7 @@ fn write_crafted_archive(repo: &Repository, name: &str, items: &[dedupstore::arc
     let _lock = repo.lock().unwrap();
     let mut stream = Vec::new();
     for it in items {
-        encode_item(it, &mut stream);
+        encode_item(it, &mut stream).unwrap();
     }
     let mut w = ChunkWriter::new(repo, Arc::new(repo.load_index().unwrap()), WriterOptions::default());
     let ids: Vec<_> = repo.chunker().split(&stream).into_iter().map(|c| w.store(c.to_vec()).unwrap().0).collect();

@@ -56,7 +56,7 @@ fn item_stream_is_stored_as_it_grows_with_the_boundaries_of_the_whole_stream() {
     // the stored chunks are those of chunking the whole stream at once
     let mut whole = Vec::new();
     for i in &items {
-        encode_item(i, &mut whole);
+        encode_item(i, &mut whole).unwrap();
     }
     assert!(whole.len() > 10 * (64 << 10), "stream of {} bytes: too small to be cut while growing", whole.len());
     let ids: Vec<_> = repo.chunker().split(&whole).into_iter().map(|c| repo.crypto().key().chunk_id(c)).collect();
