@@ -791,7 +791,7 @@ fn log_peer_fault(inst: &mut Inst, r: wire::DropReason, peer: IpAddr, now: std::
 fn flush_peer_faults(inst: &mut Inst, now: std::time::Instant) {
     for (what, lim) in inst.fault_logs.values_mut() {
         if let Some(line) = lim.flush(now) {
-            log_fault_line(&inst.cfg, *what, &line);
+            log_fault_line(&inst.cfg, what, &line);
         }
     }
 }
