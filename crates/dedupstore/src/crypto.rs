@@ -221,7 +221,7 @@ impl KeyFile {
         let salt: [u8; 16] = rand::random();
         let nonce: [u8; 12] = rand::random();
         let k = kek(pass, &salt, &params)?;
-        let pt = postcard::to_stdvec(key).map_err(|e| Error::integrity("key", e.to_string()))?;
+        let pt = crate::encode::postcard("master key", key)?;
         let ct = Gcm::new(&k).seal(nonce, repository_id.0.as_slice(), &pt);
         Ok(KeyFile {
             version: 1,

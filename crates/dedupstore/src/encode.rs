@@ -165,6 +165,11 @@ mod tests {
         fail_next("item");
         assert_serialize_error(crate::archive::encode_item(&items[0], &mut stream), "item");
         assert_eq!(stream, [1, 2, 3], "a failed item leaves the stream as it was");
+        // the master key in a key file: a serialization error, not an "integrity error"
+        fail_next("master key");
+        let kdf = KdfParams { m_cost: 1024, t_cost: 1, p_cost: 1 };
+        let key = crate::crypto::MasterKey::generate();
+        assert_serialize_error(crate::crypto::KeyFile::seal(&key, "pw", &Id([0; 32]), kdf), "master key");
         assert_eq!(snapshot(&root), before);
     }
 }
