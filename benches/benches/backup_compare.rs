@@ -334,6 +334,10 @@ impl Refs {
     }
 }
 
+/// One measured operation: its label, each tool's median costs, and how its anchors are
+/// bounded: `Some((with_disk, restore_pipeline))`, or `None` when not checked.
+type Op = (String, Vec<Cost>, Option<(bool, bool)>);
+
 /// The checks of one operation's rows (wall and MB/s share the rate check).
 struct OpCheck {
     rate: AnchorCheck,
@@ -380,9 +384,8 @@ fn main() {
     let _ = Command::new("cat").arg(src.join("large-with-shifted-duplicates.img")).output();
     let mut refs = Refs { disk: Vec::new(), pipeline: Vec::new() };
     refs.measure(&dir, &src);
-    // (label, costs per tool, rate check applies with the disk, restore-type pipeline); checks
-    // are made once both reference runs are in.
-    let mut ops: Vec<(String, Vec<Cost>, Option<(bool, bool)>)> = Vec::new();
+    // Checks are made once both reference runs are in.
+    let mut ops: Vec<Op> = Vec::new();
     let mut extra: Vec<(String, Vec<String>)> = Vec::new();
     let first = repeated(&tools, reps, |t, _| {
         t.fresh();
