@@ -177,6 +177,24 @@ pub struct ArchiveMeta {
     pub broken: Vec<BrokenChunk>,
 }
 
+impl ArchiveMeta {
+    /// The items holding chunks an earlier `check --repair` replaced with zeros, by path: how
+    /// many chunks and bytes (borg: an item with `chunks_healthy`, listed `"healthy": false`).
+    pub fn damaged_items(&self) -> std::collections::HashMap<&[u8], (usize, u64)> {
+        let mut m = std::collections::HashMap::new();
+        for b in &self.broken {
+            let e: &mut (usize, u64) = m.entry(b.path.as_slice()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(b.len);
+        }
+        m
+    }
+    /// Whether the item at `path` has all its original chunks (borg's `healthy`).
+    pub fn is_healthy(&self, path: &[u8]) -> bool {
+        !self.broken.iter().any(|b| b.path == path)
+    }
+}
+
 /// A chunk reference `check --repair` replaced with a zero-filled chunk; a later repair puts
 /// the original back if the chunk reappears (e.g. from another client's backup).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -180,7 +180,10 @@ impl FilesCache {
         let idx = repo.load_index()?;
         let r = |e| db_err(&self.path, e);
         self.conn.execute("DELETE FROM chunk_index", []).map_err(r)?;
-        let mut packs: Vec<_> = idx.packs.iter().collect();
+        // Packs no index file names (indexed from their headers) are not cached: a later run
+        // that finds the same index files would take them for indexed, while compact may remove
+        // them as orphans meanwhile (issue 14).
+        let mut packs: Vec<_> = idx.packs.iter().filter(|(p, _)| !idx.unindexed.contains(p)).collect();
         packs.sort_by_key(|(p, _)| **p);
         for (p, blobs) in packs {
             self.add_blobs(p, blobs)?;

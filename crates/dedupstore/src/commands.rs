@@ -174,6 +174,7 @@ pub fn compact_plan(repo: &Repository, threshold: u8) -> Result<CompactPlan> {
         ));
     }
     let mut plan = CompactPlan::default();
+    let unindexed: HashSet<Id> = index.unindexed.iter().copied().collect();
     for (pack, blobs) in &index.packs {
         let total: u64 = blobs.iter().map(|b| u64::from(b.len)).sum();
         let live: u64 = blobs
@@ -181,7 +182,11 @@ pub fn compact_plan(repo: &Repository, threshold: u8) -> Result<CompactPlan> {
             .filter(|b| used.contains(&b.id) && index.chunks.get(&b.id).map(|l| l.pack) == Some(*pack))
             .map(|b| u64::from(b.len))
             .sum();
-        if live == 0 {
+        if live == 0 && unindexed.contains(pack) {
+            // in no index file (indexed from its header): a leftover of an interrupted command
+            plan.orphans.push(*pack);
+            plan.freed += total;
+        } else if live == 0 {
             plan.delete.push(*pack);
             plan.freed += total;
         } else if (total - live) * 100 > total * u64::from(threshold) {
@@ -189,16 +194,17 @@ pub fn compact_plan(repo: &Repository, threshold: u8) -> Result<CompactPlan> {
             plan.freed += total - live;
         }
     }
-    for name in repo.backend().list(FileType::Pack)? {
-        if let Some(id) = Id::from_hex(&name) {
-            if !index.packs.contains_key(&id) {
-                plan.orphans.push(id);
-                plan.freed += repo.backend().size(FileType::Pack, &name).unwrap_or(0);
-            }
+    // A pack whose header cannot be read and that no index file names may hold a chunk an
+    // archive uses that the index lacks: removed only when every used chunk is indexed.
+    if used.iter().all(|id| index.contains(id)) {
+        for (p, _) in &index.unreadable {
+            plan.orphans.push(*p);
+            plan.freed += repo.backend().size(FileType::Pack, &p.to_hex()).unwrap_or(0);
         }
     }
     plan.repack.sort();
     plan.delete.sort();
+    plan.orphans.sort();
     Ok(plan)
 }
 
@@ -209,25 +215,37 @@ pub fn compact_plan(repo: &Repository, threshold: u8) -> Result<CompactPlan> {
 pub fn compact_apply(repo: &Repository, plan: &CompactPlan) -> Result<()> {
     let _lock = repo.lock()?;
     let index = repo.load_index()?;
-    for p in &plan.orphans {
-        // Re-checked under the lock: an index written since the plan may name it now.
-        if !index.packs.contains_key(p) {
-            repo.backend().remove(FileType::Pack, &p.to_hex())?;
-        }
-    }
-    if plan.repack.is_empty() && plan.delete.is_empty() {
-        return Ok(());
-    }
     let mut errors = vec![];
     let used = referenced(repo, &index, &mut errors)?;
     if !errors.is_empty() {
         return Err(Error::integrity("repository", errors.join("; ")));
     }
-    let gone: HashSet<Id> = plan.repack.iter().chain(&plan.delete).copied().collect();
+    // Re-checked under the lock: an index written since the plan may name an orphan now, or an
+    // archive use its chunks.
+    let all_indexed = used.iter().all(|id| index.contains(id));
+    let mut removed = HashSet::new();
+    for p in &plan.orphans {
+        let unnamed = match index.packs.get(p) {
+            Some(blobs) => index.unindexed.contains(p) && !blobs.iter().any(|b| used.contains(&b.id)),
+            None => all_indexed && index.unreadable.iter().any(|(u, _)| u == p),
+        };
+        if unnamed {
+            repo.backend().remove(FileType::Pack, &p.to_hex())?;
+            removed.insert(*p);
+        }
+    }
+    // packs still named by no index file, or damaged index files: the new index covers them
+    let stale_index = !index.damaged_files.is_empty() || index.unindexed.iter().any(|p| !removed.contains(p));
+    if plan.repack.is_empty() && plan.delete.is_empty() && !stale_index {
+        return Ok(());
+    }
+    let gone: HashSet<Id> = plan.repack.iter().chain(&plan.delete).chain(&removed).copied().collect();
     let mut new_packs: Vec<(Id, Vec<BlobEntry>)> = Vec::new();
     let mut pb = PackBuilder::new();
     let mut copied = HashSet::new();
-    for pack in &plan.repack {
+    // A pack planned for deletion that an archive committed since the plan uses is copied like
+    // a repacked one (the plan was made without the lock).
+    for pack in plan.repack.iter().chain(&plan.delete) {
         let Some(blobs) = index.packs.get(pack) else { continue };
         for b in blobs {
             if !used.contains(&b.id) || copied.contains(&b.id) {
@@ -286,11 +304,17 @@ pub struct CheckOptions {
     pub last: Option<usize>,
 }
 
-/// What `check` found.
+/// What `check` found. A check that could not run at all (no lock, the repository cannot be
+/// listed) is an `Err` of [`check`] instead; borg exits 2 for that and 1 for what a report
+/// holds ([`CheckReport::clean`]).
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
-    /// Problems (any means exit code 2 unless repaired).
+    /// Damage: data or metadata that is lost or unreadable (borg: exit code 1). After a repair,
+    /// only what it could not fix.
     pub errors: Vec<String>,
+    /// Problems that lose no data and that `check --repair` fixes: damaged, missing or stale
+    /// index files (also exit code 1; a repair clears them).
+    pub warnings: Vec<String>,
     /// Damaged or missing chunks.
     pub damaged_chunks: Vec<Id>,
     /// (archive, file) pairs whose content is affected, sorted.
@@ -312,9 +336,13 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// No errors.
+    /// No damage (there may be [`CheckReport::warnings`]).
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
+    }
+    /// Nothing found: no damage and no warning (borg's exit code 0; else 1).
+    pub fn clean(&self) -> bool {
+        self.errors.is_empty() && self.warnings.is_empty()
     }
 }
 
@@ -369,8 +397,25 @@ pub fn check_with_progress(
     }
     let _lock = if opts.repair { repo.lock()? } else { repo.shared_lock()? };
     let mut r = CheckReport::default();
-    let manifest = repo.manifest()?;
+    // A damaged manifest: the archives are found from their objects (what a repair writes).
+    let manifest = match repo.manifest() {
+        Ok(m) => m,
+        Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
+            let (m, notes) = manifest_from_archives(repo)?;
+            r.errors.push(format!("{e}: {} archives found from their objects", m.archives.len()));
+            r.errors.extend(notes);
+            m
+        }
+        Err(e) => return Err(e),
+    };
+    // Index files only cache the packs' headers: damage to them loses nothing (issue 14).
     let index = repo.load_index()?;
+    for (n, why) in &index.damaged_files {
+        r.warnings.push(format!("index file {n}: {why} (its packs were indexed from their headers)"));
+    }
+    for (p, why) in &index.unreadable {
+        r.warnings.push(format!("pack {}: in no index file, and its header cannot be read: {why}", p.to_hex()));
+    }
     let on_disk: HashSet<Id> = repo.backend().list(FileType::Pack)?.iter().filter_map(|n| Id::from_hex(n)).collect();
     let mut damaged: HashSet<Id> = HashSet::new();
     let mut bad_packs = HashSet::new();
@@ -467,8 +512,14 @@ pub fn check_with_progress(
         }
     });
     on(CheckProgress::Packs { done: r.packs as u64, total, bytes });
-    r.orphan_packs = on_disk.iter().filter(|p| !index.packs.contains_key(p)).copied().collect();
-    r.orphan_packs.sort();
+    let unindexed: HashSet<Id> = index.unindexed.iter().copied().collect();
+    // packs in no index file whose chunks a checked archive uses (a lost index file)
+    let mut needed: BTreeMap<Id, String> = BTreeMap::new();
+    let mut uses = |id: &Id, archive: &str| {
+        if let Some(l) = index.chunks.get(id).filter(|l| unindexed.contains(&l.pack)) {
+            needed.entry(l.pack).or_insert_with(|| archive.to_string());
+        }
+    };
     // Archives: every item stream and every referenced chunk (the selected ones, newest last).
     let mut archives: Vec<&ManifestEntry> = if opts.repository_only {
         Vec::new()
@@ -496,6 +547,9 @@ pub fn check_with_progress(
         if !meta.broken.is_empty() {
             r.zero_filled.push((a.name.clone(), meta.broken.len()));
         }
+        for id in &meta.items {
+            uses(id, &a.name);
+        }
         let items = match load_items(repo, &index, &meta) {
             Ok(i) => i,
             Err(e) => {
@@ -506,6 +560,7 @@ pub fn check_with_progress(
         for i in items {
             for c in &i.chunks {
                 if let Extent::Data { id, .. } = c {
+                    uses(id, &a.name);
                     if !index.contains(id) {
                         damaged.insert(*id);
                     }
@@ -517,6 +572,15 @@ pub fn check_with_progress(
         }
     }
     on(CheckProgress::Archives { done: total, total });
+    for (p, archive) in &needed {
+        r.warnings.push(format!(
+            "pack {}: in no index file, but archive {archive} uses its chunks (an index file is lost; \
+             check --repair writes a new one)",
+            p.to_hex()
+        ));
+    }
+    // the others are leftovers of interrupted commands (compact removes them)
+    r.orphan_packs = index.unindexed.iter().filter(|p| !needed.contains_key(p)).copied().collect();
     r.damaged_chunks = damaged.iter().copied().collect();
     r.damaged_chunks.sort();
     r.damaged_files = users.into_keys().collect();
@@ -603,31 +667,31 @@ fn repair(
     let mut bad_copy: HashSet<Id> = HashSet::new();
     let mut rewritten = Vec::new();
     for pack in &disk {
-        let blobs = match old.packs.get(pack) {
-            Some(b) if !bad_packs.contains(pack) => b.clone(),
-            _ => match repo.pack_header(pack) {
-                Ok(b) => {
-                    if bad_packs.contains(pack) || !old.packs.contains_key(pack) {
-                        // not verified yet (orphan) or known damaged: keep only good blobs
-                        if let Ok(data) = repo.backend().read(FileType::Pack, &pack.to_hex()) {
-                            if Id::hash(&data) != *pack {
-                                r.chunks_verified += verify_blobs(repo, &data, &b, &mut bad_copy);
-                            }
-                        }
-                    }
-                    b
-                }
-                Err(e) => {
+        // From the pack's own header, not from the index files (issue 14: they may be what is
+        // damaged); an index file's list of a pack whose header is damaged is the fallback.
+        let (blobs, bad_header) = match repo.pack_header(pack) {
+            Ok(b) => (b, false),
+            Err(e) => match old.packs.get(pack) {
+                Some(b) => (b.clone(), true),
+                None => {
                     r.errors.push(format!("pack {}: header unreadable, its chunks are lost: {e}", pack.to_hex()));
                     continue;
                 }
             },
         };
+        if bad_header || !old.packs.get(pack).is_some_and(|b| *b == blobs) {
+            // not verified against this list of blobs: keep only good ones
+            if let Ok(data) = repo.backend().read(FileType::Pack, &pack.to_hex()) {
+                if bad_header || Id::hash(&data) != *pack {
+                    r.chunks_verified += verify_blobs(repo, &data, &blobs, &mut bad_copy);
+                }
+            }
+        }
         // A chunk damaged here may have a good copy in another pack: drop only bad copies.
         let (keep, lost): (Vec<BlobEntry>, Vec<BlobEntry>) = blobs
             .into_iter()
             .partition(|b| !(bad_copy.contains(&b.id) || (bad_packs.contains(pack) && damaged.contains(&b.id))));
-        if lost.is_empty() {
+        if lost.is_empty() && !bad_header {
             index.add_pack(*pack, keep);
             continue;
         }
@@ -649,7 +713,16 @@ fn repair(
     }
     // 2. Archives: zero-fill what is gone, heal what came back.
     let mut writer = ChunkWriter::new(repo, Arc::new(index.clone()), WriterOptions::default());
-    let mut manifest = repo.manifest()?;
+    // a damaged manifest is rebuilt from the archive objects (borg rebuilds it too)
+    let mut manifest = match repo.manifest() {
+        Ok(m) => m,
+        Err(Error::Integrity { .. } | Error::NotFound(_)) => {
+            let (m, _) = manifest_from_archives(repo)?;
+            r.repaired_notes.push(format!("manifest: rebuilt from {} archive objects", m.archives.len()));
+            m
+        }
+        Err(e) => return Err(e),
+    };
     let mut replaced_archives = Vec::new();
     let mut referenced: HashSet<Id> = HashSet::new();
     let mut keep_archives = Vec::new();
@@ -767,9 +840,43 @@ fn repair(
     }
     r.orphan_chunks = index.chunks.keys().filter(|id| !referenced.contains(id)).count();
     r.repaired = true;
-    // What was found is now fixed; what could not be is still an error.
+    // What was found is now fixed (the index was rewritten from the packs); what could not be
+    // is still an error.
     r.errors.retain(|e| e.contains("header unreadable"));
+    r.warnings.clear();
     Ok(())
+}
+
+/// The archives a damaged manifest listed, found from the archive objects: every readable
+/// archive object, by its own name and time (a name met twice gets `.1`, `.2`, ... as borg
+/// does). Returns notes on the objects that cannot be read. An archive deleted just before a
+/// crash, whose object was not removed yet, comes back.
+pub fn manifest_from_archives(repo: &Repository) -> Result<(crate::archive::Manifest, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut notes = Vec::new();
+    for n in repo.backend().list(FileType::Archive)? {
+        let Some(id) = Id::from_hex(&n) else { continue };
+        match repo.archive(&id) {
+            Ok(meta) => found.push(ManifestEntry { name: meta.name, id, time: meta.time }),
+            Err(e) => notes.push(format!("archive object {n}: {e}")),
+        }
+    }
+    found.sort_by(|a, b| (a.time, &a.name, a.id).cmp(&(b.time, &b.name, b.id)));
+    let mut names = HashSet::new();
+    for a in &mut found {
+        let base = a.name.clone();
+        let mut k = 0;
+        while !names.insert(a.name.clone()) {
+            k += 1;
+            a.name = format!("{base}.{k}");
+        }
+    }
+    let m = crate::archive::Manifest {
+        version: 1,
+        timestamp: Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        archives: found,
+    };
+    Ok((m, notes))
 }
 
 /// Summary of chunk usage, used by tests and the bench.

@@ -3,7 +3,7 @@
 //! Chunks are fetched, authenticated and decompressed by worker threads in archive order (a
 //! bounded window), while the caller's thread writes files.
 
-use crate::archive::{decode_items, Extent, Item, ItemKind};
+use crate::archive::{decode_items, ArchiveMeta, Extent, Item, ItemKind};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repo::{plan_reuse, Index, Repository};
@@ -174,6 +174,10 @@ pub struct ExtractResult {
     pub bytes: u64,
     /// Per-item errors (the command exits 2 if any).
     pub errors: Vec<String>,
+    /// Files restored with chunks an earlier `check --repair` replaced with zeros, one line
+    /// each naming the file (borg: a warning, exit code 1). A later `check --repair` heals them
+    /// if the lost chunks turn up again.
+    pub warnings: Vec<String>,
 }
 
 /// Progress of `extract`, reported at the start, after every chunk and after every item.
@@ -203,11 +207,18 @@ pub fn archive_items(repo: &Repository, index: &Index, archive: &str) -> Result<
     let m = repo.manifest()?;
     let e = m.get(archive).ok_or_else(|| Error::NoSuchArchive(archive.into()))?;
     let meta = repo.archive(&e.id)?;
+    Ok(archive_meta_items(repo, index, archive)?.1)
+}
+
+/// Loads an archive's metadata (which tells which items are damaged:
+/// [`ArchiveMeta::is_healthy`]) and its items.
+pub fn archive_meta_items(repo: &Repository, index: &Index, archive: &str) -> Result<(ArchiveMeta, Vec<Item>)> {
     let mut stream = Vec::new();
     for id in &meta.items {
         stream.extend_from_slice(&repo.read_chunk(index, id)?);
     }
-    decode_items(&stream)
+    let items = decode_items(&stream)?;
+    Ok((meta, items))
 }
 
 fn selected(item: &Item, paths: &[Vec<u8>]) -> bool {
@@ -279,7 +290,8 @@ pub fn extract_with_progress(
 ) -> Result<ExtractResult> {
     let _lock = repo.shared_lock()?;
     let index = Arc::new(repo.load_index()?);
-    let items = archive_items(repo, &index, archive)?;
+    let (meta, items) = archive_meta_items(repo, &index, archive)?;
+    let damaged = meta.damaged_items();
     let todo: Vec<(Item, Option<PathBuf>)> = items
         .into_iter()
         .filter(|i| selected(i, &opts.paths))
@@ -436,6 +448,13 @@ pub fn extract_with_progress(
                         dirs.push((dest.clone(), item.clone()));
                     }
                     extracted.insert(item.path.clone(), dest);
+                    if let Some((n, bytes)) = damaged.get(item.path.as_slice()).filter(|_| item.kind == ItemKind::File) {
+                        res.warnings.push(format!(
+                            "{}: file has damaged chunks: {n} chunks ({bytes} bytes) lost and restored as zeros \
+                             (check --repair heals the file if they turn up again)",
+                            item.path_lossy()
+                        ));
+                    }
                 }
                 // The destination itself fails (read-only, full, no permission): stop at once
                 // with one clear error instead of one per item.

@@ -166,6 +166,12 @@ pub struct Location {
 }
 
 /// The in-memory chunk index.
+///
+/// Index files are a cache of what the packs' own headers say. [`Repository::load_index`] builds
+/// this from the readable index files and indexes every pack on disk that none of them names
+/// from the pack's header, so a damaged, missing or stale index file never stops a backup or a
+/// restore (issue 14); what it found is in [`Index::damaged_files`], [`Index::unindexed`] and
+/// [`Index::unreadable`].
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     /// Chunk id to location.
@@ -174,6 +180,16 @@ pub struct Index {
     pub files: Vec<Id>,
     /// Packs known to the index, with their blobs.
     pub packs: HashMap<Id, Vec<BlobEntry>>,
+    /// Index files that could not be read (name, why); their packs are indexed from the packs'
+    /// headers instead.
+    pub damaged_files: Vec<(String, String)>,
+    /// Packs on disk that no readable index file names, indexed from their own headers (sorted):
+    /// a damaged or lost index file, or packs an interrupted command wrote after its last index
+    /// file.
+    pub unindexed: Vec<Id>,
+    /// Packs on disk that no readable index file names and whose header cannot be read (pack,
+    /// why): their chunks are not in the index.
+    pub unreadable: Vec<(Id, String)>,
 }
 
 impl Index {
@@ -415,9 +431,22 @@ impl Repository {
 
     /// Reads and authenticates the manifest.
     pub fn manifest(&self) -> Result<Manifest> {
-        let raw = self.backend.read(FileType::Manifest, "manifest")?;
-        let pt = self.crypto.open("manifest", b"manifest", &raw)?;
-        let m: Manifest = postcard::from_bytes(&pt).map_err(|e| Error::integrity("manifest", e.to_string()))?;
+        // damaged or lost: the archives are still there (issue 14)
+        let hint = |e: Error| match e {
+            Error::Integrity { what, reason } => Error::Integrity {
+                what,
+                reason: format!("{reason} (check --repair rebuilds the manifest from the archive objects)"),
+            },
+            Error::NotFound(what) => Error::Integrity {
+                what,
+                reason: "missing (check --repair rebuilds the manifest from the archive objects)".into(),
+            },
+            e => e,
+        };
+        let raw = self.backend.read(FileType::Manifest, "manifest").map_err(hint)?;
+        let pt = self.crypto.open("manifest", b"manifest", &raw).map_err(hint)?;
+        let m: Manifest =
+            postcard::from_bytes(&pt).map_err(|e| hint(Error::integrity("manifest", e.to_string())))?;
         if m.version != 1 {
             return Err(Error::UnsupportedVersion(m.version));
         }
@@ -476,19 +505,39 @@ impl Repository {
         Ok(id)
     }
 
-    /// Loads every index file (skipping superseded ones) into memory.
+    /// Loads the chunk index: every readable index file (skipping superseded ones), then every
+    /// pack on disk that none of them names, from the pack's own header.
+    ///
+    /// Index files only cache what the packs' headers say, so a damaged or missing one is
+    /// never fatal (issue 14): an index file that cannot be read is logged once, by name, and
+    /// left out ([`Index::damaged_files`]); the packs it named are then found on disk and indexed
+    /// from their headers ([`Index::unindexed`]). A chunk whose index entry names a pack that is
+    /// gone is located in a pack on disk if one holds it. Only listing the index files or the
+    /// packs can fail.
     pub fn load_index(&self) -> Result<Index> {
         let names = self.backend.list(FileType::Index)?;
         let mut files = Vec::new();
         let mut superseded = HashSet::new();
-        for n in &names {
-            let f = self.index_file(n)?;
-            superseded.extend(f.supersedes.iter().copied());
-            files.push((n.clone(), f));
-        }
         let mut idx = Index::default();
+        for n in &names {
+            match self.index_file(n) {
+                Ok(f) => {
+                    superseded.extend(f.supersedes.iter().copied());
+                    files.push((n.clone(), f));
+                }
+                // only the caller's own state is worth stopping for
+                Err(e @ (Error::PreviousIo | Error::Locked { .. } | Error::InvalidArgument(_))) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "index file {n}: {e}: ignored, its packs are indexed from their headers \
+                         (check --repair writes a new index)"
+                    );
+                    idx.damaged_files.push((n.clone(), e.to_string()));
+                }
+            }
+        }
         for (n, f) in files {
-            let id = Id::from_hex(&n).unwrap_or(Id([0; 32]));
+            let Some(id) = Id::from_hex(&n) else { continue };
             if superseded.contains(&id) {
                 continue;
             }
@@ -497,7 +546,60 @@ impl Repository {
                 idx.add_pack(pack, blobs);
             }
         }
+        let on_disk: HashSet<Id> = self.backend.list(FileType::Pack)?.iter().filter_map(|n| Id::from_hex(n)).collect();
+        if idx.packs.keys().any(|p| !on_disk.contains(p)) {
+            // packs an index names are gone (a damaged index superseding them, a crash in
+            // compact): a chunk's location is one on disk when there is one
+            let mut packs: Vec<(Id, Vec<BlobEntry>)> = idx.packs.drain().collect();
+            packs.sort_by_key(|(p, _)| (!on_disk.contains(p), *p));
+            idx.chunks.clear();
+            for (p, b) in packs {
+                idx.add_pack(p, b);
+            }
+        }
+        let mut unindexed: Vec<Id> = on_disk.into_iter().filter(|p| !idx.packs.contains_key(p)).collect();
+        unindexed.sort();
+        for pack in unindexed {
+            match self.pack_header(&pack) {
+                Ok(blobs) => {
+                    idx.add_pack(pack, blobs);
+                    idx.unindexed.push(pack);
+                }
+                Err(e) => {
+                    tracing::warn!("pack {}: in no index file and its header cannot be read: {e}", pack.to_hex());
+                    idx.unreadable.push((pack, e.to_string()));
+                }
+            }
+        }
+        if !idx.unindexed.is_empty() {
+            tracing::info!(packs = idx.unindexed.len(), "packs no index file names were indexed from their headers");
+        }
         Ok(idx)
+    }
+
+    /// For a writer holding the lock: writes one index file naming the packs
+    /// [`Repository::load_index`] had to index from their headers ([`Index::unindexed`]), which
+    /// supersedes the damaged index files, then removes the damaged files whose content is
+    /// proven bad (a failed authentication or a wrong hash, not a failed read; an append-only
+    /// server keeps them, which only costs a warning on each load). The packs stay the truth: nothing is removed that the new index does not cover. Returns the new file's
+    /// name, or `None` when there was nothing to do.
+    pub fn write_recovered_index(&self, idx: &Index) -> Result<Option<Id>> {
+        if idx.unindexed.is_empty() && idx.damaged_files.is_empty() {
+            return Ok(None);
+        }
+        let packs = idx.unindexed.iter().filter_map(|p| idx.packs.get(p).map(|b| (*p, b.clone()))).collect();
+        let supersedes = idx.damaged_files.iter().filter_map(|(n, _)| Id::from_hex(n)).collect();
+        let id = self.write_index_file(&IndexFile { packs, supersedes })?;
+        for (n, _) in &idx.damaged_files {
+            if let Err(Error::Integrity { .. }) = self.index_file(n) {
+                // superseded already; an append-only server refuses the removal
+                match self.backend.remove(FileType::Index, n) {
+                    Ok(()) => tracing::warn!("index file {n}: damaged, replaced by index file {}", id.to_hex()),
+                    Err(e) => tracing::warn!("index file {n}: damaged, superseded but not removed: {e}"),
+                }
+            }
+        }
+        Ok(Some(id))
     }
 
     /// Reads a pack's header (its list of blobs) from the pack itself.
