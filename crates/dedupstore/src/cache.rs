@@ -1,5 +1,5 @@
-//! The local files cache (SQLite): path → (inode, size, mtime, ctime, chunks), so unchanged files
-//! are not read again. It is an accelerator only: every entry is checked against the repository
+//! The local files cache (SQLite): keyed hash of the path → (inode, size, mtime, ctime, chunks),
+//! so unchanged files are not read again. It is an accelerator only: every entry is checked against the repository
 //! index before use, and deleting the cache just means the next `create` reads every file.
 //!
 //! The same database holds the chunk index (every blob location of every pack, in load order)
@@ -17,12 +17,38 @@
 //! are re-read, every time. Here an entry is marked *racy* only if the file's ctime or mtime was
 //! within [`RACY_WINDOW_NS`] of the moment we started reading it (or in the future); only racy
 //! entries are re-read. A file written an hour before the backup is trusted on the next run.
+//!
+//! # No clear paths, owner-only modes
+//!
+//! The cache is not encrypted, so it holds no path in clear: files are looked up by
+//! [`path_key`], a hash of the path keyed with the repository's MAC key (someone who reads the
+//! cache cannot even confirm a guessed path). Its directories are created 0700 and its database
+//! 0600 (SQLite gives its `-wal`/`-shm` files the database's mode), as borg does; an older cache
+//! with a `files` table keyed by clear paths is dropped and the file vacuumed on open (the next
+//! `create` reads every file once).
 
 use crate::archive::{Extent, Manifest};
 use crate::error::{Error, Result};
+use crate::crypto::MasterKey;
 use crate::id::Id;
 use crate::repo::{BlobEntry, Index, Repository};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// The files cache's key for a source path: blake3 keyed with the repository's MAC key over a
+/// domain tag and the path (the cache never stores the path itself).
+pub fn path_key(key: &MasterKey, path: &[u8]) -> [u8; 32] {
+    let mut m = Vec::with_capacity(path.len() + 24);
+    m.extend_from_slice(b"rempart files cache v2\0");
+    m.extend_from_slice(path);
+    key.mac(&m)
+}
+
+/// Creates `d` (and missing parents) 0700 and narrows it to 0700 if it existed.
+fn private_dir(d: &Path) -> Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d).map_err(|e| Error::io(d, e))?;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(d, e))
+}
 
 /// Margin covering coarse file-system timestamps (FAT: 2 s; ext4/xfs/tmpfs: a jiffy).
 pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
@@ -57,16 +83,44 @@ fn db_err(path: &Path, e: rusqlite::Error) -> Error {
 }
 
 impl FilesCache {
-    /// Opens (creating if needed) `dir/<repo id>/cache.sqlite`.
+    /// Opens (creating if needed) `dir/<repo id>/cache.sqlite`: directories 0700, files 0600
+    /// (also narrowed if an older version created them wider).
     pub fn open(dir: &Path, repo_id: &str) -> Result<FilesCache> {
+        private_dir(dir)?;
         let d = dir.join(repo_id);
-        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        private_dir(&d)?;
         let path = d.join("cache.sqlite");
+        for p in [path.clone(), d.join("cache.sqlite-wal"), d.join("cache.sqlite-shm")] {
+            if p == path {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(|e| Error::io(&p, e))?;
+            }
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                _ => {}
+            }
+        }
         let conn = rusqlite::Connection::open(&path).map_err(|e| db_err(&path, e))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;")
+            .map_err(|e| db_err(&path, e))?;
+        // Before v2 the files table was keyed by the clear path: drop it and rewrite the file so
+        // no freed page keeps a path (issue 14).
+        let old: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'files'", [], |r| r.get(0))
+            .map_err(|e| db_err(&path, e))?;
+        if old > 0 {
+            tracing::info!(path = %path.display(), "files cache: dropping the old table keyed by clear paths");
+            conn.execute_batch("DROP TABLE files; VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(|e| db_err(&path, e))?;
+        }
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS files (
-                path BLOB PRIMARY KEY, ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER,
+            "CREATE TABLE IF NOT EXISTS files_v2 (
+                key BLOB PRIMARY KEY, ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER,
                 chunks BLOB, racy INTEGER);
              CREATE TABLE IF NOT EXISTS chunk_index (
                 seq INTEGER PRIMARY KEY, pack BLOB, id BLOB, offset INTEGER, len INTEGER,
@@ -79,13 +133,13 @@ impl FilesCache {
         Ok(FilesCache { conn, path, refs_failed: std::cell::Cell::new(false) })
     }
 
-    /// The cached entry of a path.
-    pub fn get(&self, path: &[u8]) -> Result<Option<FileEntry>> {
+    /// The cached entry of a file; `key` is its [`path_key`] (never a clear path).
+    pub fn get(&self, key: &[u8]) -> Result<Option<FileEntry>> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT ino, size, mtime, ctime, chunks, racy FROM files WHERE path = ?1")
+            .prepare_cached("SELECT ino, size, mtime, ctime, chunks, racy FROM files_v2 WHERE key = ?1")
             .map_err(|e| db_err(&self.path, e))?;
-        let mut rows = st.query([path]).map_err(|e| db_err(&self.path, e))?;
+        let mut rows = st.query([key]).map_err(|e| db_err(&self.path, e))?;
         let Some(r) = rows.next().map_err(|e| db_err(&self.path, e))? else {
             return Ok(None);
         };
@@ -103,14 +157,14 @@ impl FilesCache {
         Ok(Some(get(r).map_err(|e| db_err(&self.path, e))?))
     }
 
-    /// Records a file (committed by [`FilesCache::commit`]).
-    pub fn put(&self, path: &[u8], e: &FileEntry) -> Result<()> {
-        let chunks = crate::encode::postcard("files cache entry", &e.chunks)?;
+    /// Records a file under its [`path_key`] (committed by [`FilesCache::commit`]).
+    pub fn put(&self, key: &[u8], e: &FileEntry) -> Result<()> {
+        let chunks = postcard::to_stdvec(&e.chunks).unwrap_or_default();
         self.conn
-            .prepare_cached("INSERT OR REPLACE INTO files VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+            .prepare_cached("INSERT OR REPLACE INTO files_v2 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .and_then(|mut st| {
                 st.execute(rusqlite::params![
-                    path,
+                    key,
                     e.ino as i64,
                     e.size as i64,
                     e.mtime,
@@ -327,7 +381,7 @@ impl FilesCache {
     /// Number of entries.
     pub fn len(&self) -> Result<u64> {
         self.conn
-            .query_row("SELECT count(*) FROM files", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM files_v2", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(|e| db_err(&self.path, e))
     }
@@ -377,5 +431,58 @@ mod tests {
         let c = FilesCache::open(d.path(), "r1").unwrap();
         assert_eq!(c.get(b"/a\xff").unwrap(), Some(e));
         assert_eq!(c.get(b"/b").unwrap(), None);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Issue 14: the cache held every backed-up path in clear, 0644 in 0755 directories.
+    #[test]
+    fn owner_only_modes_no_clear_paths_and_an_old_clear_path_table_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        let db = dir.join("r1/cache.sqlite");
+        std::fs::create_dir_all(dir.join("r1")).unwrap();
+        {
+            // a cache as the previous version left it
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 CREATE TABLE files (path BLOB PRIMARY KEY, ino INTEGER, size INTEGER, mtime INTEGER,
+                    ctime INTEGER, chunks BLOB, racy INTEGER);
+                 INSERT INTO files VALUES (CAST('/srv/secret-old-name.txt' AS BLOB), 1, 1, 1, 1, X'', 0);",
+            )
+            .unwrap();
+        }
+        for (p, m) in [(&dir, 0o755), (&dir.join("r1"), 0o755), (&db, 0o644)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        let key = MasterKey::generate();
+        let c = FilesCache::open(&dir, "r1").unwrap();
+        let e = FileEntry { ino: 1, size: 2, mtime: 3, ctime: 4, chunks: vec![], racy: false };
+        c.put(&path_key(&key, b"/srv/secret-new-name.txt"), &e).unwrap();
+        c.commit().unwrap();
+        assert_eq!(c.get(&path_key(&key, b"/srv/secret-new-name.txt")).unwrap(), Some(e));
+        assert_eq!(c.len().unwrap(), 1, "the old entries are gone");
+        assert_ne!(path_key(&key, b"/a"), path_key(&MasterKey::generate(), b"/a"), "keyed");
+        for p in [&dir, &dir.join("r1")] {
+            assert_eq!(mode(p), 0o700, "{}", p.display());
+        }
+        let mut files = 0;
+        for f in std::fs::read_dir(dir.join("r1")).unwrap() {
+            let f = f.unwrap().path();
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+            let bytes = std::fs::read(&f).unwrap();
+            for needle in [&b"secret-old-name"[..], b"secret-new-name"] {
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} holds a clear path", f.display());
+            }
+            files += 1;
+        }
+        assert!(files >= 2, "the database and its WAL were checked");
+        // a fresh cache: the same modes
+        let fresh = d.path().join("fresh/deeper");
+        drop(FilesCache::open(&fresh, "r2").unwrap());
+        assert_eq!((mode(&fresh), mode(&fresh.join("r2")), mode(&fresh.join("r2/cache.sqlite"))), (0o700, 0o700, 0o600));
     }
 }

@@ -1,6 +1,10 @@
-//! Compression of chunk payloads (zstd), with borg's `auto` heuristic.
+//! Compression of chunk payloads (zstd, lz4), with borg's `auto` heuristic.
 //!
-//! A stored chunk plaintext is `tag | payload` where tag 0 = stored, 1 = zstd.
+//! A stored chunk plaintext is `tag | payload` where tag 0 = stored, 1 = zstd, 2 = lz4 (a u32 LE
+//! uncompressed length, then an LZ4 block).
+//!
+//! Every name the parser accepts means exactly that algorithm: borg's `zlib`, `lzma` and
+//! `obfuscate` are refused with the list of supported specs, never replaced by another one.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -16,6 +20,10 @@ pub enum Compression {
     /// Estimate a sample's entropy first (a cheap trial); store uncompressed if it looks
     /// incompressible, or if zstd at this level does not shrink it.
     Auto(i32),
+    /// LZ4 (borg's default): fast, lighter compression.
+    Lz4,
+    /// `auto,lz4`: the entropy trial of [`Compression::Auto`], then LZ4.
+    AutoLz4,
 }
 
 impl Default for Compression {
@@ -26,26 +34,38 @@ impl Default for Compression {
 
 const STORED: u8 = 0;
 const ZSTD: u8 = 1;
+const LZ4: u8 = 2;
 const SAMPLE: usize = 16 << 10;
 
 impl Compression {
-    /// Parses `none`, `zstd`, `zstd,N`, `auto,zstd,N` (`lz4` is taken as `zstd,1`).
+    /// The specs [`Compression::parse`] accepts, for error messages and `--help`.
+    pub const SUPPORTED: &'static str = "none, lz4, zstd[,1-22], auto,lz4, auto,zstd[,1-22]";
+
+    /// Parses `none`, `lz4`, `zstd`, `zstd,N`, `auto,lz4`, `auto,zstd[,N]`. Anything else —
+    /// including borg's `zlib`, `lzma` and `obfuscate` — is refused with the supported list.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidArgument(format!("compression {s:?}"));
+        let bad = |why: String| Error::InvalidArgument(format!("compression {s:?}: {why} (supported: {})", Self::SUPPORTED));
         let level = |x: Option<&str>| -> Result<i32> {
             match x {
                 None => Ok(3),
-                Some(l) => l.parse::<i32>().ok().filter(|l| (1..=22).contains(l)).ok_or_else(bad),
+                Some(l) => l
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|l| (1..=22).contains(l))
+                    .ok_or_else(|| bad(format!("zstd level {l:?} is not 1 to 22"))),
             }
         };
         let parts: Vec<&str> = s.split(',').collect();
         Ok(match parts.as_slice() {
             ["none"] => Compression::None,
-            ["lz4"] => Compression::Zstd(1),
+            ["lz4"] => Compression::Lz4,
             ["zstd", rest @ ..] if rest.len() <= 1 => Compression::Zstd(level(rest.first().copied())?),
             ["auto", "zstd", rest @ ..] if rest.len() <= 1 => Compression::Auto(level(rest.first().copied())?),
-            ["auto", "lz4"] => Compression::Auto(1),
-            _ => return Err(bad()),
+            ["auto", "lz4"] => Compression::AutoLz4,
+            [alg @ ("zlib" | "lzma" | "obfuscate"), ..] | ["auto", alg @ ("zlib" | "lzma"), ..] => {
+                return Err(bad(format!("{alg} is not supported")))
+            }
+            _ => return Err(bad("unknown compression".into())),
         })
     }
 
@@ -62,6 +82,13 @@ impl Compression {
     pub fn compress_into(self, data: &[u8], out: &mut Vec<u8>) {
         let level = match self {
             Compression::None => return stored_into(data, out),
+            Compression::Lz4 => return lz4_into(data, out),
+            Compression::AutoLz4 => {
+                if looks_incompressible(&data[..data.len().min(SAMPLE)]) {
+                    return stored_into(data, out);
+                }
+                return lz4_into(data, out);
+            }
             Compression::Zstd(l) => l,
             Compression::Auto(l) => {
                 if looks_incompressible(&data[..data.len().min(SAMPLE)]) {
@@ -129,6 +156,23 @@ fn looks_incompressible(sample: &[u8]) -> bool {
     bits > 7.9
 }
 
+/// `LZ4 | u32 LE length | block`, or stored if LZ4 does not shrink it.
+fn lz4_into(data: &[u8], out: &mut Vec<u8>) {
+    let Ok(len) = u32::try_from(data.len()) else { return stored_into(data, out) };
+    let start = out.len();
+    out.push(LZ4);
+    out.extend_from_slice(&len.to_le_bytes());
+    let body = start + 5;
+    out.resize(body + lz4_flex::block::get_maximum_output_size(data.len()), 0);
+    match lz4_flex::block::compress_into(data, &mut out[body..]) {
+        Ok(n) if n + 4 < data.len() => out.truncate(body + n),
+        _ => {
+            out.truncate(start);
+            stored_into(data, out)
+        }
+    }
+}
+
 fn stored_into(data: &[u8], out: &mut Vec<u8>) {
     out.reserve(data.len() + 1);
     out.push(STORED);
@@ -151,6 +195,19 @@ pub fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
                 }
             });
             r.map_err(|e| Error::integrity("chunk", format!("zstd: {e}")))
+        }
+        Some((&LZ4, rest)) => {
+            let (len, block) = rest.split_at_checked(4).ok_or_else(|| Error::integrity("chunk", "lz4: truncated"))?;
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if len > max_len {
+                return Err(Error::integrity("chunk", format!("lz4: {len} bytes, more than {max_len}")));
+            }
+            let mut out = vec![0; len];
+            match lz4_flex::block::decompress_into(block, &mut out) {
+                Ok(n) if n == len => Ok(out),
+                Ok(n) => Err(Error::integrity("chunk", format!("lz4: {n} bytes, header says {len}"))),
+                Err(e) => Err(Error::integrity("chunk", format!("lz4: {e}"))),
+            }
         }
         _ => Err(Error::integrity("chunk", "unknown compression tag")),
     }
@@ -177,5 +234,36 @@ mod tests {
         assert_eq!(Compression::parse("none").unwrap(), Compression::None);
         assert!(Compression::parse("zstd,99").is_err());
         assert!(decompress(&[9, 1, 2], 10).is_err());
+    }
+
+    /// Issue 14: `lz4` meant `zstd,1`. Now it is LZ4 (tag 2), and names we do not implement
+    /// are refused with the supported list instead of being replaced.
+    #[test]
+    fn lz4_is_lz4_and_unknown_specs_are_refused() {
+        let text = b"hello hello hello hello hello hello hello hello".repeat(100);
+        let random: Vec<u8> = (0..10000).map(|_| rand::random()).collect();
+        assert_eq!(Compression::parse("lz4").unwrap(), Compression::Lz4);
+        assert_eq!(Compression::parse("auto,lz4").unwrap(), Compression::AutoLz4);
+        for c in [Compression::Lz4, Compression::AutoLz4] {
+            for d in [&text[..], &random[..], b""] {
+                let z = c.compress(d);
+                assert_eq!(decompress(&z, d.len()).unwrap(), d, "{c:?}");
+            }
+        }
+        let z = Compression::Lz4.compress(&text);
+        assert_eq!(z[0], LZ4);
+        assert!(z.len() < text.len() / 4, "{}", z.len());
+        assert_eq!(lz4_flex::block::decompress(&z[5..], text.len()).unwrap(), text, "a plain LZ4 block");
+        assert_eq!(Compression::AutoLz4.compress(&random)[0], STORED);
+        // a length above the caller's bound, and a corrupt block, are integrity errors
+        assert!(decompress(&z, text.len() - 1).is_err());
+        let mut bad = z.clone();
+        bad.truncate(bad.len() - 3);
+        assert!(decompress(&bad, text.len()).is_err());
+        assert!(decompress(&[LZ4, 1], 10).is_err());
+        for spec in ["zlib", "zlib,6", "lzma", "lzma,9", "auto,zlib", "obfuscate,3,zstd", "lz5", "auto", "zstd,0", ""] {
+            let e = Compression::parse(spec).unwrap_err().to_string();
+            assert!(e.contains("supported: none, lz4"), "{spec}: {e}");
+        }
     }
 }

@@ -15,8 +15,27 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What `create REPO::A -` stores for standard input (borg's `--stdin-name`, `--stdin-mode`,
+/// `--stdin-user`, `--stdin-group`): one regular file item.
+#[derive(Debug, Clone)]
+pub struct StdinSource {
+    /// Archive path of the item (borg's default `stdin`).
+    pub name: String,
+    /// Permission bits (borg's default 0660).
+    pub mode: u32,
+    /// Owner uid and name.
+    pub uid: u32,
+    /// Owner name recorded with the item.
+    pub user: Option<String>,
+    /// Group gid.
+    pub gid: u32,
+    /// Group name recorded with the item.
+    pub group: Option<String>,
+}
 
 /// Options of `create`.
 #[derive(Debug, Clone)]
@@ -46,6 +65,12 @@ pub struct CreateOptions {
     pub checkpoint_volume: u64,
     /// Command line recorded in the archive.
     pub cmdline: Vec<String>,
+    /// With `Some`, a path given exactly as `-` means standard input, stored as one file item
+    /// (borg's `create REPO::A -`); with `None` it is a file named `-`.
+    pub stdin: Option<StdinSource>,
+    /// Set (the binary does it on SIGINT/SIGTERM) to stop: the items done so far are committed
+    /// as the checkpoint archive and [`Error::Interrupted`] is returned; the lock is released.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl CreateOptions {
@@ -64,6 +89,8 @@ impl CreateOptions {
             checkpoint_interval: Duration::from_secs(1800),
             checkpoint_volume: 0,
             cmdline: vec![],
+            stdin: None,
+            cancel: None,
         }
     }
 }
@@ -218,6 +245,10 @@ fn data_regions(f: &File, size: u64) -> Vec<(u64, u64)> {
 }
 
 impl Walker<'_> {
+    fn cancelled(&self) -> bool {
+        self.opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
     fn warn(&mut self, msg: String) {
         (self.on)(Event::Warning(&msg));
         // the caller shows the event; a log line at the default level would print it twice
@@ -309,6 +340,9 @@ impl Walker<'_> {
     }
 
     fn walk(&mut self, p: &Path, ap: Vec<u8>, root_dev: u64) -> Result<()> {
+        if self.cancelled() {
+            return Err(Error::Interrupted { checkpoint: None });
+        }
         if self.excluded(&ap) {
             return Ok(());
         }
@@ -373,8 +407,8 @@ impl Walker<'_> {
                 self.hardlinks.insert((md.dev(), md.ino()), item.path.clone());
             }
         }
-        // `p` is absolute (see `create`): the files cache is keyed by it.
-        let key = p.as_os_str().as_bytes().to_vec();
+        // `p` is absolute (see `create`): the files cache is keyed by its keyed hash.
+        let key = crate::cache::path_key(&self.key, p.as_os_str().as_bytes());
         // Files cache: unchanged inode/size/times and every chunk still in the repository.
         if let (Some(cache), Some(w)) = (&self.cache, &self.writer) {
             if let Ok(Some(e)) = cache.get(&key) {
@@ -413,12 +447,12 @@ impl Walker<'_> {
                 item.chunks = chunks;
             }
             Err(e) => {
+                self.stats.nfiles -= 1;
+                self.stats.original_size -= md.size();
                 if let Some(fatal) = self.fatal.take() {
                     return Err(fatal);
                 }
                 self.warn(format!("{}: {e}", p.display()));
-                self.stats.nfiles -= 1;
-                self.stats.original_size -= md.size();
                 return Ok(());
             }
         }
@@ -506,6 +540,65 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// Chunks and stores everything `reader` gives, appending the extents to `out`; returns the
+    /// bytes read. Stops with [`Error::Interrupted`] (through [`Walker::fail`]) when cancelled.
+    fn store_stream(&mut self, reader: impl Read, out: &mut Vec<Extent>) -> std::io::Result<u64> {
+        let chunker = self.chunker.clone();
+        let mut s = chunker.stream(reader);
+        let mut got = 0u64;
+        while let Some(c) = s.next_chunk()? {
+            if self.cancelled() {
+                return Err(self.fail(Error::Interrupted { checkpoint: None }));
+            }
+            got += c.len() as u64;
+            let len = c.len() as u32;
+            let (id, first) = match &mut self.writer {
+                Some(w) => match w.store(c) {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.fail(e)),
+                },
+                None => (self.key.chunk_id(&c), false),
+            };
+            self.reference(id, first);
+            out.push(Extent::Data { id, len });
+        }
+        Ok(got)
+    }
+
+    /// `create REPO::A -`: standard input as one regular file item (borg's, times = now).
+    fn stdin_item(&mut self, s: &StdinSource) -> Result<()> {
+        let now = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let mut item = Item {
+            path: archive_path(Path::new(&s.name)),
+            kind: ItemKind::File,
+            mode: s.mode & 0o7777,
+            uid: s.uid,
+            gid: s.gid,
+            user: s.user.clone(),
+            group: s.group.clone(),
+            mtime: now,
+            atime: now,
+            ctime: now,
+            size: 0,
+            xattrs: vec![],
+            target: None,
+            hardlink: None,
+            rdev: 0,
+            chunks: vec![],
+        };
+        let mut chunks = Vec::new();
+        match self.store_stream(std::io::stdin().lock(), &mut chunks) {
+            Ok(n) => item.size = n,
+            Err(e) => return Err(self.fatal.take().unwrap_or_else(|| Error::io("<stdin>", e))),
+        }
+        item.chunks = chunks;
+        self.stats.nfiles += 1;
+        self.stats.original_size += item.size;
+        self.emit(&item, 'A')?;
+        (self.on)(Event::Progress { original: self.stats.original_size, files: self.stats.nfiles });
+        Ok(())
+    }
+
     fn read_content(&mut self, p: &Path, size: u64) -> std::io::Result<Vec<Extent>> {
         let mut f = File::open(p)?;
         let md = f.metadata()?;
@@ -522,6 +615,9 @@ impl Walker<'_> {
                 (&mut f).take(SMALL_FILE + 1).read_to_end(&mut data)?;
                 let chunker = self.chunker.clone();
                 for c in chunker.split(&data) {
+                    if self.cancelled() {
+                        return Err(self.fail(Error::Interrupted { checkpoint: None }));
+                    }
                     pos += c.len() as u64;
                     let len = c.len() as u32;
                     let (id, first) = match &mut self.writer {
@@ -538,23 +634,7 @@ impl Walker<'_> {
             }
             f.seek(SeekFrom::Start(start))?;
             let reader = (&mut f).take(end.saturating_sub(start));
-            let chunker = self.chunker.clone();
-            let mut s = chunker.stream(reader);
-            let mut got = 0u64;
-            while let Some(c) = s.next_chunk()? {
-                got += c.len() as u64;
-                let len = c.len() as u32;
-                let (id, first) = match &mut self.writer {
-                    Some(w) => match w.store(c) {
-                        Ok(r) => r,
-                        Err(e) => return Err(self.fail(e)),
-                    },
-                    None => (self.key.chunk_id(&c), false),
-                };
-                self.reference(id, first);
-                out.push(Extent::Data { id, len });
-            }
-            pos = start + got;
+            pos = start + self.store_stream(reader, &mut out)?;
         }
         if pos < size {
             // trailing hole (or the file shrank while we read it)
@@ -593,6 +673,10 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         Some(c) => c.load_index(repo)?.0,
         None => repo.load_index()?,
     });
+    if !opts.dry_run {
+        // packs that a damaged or lost index file named are indexed again (issue 14)
+        repo.write_recovered_index(&index)?;
+    }
     let writer = if opts.dry_run {
         None
     } else {
@@ -638,16 +722,39 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         key: repo.crypto().key().clone(),
         on,
     };
-    for p in &opts.paths {
-        let dev = match fs::symlink_metadata(p) {
-            Ok(m) => m.dev(),
-            Err(e) => {
-                w.warn(format!("{}: {e}", p.display()));
+    let walked = (|| -> Result<()> {
+        for p in &opts.paths {
+            if let (Some(s), true) = (&opts.stdin, p.as_os_str() == "-") {
+                w.stdin_item(s)?;
                 continue;
             }
-        };
-        let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
-        w.walk(&abs, archive_path(p), dev)?;
+            let dev = match fs::symlink_metadata(p) {
+                Ok(m) => m.dev(),
+                Err(e) => {
+                    w.warn(format!("{}: {e}", p.display()));
+                    continue;
+                }
+            };
+            let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+            w.walk(&abs, archive_path(p), dev)?;
+        }
+        Ok(())
+    })();
+    match walked {
+        Ok(()) => {}
+        Err(Error::Interrupted { .. }) => {
+            // Interrupted (borg 1.2: the first Ctrl-C writes a checkpoint, then stops): commit
+            // what was done as NAME.checkpoint; the lock is released when we return.
+            if w.writer.is_none() {
+                return Err(Error::Interrupted { checkpoint: None });
+            }
+            w.write_checkpoint()?;
+            if let Some(wr) = w.writer.take() {
+                wr.finish()?;
+            }
+            return Err(Error::Interrupted { checkpoint: Some(w.checkpoint_name.clone()) });
+        }
+        Err(e) => return Err(e),
     }
     // The rest of the item stream (stored like file content as it grew).
     w.cut_items(true)?;

@@ -67,6 +67,13 @@ pub enum Error {
     /// An earlier IO error left the writer in an unknown state; reopen the repository.
     #[error("an earlier write failed; reopen the repository")]
     PreviousIo,
+    /// The caller stopped a `create` (the binary does on SIGINT/SIGTERM). The items done so far
+    /// were committed as the named checkpoint archive (none on a dry run).
+    #[error("interrupted{}", checkpoint.as_ref().map(|c| format!(": checkpoint archive {c} written")).unwrap_or_default())]
+    Interrupted {
+        /// The checkpoint archive's name.
+        checkpoint: Option<String>,
+    },
     /// An object could not be serialized (a bug in this program, not in the repository or the
     /// caller's input); nothing was written for it.
     #[error("could not serialize the {what}: {source}")]

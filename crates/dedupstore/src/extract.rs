@@ -174,6 +174,9 @@ pub struct ExtractResult {
     pub bytes: u64,
     /// Per-item errors (the command exits 2 if any).
     pub errors: Vec<String>,
+    /// Paths asked for that matched no item of the archive (borg: "Include pattern 'x' never
+    /// matched.", exit code 1).
+    pub unmatched: Vec<Vec<u8>>,
     /// Files restored with chunks an earlier `check --repair` replaced with zeros, one line
     /// each naming the file (borg: a warning, exit code 1). A later `check --repair` heals them
     /// if the lost chunks turn up again.
@@ -291,6 +294,8 @@ pub fn extract_with_progress(
     let _lock = repo.shared_lock()?;
     let index = Arc::new(repo.load_index()?);
     let (meta, items) = archive_meta_items(repo, &index, archive)?;
+    let unmatched: Vec<Vec<u8>> =
+        opts.paths.iter().filter(|p| !items.iter().any(|i| selected(i, std::slice::from_ref(p)))).cloned().collect();
     let damaged = meta.damaged_items();
     let todo: Vec<(Item, Option<PathBuf>)> = items
         .into_iter()
@@ -356,7 +361,7 @@ pub fn extract_with_progress(
     // results: bounded by bytes, not count (see DECODE_AHEAD)
     let (rtx, rrx) = crossbeam_channel::unbounded::<Fetched>();
     let decoded = ByteBudget::new(DECODE_AHEAD);
-    let mut res = ExtractResult::default();
+    let mut res = ExtractResult { unmatched, ..ExtractResult::default() };
     std::thread::scope(|s| -> Result<()> {
         let ids = &ids;
         let wanted = &wanted;

@@ -1121,7 +1121,7 @@ fn commit_append_only(st: Staged, t: FileType, name: &str) -> Answer {
 /// file hard-linked to the next free number, which fails if a concurrent session took it.
 fn keep_manifest_version(b: &LocalBackend, new: &[u8]) -> std::io::Result<()> {
     let dir = b.root().join(MANIFEST_HISTORY);
-    std::fs::create_dir_all(&dir)?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(&dir)?;
     let newest = || -> std::io::Result<Option<u64>> {
         let mut max = None;
         for e in std::fs::read_dir(&dir)? {
@@ -1134,7 +1134,11 @@ fn keep_manifest_version(b: &LocalBackend, new: &[u8]) -> std::io::Result<()> {
     let add = |data: &[u8], time: Option<std::time::SystemTime>| -> std::io::Result<()> {
         let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let res = (|| {
-            let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create_new(true),
+                0o600,
+            )
+            .open(&tmp)?;
             // a live temporary file (see `LocalBackend::remove_stale_temps`)
             let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
                 .map_err(|(_, e)| std::io::Error::from(e))?;
@@ -1649,7 +1653,9 @@ pub fn rollback(repo: &Path, seq: u64) -> Result<usize> {
     let since = std::fs::metadata(p).and_then(|m| m.modified()).map_err(|e| Error::io(p, e))?;
     let b = LocalBackend::new(repo);
     let aside = repo.join("rolled-back").join("index");
-    std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&aside)
+        .map_err(|e| Error::io(&aside, e))?;
     let mut moved = 0;
     for n in b.list(FileType::Index)? {
         let ip = b.path(FileType::Index, &n);

@@ -749,12 +749,27 @@ fn archive_aad(id: &Id) -> Vec<u8> {
     v
 }
 
+/// Writes a key file 0600 in a 0700 directory (borg's modes; issue 14: they were 0644/0755),
+/// through a fresh temporary file so a wider old file's mode is not inherited.
 fn write_keyfile(p: &std::path::Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d).map_err(|e| Error::io(d, e))?;
     }
     let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, p)).map_err(|e| Error::io(p, e))
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .and_then(|_| std::fs::rename(&tmp, p))
+        .map_err(|e| Error::io(p, e))
 }
 
 /// Builds pack files from sealed blobs.

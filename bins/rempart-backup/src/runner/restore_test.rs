@@ -91,7 +91,18 @@ pub(crate) fn restore_test(
         if item.kind == ItemKind::Socket {
             continue; // recorded, never recreated (like borg)
         }
-        let path = dir.join(rel_path(&item.path));
+        let rel = rel_path(&item.path);
+        if rel.as_os_str().is_empty() {
+            // `.` (an archive made from a relative `.`): the restore root itself, which extract
+            // creates and does not own (borg neither sets the destination's mode or times) —
+            // only its kind can be checked (issue 14: its mtime failed every such test).
+            match item.kind {
+                ItemKind::Dir => report.items += 1,
+                k => report.errors.push(format!("{}: archived as {k:?} at the restore root", item.path_lossy())),
+            }
+            continue;
+        }
+        let path = dir.join(rel);
         match verify_item(item, &path, root, &mut buf, &|d| key.chunk_id(d)) {
             Ok(bytes) => {
                 report.items += 1;
@@ -118,6 +129,10 @@ pub(crate) fn restore_test(
                 }
             }
         }
+    }
+    if report.items == 0 {
+        // an empty archive restores "successfully" while proving nothing (issue 14)
+        report.errors.push(format!("archive {name} holds no items: nothing was restored or verified"));
     }
     report.duration = started.elapsed();
     Ok(report)
@@ -276,5 +291,44 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = verify_item(file, &path, root, &mut buf, &id).unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
+    }
+
+    /// Issue 14: an empty newest archive passed, and an archive made from `.` always failed
+    /// (the restore root's mtime was compared with the source directory's).
+    #[test]
+    fn an_empty_archive_fails_and_an_archive_of_dot_passes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/f"), b"content of f").unwrap();
+        std::fs::write(src.join("g"), b"content of g").unwrap();
+        let repo = Repository::init(
+            Arc::new(LocalBackend::new(d.path().join("repo"))),
+            &InitOptions::new(Mode::Repokey, Some("pw".into())),
+        )
+        .unwrap();
+        // an archive of `.`, as `cd src && rempart-backup create REPO::dot .` makes it: the
+        // directory's mtime is older than the restore root's
+        let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        std::fs::File::open(&src).unwrap().set_modified(old).unwrap();
+        // (nextest runs each test in its own process: changing the directory is safe)
+        std::env::set_current_dir(&src).unwrap();
+        create(&repo, &CreateOptions::new("dot", vec![PathBuf::from(".")]), &mut |_| {}).unwrap();
+        let index = repo.load_index().unwrap();
+        let paths: Vec<String> = archive_items(&repo, &index, "dot").unwrap().iter().map(|i| i.path_lossy()).collect();
+        assert!(paths.iter().any(|p| p == "."), "{paths:?}");
+        let r = restore_test(&repo, Some("dot"), d.path()).unwrap();
+        assert!(r.ok(), "{:?}", r.errors);
+        assert_eq!((r.files, r.bytes), (2, 24));
+        // an empty archive (an excluded or vanished source) verifies nothing: not a pass
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let mut o = CreateOptions::new("empty", vec![empty.clone()]);
+        o.excludes = vec![dedupstore::pattern::Pattern::parse("*").unwrap()];
+        create(&repo, &o, &mut |_| {}).unwrap();
+        let r = restore_test(&repo, None, d.path()).unwrap();
+        assert_eq!(r.archive, "empty");
+        assert!(!r.ok());
+        assert!(r.errors[0].contains("holds no items"), "{:?}", r.errors);
     }
 }
