@@ -1,7 +1,14 @@
 //! `rempart-backup`: deduplicated, encrypted backups with BorgBackup's command set.
 //!
-//! Exit codes (borg's): 0 success, 1 warning (e.g. a file vanished while it was read),
-//! 2 error (nothing in the repository was changed by a failed command).
+//! Exit codes (borg 1.2.4's): 0 success, 1 warning (e.g. a file vanished while it was read, an
+//! `extract` path that matched nothing), 2 error (nothing in the repository was changed by a
+//! failed command). Signals during `create`: the first SIGINT (Ctrl-C) or SIGTERM commits the
+//! items done so far as the checkpoint archive `NAME.checkpoint`, releases the lock and ends
+//! with one line and borg's code — 2 for SIGINT ("Got Ctrl-C / SIGINT."), 143 = 128 + 15 for
+//! SIGTERM ("Received SIGTERM"; borg 1.2.4 writes no checkpoint on SIGTERM, we do); a second one
+//! ends the process at once with the same code. Other commands die by the signal as usual (a
+//! lock they leave is stale and taken over). A reader that closes our standard output early
+//! (`list | head`) ends the command quietly with 0, as borg.
 //!
 //! Environment: `REMPART_PASSPHRASE`, `REMPART_PASSCOMMAND` (run with `sh -c`), else a prompt on
 //! a terminal; `REMPART_REPO` (default repository), `REMPART_KEYS_DIR` (default
@@ -22,8 +29,10 @@ use dedupstore::prune::PruneRules;
 use dedupstore::remote::{RepoLocation, ServeOptions, SshBackend, SshOptions};
 use dedupstore::repo::{InitOptions, OpenOptions, RepoLock, Repository};
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 mod runner;
@@ -68,9 +77,21 @@ enum Cmd {
     },
     /// Create an archive.
     Create {
-        /// none, zstd,N, auto,zstd,N.
+        /// none, lz4, zstd[,N], auto,lz4, auto,zstd[,N] (zlib and lzma are refused).
         #[arg(short = 'C', long, default_value = "auto,zstd,3")]
         compression: String,
+        /// Archive path of standard input for the path `-` (borg's default `stdin`).
+        #[arg(long, default_value = "stdin")]
+        stdin_name: String,
+        /// Owner recorded for `-` (default: the current user).
+        #[arg(long)]
+        stdin_user: Option<String>,
+        /// Group recorded for `-` (default: the current group).
+        #[arg(long)]
+        stdin_group: Option<String>,
+        /// Permission bits recorded for `-`, octal (borg's default 0660).
+        #[arg(long, default_value = "0660")]
+        stdin_mode: String,
         /// Archive time (UTC, yyyy-mm-ddThh:mm:ss) or a reference file.
         #[arg(long)]
         timestamp: Option<String>,
@@ -106,7 +127,7 @@ enum Cmd {
         no_files_cache: bool,
         /// REPO::ARCHIVE.
         target: String,
-        /// Paths to back up.
+        /// Paths to back up (`-`: standard input, stored as one file).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -344,20 +365,100 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REMPART_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // tracing to stderr, colour only on a terminal (issue 14); REMPART_LOG overrides -v
+    rempart_daemon::init_logging("REMPART_LOG", level);
     match run(cli) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("Error: {}", error_line(&e));
-            ExitCode::from(ERROR)
-        }
+        // `list | head`: the reader has what it wanted (borg exits 0, silently)
+        Err(_) if STDOUT_CLOSED.load(Ordering::Relaxed) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<dedupstore::Error>() {
+            Some(dedupstore::Error::Interrupted { checkpoint }) => {
+                let sig = SIGNAL.load(Ordering::Relaxed);
+                eprintln!(
+                    "{}{}",
+                    if sig == nix::sys::signal::Signal::SIGTERM as i32 {
+                        "Received SIGTERM"
+                    } else {
+                        "Got Ctrl-C / SIGINT."
+                    },
+                    checkpoint.as_ref().map(|c| format!(" Checkpoint archive {c} written.")).unwrap_or_default()
+                );
+                ExitCode::from(signal_exit_code(sig))
+            }
+            _ => {
+                eprintln!("Error: {}", error_line(&e));
+                ExitCode::from(ERROR)
+            }
+        },
     }
+}
+
+/// Set when a write to standard output failed with EPIPE (the reader went away).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// The signal that interrupted `create` (0: none).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// borg 1.2.4's exit code after a signal: 2 for SIGINT (KeyboardInterrupt is an error),
+/// 128 + N for the others (SIGTERM: 143).
+fn signal_exit_code(sig: i32) -> u8 {
+    if sig == nix::sys::signal::Signal::SIGINT as i32 {
+        ERROR
+    } else {
+        u8::try_from(128 + sig).unwrap_or(ERROR)
+    }
+}
+
+/// For `create`: SIGINT and SIGTERM are blocked in every thread and waited for by one thread,
+/// which sets `cancel` on the first (create then writes its checkpoint and returns) and ends the
+/// process on the second. Safe code only: `sigwait`, no handler. Child processes (ssh, the
+/// passcommand) get the default mask back from `std::process::Command`.
+fn cancel_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking SIGINT/SIGTERM")?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let Ok(sig) = set.wait() else { return };
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("{sig} again: stopping now");
+            std::process::exit(i32::from(signal_exit_code(sig as i32)));
+        }
+        SIGNAL.store(sig as i32, Ordering::SeqCst);
+        tracing::info!("{sig}: writing a checkpoint, then stopping");
+    })?;
+    Ok(cancel)
+}
+
+/// Standard output for command results: an EPIPE is remembered (see [`STDOUT_CLOSED`]) so the
+/// command ends quietly with 0, as borg's `list | head` does.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout().lock().write(buf).inspect_err(closed)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::stdout().lock().write_all(buf).inspect_err(closed)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush().inspect_err(closed)
+    }
+}
+
+fn closed(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `println!` that returns EPIPE as an error (via [`Stdout`]) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(Stdout, $($arg)*)?
+    };
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the line already holds
@@ -375,6 +476,45 @@ fn error_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+/// The item `create REPO::A -` records for standard input (borg's `--stdin-*` options).
+fn stdin_source(
+    name: &str,
+    user: Option<String>,
+    group: Option<String>,
+    mode: &str,
+) -> anyhow::Result<dedupstore::create::StdinSource> {
+    use nix::unistd::{Group, User};
+    let mode = u32::from_str_radix(mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| anyhow!("--stdin-mode {mode:?}: expected octal permission bits such as 0660"))?;
+    if dedupstore::create::archive_path(std::path::Path::new(name)) == b"." {
+        bail!("--stdin-name {name:?}: not a file name");
+    }
+    let (uid, user) = match user {
+        Some(u) => {
+            let found = User::from_name(&u).ok().flatten().ok_or_else(|| anyhow!("--stdin-user {u:?}: no such user"))?;
+            (found.uid.as_raw(), Some(u))
+        }
+        None => {
+            let uid = nix::unistd::getuid();
+            (uid.as_raw(), User::from_uid(uid).ok().flatten().map(|u| u.name))
+        }
+    };
+    let (gid, group) = match group {
+        Some(g) => {
+            let found =
+                Group::from_name(&g).ok().flatten().ok_or_else(|| anyhow!("--stdin-group {g:?}: no such group"))?;
+            (found.gid.as_raw(), Some(g))
+        }
+        None => {
+            let gid = nix::unistd::getgid();
+            (gid.as_raw(), Group::from_gid(gid).ok().flatten().map(|g| g.name))
+        }
+    };
+    Ok(dedupstore::create::StdinSource { name: name.to_string(), mode, uid, user, gid, group })
 }
 
 fn env_dir(var: &str, home_rel: &str) -> Option<PathBuf> {
@@ -575,7 +715,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => {
                     for (seq, p) in versions {
                         let t = std::fs::metadata(&p)?.modified()?;
-                        println!("{seq:>8}  {}", fmt_time(DateTime::<Utc>::from(t)));
+                        outln!("{seq:>8}  {}", fmt_time(DateTime::<Utc>::from(t)));
                     }
                 }
                 Some(seq) => {
@@ -617,6 +757,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Create {
             compression,
+            stdin_name,
+            stdin_user,
+            stdin_group,
+            stdin_mode,
             timestamp,
             exclude,
             one_file_system,
@@ -644,6 +788,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.checkpoint_volume = checkpoint_volume;
             opts.cache_dir = if no_files_cache { None } else { env_dir("REMPART_CACHE_DIR", ".cache/rempart") };
             opts.cmdline = std::env::args().collect();
+            opts.stdin = Some(stdin_source(&stdin_name, stdin_user, stdin_group, &stdin_mode)?);
+            if !dry_run {
+                opts.cancel = Some(cancel_on_signals()?);
+            }
             let repo = open(&repo_path)?;
             let started = std::time::Instant::now();
             // A progress bar only for a person at a terminal: never in --json output or logs.
@@ -705,7 +853,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "encryption": { "mode": repo.config().mode.name() },
                     "cache": { "files_cache_hits": res.cached_files },
                 });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else if stats {
                 let line = "-".repeat(78);
                 eprintln!("{line}");
@@ -752,9 +900,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "repository": { "id": repo.config().id, "location": repo_path },
                             "encryption": { "mode": repo.config().mode.name() },
                         });
-                        println!("{}", serde_json::to_string_pretty(&v)?);
+                        outln!("{}", serde_json::to_string_pretty(&v)?);
                     } else {
-                        let mut out = std::io::stdout().lock();
+                        let mut out = std::io::BufWriter::new(Stdout);
                         for a in archives {
                             if short {
                                 writeln!(out, "{}", a.name)?;
@@ -762,12 +910,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 writeln!(out, "{:<36} {} [{}]", a.name, fmt_time(time_of(a.time)), a.id.to_hex())?;
                             }
                         }
+                        out.flush()?;
                     }
                 }
                 Some(name) => {
                     let index = repo.load_index()?;
                     let items = archive_items(&repo, &index, &name)?;
-                    let mut out = std::io::stdout().lock();
+                    let mut out = std::io::BufWriter::new(Stdout);
                     for i in items {
                         let p = i.path_lossy();
                         if !paths.is_empty() && !paths.iter().any(|q| p == *q || p.starts_with(&format!("{q}/"))) {
@@ -807,6 +956,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             )?;
                         }
                     }
+                    out.flush()?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -818,7 +968,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => {
                     let i = commands::repo_info(&repo)?;
                     if json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::to_string_pretty(&serde_json::json!({
                                 "repository": { "id": repo.config().id, "location": repo_path },
@@ -832,20 +982,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             }))?
                         );
                     } else {
-                        println!("Repository ID: {}", repo.config().id);
-                        println!("Location: {repo_path}");
-                        println!("Encrypted: {}", matches!(repo.config().mode, Mode::Repokey | Mode::Keyfile));
-                        println!("Mode: {}", repo.config().mode.name());
-                        println!("Archives: {}", i.archives);
-                        println!("Unique chunks: {}", i.unique_chunks);
-                        println!("Unique size: {} (stored {})", size(i.unique_size), size(i.unique_stored));
-                        println!("Packs: {}", i.packs);
+                        outln!("Repository ID: {}", repo.config().id);
+                        outln!("Location: {repo_path}");
+                        outln!("Encrypted: {}", matches!(repo.config().mode, Mode::Repokey | Mode::Keyfile));
+                        outln!("Mode: {}", repo.config().mode.name());
+                        outln!("Archives: {}", i.archives);
+                        outln!("Unique chunks: {}", i.unique_chunks);
+                        outln!("Unique size: {} (stored {})", size(i.unique_size), size(i.unique_stored));
+                        outln!("Packs: {}", i.packs);
                     }
                 }
                 Some(name) => {
                     let (e, a) = commands::archive_info(&repo, &name)?;
                     if json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::to_string_pretty(&serde_json::json!({
                                 "archives": [{
@@ -862,17 +1012,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             }))?
                         );
                     } else {
-                        println!("Archive name: {}", a.name);
-                        println!("Archive fingerprint: {}", e.id.to_hex());
-                        println!("Hostname: {}", a.hostname);
-                        println!("Username: {}", a.username);
-                        println!("Time (start): {}", fmt_time(time_of(a.time)));
-                        println!("Time (end): {}", fmt_time(time_of(a.time_end)));
-                        println!("Command line: {}", a.cmdline.join(" "));
-                        println!("Number of files: {}", a.stats.nfiles);
-                        println!("Original size: {}", size(a.stats.original_size));
-                        println!("Compressed size: {}", size(a.stats.compressed_size));
-                        println!("Deduplicated size: {}", size(a.stats.deduplicated_size));
+                        outln!("Archive name: {}", a.name);
+                        outln!("Archive fingerprint: {}", e.id.to_hex());
+                        outln!("Hostname: {}", a.hostname);
+                        outln!("Username: {}", a.username);
+                        outln!("Time (start): {}", fmt_time(time_of(a.time)));
+                        outln!("Time (end): {}", fmt_time(time_of(a.time_end)));
+                        outln!("Command line: {}", a.cmdline.join(" "));
+                        outln!("Number of files: {}", a.stats.nfiles);
+                        outln!("Original size: {}", size(a.stats.original_size));
+                        outln!("Compressed size: {}", size(a.stats.compressed_size));
+                        outln!("Deduplicated size: {}", size(a.stats.deduplicated_size));
                     }
                 }
             }
@@ -907,22 +1057,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 b.finish_and_clear();
             }
             let res = res?;
+            // borg: a path that matched nothing is a warning, not a silent success (issue 14)
+            for p in &res.unmatched {
+                eprintln!("Include pattern '{}' never matched.", String::from_utf8_lossy(p));
+            }
             if list {
                 eprintln!("{} items, {}", res.items, size(res.bytes));
             }
             for e in &res.errors {
                 eprintln!("{e}");
             }
-            Ok(if res.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(ERROR) })
+            Ok(match (res.errors.is_empty(), res.unmatched.is_empty()) {
+                (false, _) => ExitCode::from(ERROR),
+                (true, false) => ExitCode::from(WARNING),
+                (true, true) => ExitCode::SUCCESS,
+            })
         }
         Cmd::Diff { target, archive2 } => {
             let (repo_path, a) = split_target(Some(&target))?;
             let a = a.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
             let repo = open(&repo_path)?;
-            let mut out = std::io::stdout().lock();
+            let mut out = std::io::BufWriter::new(Stdout);
             for d in commands::diff_archives(&repo, &a, &archive2)? {
                 writeln!(out, "{} {}", d.changes.join(" "), d.path)?;
             }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Delete { dry_run, target, archives } => {
@@ -940,7 +1099,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     if m.get(n).is_none() {
                         bail!("archive {n:?} does not exist");
                     }
-                    println!("Would delete archive: {n}");
+                    outln!("Would delete archive: {n}");
                 }
             } else {
                 commands::delete_archives(&repo, &refs)?;
@@ -970,14 +1129,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for (arch, keep) in &plan.decisions {
                     let line = format!("{:<36} {}", arch.name, fmt_time(arch.time));
                     match keep {
-                        Some(k) if k.rule == "checkpoint" => println!("Keeping checkpoint archive:      {line}"),
-                        Some(k) => println!("Keeping archive (rule: {} #{}): {line}", k.rule, k.n),
+                        Some(k) if k.rule == "checkpoint" => outln!("Keeping checkpoint archive:      {line}"),
+                        Some(k) => outln!("Keeping archive (rule: {} #{}): {line}", k.rule, k.n),
                         None => {
                             n_del += 1;
                             if a.dry_run {
-                                println!("Would prune:                     {line}");
+                                outln!("Would prune:                     {line}");
                             } else {
-                                println!("Pruning archive ({n_del}/{}):  {line}", plan.to_delete().len());
+                                outln!("Pruning archive ({n_del}/{}):  {line}", plan.to_delete().len());
                             }
                         }
                     }
@@ -1055,6 +1214,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (a, n) in &r.zero_filled {
                 eprintln!("archive {a}: {n} chunks were replaced with zeros by an earlier repair");
             }
+            // borg: what check finds is a warning (1); 2 only when it could not run (the `?`s
+            // above) (issue 14)
             if r.ok() {
                 eprintln!("check: {} packs, {} chunks verified, no problems found", r.packs, r.chunks_verified);
                 Ok(ExitCode::SUCCESS)
@@ -1068,7 +1229,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let r = open(&repo)?;
                 let data = r.export_key(&keys_dir())?;
                 match path {
-                    Some(p) => std::fs::write(&p, &data).with_context(|| format!("{}", p.display()))?,
+                    // owner only (issue 14): the key is only as strong as its passphrase
+                    Some(p) => std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&p)
+                        .and_then(|mut f| {
+                            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                            f.write_all(&data)
+                        })
+                        .with_context(|| format!("{}", p.display()))?,
                     None => std::io::stdout().write_all(&data)?,
                 }
                 Ok(ExitCode::SUCCESS)
