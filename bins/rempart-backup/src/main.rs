@@ -23,7 +23,7 @@ use dedupstore::commands::{self, time_of, CheckOptions, CheckProgress};
 use dedupstore::compress::Compression;
 use dedupstore::create::{create, CreateOptions, Event};
 use dedupstore::crypto::Mode;
-use dedupstore::extract::{archive_items, extract_with_progress, ExtractOptions};
+use dedupstore::extract::{archive_meta_items, extract_with_progress, ExtractOptions};
 use dedupstore::pattern::Pattern;
 use dedupstore::prune::PruneRules;
 use dedupstore::remote::{RepoLocation, ServeOptions, SshBackend, SshOptions};
@@ -915,7 +915,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Some(name) => {
                     let index = repo.load_index()?;
-                    let items = archive_items(&repo, &index, &name)?;
+                    let (meta, items) = archive_meta_items(&repo, &index, &name)?;
                     let mut out = std::io::BufWriter::new(Stdout);
                     for i in items {
                         let p = i.path_lossy();
@@ -930,7 +930,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 "user": i.user.clone().unwrap_or_else(|| i.uid.to_string()),
                                 "group": i.group.clone().unwrap_or_else(|| i.gid.to_string()),
                                 "uid": i.uid, "gid": i.gid, "path": p,
-                                "healthy": true,
+                                // false: chunks a repair replaced with zeros (issue 14)
+                                "healthy": meta.is_healthy(&i.path),
                                 "source": i.hardlink.as_ref().map(|h| String::from_utf8_lossy(h).into_owned()).unwrap_or_default(),
                                 "linktarget": i.target.as_ref().map(|h| String::from_utf8_lossy(h).into_owned()).unwrap_or_default(),
                                 "flags": null,
@@ -1067,7 +1068,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for e in &res.errors {
                 eprintln!("{e}");
             }
-            Ok(match (res.errors.is_empty(), res.unmatched.is_empty()) {
+            // files with damaged (zero-filled) chunks: a warning, as in borg (issue 14)
+            for w in &res.warnings {
+                eprintln!("{w}");
+            }
+            Ok(match (res.errors.is_empty(), res.warnings.is_empty() && res.unmatched.is_empty()) {
                 (false, _) => ExitCode::from(ERROR),
                 (true, false) => ExitCode::from(WARNING),
                 (true, true) => ExitCode::SUCCESS,
@@ -1196,6 +1201,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for e in &r.errors {
                 eprintln!("{e}");
             }
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
             for c in &r.damaged_chunks {
                 eprintln!("damaged chunk {}", c.to_hex());
             }
@@ -1216,12 +1224,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // borg: what check finds is a warning (1); 2 only when it could not run (the `?`s
             // above) (issue 14)
-            if r.ok() {
+            if r.clean() {
                 eprintln!("check: {} packs, {} chunks verified, no problems found", r.packs, r.chunks_verified);
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("check: {} problems found", r.errors.len());
-                Ok(ExitCode::from(ERROR))
+                eprintln!("check: {} problems found", r.errors.len() + r.warnings.len());
+                Ok(ExitCode::from(WARNING))
             }
         }
         Cmd::Key { cmd } => match cmd {
