@@ -780,10 +780,6 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
     let meta = ArchiveMeta {
         version: 1,
         name: opts.name.clone(),
-    if !opts.dry_run {
-        // packs that a damaged or lost index file named are indexed again (issue 14)
-        repo.write_recovered_index(&index)?;
-    }
         hostname: hostname(),
         username: user_name(&mut w.users, nix::unistd::getuid().as_raw()).unwrap_or_default(),
         time: time.timestamp_nanos_opt().unwrap_or(0),

@@ -207,15 +207,15 @@ fn data_lens(item: &Item) -> impl Iterator<Item = u32> + '_ {
 
 /// Loads an archive's items.
 pub fn archive_items(repo: &Repository, index: &Index, archive: &str) -> Result<Vec<Item>> {
-    let m = repo.manifest()?;
-    let e = m.get(archive).ok_or_else(|| Error::NoSuchArchive(archive.into()))?;
-    let meta = repo.archive(&e.id)?;
     Ok(archive_meta_items(repo, index, archive)?.1)
 }
 
 /// Loads an archive's metadata (which tells which items are damaged:
 /// [`ArchiveMeta::is_healthy`]) and its items.
 pub fn archive_meta_items(repo: &Repository, index: &Index, archive: &str) -> Result<(ArchiveMeta, Vec<Item>)> {
+    let m = repo.manifest()?;
+    let e = m.get(archive).ok_or_else(|| Error::NoSuchArchive(archive.into()))?;
+    let meta = repo.archive(&e.id)?;
     let mut stream = Vec::new();
     for id in &meta.items {
         stream.extend_from_slice(&repo.read_chunk(index, id)?);
@@ -448,18 +448,19 @@ pub fn extract_with_progress(
             (fetcher.on)(fetcher.progress);
             match r {
                 Ok(()) => {
-                    res.items += 1;
-                    if item.kind == ItemKind::Dir {
-                        dirs.push((dest.clone(), item.clone()));
-                    }
-                    extracted.insert(item.path.clone(), dest);
-                    if let Some((n, bytes)) = damaged.get(item.path.as_slice()).filter(|_| item.kind == ItemKind::File) {
+                    if let Some((n, bytes)) = damaged.get(item.path.as_slice()).filter(|_| item.kind == ItemKind::File)
+                    {
                         res.warnings.push(format!(
                             "{}: file has damaged chunks: {n} chunks ({bytes} bytes) lost and restored as zeros \
                              (check --repair heals the file if they turn up again)",
                             item.path_lossy()
                         ));
                     }
+                    res.items += 1;
+                    if item.kind == ItemKind::Dir {
+                        dirs.push((dest.clone(), item.clone()));
+                    }
+                    extracted.insert(item.path.clone(), dest);
                 }
                 // The destination itself fails (read-only, full, no permission): stop at once
                 // with one clear error instead of one per item.

@@ -445,8 +445,7 @@ impl Repository {
         };
         let raw = self.backend.read(FileType::Manifest, "manifest").map_err(hint)?;
         let pt = self.crypto.open("manifest", b"manifest", &raw).map_err(hint)?;
-        let m: Manifest =
-            postcard::from_bytes(&pt).map_err(|e| hint(Error::integrity("manifest", e.to_string())))?;
+        let m: Manifest = postcard::from_bytes(&pt).map_err(|e| hint(Error::integrity("manifest", e.to_string())))?;
         if m.version != 1 {
             return Err(Error::UnsupportedVersion(m.version));
         }
