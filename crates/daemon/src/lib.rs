@@ -104,8 +104,8 @@ impl Drop for PidLock {
 /// variable `env` holds one. ANSI colour only when stderr is a terminal.
 pub fn init_logging(env: &str, filter: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env(env).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
