@@ -193,7 +193,7 @@ fn repository_keys_and_cache_are_owner_only_and_the_cache_holds_no_clear_path() 
     assert!(checked > 20, "{checked}");
     assert_eq!(mode(&home.join("exported.key")), 0o600);
     assert_eq!(mode(&home.join("exported-rk.key")), 0o600);
-    // the cache knows the files (the second create read nothing) but names none of them
+    // the cache has entries for the files but names none of them
     let mut cache_files = 0;
     for p in tree(&home.join("cache")).into_iter().filter(|p| p.is_file()) {
         let bytes = std::fs::read(&p).unwrap();
@@ -203,9 +203,8 @@ fn repository_keys_and_cache_are_owner_only_and_the_cache_holds_no_clear_path() 
         cache_files += 1;
     }
     assert!(cache_files >= 2, "{cache_files}");
-    let o = ok(umask0(&["create", "--json", "kf::c", src.to_str().unwrap()]));
-    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
-    assert_eq!(v["cache"]["files_cache_hits"], 1, "the hashed cache still finds unchanged files");
+    // (that the hashed keys still find unchanged files is checked in dedupstore: a file this
+    // young is re-read anyway, see `cache::RACY_WINDOW_NS`)
 }
 
 /// Issue 14: Ctrl-C and SIGTERM during `create` end with one clear line, a checkpoint archive,
