@@ -213,9 +213,7 @@ fn repository_keys_and_cache_are_owner_only_and_the_cache_holds_no_clear_path() 
 #[test]
 fn sigint_and_sigterm_during_create_leave_a_checkpoint_and_a_free_lock() {
     use nix::sys::signal::{kill, Signal};
-    for (sig, code, line) in
-        [(Signal::SIGINT, 2, "Got Ctrl-C / SIGINT."), (Signal::SIGTERM, 143, "Received SIGTERM")]
-    {
+    for (sig, code, line) in [(Signal::SIGINT, 2, "Got Ctrl-C / SIGINT."), (Signal::SIGTERM, 143, "Received SIGTERM")] {
         let d = tempfile::tempdir().unwrap();
         let home = d.path();
         // 1000 files: the walk is far from done when the first one is reported

@@ -44,7 +44,8 @@ impl Compression {
     /// Parses `none`, `lz4`, `zstd`, `zstd,N`, `auto,lz4`, `auto,zstd[,N]`. Anything else —
     /// including borg's `zlib`, `lzma` and `obfuscate` — is refused with the supported list.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |why: String| Error::InvalidArgument(format!("compression {s:?}: {why} (supported: {})", Self::SUPPORTED));
+        let bad =
+            |why: String| Error::InvalidArgument(format!("compression {s:?}: {why} (supported: {})", Self::SUPPORTED));
         let level = |x: Option<&str>| -> Result<i32> {
             match x {
                 None => Ok(3),
