@@ -1057,10 +1057,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
-            let res = res?;
+            let mut res = res?;
             // borg: a path that matched nothing is a warning, not a silent success (issue 14)
             for p in &res.unmatched {
-                eprintln!("Include pattern '{}' never matched.", String::from_utf8_lossy(p));
+                res.warnings.push(format!("Include pattern '{}' never matched.", String::from_utf8_lossy(p)));
             }
             if list {
                 eprintln!("{} items, {}", res.items, size(res.bytes));

@@ -159,7 +159,7 @@ impl FilesCache {
 
     /// Records a file under its [`path_key`] (committed by [`FilesCache::commit`]).
     pub fn put(&self, key: &[u8], e: &FileEntry) -> Result<()> {
-        let chunks = postcard::to_stdvec(&e.chunks).unwrap_or_default();
+        let chunks = crate::encode::postcard("files cache entry", &e.chunks)?;
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO files_v2 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .and_then(|mut st| {
