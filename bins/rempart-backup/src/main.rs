@@ -495,7 +495,8 @@ fn stdin_source(
     }
     let (uid, user) = match user {
         Some(u) => {
-            let found = User::from_name(&u).ok().flatten().ok_or_else(|| anyhow!("--stdin-user {u:?}: no such user"))?;
+            let found =
+                User::from_name(&u).ok().flatten().ok_or_else(|| anyhow!("--stdin-user {u:?}: no such user"))?;
             (found.uid.as_raw(), Some(u))
         }
         None => {

@@ -189,8 +189,8 @@ impl Fs for RealFs {
         std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700).create(p)
     }
     fn create_new(&self, p: &Path) -> io::Result<Self::File> {
-        let file = std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().write(true).create_new(true), 0o600)
-            .open(p)?;
+        let file =
+            std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().write(true).create_new(true), 0o600).open(p)?;
         // Held while the write is alive, released by the kernel if its process dies: what tells
         // a live temporary file from a stale one (`remove_stale_temps`).
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e.into())

@@ -28,8 +28,8 @@
 //! `create` reads every file once).
 
 use crate::archive::{Extent, Manifest};
-use crate::error::{Error, Result};
 use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repo::{BlobEntry, Index, Repository};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -163,15 +163,7 @@ impl FilesCache {
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO files_v2 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .and_then(|mut st| {
-                st.execute(rusqlite::params![
-                    key,
-                    e.ino as i64,
-                    e.size as i64,
-                    e.mtime,
-                    e.ctime,
-                    chunks,
-                    e.racy as i64
-                ])
+                st.execute(rusqlite::params![key, e.ino as i64, e.size as i64, e.mtime, e.ctime, chunks, e.racy as i64])
             })
             .map_err(|e| db_err(&self.path, e))?;
         Ok(())
@@ -483,6 +475,9 @@ mod tests {
         // a fresh cache: the same modes
         let fresh = d.path().join("fresh/deeper");
         drop(FilesCache::open(&fresh, "r2").unwrap());
-        assert_eq!((mode(&fresh), mode(&fresh.join("r2")), mode(&fresh.join("r2/cache.sqlite"))), (0o700, 0o700, 0o600));
+        assert_eq!(
+            (mode(&fresh), mode(&fresh.join("r2")), mode(&fresh.join("r2/cache.sqlite"))),
+            (0o700, 0o700, 0o600)
+        );
     }
 }
