@@ -220,6 +220,11 @@ fn a_file_with_a_lost_chunk_is_unhealthy_warned_about_on_extract_and_healed() {
     let got = std::fs::read(dest.join("victim")).unwrap();
     assert!(got.len() == victim.len() && got != victim, "written, with zeros for the lost chunk");
     assert_eq!(std::fs::read(dest.join("other")).unwrap(), b"not damaged\n");
+    // the runner's restore-and-verify does not pass it either
+    let target = format!("{}::a", repo.display());
+    let r = rb(home, None, &["restore-test", "--tmp-dir", home.to_str().unwrap(), &target]);
+    assert_eq!(code(&r), Some(2), "{}", stderr(&r));
+    assert!(stderr(&r).lines().any(|l| l.starts_with("victim: ") && l.contains("damaged")), "{}", stderr(&r));
 
     // the same file backed up again stores the lost chunk; the repair puts it back
     let r = rb(home, Some(&src), &["create", &format!("{}::b", repo.display()), "."]);
@@ -231,6 +236,8 @@ fn a_file_with_a_lost_chunk_is_unhealthy_warned_about_on_extract_and_healed() {
     let (c, err, dest) = extract(home, &repo, "a");
     assert_eq!(c, Some(0), "{err}");
     assert_eq!(std::fs::read(dest.join("victim")).unwrap(), victim);
+    let r = rb(home, None, &["restore-test", "--tmp-dir", home.to_str().unwrap(), &target]);
+    assert_eq!(code(&r), Some(0), "{}", stderr(&r));
     let r = rb(home, None, &["check", "--verify-data", repo.to_str().unwrap()]);
     assert_eq!(code(&r), Some(0), "{}", stderr(&r));
 }
