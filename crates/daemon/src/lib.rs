@@ -14,6 +14,9 @@
 //!                          └ busy ─► AlreadyRunning { path, pid }  (nothing written)
 //! ```
 //!
+//! - [`metrics`]: the one metrics HTTP server; engines register into one
+//!   `prometheus_client` registry that the binary serves with [`metrics::serve`].
+//!
 //! Only binaries use this crate: libraries (the engines) never own a pid file or the terminal.
 
 use std::fs::{File, OpenOptions};
@@ -22,6 +25,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+
+pub mod metrics;
 
 /// Why a [`PidLock`] could not be taken.
 #[derive(Debug, thiserror::Error)]
