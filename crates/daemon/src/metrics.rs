@@ -50,11 +50,8 @@ pub fn render(reg: &Registry) -> String {
     let mut s = String::new();
     // Writing into a String cannot fail; a collector that fails leaves what it wrote so far.
     let _ = prometheus_client::encoding::text::encode(&mut s, reg);
-    let counters: std::collections::HashSet<&str> = s
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
+    let counters: std::collections::HashSet<&str> =
+        s.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
     let mut out = String::with_capacity(s.len());
     for line in s.lines() {
         if line == "# EOF" {
