@@ -1,0 +1,462 @@
+//! The monitoring configuration in `deploy/` as data: alert and recording rules, their promtool
+//! tests, Alertmanager's route cases, the Grafana dashboard's queries, and the metric names each
+//! query uses. The tests in `lab/tests/monitoring_config.rs` check the files with the real tools
+//! (promtool, amtool) and with these readers; the lab's monitoring host starts Prometheus and
+//! Alertmanager on the same files.
+//!
+//! ```text
+//!   deploy/prometheus/prometheus.yml ─┐
+//!   deploy/prometheus/rules/*.yml ────┼─ load_rules ──► alerts, recorded names ─┐
+//!   deploy/prometheus/tests/*.yml ────┼─ load_rule_tests ► firing / not firing  ├─► tests
+//!   deploy/alertmanager/routes.tests ─┼─ parse_route_tests ► expected receivers │
+//!   deploy/grafana/dashboards/*.json ─┴─ dashboard_queries ► metric_names ──────┘
+//!   crates/ bins/ sources ─────────────── exported_names (the families the daemons define)
+//! ```
+//!
+//! YAML is read as untyped values: the files belong to Prometheus, whose own tools validate them
+//! fully; these readers only take out what the cross-checks need and say which file is wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use serde_yaml_ng::Value;
+
+/// `deploy/` of this source tree.
+#[must_use]
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("deploy")
+}
+
+/// Where each alert's `runbook_url` points: `docs/emergency.md` as installed, plus an anchor.
+pub const RUNBOOK_BASE: &str = "file:///usr/share/doc/rempart/emergency.md#";
+
+/// The sections of `docs/emergency.md` a runbook URL may name.
+pub const RUNBOOK_ANCHORS: [&str; 8] = [
+    "main-down",
+    "backup-down",
+    "replication-link-down",
+    "split-brain",
+    "backup-failed-or-too-old",
+    "repository-host-lost",
+    "both-servers-lost",
+    "ransomware",
+];
+
+/// An alerting rule.
+#[derive(Debug, Clone)]
+pub struct AlertRule {
+    /// `alert:`.
+    pub name: String,
+    /// `expr:`.
+    pub expr: String,
+    /// `labels:`.
+    pub labels: BTreeMap<String, String>,
+    /// `annotations:`.
+    pub annotations: BTreeMap<String, String>,
+    /// The rule file it is in.
+    pub file: PathBuf,
+}
+
+/// A recording rule.
+#[derive(Debug, Clone)]
+pub struct RecordingRule {
+    /// `record:`.
+    pub name: String,
+    /// `expr:`.
+    pub expr: String,
+}
+
+/// Every rule of a directory of rule files.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Alerting rules, in file order.
+    pub alerts: Vec<AlertRule>,
+    /// Recording rules, in file order.
+    pub recorded: Vec<RecordingRule>,
+}
+
+fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yml" || x == "yaml") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn load_yaml(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((k.as_str()?.to_string(), v))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Reads every `*.yml` rule file of `dir`.
+pub fn load_rules(dir: &Path) -> anyhow::Result<Rules> {
+    let mut rules = Rules::default();
+    for file in yaml_files(dir)? {
+        let doc = load_yaml(&file)?;
+        let groups = doc
+            .get("groups")
+            .and_then(Value::as_sequence)
+            .with_context(|| format!("{}: no `groups` list", file.display()))?;
+        for g in groups {
+            for r in g.get("rules").and_then(Value::as_sequence).into_iter().flatten() {
+                let expr = str_field(r, "expr")
+                    .with_context(|| format!("{}: a rule without `expr`", file.display()))?
+                    .to_string();
+                if let Some(name) = str_field(r, "alert") {
+                    rules.alerts.push(AlertRule {
+                        name: name.to_string(),
+                        expr,
+                        labels: string_map(r.get("labels")),
+                        annotations: string_map(r.get("annotations")),
+                        file: file.clone(),
+                    });
+                } else if let Some(name) = str_field(r, "record") {
+                    rules.recorded.push(RecordingRule { name: name.to_string(), expr });
+                } else {
+                    bail!("{}: a rule that is neither `alert` nor `record`", file.display());
+                }
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// One `alert_rule_test` case of a promtool test file.
+#[derive(Debug, Clone)]
+pub struct AlertCase {
+    /// The test file.
+    pub file: PathBuf,
+    /// The test's `name`.
+    pub test: String,
+    /// `alertname`.
+    pub alertname: String,
+    /// `eval_time`, as written.
+    pub eval_time: String,
+    /// Whether the case expects the alert to fire (a non-empty `exp_alerts`).
+    pub firing: bool,
+}
+
+/// A promtool test file: the rule files it loads (resolved against its directory) and its
+/// alert cases.
+#[derive(Debug, Clone)]
+pub struct RuleTestFile {
+    /// The file.
+    pub file: PathBuf,
+    /// `rule_files`, resolved.
+    pub rule_files: Vec<PathBuf>,
+    /// Every `alert_rule_test` case.
+    pub cases: Vec<AlertCase>,
+}
+
+/// Reads every `*.yml` promtool test file of `dir`.
+pub fn load_rule_tests(dir: &Path) -> anyhow::Result<Vec<RuleTestFile>> {
+    let mut out = Vec::new();
+    for file in yaml_files(dir)? {
+        let doc = load_yaml(&file)?;
+        let rule_files = doc
+            .get("rule_files")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|r| dir.join(r))
+            .collect();
+        let mut cases = Vec::new();
+        for t in doc.get("tests").and_then(Value::as_sequence).into_iter().flatten() {
+            let test = str_field(t, "name").unwrap_or("(unnamed)").to_string();
+            for c in t.get("alert_rule_test").and_then(Value::as_sequence).into_iter().flatten() {
+                let alertname = str_field(c, "alertname")
+                    .with_context(|| format!("{}: test {test:?}: a case without alertname", file.display()))?;
+                let eval_time = str_field(c, "eval_time").unwrap_or("").to_string();
+                let firing = c.get("exp_alerts").and_then(Value::as_sequence).is_some_and(|s| !s.is_empty());
+                cases.push(AlertCase {
+                    file: file.clone(),
+                    test: test.clone(),
+                    alertname: alertname.to_string(),
+                    eval_time,
+                    firing,
+                });
+            }
+        }
+        out.push(RuleTestFile { file, rule_files, cases });
+    }
+    Ok(out)
+}
+
+/// Parses `deploy/alertmanager/routes.tests`: `AlertName: receiver,receiver` per line, `#`
+/// comments. Returns (alert, receivers) in file order.
+pub fn parse_route_tests(text: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((alert, receivers)) = line.split_once(':') else {
+            bail!("line {}: expected `AlertName: receiver,...`, got {line:?}", n + 1);
+        };
+        let receivers: Vec<String> =
+            receivers.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_string).collect();
+        if receivers.is_empty() {
+            bail!("line {}: {alert}: no receiver", n + 1);
+        }
+        out.push((alert.trim().to_string(), receivers));
+    }
+    Ok(out)
+}
+
+/// PromQL words that are not metric names: keywords, and the aggregation operators (which may be
+/// followed by `by (...)` before their parenthesis).
+const KEYWORDS: [&str; 25] = [
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+];
+
+/// The metric names (and recorded series names) a PromQL expression reads.
+///
+/// A small scanner, not a parser: string literals, label matchers `{...}`, ranges `[...]` and
+/// numbers are skipped, a word followed by `(` is a function or aggregation, and the label list
+/// after `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` is skipped. What remains are
+/// the series names. Good enough for the expressions in `deploy/`; a name it misreads shows up
+/// as an unknown metric in the tests, never as a silent pass.
+#[must_use]
+pub fn metric_names(expr: &str) -> BTreeSet<String> {
+    let b: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let mut skip_list = false;
+    let skip_to = |i: usize, close: char| -> usize {
+        let mut j = i + 1;
+        let mut quote = None;
+        while j < b.len() {
+            match (quote, b[j]) {
+                (Some(_), '\\') => j += 1,
+                (Some(q), c) if c == q => quote = None,
+                (None, '"' | '\'' | '`') => quote = Some(b[j]),
+                (None, c) if c == close => return j + 1,
+                _ => {}
+            }
+            j += 1;
+        }
+        j
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            '"' | '\'' | '`' => {
+                // A string literal: find its end.
+                let mut j = i + 1;
+                while j < b.len() && b[j] != c {
+                    if b[j] == '\\' {
+                        j += 1;
+                    }
+                    j += 1;
+                }
+                i = j + 1;
+            }
+            '{' => i = skip_to(i, '}'),
+            '[' => i = skip_to(i, ']'),
+            '(' if skip_list => {
+                skip_list = false;
+                i = skip_to(i, ')');
+            }
+            c if c.is_ascii_digit() || (c == '.' && b.get(i + 1).is_some_and(char::is_ascii_digit)) => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '.') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '_' || b[i] == ':') {
+                    i += 1;
+                }
+                let word: String = b[start..i].iter().collect();
+                let mut k = i;
+                while k < b.len() && b[k].is_whitespace() {
+                    k += 1;
+                }
+                let lower = word.to_ascii_lowercase();
+                if ["by", "without", "on", "ignoring", "group_left", "group_right"].contains(&lower.as_str()) {
+                    skip_list = true;
+                } else if KEYWORDS.contains(&lower.as_str()) || b.get(k) == Some(&'(') {
+                    // A keyword, or a function/aggregation name.
+                } else {
+                    names.insert(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+/// The metric family names the daemons define: every string literal `"rempart_…"` in the Rust
+/// sources under `roots` (the registries and renderers name their families literally).
+///
+/// A source scan rather than a scrape, so it holds while the families move between registries;
+/// the lab's monitoring test checks the same queries against the real Prometheus.
+pub fn exported_names(roots: &[PathBuf]) -> anyhow::Result<BTreeSet<String>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == "target") {
+                    continue;
+                }
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for r in roots {
+        walk(r, &mut files).with_context(|| format!("reading {}", r.display()))?;
+    }
+    let mut names = BTreeSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for (pos, _) in text.match_indices("\"rempart_") {
+            let name: String = text[pos + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            // A prefix such as "rempart_backup" followed by formatting is not a family.
+            if text[pos + 1 + name.len()..].starts_with('"') {
+                names.insert(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Whether `series` is a sample name of one of `families`: the family itself, or a counter's
+/// `_total`, or a histogram's `_bucket`/`_sum`/`_count`.
+#[must_use]
+pub fn is_exported(series: &str, families: &BTreeSet<String>) -> bool {
+    families.contains(series)
+        || ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|s| series.strip_suffix(s))
+            .any(|base| families.contains(base) || families.contains(&format!("{base}_total")))
+}
+
+/// The `expr` of every target of every panel (also in rows' nested panels) of a Grafana
+/// dashboard, with the panel's title.
+pub fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    fn panels(v: &serde_json::Value, out: &mut Vec<(String, Vec<String>)>) {
+        for p in v.get("panels").and_then(serde_json::Value::as_array).into_iter().flatten() {
+            if p.get("type").and_then(serde_json::Value::as_str) == Some("row") {
+                panels(p, out);
+                continue;
+            }
+            let title = p.get("title").and_then(serde_json::Value::as_str).unwrap_or("(untitled)").to_string();
+            let exprs = p
+                .get("targets")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.get("expr").and_then(serde_json::Value::as_str))
+                .map(str::to_string)
+                .collect();
+            out.push((title, exprs));
+        }
+    }
+    let mut out = Vec::new();
+    panels(dashboard, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn metric_names_skips_functions_labels_ranges_numbers_and_keywords() {
+        assert_eq!(
+            metric_names(r#"sum by (vrid) (rempart_vrrp_state{host=~"main|b(a)"} == bool 2)"#),
+            set(&["rempart_vrrp_state"])
+        );
+        assert_eq!(
+            metric_names("histogram_quantile(0.99, sum by (host, resource, le) (rate(x_bucket[5m]))) * 1e5"),
+            set(&["x_bucket"])
+        );
+        assert_eq!(
+            metric_names("a > 0 and deriv(b[10m]) >= 0 unless on (host) c offset 5m or vrid:d:sum"),
+            set(&["a", "b", "c", "vrid:d:sum"])
+        );
+        assert_eq!(metric_names("time() - ts > 4500"), set(&["ts"]));
+        assert_eq!(metric_names(r#"absent(m) or label_replace(n, "x", "$1", "y", "(.*)")"#), set(&["m", "n"]));
+        assert_eq!(metric_names("sum without(instance) (m) / ignoring(a, b) group_left(c) n"), set(&["m", "n"]));
+    }
+
+    #[test]
+    fn exported_accepts_counter_and_histogram_sample_names() {
+        let f = set(&["rempart_vrrp_become_master", "rempart_repl_split_brains_total", "h_seconds"]);
+        assert!(is_exported("rempart_vrrp_become_master_total", &f));
+        assert!(is_exported("rempart_repl_split_brains_total", &f));
+        assert!(is_exported("h_seconds_bucket", &f));
+        assert!(!is_exported("rempart_vrrp_become_backup_total", &f));
+        assert!(!is_exported("h_seconds_total_bucket", &f));
+    }
+
+    #[test]
+    fn route_tests_parse_and_reject_lines_without_receivers() {
+        let r = parse_route_tests("# c\nA: x\n\nB: x, y # why\n").unwrap();
+        assert_eq!(r, vec![("A".into(), vec!["x".into()]), ("B".into(), vec!["x".into(), "y".into()])]);
+        assert!(parse_route_tests("A x").unwrap_err().to_string().contains("line 1"));
+        assert!(parse_route_tests("A:").is_err());
+    }
+}
