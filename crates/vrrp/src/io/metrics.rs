@@ -57,10 +57,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers everything in a new registry.
-    #[must_use]
-    pub fn registry(&self) -> Registry {
-        let mut r = Registry::default();
+    /// Registers every family in `r` (once, at start: the families carry the instance in their
+    /// labels, so a reload that adds an instance needs no new registration).
+    pub fn register(&self, r: &mut Registry) {
         r.register(
             "rempart_vrrp_state",
             "VRRP instance state: 0 init, 1 backup, 2 master, 3 fault",
@@ -89,65 +88,42 @@ impl Metrics {
             "Track script status: 1 ok, 0 failing, -1 not yet known",
             self.script_status.clone(),
         );
-        r
     }
 }
-
-/// Renders the registry in the Prometheus text format (0.0.4).
-///
-/// prometheus-client writes OpenMetrics, where a counter's HELP and TYPE name the family without
-/// `_total`; promtool's `check metrics` then reports "no help text" for `foo_total`. We rename
-/// them to the sample name and drop `# EOF`, which gives plain Prometheus text that every
-/// scraper and promtool accept.
-#[must_use]
-pub fn render(reg: &Registry) -> String {
-    let mut s = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut s, reg);
-    let counters: std::collections::HashSet<String> = s
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .map(str::to_string)
-        .collect();
-    let mut out = String::with_capacity(s.len());
-    for line in s.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let mut fixed = None;
-        for prefix in ["# HELP ", "# TYPE "] {
-            if let Some(rest) = line.strip_prefix(prefix) {
-                let name = rest.split(' ').next().unwrap_or("");
-                if counters.contains(name) {
-                    fixed = Some(format!("{prefix}{name}_total{}", &rest[name.len()..]));
-                }
-            }
-        }
-        out.push_str(fixed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// Content type of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The family names, types and labels dashboards depend on (the HTTP text, with `_total`
+    /// on counters' HELP/TYPE, is `rempart_daemon::metrics::render`'s, tested there and in the
+    /// binary's tests).
     #[test]
-    fn counters_get_total_help() {
+    fn families_names_types_labels() {
         let m = Metrics::default();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
         let l = InstanceLabels { instance: "VI_1".into(), interface: "eth0".into(), vrid: 51 };
         m.become_master.get_or_create(&l).inc();
         m.state.get_or_create(&l).set(2);
-        let text = render(&m.registry());
-        assert!(text.contains("# HELP rempart_vrrp_become_master_total Transitions to master.\n"));
-        assert!(text.contains("# TYPE rempart_vrrp_become_master_total counter\n"));
-        assert!(text.contains("rempart_vrrp_become_master_total{instance=\"VI_1\",interface=\"eth0\",vrid=\"51\"} 1\n"));
-        assert!(text.contains("# TYPE rempart_vrrp_state gauge\n"));
-        assert!(!text.contains("# EOF"));
+        m.script_status.get_or_create(&ScriptLabels { script: "chk".into() }).set(-1);
+        m.invalid_packets.get_or_create(&DropLabels { interface: "eth0".into(), reason: "ttl".into() }).inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for want in [
+            "# TYPE rempart_vrrp_become_master counter\n",
+            "rempart_vrrp_become_master_total{instance=\"VI_1\",interface=\"eth0\",vrid=\"51\"} 1\n",
+            "# HELP rempart_vrrp_state VRRP instance state: 0 init, 1 backup, 2 master, 3 fault.\n",
+            "# TYPE rempart_vrrp_state gauge\n",
+            "rempart_vrrp_state{instance=\"VI_1\",interface=\"eth0\",vrid=\"51\"} 2\n",
+            "rempart_vrrp_script_status{script=\"chk\"} -1\n",
+            "rempart_vrrp_invalid_packets_total{interface=\"eth0\",reason=\"ttl\"} 1\n",
+            "# TYPE rempart_vrrp_effective_priority gauge\n",
+            "# TYPE rempart_vrrp_adverts_sent counter\n",
+            "# TYPE rempart_vrrp_adverts_received counter\n",
+            "# TYPE rempart_vrrp_message_only_checksum counter\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
     }
 }

@@ -1,7 +1,8 @@
-//! The Linux IO shell around [`crate::proto`]: raw sockets, netlink, gratuitous ARP, scripts,
-//! control socket and metrics. Only this module touches the OS or reads the clock.
+//! The Linux IO shell around [`crate::proto`]: raw sockets, netlink, gratuitous ARP, scripts and
+//! metrics, and the [`engine`] that runs the election as an embeddable handle. Only this module
+//! touches the OS or reads the clock.
 
-pub mod daemon;
+pub mod engine;
 pub mod metrics;
 pub mod net;
 pub mod nft;

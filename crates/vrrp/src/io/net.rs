@@ -146,12 +146,18 @@ pub fn send_v6(s: &Socket, msg: &[u8], dst: Ipv6Addr, scope: u32) -> io::Result<
 }
 
 /// Reads Ethernet frames of an interface (AF_PACKET through pnet), for the IPv6 receive path.
-pub fn frame_receiver(ifname: &str) -> io::Result<Box<dyn pnet_datalink::DataLinkReceiver>> {
+/// With a `read_timeout`, `next()` returns an error of kind [`io::ErrorKind::TimedOut`] after
+/// that long without a frame (so that the reading thread can notice it should end).
+pub fn frame_receiver(
+    ifname: &str,
+    read_timeout: Option<std::time::Duration>,
+) -> io::Result<Box<dyn pnet_datalink::DataLinkReceiver>> {
     let ni = pnet_datalink::interfaces()
         .into_iter()
         .find(|i| i.name == ifname)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, ifname.to_string()))?;
-    match pnet_datalink::channel(&ni, pnet_datalink::Config::default())? {
+    let cfg = pnet_datalink::Config { read_timeout, ..pnet_datalink::Config::default() };
+    match pnet_datalink::channel(&ni, cfg)? {
         pnet_datalink::Channel::Ethernet(_tx, rx) => Ok(rx),
         _ => Err(io::Error::other("unexpected datalink channel type")),
     }
@@ -237,14 +243,23 @@ pub fn send_garps(ifname: &str, vips: &[Vip], repeat: u32) -> io::Result<()> {
 
 /// Calls `on_event` whenever the kernel reports a link change (RTM_NEWLINK / RTM_DELLINK on
 /// the rtnetlink link multicast group: carrier, admin state, new or removed interfaces), from a
-/// thread blocked in `recv` (no polling). The thread ends when `on_event` returns false.
-pub fn watch_links(mut on_event: impl FnMut() -> bool + Send + 'static) -> io::Result<()> {
+/// thread blocked in `recv` (no polling). The thread ends when `on_event` returns false, or when
+/// `alive` returns false: it is asked every `check_every` while no event comes.
+pub fn watch_links(
+    mut on_event: impl FnMut() -> bool + Send + 'static,
+    alive: impl Fn() -> bool + Send + 'static,
+    check_every: std::time::Duration,
+) -> io::Result<()> {
     const RTNLGRP_LINK: u32 = 1;
     let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     s.bind_auto()?;
     s.add_membership(RTNLGRP_LINK)?;
+    socket2::SockRef::from(&s).set_read_timeout(Some(check_every))?;
     std::thread::Builder::new().name("vrrp-link-watch".into()).spawn(move || {
         loop {
+            if !alive() {
+                return;
+            }
             match s.recv_from_full() {
                 // One datagram may carry several messages; one re-read of the links covers all.
                 Ok(_) => {
@@ -258,6 +273,7 @@ pub fn watch_links(mut on_event: impl FnMut() -> bool + Send + 'static) -> io::R
                         return;
                     }
                 }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) => {
                     tracing::warn!("link events: {e}");
                     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -289,11 +305,12 @@ fn nl_code(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 impl Netlink {
-    /// Opens a netlink connection (spawned on the current tokio runtime).
-    pub fn new() -> io::Result<Netlink> {
+    /// Opens a netlink connection, spawned on the current tokio runtime; the task is returned
+    /// so that its owner can end it (abort) when it stops.
+    pub fn new() -> io::Result<(Netlink, tokio::task::JoinHandle<()>)> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let task = tokio::spawn(conn);
+        Ok((Netlink { handle }, task))
     }
 
     /// Adds `vip` to interface `index` (already present is fine), with its label, broadcast

@@ -1,22 +1,12 @@
-//! What keepalived writes on its dump signals, written to the run directory instead of /tmp
-//! (issue 14): SIGUSR1 → [`DATA_FILE`] (keepalived: /tmp/keepalived.data), SIGUSR2 →
-//! [`STATS_FILE`] (/tmp/keepalived.stats), keepalived's JSON signal (SIGRTMIN+2, `keepalived
-//! --signum=JSON`) → [`JSON_FILE`] (/tmp/keepalived.json). Each is written to a temporary file
-//! and renamed, so a reader never sees half a dump.
+//! What keepalived writes on its dump signals: the "data" dump (SIGUSR1, keepalived's
+//! /tmp/keepalived.data) and the "stats" dump (SIGUSR2, /tmp/keepalived.stats), as text. The
+//! handle returns them ([`super::Handle::data_dump`], [`super::Handle::stats_dump`]); the binary
+//! owns the signals and writes them into its run directory.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{Daemon, InstanceStatus};
-
-/// SIGUSR1's dump, in the run directory.
-pub const DATA_FILE: &str = "rempart-vrrp.data";
-/// SIGUSR2's dump, in the run directory.
-pub const STATS_FILE: &str = "rempart-vrrp.stats";
-/// The JSON signal's dump (the `status --json` document), in the run directory.
-pub const JSON_FILE: &str = "rempart-vrrp.json";
+use super::actor::Core;
 
 fn yes_no(b: bool) -> &'static str {
     if b {
@@ -30,7 +20,7 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-impl Daemon {
+impl Core {
     /// keepalived's "data" dump: configuration and state of every instance and script.
     pub(super) fn data_dump(&self) -> String {
         let mut o = String::new();
@@ -39,7 +29,8 @@ impl Daemon {
         let _ = writeln!(o, "------< rempart-vrrp data dump >------");
         let _ = writeln!(o, " Time = {:.3} (seconds since the Unix epoch)", unix_now());
         let _ = writeln!(o, " Pid = {}", std::process::id());
-        let _ = writeln!(o, " Configuration file = {}", self.opts.config_path.display());
+        let source = self.opts.config_path.as_ref().map_or("-".to_string(), |p| p.display().to_string());
+        let _ = writeln!(o, " Configuration file = {source}");
         let _ = writeln!(o, "------< Global definitions >------");
         let _ = writeln!(o, " Router ID = {}", g.router_id.as_deref().unwrap_or("-"));
         let _ = writeln!(o, " Default VRRP version = {}", g.vrrp_version);
@@ -50,9 +41,13 @@ impl Daemon {
             let c = &i.cfg;
             let _ = writeln!(o, " VRRP Instance = {}", c.name);
             let _ = writeln!(o, "   State = {}", i.m.state().keepalived_name());
-            if let Some((t, r)) = i.last {
+            if let Some((t, r, detail)) = &i.last {
                 let t = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-                let _ = writeln!(o, "   Last transition = {t:.3} ({r})");
+                match detail {
+                    Some(d) => writeln!(o, "   Last transition = {t:.3} ({r}: {d})"),
+                    None => writeln!(o, "   Last transition = {t:.3} ({r})"),
+                }
+                .ok();
             }
             let master = match i.m.master() {
                 Some(m) if m == i.src => format!("{m} (this router)"),
@@ -152,36 +147,5 @@ impl Daemon {
             let _ = writeln!(o, "    Sent: {}", s.priority_zero_sent);
         }
         o
-    }
-}
-
-/// The JSON dump: what `status --json` prints.
-pub(super) fn json_dump(status: &[InstanceStatus]) -> Result<String, serde_json::Error> {
-    serde_json::to_string_pretty(status)
-}
-
-/// Writes `text` to `dir/name` through a temporary file and a rename; returns the path.
-pub(super) fn write(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_replaces_the_file_whole() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join(DATA_FILE), "old and much longer content\n").unwrap();
-        let p = write(d.path(), DATA_FILE, "new\n").unwrap();
-        assert_eq!(p, d.path().join(DATA_FILE));
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new\n");
-        assert!(!d.path().join(format!(".{DATA_FILE}.tmp")).exists());
     }
 }
