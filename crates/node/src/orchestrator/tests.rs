@@ -1,0 +1,460 @@
+//! Step order and failure handling of the orchestrator, driven by hand.
+
+use std::time::{Duration, Instant};
+
+use blockrepl::proto::{ConnState, DiskState, ReplState, Role};
+use vrrp::proto::State as VrrpState;
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn cfg() -> Config {
+    Config {
+        services: vec!["slapd".into(), "nginx".into()],
+        timeouts: Timeouts {
+            quorum: 500 * MS,
+            promote: 100 * MS,
+            mount: 100 * MS,
+            start: 100 * MS,
+            health: 100 * MS,
+            vip: 100 * MS,
+            vip_off: 100 * MS,
+            cancel_backup: 100 * MS,
+            stop: 100 * MS,
+            unmount: 100 * MS,
+            demote: 100 * MS,
+        },
+        fault_hold: Duration::from_secs(1),
+        step_down_budget: 300 * MS,
+        backup_interval: None,
+        backup_retry: Duration::from_secs(60),
+    }
+}
+
+fn connected(role: Role, peer_role: Role) -> ReplView {
+    ReplView {
+        role,
+        disk: DiskState::UpToDate,
+        connection: ConnState::Connected,
+        replication: ReplState::Established,
+        peer_role: Some(peer_role),
+        peer_disk: Some(DiskState::UpToDate),
+    }
+}
+
+fn alone(role: Role) -> ReplView {
+    ReplView { role, ..ReplView::standalone_secondary() }
+}
+
+/// The orchestrator with a shell that records actions and answers steps as told.
+struct T {
+    o: Orchestrator,
+    now: Instant,
+    log: Vec<Action>,
+    repl: ReplView,
+}
+
+impl T {
+    fn new(c: Config, repl: ReplView) -> Self {
+        let now = Instant::now();
+        let mut o = Orchestrator::new(c);
+        o.start(now, repl, None);
+        let mut t = T { o, now, log: Vec::new(), repl };
+        t.drain();
+        t
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(a) = self.o.poll_action() {
+            out.push(a);
+        }
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.o.handle_timeout(self.now);
+        self.drain();
+    }
+
+    fn running(&self) -> Option<(u64, Step)> {
+        self.log.iter().rev().find_map(|a| match a {
+            Action::Step { token, step } => Some((*token, *step)),
+            _ => None,
+        })
+    }
+
+    /// Answers the running step; promote and demote also change the resource's role, as the
+    /// shell would report it.
+    fn answer(&mut self, ok: bool) -> Step {
+        let (token, step) = self.running().expect("a step runs");
+        self.now += 2 * MS;
+        let r = if ok { Ok(()) } else { Err(StepFailure::new("boom")) };
+        self.o.handle_step_done(self.now, token, r);
+        self.drain();
+        if ok {
+            match step {
+                Step::Promote => self.set_role(Role::Primary),
+                Step::Demote { .. } => self.set_role(Role::Secondary),
+                _ => {}
+            }
+        }
+        step
+    }
+
+    fn set_role(&mut self, role: Role) {
+        self.repl.role = role;
+        self.o.handle_repl(self.now, self.repl);
+        self.drain();
+    }
+
+    /// Answers every step with success until none is asked; returns them in order.
+    fn run_all(&mut self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        loop {
+            let before = self.log.len();
+            let Some((token, step)) = self.running() else { break };
+            if steps.last().is_some_and(|(t, _)| *t == token) {
+                break;
+            }
+            steps.push((token, step));
+            self.answer(true);
+            if self.log.len() == before {
+                break;
+            }
+        }
+        steps.into_iter().map(|(_, s)| s).collect()
+    }
+
+    fn vrrp(&mut self, s: VrrpState) {
+        self.o.handle_vrrp(self.now, s);
+        self.drain();
+    }
+
+    fn serving(c: Config) -> Self {
+        let mut t = T::new(c, connected(Role::Secondary, Role::Secondary));
+        t.vrrp(VrrpState::Master);
+        t.run_all();
+        assert_eq!(t.o.phase(), Phase::Serving);
+        t.log.clear();
+        t
+    }
+
+    fn steps_since(&self, from: usize) -> Vec<Step> {
+        self.log[from..]
+            .iter()
+            .filter_map(|a| match a {
+                Action::Step { step, .. } => Some(*step),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+const UP: [Step; 6] = [Step::Promote, Step::Mount, Step::Start(0), Step::Start(1), Step::Health, Step::AllowVip];
+
+#[test]
+fn master_runs_the_up_order_then_serves() {
+    let mut t = T::new(cfg(), connected(Role::Secondary, Role::Secondary));
+    assert_eq!(t.o.phase(), Phase::Idle);
+    assert!(t.running().is_none(), "nothing runs as VRRP Backup/Init");
+    t.vrrp(VrrpState::Master);
+    let steps = t.run_all();
+    assert_eq!(steps, UP);
+    assert_eq!(t.o.phase(), Phase::Serving);
+    // A Primary holds the lease continuously.
+    assert!(t.log.contains(&Action::WantLease(true)));
+    let tr = t.o.status().last_transition.unwrap();
+    assert_eq!(tr.direction, Direction::Up);
+    let names: Vec<Step> = tr.steps.iter().map(|s| s.step).collect();
+    assert_eq!(names[0], Step::Quorum);
+    assert_eq!(&names[1..], &UP);
+    assert!(tr.steps.iter().all(|s| s.outcome == Outcome::Ok && s.duration.is_some()));
+    assert!(tr.ended.is_some());
+}
+
+#[test]
+fn leaving_master_runs_the_down_order_in_reverse() {
+    let mut t = T::serving(cfg());
+    t.vrrp(VrrpState::Backup);
+    let steps = t.run_all();
+    assert_eq!(
+        steps,
+        [Step::VipOff, Step::Stop(1), Step::Stop(0), Step::Unmount, Step::Demote { kill_openers: false }]
+    );
+    assert_eq!(t.o.phase(), Phase::Idle);
+    assert!(t.log.contains(&Action::WantLease(false)));
+    assert!(t.log.contains(&Action::ReleaseLease));
+    // The lease is released only after the demotion.
+    let demote = t.log.iter().position(|a| matches!(a, Action::Step { step: Step::Demote { .. }, .. })).unwrap();
+    let release = t.log.iter().position(|a| *a == Action::ReleaseLease).unwrap();
+    assert!(release > demote);
+}
+
+#[test]
+fn no_promotion_without_an_up_to_date_disk_then_gives_up() {
+    let mut repl = connected(Role::Secondary, Role::Secondary);
+    repl.disk = DiskState::Inconsistent;
+    let mut t = T::new(cfg(), repl);
+    t.vrrp(VrrpState::Master);
+    assert_eq!(t.o.phase(), Phase::WaitingQuorum);
+    assert!(t.running().is_none(), "promote must wait for UpToDate");
+    t.advance(400 * MS);
+    assert!(t.running().is_none());
+    t.advance(200 * MS);
+    assert!(t.running().is_none(), "never promoted");
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("not UpToDate"))));
+    assert!(t.log.iter().any(|a| matches!(a, Action::LowerPriority { .. })));
+    assert_eq!(t.o.phase(), Phase::GaveUp);
+    assert!(t.o.status().gave_up.unwrap().contains("quorum"));
+}
+
+#[test]
+fn no_promotion_while_the_connected_peer_is_primary() {
+    let mut t = T::new(cfg(), connected(Role::Secondary, Role::Primary));
+    t.vrrp(VrrpState::Master);
+    t.advance(100 * MS);
+    assert!(t.running().is_none());
+    assert!(!t.log.contains(&Action::WantLease(true)), "a connected Secondary does not ask for the lease");
+    t.repl.peer_role = Some(Role::Secondary);
+    t.set_role(Role::Secondary);
+    assert_eq!(t.running().map(|r| r.1), Some(Step::Promote));
+}
+
+#[test]
+fn a_failed_service_start_unwinds_everything_and_gives_up() {
+    let mut t = T::new(cfg(), connected(Role::Secondary, Role::Secondary));
+    t.vrrp(VrrpState::Master);
+    assert_eq!(t.answer(true), Step::Promote);
+    assert_eq!(t.answer(true), Step::Mount);
+    assert_eq!(t.answer(true), Step::Start(0));
+    assert_eq!(t.answer(false), Step::Start(1));
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("start service 1"))));
+    // The VRRP instance goes to FAULT as asked.
+    t.vrrp(VrrpState::Fault);
+    let from = t.log.len();
+    let steps = t.run_all();
+    let all: Vec<Step> = t.steps_since(from.saturating_sub(1));
+    assert!(!all.contains(&Step::AllowVip));
+    // Service 1 may have half started: it is stopped too; no VIP was ever allowed.
+    assert_eq!(steps, [Step::Stop(1), Step::Stop(0), Step::Unmount, Step::Demote { kill_openers: false }]);
+    assert!(!t.log.iter().any(|a| matches!(a, Action::Step { step: Step::AllowVip, .. })));
+    let st = t.o.status();
+    assert_eq!(st.phase, Phase::GaveUp);
+    assert!(st.gave_up.unwrap().contains("boom"));
+    // The hold ends: FAULT cleared, priority stays lowered until this node serves again.
+    t.advance(Duration::from_secs(1));
+    assert!(t.log.contains(&Action::ClearFault));
+    assert!(!t.log.contains(&Action::RestorePriority));
+    assert!(t.o.status().priority_lowered);
+    t.vrrp(VrrpState::Master);
+    t.run_all();
+    assert_eq!(t.o.phase(), Phase::Serving);
+    assert!(t.log.contains(&Action::RestorePriority));
+}
+
+#[test]
+fn a_step_that_times_out_gives_up_and_unwinds() {
+    let mut t = T::new(cfg(), connected(Role::Secondary, Role::Secondary));
+    t.vrrp(VrrpState::Master);
+    assert_eq!(t.answer(true), Step::Promote);
+    assert_eq!(t.running().unwrap().1, Step::Mount);
+    let (mount_token, _) = t.running().unwrap();
+    t.advance(99 * MS);
+    assert_eq!(t.running().unwrap().1, Step::Mount, "not before the timeout");
+    t.advance(2 * MS);
+    assert!(t
+        .log
+        .iter()
+        .any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("mount failed: timed out"))));
+    // A mount that timed out may have happened: it is undone.
+    assert_eq!(t.running().unwrap().1, Step::Unmount);
+    // The late answer of the mount is ignored.
+    t.o.handle_step_done(t.now, mount_token, Ok(()));
+    assert!(t.o.poll_action().is_none());
+    let steps = t.run_all();
+    assert_eq!(steps, [Step::Unmount, Step::Demote { kill_openers: false }]);
+    let tr = t.o.status().last_transition.unwrap();
+    assert_eq!(tr.direction, Direction::Down);
+}
+
+#[test]
+fn a_refused_demote_is_retried_killing_openers() {
+    let mut t = T::serving(cfg());
+    t.vrrp(VrrpState::Backup);
+    for _ in 0..4 {
+        t.answer(true);
+    }
+    assert_eq!(t.answer(false), Step::Demote { kill_openers: false });
+    assert_eq!(t.running().unwrap().1, Step::Demote { kill_openers: true });
+    // Even that fails: stuck, retried after a pause, shown in status.
+    t.answer(false);
+    assert_eq!(t.o.phase(), Phase::Stuck);
+    let n = t.log.len();
+    t.advance(50 * MS);
+    assert_eq!(t.log.len(), n, "no retry before the pause");
+    t.advance(60 * MS);
+    assert_eq!(t.running().unwrap().1, Step::Demote { kill_openers: true });
+    t.answer(true);
+    assert_eq!(t.o.phase(), Phase::Idle);
+}
+
+#[test]
+fn promotion_without_the_peer_needs_the_lease_and_the_fence() {
+    let mut t = T::new(cfg(), alone(Role::Secondary));
+    t.vrrp(VrrpState::Master);
+    assert!(t.log.contains(&Action::WantLease(true)));
+    assert!(t.running().is_none());
+    assert!(!t.log.contains(&Action::AcquireFence), "the fence only with the lease");
+    let until = t.now + Duration::from_secs(2);
+    t.o.handle_lease(t.now, Some(until));
+    t.drain();
+    assert!(t.log.contains(&Action::AcquireFence));
+    assert!(t.running().is_none());
+    t.o.handle_fence(t.now, Fence::Held);
+    t.drain();
+    assert_eq!(t.running().unwrap().1, Step::Promote);
+    t.answer(true);
+    assert!(t.o.may_ack_alone(t.now));
+    assert!(!t.o.may_ack_alone(until));
+}
+
+#[test]
+fn a_fence_held_by_the_peer_forbids_promotion_without_it() {
+    let mut t = T::new(cfg(), alone(Role::Secondary));
+    t.vrrp(VrrpState::Master);
+    t.o.handle_lease(t.now, Some(t.now + Duration::from_secs(2)));
+    t.drain();
+    t.o.handle_fence(t.now, Fence::Refused { holder: "main".into() });
+    t.drain();
+    assert!(t.running().is_none());
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("fence"))));
+    assert!(t.log.contains(&Action::ReleaseLease));
+}
+
+#[test]
+fn a_primary_that_loses_peer_and_lease_steps_down_before_the_lease_ends() {
+    let mut t = T::serving(cfg());
+    let until = t.now + Duration::from_secs(2);
+    t.o.handle_lease(t.now, Some(until));
+    t.drain();
+    // The peer goes away: the fence is taken before acknowledging alone.
+    t.repl = alone(Role::Primary);
+    t.o.handle_repl(t.now, t.repl);
+    t.drain();
+    assert!(t.log.contains(&Action::AcquireFence));
+    assert!(!t.o.may_ack_alone(t.now), "not before the fence is held");
+    t.o.handle_fence(t.now, Fence::Held);
+    t.drain();
+    assert!(t.o.may_ack_alone(t.now));
+    assert_eq!(t.o.poll_timeout(), Some(until - 300 * MS));
+    t.now = until - 301 * MS;
+    t.o.handle_timeout(t.now);
+    t.drain();
+    assert!(t.running().is_none(), "still serving before lease_until − budget");
+    t.advance(MS);
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("lost quorum"))));
+    assert_eq!(t.running().unwrap().1, Step::VipOff);
+    let steps = t.run_all();
+    assert_eq!(steps.last(), Some(&Step::Demote { kill_openers: false }));
+    // It wrote alone: it keeps the fence after the demotion (the peer lacks its writes).
+    assert!(!t.log.contains(&Action::ReleaseFence));
+    // Once the peer has resynced, the fence goes.
+    t.repl = connected(Role::Secondary, Role::Secondary);
+    t.o.handle_repl(t.now, t.repl);
+    t.drain();
+    assert!(t.log.contains(&Action::ReleaseFence));
+}
+
+#[test]
+fn a_primary_with_its_peer_needs_no_lease() {
+    let mut t = T::serving(cfg());
+    t.advance(Duration::from_secs(30));
+    assert_eq!(t.o.phase(), Phase::Serving);
+    assert!(!t.o.may_ack_alone(t.now));
+}
+
+#[test]
+fn maintenance_stops_automatic_failover_but_not_safety() {
+    let mut t = T::serving(cfg());
+    t.o.handle_command(t.now, Command::MaintenanceOn).unwrap();
+    t.vrrp(VrrpState::Backup);
+    assert!(t.running().is_none(), "no automatic step down in maintenance");
+    assert!(t.o.status().maintenance);
+    t.o.handle_command(t.now, Command::MaintenanceOff).unwrap();
+    t.drain();
+    assert_eq!(t.running().unwrap().1, Step::VipOff);
+}
+
+#[test]
+fn switchover_hands_over_and_is_refused_when_not_serving() {
+    let mut idle = T::new(cfg(), connected(Role::Secondary, Role::Primary));
+    assert_eq!(idle.o.handle_command(idle.now, Command::Switchover), Err(CommandError::NotServing(Phase::Idle)));
+    let mut t = T::serving(cfg());
+    t.o.handle_command(t.now, Command::Switchover).unwrap();
+    t.drain();
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("switchover"))));
+    let steps = t.run_all();
+    assert_eq!(
+        steps,
+        [Step::VipOff, Step::Stop(1), Step::Stop(0), Step::Unmount, Step::Demote { kill_openers: false }]
+    );
+}
+
+#[test]
+fn shutdown_takes_everything_down_then_stops() {
+    let mut t = T::serving(cfg());
+    t.o.handle_command(t.now, Command::Shutdown).unwrap();
+    t.drain();
+    t.run_all();
+    assert_eq!(t.log.last(), Some(&Action::Stopped));
+    assert_eq!(t.o.phase(), Phase::Stopped);
+}
+
+#[test]
+fn backups_run_on_the_serving_node_only_and_never_overlap() {
+    let mut c = cfg();
+    c.backup_interval = Some(Duration::from_secs(3600));
+    let mut t = T::new(c.clone(), connected(Role::Secondary, Role::Secondary));
+    t.advance(Duration::from_secs(1));
+    assert!(!t.log.iter().any(|a| matches!(a, Action::StartBackup { .. })), "not on a Secondary");
+    t.vrrp(VrrpState::Master);
+    t.run_all();
+    // Catch-up: no known last success, so a run starts as soon as the node serves.
+    let starts = |t: &T| t.log.iter().filter(|a| matches!(a, Action::StartBackup { .. })).count();
+    assert_eq!(starts(&t), 1);
+    t.advance(Duration::from_secs(7200));
+    assert_eq!(starts(&t), 1, "never two at a time");
+    t.o.handle_backup_done(t.now, 1, Ok(()));
+    t.drain();
+    assert_eq!(starts(&t), 1);
+    t.advance(Duration::from_secs(3599));
+    assert_eq!(starts(&t), 1, "hourly");
+    t.advance(Duration::from_secs(1));
+    assert_eq!(starts(&t), 2);
+    // A demotion cancels the running job first and waits for it before stopping services.
+    t.vrrp(VrrpState::Backup);
+    assert_eq!(t.answer(true), Step::VipOff);
+    assert!(t.log.iter().any(|a| matches!(a, Action::CancelBackup { job: 2, .. })));
+    assert!(t.running().unwrap().1 == Step::VipOff, "no further step before the job ends");
+    t.o.handle_backup_done(t.now, 2, Err(StepFailure::new("cancelled")));
+    t.drain();
+    assert_eq!(t.running().unwrap().1, Step::Stop(1));
+    assert_eq!(t.o.status().backup.cancelled, 1);
+}
+
+#[test]
+fn a_backup_overdue_at_start_runs_at_once_and_one_not_due_waits() {
+    let mut c = cfg();
+    c.backup_interval = Some(Duration::from_secs(3600));
+    let now = Instant::now();
+    let mut o = Orchestrator::new(c.clone());
+    o.start(now + Duration::from_secs(7200), connected(Role::Secondary, Role::Secondary), Some(now));
+    assert_eq!(o.status().backup.next_due, Some(now + Duration::from_secs(3600)));
+    let mut o2 = Orchestrator::new(c);
+    o2.start(now, connected(Role::Secondary, Role::Secondary), Some(now));
+    assert_eq!(o2.status().backup.next_due, Some(now + Duration::from_secs(3600)));
+}
