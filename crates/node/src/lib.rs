@@ -101,6 +101,7 @@
 //!   small where failover time matters (the simulation uses 1.5 s).
 
 pub mod orchestrator;
+pub mod witness;
 
 pub use orchestrator::{
     Action, BackupState, Command, CommandError, Config, Direction, Fence, Orchestrator, Outcome, Phase, ReplView,
