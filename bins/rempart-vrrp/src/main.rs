@@ -166,9 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Status { json } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
-            let st = rt
-                .block_on(query_status(&cli.run_dir))
-                .context("is rempart-vrrp running with this --run-dir?")?;
+            let st = rt.block_on(query_status(&cli.run_dir)).context("is rempart-vrrp running with this --run-dir?")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {

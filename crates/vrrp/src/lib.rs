@@ -7,7 +7,11 @@
 //!   raw socket (proto 112) ──▶ wire::Repr::parse ──▶ proto::Instance ──▶ poll_action()
 //!          ▲                     (checksum, length)   (sans-IO election)    │
 //!          │                                                               ▼
-//!          └──────── adverts ◀── io::daemon ──▶ netlink VIPs, GARP, notify scripts, metrics
+//!          └──────── adverts ◀── io::engine ──▶ netlink VIPs, GARP, notify scripts, metrics
+//!                                      │  ▲
+//!                 Handle (Clone) ◀─────┘  └── reload / status / lower_priority / force_fault /
+//!                 + typed Events              allow_vips / shutdown().await   (the embedder:
+//!                                              rempart-vrrp, rempart-node)
 //! ```
 //!
 //! - [`wire`] — `Packet`/`Repr` codec, both checksum forms, golden bytes captured from keepalived.
@@ -15,7 +19,31 @@
 //!   simulation in `tests/sim.rs` runs 10,000 seeded scenarios in seconds.
 //! - [`config`] — keepalived.conf (warnings for unsupported keywords, errors with line:column)
 //!   and native TOML.
-//! - [`io`] — the Linux shell (raw sockets, rtnetlink, AF_PACKET GARP, tokio).
+//! - [`io`] — the Linux shell (raw sockets, rtnetlink, AF_PACKET GARP, tokio), and
+//!   [`io::engine`]: the election as an embeddable handle with typed events, reload, embedder
+//!   health (priority, fault), a VIP gate and an awaitable graceful shutdown. The `rempart-vrrp`
+//!   binary is a thin user of it (signals, pid file, control socket, `/metrics`).
+//!
+//! # Embedding
+//! ```no_run
+//! # async fn demo(cfg: vrrp::config::Config) -> Result<(), vrrp::io::engine::EngineError> {
+//! use vrrp::io::engine::{self, Event, Options, VipControl};
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let opts = Options { vips: VipControl::Gated, ..Options::default() };
+//! let (vrrp, mut events) = engine::start(cfg, opts, &mut registry).await?;
+//! while let Ok(ev) = events.recv().await {
+//!     if let Event::StateChanged(c) = ev {
+//!         if c.to == vrrp::proto::State::Master {
+//!             // promote, mount, start the services, check them … then:
+//!             vrrp.allow_vips(&c.instance, true).await?;
+//!         }
+//!     }
+//! #   break;
+//! }
+//! vrrp.lower_priority("VI_1", 60, "slapd not answering").await?;
+//! vrrp.shutdown().await; // priority 0 sent, VIPs removed, every task ended
+//! # Ok(()) }
+//! ```
 //!
 //! # Example
 //! ```
@@ -53,8 +81,12 @@
 //! - **Checksums.** keepalived and Wireshark put the IPv4 pseudo-header in the VRRPv3 checksum;
 //!   a message-only checksum makes keepalived drop the packet. We send the pseudo-header form by
 //!   default and accept both (counted in `rempart_vrrp_message_only_checksum_total`).
-//! - **Reload.** SIGHUP restarts only instances whose settings changed; an unchanged instance keeps
-//!   its state, so a reload never causes a failover.
+//! - **Reload.** [`io::engine::Handle::reload`] (SIGHUP in the binary) restarts only instances
+//!   whose settings changed; an unchanged instance keeps its state, so a reload never causes a
+//!   failover.
+//! - **One writer.** The engine is one tokio task that owns every state machine; the handle talks
+//!   to it by messages with replies, so the sans-IO core is driven the same way in production and
+//!   in the simulation, and nothing needs a lock.
 #![warn(missing_docs)]
 
 pub mod config;

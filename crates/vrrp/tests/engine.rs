@@ -114,6 +114,22 @@ async fn transition(ev: &mut Events, from: State, to: State, within: Duration) -
     r.unwrap_or_else(|_| panic!("no VI_1 {from:?} -> {to:?} within {within:?}; seen {seen:#?}"))
 }
 
+/// Forgets the events already received (so that the next wait sees only what follows).
+fn drain(ev: &mut Events) {
+    while ev.try_recv().is_ok() {}
+}
+
+/// Waits until `h`'s VI_1 is in `state`.
+async fn wait_state(h: &Handle, state: &str, within: Duration) {
+    tokio::time::timeout(within, async {
+        while h.status().await.expect("status")[0].state != state {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("VI_1 not {state} within {within:?}"));
+}
+
 /// Waits for a `VipsChanged` of VI_1.
 async fn vips_changed(ev: &mut Events, within: Duration) -> bool {
     tokio::time::timeout(within, async {
@@ -167,9 +183,11 @@ async fn embedded_events_fault_priority_and_reload() {
     assert!(matches!(c.reason, Reason::MasterDown), "{c:?}");
     assert!(c.vips_held, "{c:?}");
     assert!(has(&lab, "a", VIP), "VIP not on a after its Master event");
-    let st = b.handle.status().await.expect("status");
-    assert_eq!(st[0].state, "BACKUP");
-    assert!(!has(&lab, "b", VIP));
+    // (b may have been master for a moment if a started late: it yields to a's first advert.)
+    wait_state(&b.handle, "BACKUP", t).await;
+    wait::until(t, "VIP off b", || !has(&lab, "b", VIP)).expect("b without the VIP");
+    drain(&mut a.events);
+    drain(&mut b.events);
 
     // (b) Forced FAULT on the master: the call returns after the priority-0 advert and the VIP
     // removal; b takes over; events on both sides.
@@ -199,6 +217,8 @@ async fn embedded_events_fault_priority_and_reload() {
     assert_eq!(a.handle.status().await.expect("status")[0].forced_fault, None);
 
     // (d) Lowered priority (150 - 60 = 90 < 100): b preempts.
+    drain(&mut a.events);
+    drain(&mut b.events);
     a.handle.lower_priority("VI_1", 60, "service slow").await.expect("lower_priority");
     let st = a.handle.status().await.expect("status");
     assert_eq!(st[0].effective_priority, 90);
@@ -210,6 +230,7 @@ async fn embedded_events_fault_priority_and_reload() {
     wait_has(&lab, "b", VIP, t);
     wait::until(t, "VIP off a", || !has(&lab, "a", VIP)).expect("a released the VIP");
     // Restored: a preempts back.
+    drain(&mut a.events);
     a.handle.restore_priority("VI_1").await.expect("restore_priority");
     transition(&mut a.events, State::Backup, State::Master, t).await;
     wait_has(&lab, "a", VIP, t);
@@ -255,6 +276,8 @@ async fn embedded_shutdown_is_graceful_and_ends_every_task() {
     let mut a = embed(&lab, "a", conf(150, "1", "10.77.0.50"), VipControl::Managed);
     transition(&mut a.events, State::Backup, State::Master, Duration::from_secs(8)).await;
     assert!(has(&lab, "a", VIP));
+    wait_state(&b.handle, "BACKUP", Duration::from_secs(5)).await;
+    drain(&mut b.events);
     // b has heard a (it knows the master) before a stops.
     let a_addr = Some(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)));
     tokio::time::timeout(Duration::from_secs(3), async {
@@ -305,8 +328,9 @@ async fn gated_vips_follow_allow_vips() {
     assert_eq!(st[0].state, "MASTER");
     assert!(!st[0].vips_held && !st[0].vips_allowed);
     assert!(!has(&lab, "a", VIP), "a gated master added its VIP");
-    assert!(!has(&lab, "b", VIP));
-    assert_eq!(b.handle.status().await.expect("status")[0].state, "BACKUP");
+    wait_state(&b.handle, "BACKUP", t).await;
+    wait::until(t, "VIP off b", || !has(&lab, "b", VIP)).expect("b without the VIP");
+    drain(&mut b.events);
 
     // Listen for ARP on c before the gate opens.
     let mac_out = lab.run("a", &["cat", &format!("/sys/class/net/{LAN}/address")]).expect("mac");

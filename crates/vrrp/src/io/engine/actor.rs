@@ -15,9 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::faultlog::{flush_peer_faults, log_iface_fault_line, log_peer_fault, packet_fault};
 use super::scripts::{notify, script_loop, NotifyEnv};
-use super::{
-    chain, io_err, EngineError, Event, InstanceStatus, Options, ReloadReport, StateChange, VipControl,
-};
+use super::{chain, io_err, EngineError, Event, InstanceStatus, Options, ReloadReport, StateChange, VipControl};
 use crate::config::{self, ChecksumForm, Config, Script, Vip};
 use crate::io::metrics::{DropLabels, InstanceLabels, Metrics, ScriptLabels};
 use crate::io::net::{self, IfInfo, Netlink};
@@ -1110,4 +1108,3 @@ fn garp(inst: &Inst) {
         }
     }
 }
-

@@ -87,4 +87,3 @@ pub(super) fn log_fault_line(c: &config::Instance, what: &str, line: &loglimit::
         ),
     }
 }
-

@@ -291,7 +291,8 @@ pub async fn start(config: Config, opts: Options, registry: &mut Registry) -> Re
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (events, events_rx) = broadcast::channel(opts.event_capacity.max(1));
     let (nl, nl_task) = Netlink::new().map_err(io_err("netlink"))?;
-    let mut core = Core::new(opts, config.clone(), notify_env, (nl, nl_task), Firewall::new(), tx, metrics, events.clone());
+    let mut core =
+        Core::new(opts, config.clone(), notify_env, (nl, nl_task), Firewall::new(), tx, metrics, events.clone());
     if let Err(e) = core.open(&config).await {
         core.teardown().await;
         return Err(e);

@@ -114,4 +114,3 @@ pub(super) async fn script_loop(def: Script, run_as: Option<RunAs>, tx: mpsc::Un
         tokio::time::sleep_until(started + def.interval).await;
     }
 }
-
