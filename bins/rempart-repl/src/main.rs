@@ -25,14 +25,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use blockrepl::config::{parse_nbd, NbdEndpoint, ResourceConfig};
-use blockrepl::io::{self, LinkConfig};
+use blockrepl::config::ResourceConfig;
+use blockrepl::io;
 use blockrepl::meta::Meta;
-use blockrepl::nbd::NbdServer;
-use blockrepl::proto::{auth_key, Config};
+use blockrepl::resource::{Resource, ResourceSpec};
 use clap::{Parser, Subcommand};
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
+
+mod control;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Synchronous block replication (DRBD protocol C) with an NBD frontend")]
@@ -216,34 +218,8 @@ fn daemon(
 ) -> anyhow::Result<ExitCode> {
     let (c, i) = load(config, node)?;
     let me = c.node[i].clone();
-    let peer = c.node[1 - i].clone();
-    let meta_path = c.checked_meta_path(&me)?;
-    let secret_path = c.resolve(&c.resource.secret_file);
-    let secret = std::fs::read(&secret_path).with_context(|| format!("reading secret {}", secret_path.display()))?;
-    let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
-    if secret.is_empty() {
-        bail!("{}: the shared secret is empty", secret_path.display());
-    }
-    let tiebreak = me.name < peer.name;
-    let seed: u64 = rand_seed();
-    let mut cfg = Config::new(auth_key(&secret), tiebreak, seed);
-    cfg.protocol = c.protocol();
-    cfg.after_sb_0pri = c.after_sb_0pri();
-    cfg.resync_rate = c.resource.resync_rate_mib << 20;
-    cfg.peer_timeout = std::time::Duration::from_millis(c.resource.peer_timeout_ms);
-    cfg.al_extents = c.resource.al_extents;
-    cfg.checksum_resync = c.resource.checksum_resync;
-    cfg.peer_name = format!("{} ({})", peer.name, peer.address);
-    let listen: SocketAddr = me.address.parse().context("node address")?;
-    let dial = if tiebreak {
-        Some(match peer_address {
-            Some(a) => a,
-            None => peer.address.parse().context("peer address")?,
-        })
-    } else {
-        None
-    };
-    let nbd = parse_nbd(&me.nbd).map_err(anyhow::Error::msg)?;
+    let spec = ResourceSpec::from_config(&c, node, peer_address)
+        .with_context(|| format!("{}: resource {} on node {}", config.display(), c.resource.name, me.name))?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     // Before anything is bound or removed: a second daemon on this run directory stops here,
     // leaving the first one's control socket alone.
@@ -257,31 +233,23 @@ fn daemon(
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
-        let handle = io::start(cfg, &c.resolve(&me.disk), &meta_path, LinkConfig { listen, dial })
+        let mut registry = Registry::default();
+        let resource = Resource::start(spec, &mut registry)
             .await
             .with_context(|| format!("starting resource {} on node {}", c.resource.name, me.name))?;
+        let handle = resource.handle().clone();
         let name = c.resource.name.clone();
         let sock = socket_path(run_dir);
         let _ = std::fs::remove_file(&sock);
         let ctl = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
-        tokio::spawn(io::serve_control(ctl, handle.clone(), name.clone()));
-        if let Some(m) = metrics {
-            let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("metrics listen {m}"))?;
-            tokio::spawn(io::serve_metrics(l, handle.clone(), name.clone()));
-        }
-        let server = NbdServer::new(name.clone(), Arc::new(handle.clone()));
-        match nbd {
-            NbdEndpoint::Tcp(a) => {
-                let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("nbd listen {a}"))?;
-                tokio::spawn(server.serve_tcp(l));
+        let ctl = tokio::spawn(control::serve(ctl, handle.clone(), name.clone()));
+        let metrics = match metrics {
+            Some(m) => {
+                let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("metrics listen {m}"))?;
+                Some(tokio::spawn(rempart_daemon::metrics::serve(l, Arc::new(registry))))
             }
-            NbdEndpoint::Unix(p) => {
-                let _ = std::fs::remove_file(&p);
-                let l = tokio::net::UnixListener::bind(&p).with_context(|| format!("nbd listen {}", p.display()))?;
-                tokio::spawn(server.serve_unix(l));
-            }
-            _ => bail!("unsupported nbd endpoint"),
-        }
+            None => None,
+        };
         info!(resource = %name, node = %me.name, "running");
         loop {
             tokio::select! {
@@ -304,21 +272,23 @@ fn daemon(
         // (which would resync the activity log). Refused while writes are in flight: then the
         // activity log covers them.
         // The peer is told (it answers within its timeout, or the connection is declared lost).
-        let demote = handle.admin(io::Admin::Secondary { force: true });
+        let demote = handle.demote(true);
         match tokio::time::timeout(std::time::Duration::from_secs(10), demote).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not demote before stopping"),
             Err(_) => tracing::warn!("could not demote before stopping: no answer from the replica"),
         }
         info!("stopping");
+        ctl.abort();
+        let _ = std::fs::remove_file(&sock);
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(30), resource.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "stopping the resource"),
+            Err(_) => tracing::warn!("the resource did not stop within 30 s"),
+        }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn rand_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.write_u32(std::process::id());
-    h.finish()
 }

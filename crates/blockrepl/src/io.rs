@@ -20,12 +20,15 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
 
+use crate::config::NbdEndpoint;
 use crate::meta::Meta;
-use crate::proto::{Action, Change, Config, DiskOp, Replica, Role, Status};
+use crate::proto::{Action, Change, Config, DiskOp, ReplError, Replica, Role, Status};
+use crate::resource::{Error, Refusal, ResourceSpec, ResourceStatus};
 use crate::store::{BlockStore, FileStore};
+use crate::tasks::Tasks;
 use crate::wire::{Bytes, FramePacket, Msg, HEADER_LEN};
 
 /// Administrative commands.
@@ -57,21 +60,61 @@ pub enum Admin {
     Invalidate,
 }
 
+type Reply = oneshot::Sender<Result<(), ReplError>>;
+type AdminReply = oneshot::Sender<Result<(), Error>>;
+
 enum Cmd {
-    Write { off: u64, len: u32, data: Option<Bytes>, fua: bool, reply: oneshot::Sender<Result<(), String>> },
-    Flush { reply: oneshot::Sender<Result<(), String>> },
-    Admin { cmd: Admin, reply: oneshot::Sender<Result<(), String>> },
-    Status { reply: oneshot::Sender<Status> },
-    DiskDone { io: u64, result: Result<Option<Bytes>, String> },
-    Connected { id: u64, tx: mpsc::UnboundedSender<Bytes> },
-    Frame { id: u64, msg: Msg },
-    Lost { id: u64 },
+    Write {
+        off: u64,
+        len: u32,
+        data: Option<Bytes>,
+        fua: bool,
+        reply: Reply,
+    },
+    Flush {
+        reply: Reply,
+    },
+    Admin {
+        cmd: Admin,
+        reply: AdminReply,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    /// The number of openers changed: publish it.
+    Openers,
+    /// Stop: finish what is in flight, write the metadata, end.
+    Shutdown {
+        reply: AdminReply,
+    },
+    DiskDone {
+        io: u64,
+        result: Result<Option<Bytes>, String>,
+    },
+    Connected {
+        id: u64,
+        tx: mpsc::UnboundedSender<Bytes>,
+    },
+    Frame {
+        id: u64,
+        msg: Msg,
+    },
+    Lost {
+        id: u64,
+    },
 }
 
-/// A handle to a running replica: the NBD store and the administrative interface.
+/// A handle to a running replica: the NBD store, the administrative interface, the status
+/// channel (see [`crate::resource`]).
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Cmd>,
+    status_rx: watch::Receiver<ResourceStatus>,
+    tasks: Tasks,
+    /// Bumped by [`Handle::drop_openers`]: the NBD connections served by the resource end.
+    drop_gen: Arc<watch::Sender<u64>>,
+    /// Where the replication listener and the NBD TCP listener are bound.
+    addrs: (SocketAddr, Option<SocketAddr>),
     data: FileStore,
     can_serve: Arc<AtomicBool>,
     pub(crate) wants_conn: Arc<AtomicBool>,
@@ -103,7 +146,7 @@ pub struct Histogram {
 pub const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
 
 impl Histogram {
-    fn observe(&mut self, s: f64) {
+    pub(crate) fn observe(&mut self, s: f64) {
         for (i, b) in BUCKETS.iter().enumerate() {
             if s <= *b {
                 self.counts[i] += 1;
@@ -115,21 +158,72 @@ impl Histogram {
 }
 
 impl Handle {
-    async fn call(&self, make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Cmd) -> io::Result<()> {
+    async fn call(&self, make: impl FnOnce(Reply) -> Cmd) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| io::Error::other("replica stopped"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io::Error::other(e)),
+            Ok(Err(e)) => Err(io::Error::other(e.to_string())),
             Err(_) => Err(io::Error::other("replica stopped")),
         }
     }
 
-    /// Runs an administrative command.
-    pub async fn admin(&self, cmd: Admin) -> Result<(), String> {
+    /// Runs an administrative command. A refusal says why ([`Error::refusal`]); every error
+    /// says who is at fault ([`Error::culprit`]).
+    pub async fn admin(&self, cmd: Admin) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Admin { cmd, reply: tx }).map_err(|_| "replica stopped".to_string())?;
-        rx.await.map_err(|_| "replica stopped".to_string())?
+        self.tx.send(Cmd::Admin { cmd, reply: tx }).map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// `primary [--force]`.
+    pub async fn promote(&self, force: bool) -> Result<(), Error> {
+        self.admin(Admin::Primary { force }).await
+    }
+
+    /// `secondary [--force]`. Refused with [`Refusal::OpenersPresent`] while NBD clients have
+    /// the device open (unless `force`): [`Handle::drop_openers`] ends the connections the
+    /// resource serves, as drbd-reactor's `secondary-force` kills the openers.
+    pub async fn demote(&self, force: bool) -> Result<(), Error> {
+        self.admin(Admin::Secondary { force }).await
+    }
+
+    /// Every status change, as it happens (the current value at once).
+    pub fn watch_status(&self) -> watch::Receiver<ResourceStatus> {
+        self.status_rx.clone()
+    }
+
+    /// Ends every NBD connection the resource serves now (their requests in flight finish or
+    /// fail; the clients see the connection close). Connections the embedder serves itself
+    /// over this handle are its own business.
+    pub fn drop_openers(&self) {
+        self.drop_gen.send_modify(|g| *g += 1);
+    }
+
+    /// Where the resource listens for its peer (the bound address: useful with port 0).
+    pub fn replication_addr(&self) -> SocketAddr {
+        self.addrs.0
+    }
+
+    /// Where the resource serves NBD over TCP, if it does.
+    pub fn nbd_addr(&self) -> Option<SocketAddr> {
+        self.addrs.1
+    }
+
+    /// Tasks of the resource alive now (0 after [`crate::resource::Resource::shutdown`]).
+    pub fn tasks_alive(&self) -> usize {
+        self.tasks.alive()
+    }
+
+    pub(crate) async fn shutdown_inner(&self) -> Result<(), Error> {
+        self.tasks.stop();
+        let (tx, rx) = oneshot::channel();
+        let r = match self.tx.send(Cmd::Shutdown { reply: tx }) {
+            Ok(()) => rx.await.unwrap_or(Err(Error::Stopped)),
+            Err(_) => Err(Error::Stopped),
+        };
+        self.tasks.wait().await;
+        r
     }
 
     /// Current status.
@@ -170,9 +264,11 @@ impl BlockStore for Handle {
     }
     fn opened(&self) {
         self.open_clients.fetch_add(1, Ordering::AcqRel);
+        let _ = self.tx.send(Cmd::Openers);
     }
     fn closed(&self) {
         self.open_clients.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.tx.send(Cmd::Openers);
     }
     async fn read(&self, off: u64, len: u32) -> io::Result<Vec<u8>> {
         if !self.can_serve.load(Ordering::Acquire) {
@@ -442,36 +538,78 @@ pub struct LinkConfig {
     pub dial: Option<SocketAddr>,
 }
 
-/// Starts a replica: the actor, the link manager. Returns the handle.
+/// Starts a replica: the actor, the link manager. Returns the handle; the replica runs until
+/// the runtime ends (no metrics, no NBD listener: the caller serves the handle). An embedder
+/// that must stop it uses [`crate::resource::Resource`].
 pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkConfig) -> io::Result<Handle> {
+    let name = data_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let spec =
+        ResourceSpec { name, replica: cfg, disk: data_path.to_owned(), meta: meta_path.to_owned(), link, nbd: None };
+    launch(spec).await.map_err(|e| match e {
+        Error::Caller(m) | Error::Config(m) => io::Error::new(io::ErrorKind::InvalidInput, m),
+        e => io::Error::other(e.to_string()),
+    })
+}
+
+/// Opens the disk and metadata, binds the listeners, spawns every task.
+pub(crate) async fn launch(spec: ResourceSpec) -> Result<Handle, Error> {
+    let ResourceSpec { name, replica: cfg, disk: data_path, meta: meta_path, link, nbd } = spec;
     let named = |what: &str, p: &Path, e: io::Error| {
         let hint = if e.kind() == io::ErrorKind::NotFound && what == "metadata file" { " (run create-md)" } else { "" };
-        io::Error::new(e.kind(), format!("{what} {}: {e}{hint}", p.display()))
+        Error::LocalDisk(format!("{what} {}: {e}{hint}", p.display()))
     };
-    let data = FileStore::open(data_path).map_err(|e| named("disk", data_path, e))?;
-    let (meta_file, meta) = MetaFile::open(meta_path).map_err(|e| match e.kind() {
+    let data = FileStore::open(&data_path).map_err(|e| named("disk", &data_path, e))?;
+    let (meta_file, meta) = MetaFile::open(&meta_path).map_err(|e| match e.kind() {
         // Already names the file.
-        io::ErrorKind::InvalidData => e,
-        _ => named("metadata file", meta_path, e),
+        io::ErrorKind::InvalidData => Error::LocalDisk(e.to_string()),
+        _ => named("metadata file", &meta_path, e),
     })?;
     if meta.size != data.size() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{}: metadata is for {} bytes but the disk has {} (run create-md again?)",
-                meta_path.display(),
-                meta.size,
-                data.size()
-            ),
-        ));
+        return Err(Error::LocalDisk(format!(
+            "{}: metadata is for {} bytes but the disk has {} (run create-md again?)",
+            meta_path.display(),
+            meta.size,
+            data.size()
+        )));
     }
+    let listener = TcpListener::bind(link.listen)
+        .await
+        .map_err(|e| Error::Config(format!("replication listen {}: {e}", link.listen)))?;
+    let nbd_listener = match &nbd {
+        None => None,
+        Some(NbdEndpoint::Tcp(a)) => Some(NbdListener::Tcp(
+            TcpListener::bind(a).await.map_err(|e| Error::Config(format!("nbd listen {a}: {e}")))?,
+        )),
+        Some(NbdEndpoint::Unix(p)) => {
+            let _ = std::fs::remove_file(p);
+            Some(NbdListener::Unix(
+                tokio::net::UnixListener::bind(p)
+                    .map_err(|e| Error::Config(format!("nbd listen {}: {e}", p.display())))?,
+                p.clone(),
+            ))
+        }
+    };
+    let addrs = (
+        listener.local_addr().map_err(|e| Error::Config(format!("replication listen {}: {e}", link.listen)))?,
+        match &nbd_listener {
+            Some(NbdListener::Tcp(l)) => l.local_addr().ok(),
+            _ => None,
+        },
+    );
     let dialer = link.dial.is_some();
     let mut replica = Replica::new(cfg, meta, dialer);
     // `run` is DRBD's `up`: attach the disk and start connecting.
-    replica.connect(false).map_err(|e| io::Error::other(e.to_string()))?;
+    replica.connect(false).map_err(Error::from)?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let tasks = Tasks::new();
+    let (status_tx, status_rx) =
+        watch::channel(ResourceStatus { replica: replica.status(), open_clients: 0, running: true });
     let handle = Handle {
         tx: tx.clone(),
+        status_rx,
+        tasks: tasks.clone(),
+        drop_gen: Arc::new(watch::channel(0).0),
+        addrs,
         data: data.clone(),
         can_serve: Arc::new(AtomicBool::new(false)),
         wants_conn: Arc::new(AtomicBool::new(true)),
@@ -480,7 +618,6 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         local_latency: Arc::new(Mutex::new(Histogram::default())),
         peer_latency: Arc::new(Mutex::new(Histogram::default())),
     };
-    let listener = TcpListener::bind(link.listen).await?;
     let conn_wake = Arc::new(tokio::sync::Notify::new());
     let dial_backoff = Arc::new(Mutex::new(None));
     let actor = Actor {
@@ -503,10 +640,89 @@ pub async fn start(cfg: Config, data_path: &Path, meta_path: &Path, link: LinkCo
         dial_backoff: dial_backoff.clone(),
         local_latency: handle.local_latency.clone(),
         peer_latency: handle.peer_latency.clone(),
+        status_tx,
+        tasks: tasks.clone(),
+        meta_ios: std::collections::HashSet::new(),
+        meta_error: None,
+        stopping: None,
     };
-    tokio::spawn(actor.run());
-    tokio::spawn(link_manager(listener, link.dial, tx, handle.wants_conn.clone(), conn_wake, dial_backoff));
+    tasks.spawn(actor.run());
+    tasks.spawn(link_manager(
+        listener,
+        link.dial,
+        tx,
+        handle.wants_conn.clone(),
+        conn_wake,
+        dial_backoff,
+        tasks.clone(),
+    ));
+    if let Some(l) = nbd_listener {
+        tasks.spawn(serve_nbd(l, name, handle.clone()));
+    }
+    info!(disk = %data_path.display(), "resource started");
     Ok(handle)
+}
+
+enum NbdListener {
+    Tcp(TcpListener),
+    /// The socket file is removed when the listener closes.
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+/// Accepts NBD clients until the resource stops; each connection ends when the client leaves,
+/// when the resource stops, or at [`Handle::drop_openers`].
+async fn serve_nbd(listener: NbdListener, name: String, handle: Handle) {
+    let tasks = handle.tasks.clone();
+    let server = crate::nbd::NbdServer::new(name, Arc::new(handle.clone())).with_tasks(tasks.clone());
+    let stop = tasks.stopped();
+    tokio::pin!(stop);
+    loop {
+        let conn = async {
+            match &listener {
+                NbdListener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    NbdConn::Tcp(s)
+                }),
+                NbdListener::Unix(l, _) => l.accept().await.map(|(s, _)| NbdConn::Unix(s)),
+            }
+        };
+        let conn = tokio::select! {
+            c = conn => c,
+            _ = &mut stop => break,
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "nbd accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let server = server.clone();
+        let mut drop_rx = handle.drop_gen.subscribe();
+        let stopped = tasks.stopped();
+        tasks.spawn(async move {
+            let served = async {
+                match conn {
+                    NbdConn::Tcp(s) => server.serve_conn(s).await,
+                    NbdConn::Unix(s) => server.serve_conn(s).await,
+                }
+            };
+            tokio::select! {
+                r = served => if let Err(e) = r { debug!(error = %e, "nbd connection ended") },
+                _ = stopped => debug!("nbd connection closed: the resource stops"),
+                _ = drop_rx.changed() => info!("nbd connection dropped (openers dropped)"),
+            }
+        });
+    }
+    if let NbdListener::Unix(_, p) = &listener {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+enum NbdConn {
+    Tcp(TcpStream),
+    Unix(tokio::net::UnixStream),
 }
 
 struct Actor {
@@ -515,12 +731,12 @@ struct Actor {
     tx: mpsc::UnboundedSender<Cmd>,
     data: FileStore,
     meta_file: Arc<Mutex<MetaFile>>,
-    pending: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+    pending: HashMap<u64, Reply>,
     next_req: u64,
     link: Option<(u64, mpsc::UnboundedSender<Bytes>)>,
-    admin_waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    admin_waiting: Vec<AdminReply>,
     /// The command whose state change waits for the peer (the core keeps at most one).
-    admin_pending: Option<oneshot::Sender<Result<(), String>>>,
+    admin_pending: Option<AdminReply>,
     open_clients: Arc<std::sync::atomic::AtomicUsize>,
     can_serve: Arc<AtomicBool>,
     wants_conn: Arc<AtomicBool>,
@@ -534,11 +750,31 @@ struct Actor {
     dial_backoff: Arc<Mutex<Option<Instant>>>,
     local_latency: Arc<Mutex<Histogram>>,
     peer_latency: Arc<Mutex<Histogram>>,
+    status_tx: watch::Sender<ResourceStatus>,
+    tasks: Tasks,
+    /// Metadata writes in flight (their completion tags).
+    meta_ios: std::collections::HashSet<u64>,
+    /// The last metadata write failed (reported by the shutdown).
+    meta_error: Option<String>,
+    /// Shutting down: answered once the core is idle and its metadata written.
+    stopping: Option<AdminReply>,
 }
 
 impl Actor {
     async fn run(mut self) {
         loop {
+            if self.stopping.is_some() && self.rep.is_idle() {
+                let r = match self.meta_error.take() {
+                    Some(e) => Err(Error::LocalDisk(format!("metadata write failed at shutdown: {e}"))),
+                    None => Ok(()),
+                };
+                self.status_tx.send_modify(|s| s.running = false);
+                info!("resource stopped");
+                if let Some(reply) = self.stopping.take() {
+                    let _ = reply.send(r);
+                }
+                return;
+            }
             let deadline = self.rep.poll_timeout();
             let cmd = match deadline {
                 Some(d) => {
@@ -567,7 +803,28 @@ impl Actor {
 
     fn handle(&mut self, cmd: Cmd) {
         let now = Instant::now();
+        if self.stopping.is_some() {
+            match cmd {
+                Cmd::Write { reply, .. } | Cmd::Flush { reply } => {
+                    let _ = reply.send(Err(ReplError::State("the resource is stopping".into())));
+                    return;
+                }
+                Cmd::Admin { reply, .. } | Cmd::Shutdown { reply } => {
+                    let _ = reply.send(Err(Error::Stopped));
+                    return;
+                }
+                Cmd::Connected { .. } => return,
+                _ => {}
+            }
+        }
         match cmd {
+            Cmd::Shutdown { reply } => {
+                info!("stopping the resource");
+                self.link = None;
+                self.rep.shut_down(now);
+                self.stopping = Some(reply);
+            }
+            Cmd::Openers => {}
             Cmd::Write { off, len, data, fua, reply } => {
                 let req = self.next_req;
                 self.next_req += 1;
@@ -586,31 +843,30 @@ impl Actor {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let open = self.open_clients.load(Ordering::Acquire);
-                let r = match cmd {
-                    Admin::Primary { force } => self.rep.promote(now, force, wall).map_err(|e| e.to_string()),
+                let r: Result<Change, Error> = match cmd {
+                    Admin::Primary { force } => self.rep.promote(now, force, wall).map_err(Error::from),
                     Admin::Secondary { force: false } if open > 0 && self.rep.status().role == Role::Primary => {
-                        Err(format!(
-                            "state change failed: device is held open by {open} NBD client{} \
-                             (disconnect them first, or use --force: their I/O then fails)",
-                            if open == 1 { "" } else { "s" }
-                        ))
+                        Err(Refusal::OpenersPresent { count: open }.into())
                     }
                     Admin::Secondary { force } => {
                         if force && open > 0 {
                             warn!(open, "forced to Secondary while held open: the clients' I/O fails from now on");
                         }
-                        self.rep.demote().map_err(|e| e.to_string())
+                        self.rep.demote().map_err(Error::from)
                     }
                     Admin::Connect { discard_my_data } => {
-                        self.rep.connect(discard_my_data).map(|()| Change::Done).map_err(|e| e.to_string())
+                        self.rep.connect(discard_my_data).map(|()| Change::Done).map_err(Error::from)
                     }
                     Admin::Disconnect => {
                         self.rep.disconnect(now);
                         Ok(Change::Done)
                     }
-                    Admin::Verify => self.rep.start_verify().map(|()| Change::Done).map_err(|e| e.to_string()),
-                    Admin::Invalidate => self.rep.invalidate(now).map_err(|e| e.to_string()),
+                    Admin::Verify => self.rep.start_verify().map(|()| Change::Done).map_err(Error::from),
+                    Admin::Invalidate => self.rep.invalidate(now).map_err(Error::from),
                 };
+                if let Err(e) = &r {
+                    info!(command = ?cmd, error = %e, culprit = ?e.culprit(), "state change refused");
+                }
                 match r {
                     Ok(Change::Pending) => self.admin_pending = Some(reply),
                     Ok(_) => self.admin_waiting.push(reply),
@@ -622,7 +878,14 @@ impl Actor {
             Cmd::Status { reply } => {
                 let _ = reply.send(self.rep.status());
             }
-            Cmd::DiskDone { io, result } => self.rep.handle_disk_done(now, io, result),
+            Cmd::DiskDone { io, result } => {
+                if self.meta_ios.remove(&io) {
+                    if let Err(e) = &result {
+                        self.meta_error = Some(e.clone());
+                    }
+                }
+                self.rep.handle_disk_done(now, io, result)
+            }
             Cmd::Connected { id, tx } => {
                 if self.link.take().is_some() {
                     self.rep.handle_disconnected(now);
@@ -673,10 +936,11 @@ impl Actor {
 
     /// Runs a metadata write on the blocking pool and reports it as `io` (one in flight at a
     /// time: the core guarantees it).
-    fn spawn_meta(&self, io: u64, f: impl FnOnce(&mut MetaFile) -> io::Result<()> + Send + 'static) {
+    fn spawn_meta(&mut self, io: u64, f: impl FnOnce(&mut MetaFile) -> io::Result<()> + Send + 'static) {
         let tx = self.tx.clone();
         let mf = self.meta_file.clone();
-        tokio::task::spawn_blocking(move || {
+        self.meta_ios.insert(io);
+        self.tasks.spawn_blocking(move || {
             let r = mf.lock().map_err(|_| io::Error::other("metadata lock poisoned")).and_then(|mut m| f(&mut m));
             let _ = tx.send(Cmd::DiskDone { io, result: r.map(|()| None).map_err(|e| e.to_string()) });
         });
@@ -689,7 +953,7 @@ impl Actor {
                     let data = self.data.clone();
                     let tx = self.tx.clone();
                     let hist = self.local_latency.clone();
-                    tokio::task::spawn_blocking(move || {
+                    self.tasks.spawn_blocking(move || {
                         let start = Instant::now();
                         let is_write = matches!(op, DiskOp::Write { .. } | DiskOp::Zero { .. });
                         let r = match op {
@@ -741,7 +1005,7 @@ impl Actor {
                 }
                 Action::Complete { req, result } => {
                     if let Some(r) = self.pending.remove(&req) {
-                        let _ = r.send(result.map_err(|e| e.to_string()));
+                        let _ = r.send(result);
                     }
                 }
                 Action::CloseConnection => {
@@ -752,7 +1016,7 @@ impl Actor {
                 }
                 Action::StateChangeDone { result } => {
                     if let Some(r) = self.admin_pending.take() {
-                        let _ = r.send(result.map_err(|e| e.to_string()));
+                        let _ = r.send(result.map_err(Error::from));
                     }
                 }
             }
@@ -776,6 +1040,16 @@ impl Actor {
         if !self.wants_conn.swap(wants, Ordering::AcqRel) && wants {
             self.conn_wake.notify_one();
         }
+        let open = self.open_clients.load(Ordering::Acquire);
+        let replica = self.rep.status();
+        self.status_tx.send_if_modified(|s| {
+            if s.replica == replica && s.open_clients == open {
+                return false;
+            }
+            s.replica = replica;
+            s.open_clients = open;
+            true
+        });
     }
 }
 
@@ -789,26 +1063,59 @@ async fn link_manager(
     wants: Arc<AtomicBool>,
     wake: Arc<tokio::sync::Notify>,
     backoff: Arc<Mutex<Option<Instant>>>,
+    tasks: Tasks,
 ) {
     let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    // Accept loop: the peer dials us (or re-dials after a failure).
+    // Accept loop: the peer dials us (or re-dials after a failure). It owns the listener: the
+    // port is free once it ended.
     {
         let tx = tx.clone();
         let next_id = next_id.clone();
         let wants = wants.clone();
-        tokio::spawn(async move {
+        let t = tasks.clone();
+        let stop = tasks.stopped();
+        tasks.spawn(async move {
+            tokio::pin!(stop);
             loop {
-                let Ok((sock, peer)) = listener.accept().await else { continue };
+                let r = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = &mut stop => return,
+                };
+                let (sock, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: do not spin.
+                        debug!(error = %e, "replication accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 if !wants.load(Ordering::Acquire) {
                     continue;
                 }
                 debug!(%peer, "replication connection accepted");
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
-                spawn_link(sock, id, tx.clone());
+                spawn_link(sock, id, tx.clone(), &t);
             }
         });
     }
     let Some(addr) = dial else { return };
+    let stop = tasks.stopped();
+    tokio::select! {
+        () = dial_loop(addr, tx, wants, wake, backoff, next_id, tasks) => {}
+        () = stop => {}
+    }
+}
+
+async fn dial_loop(
+    addr: SocketAddr,
+    tx: mpsc::UnboundedSender<Cmd>,
+    wants: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    backoff: Arc<Mutex<Option<Instant>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Tasks,
+) {
     let mut current: Option<u64> = None;
     let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<u64>();
     loop {
@@ -827,9 +1134,9 @@ async fn link_manager(
                 Ok(Ok(sock)) => {
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     debug!(%addr, "replication link connected");
-                    let done = spawn_link(sock, id, tx.clone());
+                    let done = spawn_link(sock, id, tx.clone(), &tasks);
                     let lost_tx = lost_tx.clone();
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         let _ = done.await;
                         let _ = lost_tx.send(id);
                     });
@@ -855,17 +1162,24 @@ async fn link_manager(
 }
 
 /// Runs reader and writer tasks for one connection; the returned receiver fires when it ends.
-fn spawn_link(sock: TcpStream, id: u64, tx: mpsc::UnboundedSender<Cmd>) -> oneshot::Receiver<()> {
+fn spawn_link(sock: TcpStream, id: u64, tx: mpsc::UnboundedSender<Cmd>, tasks: &Tasks) -> oneshot::Receiver<()> {
     let _ = sock.set_nodelay(true);
     let (mut rd, wr) = sock.into_split();
     let (ftx, mut frx) = mpsc::unbounded_channel::<Bytes>();
     let (done_tx, done_rx) = oneshot::channel();
     let _ = tx.send(Cmd::Connected { id, tx: ftx });
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let resource_stop = tasks.stopped();
+    tasks.spawn(async move {
         let mut w = wr;
         let mut batch: Vec<Bytes> = Vec::new();
-        while let Some(f) = frx.recv().await {
+        tokio::pin!(resource_stop);
+        loop {
+            let f = tokio::select! {
+                f = frx.recv() => f,
+                _ = &mut resource_stop => None,
+            };
+            let Some(f) = f else { break };
             // Everything already queued goes out in one `writev`: no copy into a staging
             // buffer, no small write per frame.
             batch.push(f);
@@ -884,7 +1198,7 @@ fn spawn_link(sock: TcpStream, id: u64, tx: mpsc::UnboundedSender<Cmd>) -> onesh
         let _ = w.shutdown().await;
         let _ = stop_tx.send(());
     });
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let result: Result<(), String> = tokio::select! {
             r = read_frames(&mut rd, id, &tx) => r,
             _ = &mut stop_rx => Ok(()),
@@ -1028,137 +1342,6 @@ pub fn status_json(name: &str, s: &Status) -> String {
         "verify_mismatched_blocks": s.verify_mismatches,
     })
     .to_string()
-}
-
-/// Prometheus text exposition of a status and the write latency histogram.
-pub fn metrics_text(name: &str, s: &Status, lat: &Histogram, local: &Histogram, peer: &Histogram) -> String {
-    use crate::proto::{ConnState, DiskState, Role};
-    let mut o = String::new();
-    let mut gauge = |metric: &str, help: &str, kind: &str, v: String| {
-        o.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric}{{resource=\"{name}\"}} {v}\n"));
-    };
-    gauge(
-        "rempart_repl_primary",
-        "1 when this node is Primary.",
-        "gauge",
-        u8::from(s.role == Role::Primary).to_string(),
-    );
-    let disk = match s.disk {
-        DiskState::Diskless => 0,
-        DiskState::Inconsistent => 1,
-        DiskState::Outdated => 2,
-        DiskState::UpToDate => 3,
-    };
-    gauge("rempart_repl_disk_state", "0 Diskless, 1 Inconsistent, 2 Outdated, 3 UpToDate.", "gauge", disk.to_string());
-    let conn = match s.connection {
-        ConnState::StandAlone => 0,
-        ConnState::Connecting => 1,
-        ConnState::Connected => 2,
-    };
-    gauge("rempart_repl_connection_state", "0 StandAlone, 1 Connecting, 2 Connected.", "gauge", conn.to_string());
-    gauge("rempart_repl_out_of_sync_bytes", "Bytes marked out of sync.", "gauge", s.out_of_sync_bytes.to_string());
-    gauge(
-        "rempart_repl_sync_done_percent",
-        "Resync progress.",
-        "gauge",
-        s.sync_done_percent.unwrap_or(100.0).to_string(),
-    );
-    gauge(
-        "rempart_repl_replicated_bytes_total",
-        "Application bytes sent to the peer.",
-        "counter",
-        s.replicated_bytes.to_string(),
-    );
-    gauge("rempart_repl_resync_bytes_total", "Bytes resynced.", "counter", s.resync_bytes.to_string());
-    gauge("rempart_repl_split_brains_total", "Split brains detected.", "counter", s.split_brains.to_string());
-    gauge("rempart_repl_auth_failures_total", "Failed peer authentications.", "counter", s.auth_failures.to_string());
-    for (m, help, h) in [
-        ("rempart_repl_write_latency_seconds", "Client write latency (local and peer).", lat),
-        ("rempart_repl_local_write_latency_seconds", "Local disk write latency.", local),
-        (
-            "rempart_repl_peer_write_latency_seconds",
-            "Peer round trip of a replicated write (send to acknowledgement).",
-            peer,
-        ),
-    ] {
-        o.push_str(&format!("# HELP {m} {help}\n# TYPE {m} histogram\n"));
-        for (b, c) in BUCKETS.iter().zip(h.counts) {
-            o.push_str(&format!("{m}_bucket{{resource=\"{name}\",le=\"{b}\"}} {c}\n"));
-        }
-        o.push_str(&format!("{m}_bucket{{resource=\"{name}\",le=\"+Inf\"}} {}\n", h.count));
-        o.push_str(&format!(
-            "{m}_sum{{resource=\"{name}\"}} {}\n{m}_count{{resource=\"{name}\"}} {}\n",
-            h.sum, h.count
-        ));
-    }
-    o
-}
-
-/// Serves the control socket: one command line per connection, answered by `ok` or
-/// `error: …` on the first line, then the output.
-pub async fn serve_control(listener: tokio::net::UnixListener, handle: Handle, name: String) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else { continue };
-        let handle = handle.clone();
-        let name = name.clone();
-        tokio::spawn(async move {
-            let (rd, mut wr) = sock.into_split();
-            let mut line = String::new();
-            let mut rd = tokio::io::BufReader::new(rd);
-            if tokio::io::AsyncBufReadExt::read_line(&mut rd, &mut line).await.is_err() {
-                return;
-            }
-            let reply = control(&handle, &name, line.trim()).await;
-            let text = match reply {
-                Ok(out) => format!("ok\n{out}"),
-                Err(e) => format!("error: {e}\n"),
-            };
-            let _ = wr.write_all(text.as_bytes()).await;
-            let _ = wr.shutdown().await;
-        });
-    }
-}
-
-async fn control(handle: &Handle, name: &str, line: &str) -> Result<String, String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let admin = |c| async move { handle.admin(c).await.map(|()| String::new()) };
-    match words.as_slice() {
-        ["status"] => handle.status().await.map(|s| status_text(name, &s)).ok_or_else(|| "stopped".into()),
-        ["status", "--json"] => {
-            handle.status().await.map(|s| status_json(name, &s) + "\n").ok_or_else(|| "stopped".into())
-        }
-        ["primary"] => admin(Admin::Primary { force: false }).await,
-        ["primary", "--force"] => admin(Admin::Primary { force: true }).await,
-        ["secondary"] => admin(Admin::Secondary { force: false }).await,
-        ["secondary", "--force"] => admin(Admin::Secondary { force: true }).await,
-        ["connect"] => admin(Admin::Connect { discard_my_data: false }).await,
-        ["connect", "--discard-my-data"] => admin(Admin::Connect { discard_my_data: true }).await,
-        ["disconnect"] => admin(Admin::Disconnect).await,
-        ["verify"] => admin(Admin::Verify).await,
-        ["invalidate"] => admin(Admin::Invalidate).await,
-        _ => Err(format!("unknown command {line:?}")),
-    }
-}
-
-/// Serves `GET /metrics` (any path) in Prometheus text format.
-pub async fn serve_metrics(listener: TcpListener, handle: Handle, name: String) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
-        let handle = handle.clone();
-        let name = name.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let _ = sock.read(&mut buf).await;
-            let Some(s) = handle.status().await else { return };
-            let body = metrics_text(&name, &s, &handle.latency(), &handle.local_latency(), &handle.peer_latency());
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
 }
 
 #[cfg(test)]

@@ -276,6 +276,9 @@ pub struct Bitmap {
     blocks: u64,
     /// Counts the bits that changed (see [`Bitmap::changes`]); not part of the value.
     changes: u64,
+    /// Marked blocks, kept up to date so that [`Bitmap::count`] (every status, every
+    /// published status change) does not scan the whole bitmap.
+    ones: u64,
 }
 
 impl PartialEq for Bitmap {
@@ -290,7 +293,7 @@ impl Bitmap {
     /// An empty bitmap for a device of `size` bytes.
     pub fn new(size: u64) -> Self {
         let blocks = size.div_ceil(BLOCK);
-        Self { words: vec![0; blocks.div_ceil(64) as usize], blocks, changes: 0 }
+        Self { words: vec![0; blocks.div_ceil(64) as usize], blocks, changes: 0, ones: 0 }
     }
     /// A counter that moves whenever a bit flips: equal counts mean an unchanged bitmap (what
     /// the activity log's small transactions rely on, see `Replica::persist`).
@@ -334,6 +337,7 @@ impl Bitmap {
             if *w & (1 << (b % 64)) == 0 {
                 *w |= 1 << (b % 64);
                 self.changes += 1;
+                self.ones += 1;
             }
         }
     }
@@ -344,6 +348,7 @@ impl Bitmap {
             if *w & (1 << (b % 64)) != 0 {
                 *w &= !(1 << (b % 64));
                 self.changes += 1;
+                self.ones -= 1;
             }
         }
     }
@@ -351,6 +356,7 @@ impl Bitmap {
     pub fn clear_all(&mut self) {
         self.words.fill(0);
         self.changes += 1;
+        self.ones = 0;
     }
     /// Whether block `b` is marked.
     pub fn get(&self, b: u64) -> bool {
@@ -358,7 +364,10 @@ impl Bitmap {
     }
     /// Number of marked blocks.
     pub fn count(&self) -> u64 {
-        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+        self.ones
+    }
+    fn recount(&mut self) {
+        self.ones = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
     }
     /// First marked block at or after `from`.
     pub fn next_set(&self, from: u64) -> Option<u64> {
@@ -379,6 +388,7 @@ impl Bitmap {
             *a |= *b;
         }
         self.changes += 1;
+        self.recount();
     }
     /// Little-endian words.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -395,6 +405,7 @@ impl Bitmap {
             a.copy_from_slice(c);
             *w = u64::from_le_bytes(a);
         }
+        bm.recount();
         Some(bm)
     }
 }

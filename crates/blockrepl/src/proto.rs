@@ -1539,6 +1539,27 @@ impl Replica {
         self.conn = ConnState::StandAlone;
     }
 
+    /// The shell is stopping: the connection closes (the peer sees it go as after a broken
+    /// link) and the metadata is written a last time, after the data. Writes in flight finish;
+    /// call [`Replica::is_idle`] after each input and drop the replica once it is true.
+    pub fn shut_down(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.close_at = None;
+        self.actions.push_back(Action::CloseConnection);
+        self.handle_disconnected(now);
+        self.conn = ConnState::StandAlone;
+        self.persist(true);
+    }
+
+    /// Nothing in flight: no disk operation, no metadata write, no client request.
+    pub fn is_idle(&self) -> bool {
+        self.ios.is_empty()
+            && !self.meta_in_flight
+            && self.meta_again.is_none()
+            && self.writes.is_empty()
+            && self.flushes.is_empty()
+    }
+
     /// Administrative `connect [--discard-my-data]`.
     pub fn connect(&mut self, discard_my_data: bool) -> Result<(), ReplError> {
         if discard_my_data && self.role == Role::Primary {

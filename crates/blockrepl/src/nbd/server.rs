@@ -36,18 +36,37 @@ pub struct Export<B> {
 #[derive(Debug)]
 pub struct NbdServer<B> {
     export: Arc<Export<B>>,
+    /// Where the per-request tasks are counted (a resource's: its shutdown waits for them).
+    tasks: Option<crate::tasks::Tasks>,
 }
 
 impl<B> Clone for NbdServer<B> {
     fn clone(&self) -> Self {
-        Self { export: self.export.clone() }
+        Self { export: self.export.clone(), tasks: self.tasks.clone() }
     }
 }
 
 impl<B: BlockStore> NbdServer<B> {
     /// A server exporting `store` as `name`.
     pub fn new(name: impl Into<String>, store: Arc<B>) -> Self {
-        Self { export: Arc::new(Export { name: name.into(), store }) }
+        Self { export: Arc::new(Export { name: name.into(), store }), tasks: None }
+    }
+
+    /// Counts the tasks of every connection in `tasks`.
+    pub(crate) fn with_tasks(mut self, tasks: crate::tasks::Tasks) -> Self {
+        self.tasks = Some(tasks);
+        self
+    }
+
+    fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.tasks {
+            Some(t) => t.spawn(fut),
+            None => tokio::spawn(fut),
+        }
     }
 
     /// Accepts TCP clients forever (each in its own task), with `TCP_NODELAY`.
@@ -223,7 +242,7 @@ impl<B: BlockStore> NbdServer<B> {
         // buffer once it is drained.
         let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
         let (tx, rx) = mpsc::channel::<(u64, u32, Option<Vec<u8>>)>(MAX_IN_FLIGHT * 2);
-        let writer = tokio::spawn(reply_writer(wr, rx));
+        let writer = self.spawn(reply_writer(wr, rx));
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut hdr = [0u8; wire::REQUEST_LEN];
         let result = loop {
@@ -255,7 +274,7 @@ impl<B: BlockStore> NbdServer<B> {
             }
             let store = self.export.store.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let (err, data) = execute(&*store, req, payload).await;
                 let _ = tx.send((req.cookie, err, data)).await;
                 drop(permit);
