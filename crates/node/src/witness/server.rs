@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 
 use super::wire::{RefuseReason, Repr, RequestKind};
 
+/// A resource whose name ends with this is a **fence**: a lease that says "the holder may have
+/// writes its peer lacks", taken once and held until released, so its TTL is bounded by
+/// [`ServerConfig::max_fence_ttl`] instead of [`ServerConfig::max_ttl`]. (The witness keeps
+/// nothing on disk: a restart forgets fences too.)
+pub const FENCE_SUFFIX: &str = ".fence";
+
 /// Settings of the lease table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -24,13 +30,18 @@ pub struct ServerConfig {
     pub max_ttl: Duration,
     /// After start, nothing is granted for this long (covers leases of a previous run).
     pub startup_grace: Duration,
+    /// Longest TTL granted for a fence (a resource named `….fence`).
+    pub max_fence_ttl: Duration,
 }
 
+/// Default [`ServerConfig::max_fence_ttl`]: 30 days.
+pub const DEFAULT_MAX_FENCE_TTL: Duration = Duration::from_secs(30 * 86_400);
+
 impl ServerConfig {
-    /// `max_ttl` with a start-up grace of the same length.
+    /// `max_ttl` with a start-up grace of the same length; fences up to 30 days.
     #[must_use]
     pub fn new(max_ttl: Duration) -> ServerConfig {
-        ServerConfig { max_ttl, startup_grace: max_ttl }
+        ServerConfig { max_ttl, startup_grace: max_ttl, max_fence_ttl: DEFAULT_MAX_FENCE_TTL }
     }
 }
 
@@ -124,7 +135,8 @@ impl LeaseServer {
                         remaining: l.expires - now,
                     };
                 }
-                let ttl = ttl.min(self.cfg.max_ttl);
+                let max = if resource.ends_with(FENCE_SUFFIX) { self.cfg.max_fence_ttl } else { self.cfg.max_ttl };
+                let ttl = ttl.min(max);
                 self.leases.insert(resource.to_owned(), Lease { holder: node.to_owned(), expires: now + ttl });
                 Decision::Granted { ttl, new: !held_by_me }
             }
@@ -188,7 +200,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(3);
 
     fn server(t0: Instant) -> LeaseServer {
-        LeaseServer::new(t0, ServerConfig { max_ttl: Duration::from_secs(10), startup_grace: Duration::ZERO })
+        LeaseServer::new(t0, ServerConfig { startup_grace: Duration::ZERO, ..ServerConfig::new(Duration::from_secs(10)) })
     }
 
     fn granted(d: &Decision) -> bool {
@@ -275,6 +287,20 @@ mod tests {
             )
             .unwrap();
         assert_eq!(reply, Repr::Granted { seq: 9, ttl_ms: 10_000 });
+    }
+
+    #[test]
+    fn a_fence_is_bounded_by_the_fence_ttl_not_the_lease_ttl() {
+        let t0 = Instant::now();
+        let mut s = server(t0);
+        let day = Duration::from_secs(86_400);
+        let d = s.decide(t0, RequestKind::Acquire, "r0.fence", "main", day);
+        assert_eq!(d, Decision::Granted { ttl: day, new: true });
+        let d = s.decide(t0, RequestKind::Acquire, "r0.fence", "backup", TTL);
+        assert!(matches!(d, Decision::Refused { reason: RefuseReason::Held, holder: Some(ref h), .. } if h == "main"));
+        let d = s.decide(t0, RequestKind::Acquire, "r1.fence", "main", day * 365);
+        assert_eq!(d, Decision::Granted { ttl: DEFAULT_MAX_FENCE_TTL, new: true });
+        assert_eq!(s.decide(t0, RequestKind::Release, "r0.fence", "main", TTL), Decision::Released { was_holder: true });
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl Sim {
         Sim {
             t0,
             now: Duration::ZERO,
-            server: LeaseServer::new(t0, ServerConfig { max_ttl: TTL, startup_grace: Duration::ZERO }),
+            server: LeaseServer::new(t0, ServerConfig { startup_grace: Duration::ZERO, ..ServerConfig::new(TTL) }),
             nodes,
             rng: ChaCha8Rng::seed_from_u64(seed),
             spike_prob,
@@ -236,7 +236,7 @@ proptest! {
 fn replies_delayed_longer_than_the_ttl_never_give_a_lease() {
     // Every message takes 1.1 TTL each way.
     let t0 = Instant::now();
-    let mut server = LeaseServer::new(t0, ServerConfig { max_ttl: TTL, startup_grace: Duration::ZERO });
+    let mut server = LeaseServer::new(t0, ServerConfig { startup_grace: Duration::ZERO, ..ServerConfig::new(TTL) });
     let mut c = LeaseClient::new(ClientConfig::new("main", TTL));
     c.handle_connected(t0);
     c.want(t0, R, true);
@@ -293,7 +293,7 @@ fn a_race_then_a_takeover_after_the_holder_goes_silent() {
 #[test]
 fn the_loser_of_a_race_is_told_the_holder() {
     let t0 = Instant::now();
-    let mut server = LeaseServer::new(t0, ServerConfig { max_ttl: TTL, startup_grace: Duration::ZERO });
+    let mut server = LeaseServer::new(t0, ServerConfig { startup_grace: Duration::ZERO, ..ServerConfig::new(TTL) });
     let mut a = LeaseClient::new(ClientConfig::new("main", TTL));
     let mut b = LeaseClient::new(ClientConfig::new("backup", TTL));
     for c in [&mut a, &mut b] {
