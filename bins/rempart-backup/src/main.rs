@@ -35,7 +35,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
-mod runner;
+mod run_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "rempart-backup", version, about = "Deduplicated, encrypted backups (borg's command set)")]
@@ -265,10 +265,10 @@ enum Cmd {
     /// Run borgmatic 1.7's configuration: create, prune, compact, check for each repository,
     /// with hooks, check frequencies and a metrics textfile (docs/borgmatic.md). Exit codes are
     /// borgmatic's: 0 ok, 1 something failed.
-    Run(runner::RunArgs),
+    Run(run_cmd::RunArgs),
     /// Restore an archive (default: the newest) into a temporary directory and verify every file
     /// against the archive.
-    RestoreTest(runner::RestoreTestArgs),
+    RestoreTest(run_cmd::RestoreTestArgs),
     /// Remove a stale lock.
     BreakLock {
         /// Repository.
@@ -408,28 +408,28 @@ fn signal_exit_code(sig: i32) -> u8 {
     }
 }
 
-/// For `create`: SIGINT and SIGTERM are blocked in every thread and waited for by one thread,
-/// which sets `cancel` on the first (create then writes its checkpoint and returns) and ends the
-/// process on the second. Safe code only: `sigwait`, no handler. Child processes (ssh, the
-/// passcommand) get the default mask back from `std::process::Command`.
-fn cancel_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+/// For `create` and `run`: SIGINT and SIGTERM are blocked in every thread and waited for by one
+/// thread, which cancels `cancel` on the first (create then writes its checkpoint and returns)
+/// and ends the process on the second. Safe code only: `sigwait`, no handler. Child processes
+/// (ssh, the passcommand, hooks) get the default mask back from `std::process::Command`.
+fn cancel_on_signals(cancel: &runner::Cancel) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.thread_block().context("blocking SIGINT/SIGTERM")?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    let flag = cancel.clone();
+    let cancel = cancel.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || loop {
         let Ok(sig) = set.wait() else { return };
-        if flag.swap(true, Ordering::SeqCst) {
+        if cancel.is_cancelled() {
             eprintln!("{sig} again: stopping now");
             std::process::exit(i32::from(signal_exit_code(sig as i32)));
         }
         SIGNAL.store(sig as i32, Ordering::SeqCst);
+        cancel.cancel(format!("{sig} received"));
         tracing::info!("{sig}: writing a checkpoint, then stopping");
     })?;
-    Ok(cancel)
+    Ok(())
 }
 
 /// Standard output for command results: an EPIPE is remembered (see [`STDOUT_CLOSED`]) so the
@@ -528,25 +528,13 @@ fn keys_dir() -> Option<PathBuf> {
     env_dir("REMPART_KEYS_DIR", ".config/rempart/keys")
 }
 
+/// The passphrase from `var` (and `REMPART_PASSCOMMAND` for the repository's), else a prompt
+/// on a terminal (the runner crate's sources; the prompt is the binary's).
 fn passphrase(prompt: &str, var: &str) -> anyhow::Result<Option<String>> {
-    if let Ok(p) = std::env::var(var) {
+    if let Some(p) = runner::passphrase::resolve_first(&run_cmd::passphrase_sources(var))? {
         return Ok(Some(p));
     }
-    if var == "REMPART_PASSPHRASE" {
-        if let Ok(cmd) = std::env::var("REMPART_PASSCOMMAND") {
-            let out =
-                std::process::Command::new("sh").arg("-c").arg(&cmd).output().context("running REMPART_PASSCOMMAND")?;
-            if !out.status.success() {
-                bail!("REMPART_PASSCOMMAND failed with {}", out.status);
-            }
-            let s = String::from_utf8(out.stdout).context("REMPART_PASSCOMMAND output")?;
-            return Ok(Some(s.trim_end_matches('\n').to_string()));
-        }
-    }
-    if std::io::stdin().is_terminal() {
-        return Ok(Some(rpassword::prompt_password(prompt)?));
-    }
-    Ok(None)
+    Ok(run_cmd::prompt(prompt)?)
 }
 
 /// Splits `REPO::ARCHIVE` (REPO defaults to REMPART_REPO).
@@ -590,37 +578,6 @@ fn open(repo: &str) -> anyhow::Result<Repository> {
     Ok(r)
 }
 
-/// Expands borg's placeholders in archive names.
-fn placeholders(s: &str, now: DateTime<Local>) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('{') {
-        out.push_str(&rest[..i]);
-        let j = rest[i..].find('}').ok_or_else(|| anyhow!("unclosed placeholder in {s:?}"))? + i;
-        let ph = &rest[i + 1..j];
-        let (key, fmt) = match ph.split_once(':') {
-            Some((k, f)) => (k, Some(f)),
-            None => (ph, None),
-        };
-        let host = dedupstore::repo::hostname();
-        let v = match key {
-            "hostname" => host.split('.').next().unwrap_or("").to_string(),
-            "fqdn" => host,
-            "now" => now.format(fmt.unwrap_or("%Y-%m-%dT%H:%M:%S")).to_string(),
-            "utcnow" => now.with_timezone(&Utc).format(fmt.unwrap_or("%Y-%m-%dT%H:%M:%S")).to_string(),
-            "user" => {
-                nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name).unwrap_or_default()
-            }
-            "pid" => std::process::id().to_string(),
-            _ => bail!("unknown placeholder {{{ph}}}"),
-        };
-        out.push_str(&v);
-        rest = &rest[j + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 fn parse_timestamp(s: &str) -> anyhow::Result<DateTime<Utc>> {
     for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
@@ -644,18 +601,7 @@ fn iso(t: DateTime<Utc>) -> String {
 }
 
 fn size(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < units.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", units[u])
-    }
+    runner::format_size(n)
 }
 
 fn mode_string(kind: dedupstore::archive::ItemKind, mode: u32) -> String {
@@ -778,7 +724,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let (repo_path, name) = split_target(Some(&target))?;
             let name = name.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
-            let name = placeholders(&name, Local::now())?;
+            let name = runner::placeholders::expand(&name, Local::now())?;
             let mut opts = CreateOptions::new(name, paths);
             opts.compression = Compression::parse(&compression)?;
             opts.timestamp = timestamp.as_deref().map(parse_timestamp).transpose()?;
@@ -791,7 +737,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.cmdline = std::env::args().collect();
             opts.stdin = Some(stdin_source(&stdin_name, stdin_user, stdin_group, &stdin_mode)?);
             if !dry_run {
-                opts.cancel = Some(cancel_on_signals()?);
+                let cancel = runner::Cancel::new();
+                cancel_on_signals(&cancel)?;
+                opts.cancel = Some(cancel.flag());
             }
             let repo = open(&repo_path)?;
             let started = std::time::Instant::now();
@@ -1270,8 +1218,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
-        Cmd::Run(a) => runner::run(a),
-        Cmd::RestoreTest(a) => runner::restore_test_cmd(a),
+        Cmd::Run(a) => run_cmd::run(a),
+        Cmd::RestoreTest(a) => run_cmd::restore_test_cmd(a),
         Cmd::BreakLock { repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
             let backend = backend(&repo_path)?;
@@ -1301,9 +1249,9 @@ mod tests {
     #[test]
     fn placeholders_and_timestamps() {
         let now = Local::now();
-        let s = placeholders("{hostname}-{now:%Y}", now).unwrap();
+        let s = runner::placeholders::expand("{hostname}-{now:%Y}", now).unwrap();
         assert!(s.ends_with(&now.format("-%Y").to_string()));
-        assert!(placeholders("{bogus}", now).is_err());
+        assert!(runner::placeholders::expand("{bogus}", now).is_err());
         assert_eq!(parse_timestamp("2024-01-02T03:04:05").unwrap().to_rfc3339(), "2024-01-02T03:04:05+00:00");
         assert_eq!(split_target(Some("r::a")).unwrap(), ("r".into(), Some("a".into())));
     }
