@@ -23,6 +23,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 pub use rempart_testkit::Lab;
 
+pub mod monitor;
 pub mod monitoring;
 pub mod probe;
 pub mod steps;

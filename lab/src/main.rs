@@ -7,7 +7,9 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use rempart_lab::{build, default_steps, drill, Lab, Outcome, HOSTS, PERSISTENT_NAME, VIP};
+use std::time::Duration;
+
+use rempart_lab::{build, default_steps, drill, monitor, Lab, Outcome, HOSTS, PERSISTENT_NAME, VIP};
 
 /// The reference three-host deployment (main, backup, monitoring, client) in network namespaces.
 #[derive(Parser, Debug)]
@@ -33,6 +35,21 @@ enum Cmd {
     },
     /// Build a fresh lab, run every drill step, print the report, tear everything down.
     Drill,
+    /// The monitoring host's webhook receiver: records each Alertmanager notification, with the
+    /// time it arrived, as one JSON line of LOG (started by `up` inside the monitoring host).
+    Webhook {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The file to append notifications to.
+        #[arg(long)]
+        log: std::path::PathBuf,
+    },
+}
+
+/// Where `up` keeps the monitoring stack's files (configs, TSDB, logs); `down` removes it.
+fn monitoring_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{PERSISTENT_NAME}-monitoring"))
 }
 
 fn main() -> ExitCode {
@@ -47,13 +64,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if !nix_is_root() {
+    // The webhook receiver runs inside a lab host and needs nothing more.
+    if !matches!(cli.cmd, Cmd::Webhook { .. }) && !nix_is_root() {
         bail!("rempart-lab needs root (network namespaces)");
     }
     match cli.cmd {
         Cmd::Up => {
             let mut lab = Lab::named(PERSISTENT_NAME)?;
             build(&mut lab)?;
+            // No lab of this name exists, so a directory left here is from a crashed run.
+            let dir = monitoring_dir();
+            let _ = std::fs::remove_dir_all(&dir);
+            // On failure the stack kills what it started and the lab removes its namespaces.
+            let stack = monitor::Stack::start(&lab, &monitor::Options { dir, interval: Duration::from_secs(5) })
+                .context("starting the monitoring host")?;
+            let pids = stack.pids();
+            let dir = stack.dir().to_path_buf();
+            stack.keep();
             lab.keep();
             println!("lab {PERSISTENT_NAME} is up (remove it with `rempart-lab down`):");
             for h in HOSTS {
@@ -61,10 +88,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("  {:<11} netns {PERSISTENT_NAME}-{:<11} mgmt {}{repl}", h.name, h.name, h.mgmt);
             }
             println!("  virtual IP {VIP} (held by whichever of main/backup is VRRP master)");
+            let mon = rempart_lab::host("monitoring").map_or("", |h| h.mgmt);
+            println!(
+                "monitoring: Prometheus http://{mon}:{}, Alertmanager http://{mon}:{} (rules and routes from deploy/), \
+                 notifications in {}",
+                monitor::PROMETHEUS_PORT,
+                monitor::ALERTMANAGER_PORT,
+                dir.join("notifications.jsonl").display()
+            );
+            for (h, what, pid) in pids {
+                println!("  {what:<13} on {h:<10} pid {pid}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down => {
+            // Kills every process inside the namespaces (by pid), then deletes them.
             let gone = rempart_testkit::netns::destroy(PERSISTENT_NAME)?;
+            let dir = monitoring_dir();
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
             println!("removed {} namespaces", gone.len());
             Ok(ExitCode::SUCCESS)
         }
@@ -78,6 +121,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let err = Command::new("ip").args(["netns", "exec", &ns]).args(&cmd).exec();
             Err(err).context("exec ip netns exec")
+        }
+        Cmd::Webhook { listen, log } => {
+            monitor::serve_webhook(listen, &log)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Drill => {
             let mut lab = rempart_lab::reference()?;

@@ -44,6 +44,14 @@ fn up_exec_down() {
     let _ = Command::new(bin).arg("down").output();
     let up = Command::new(bin).arg("up").output().expect("up");
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    // `up` starts the monitoring host and the exporters (issue 16) and lists their pids.
+    let up_out = String::from_utf8_lossy(&up.stdout).into_owned();
+    let pids: Vec<u32> =
+        up_out.lines().filter_map(|l| l.rsplit_once(" pid ").and_then(|(_, p)| p.trim().parse().ok())).collect();
+    for what in ["prometheus ", "alertmanager ", "node-exporter ", "webhook ", "rempart-vrrp ", "rempart-repl "] {
+        assert!(up_out.lines().any(|l| l.trim_start().starts_with(what) && l.contains(" pid ")), "{what}: {up_out}");
+    }
+    assert_eq!(pids.len(), 9, "{up_out}");
     let again = Command::new(bin).arg("up").output().expect("up twice");
     assert_eq!(again.status.code(), Some(2), "a second `up` must refuse");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
@@ -59,6 +67,11 @@ fn up_exec_down() {
     let down = Command::new(bin).arg("down").output().expect("down");
     assert!(down.status.success());
     assert!(String::from_utf8_lossy(&down.stdout).contains("removed 6 namespaces"));
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "pid {pid} survived `down`: {up_out}");
+    }
+    assert!(!std::env::temp_dir().join(format!("{PERSISTENT_NAME}-monitoring")).exists());
     let left: Vec<_> = list_namespaces()
         .expect("list")
         .into_iter()

@@ -1,0 +1,466 @@
+//! The lab's monitoring host, running the configuration of `deploy/` on Debian's own servers.
+//!
+//! ```text
+//!   main / backup                                    monitoring
+//!   rempart-vrrp  :9650  (VRRP, the drill's conf)    prometheus :9090  (deploy/prometheus, faster intervals)
+//!   rempart-repl  :9810  (r0, Secondary, sparse)  ◄──  │ rules/*.yml
+//!   node_exporter :9100  (textfile dir per host)       ▼
+//!                                                    prometheus-alertmanager :9093 (deploy/alertmanager)
+//!                                                      │ webhook
+//!                                                      ▼
+//!                                                    rempart-lab webhook 127.0.0.1:9095 → notifications.jsonl
+//! ```
+//!
+//! Everything lives in one directory (configs, TSDB, Alertmanager's state, the daemons' files,
+//! the webhook log) and every process is spawned inside its host's namespace through
+//! [`Lab::spawn`], so dropping the [`Stack`] (or the lab) kills them by process group, on
+//! success and on failure alike. `rempart-lab up` leaves them running ([`Stack::keep`]);
+//! `rempart-lab down` kills every pid inside the lab's namespaces and removes the directory.
+//!
+//! The configuration files are the ones in `deploy/`, changed only where the lab differs from a
+//! deployment: the scrape and evaluation intervals (seconds instead of 15 s, so a test sees an
+//! alert quickly) and, for Alertmanager, the grouping waits. Addresses are the lab's own, which
+//! are the reference deployment's.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use rempart_testkit::netns::Proc;
+
+use crate::monitoring::deploy_dir;
+use crate::steps::{sibling_binary, vrrp_drill_conf};
+use crate::{host, Lab};
+
+/// Prometheus's port on the monitoring host.
+pub const PROMETHEUS_PORT: u16 = 9090;
+/// Alertmanager's port on the monitoring host.
+pub const ALERTMANAGER_PORT: u16 = 9093;
+/// The webhook receiver's port (on the monitoring host's loopback, as in `deploy/alertmanager`).
+pub const WEBHOOK_PORT: u16 = 9095;
+
+/// How the stack runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The directory for everything (created; removed when the stack is dropped, unless kept).
+    pub dir: PathBuf,
+    /// Prometheus's scrape and rule evaluation interval.
+    pub interval: Duration,
+}
+
+/// The monitoring host and the exporters it scrapes. See the module docs.
+#[derive(Debug)]
+pub struct Stack {
+    dir: PathBuf,
+    procs: Vec<(String, &'static str, Proc)>,
+    keep: bool,
+}
+
+fn mgmt(h: &str) -> anyhow::Result<&'static str> {
+    Ok(host(h).with_context(|| format!("no host {h}"))?.mgmt)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// `deploy/prometheus/prometheus.yml` with the lab's intervals and the rules copied beside it.
+fn prometheus_config(dir: &Path, interval: Duration) -> anyhow::Result<PathBuf> {
+    let src = deploy_dir().join("prometheus");
+    let text =
+        std::fs::read_to_string(src.join("prometheus.yml")).context("reading deploy/prometheus/prometheus.yml")?;
+    let want = ["  scrape_interval: 15s\n", "  evaluation_interval: 15s\n"];
+    anyhow::ensure!(want.iter().all(|w| text.contains(w)), "deploy/prometheus/prometheus.yml: intervals not found");
+    let text = text
+        .replace(want[0], &format!("  scrape_interval: {}\n  scrape_timeout: {}\n", secs(interval), secs(interval)))
+        .replace(want[1], &format!("  evaluation_interval: {}\n", secs(interval)));
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules)?;
+    for e in std::fs::read_dir(src.join("rules"))? {
+        let p = e?.path();
+        if let Some(name) = p.file_name() {
+            std::fs::copy(&p, rules.join(name))?;
+        }
+    }
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// `deploy/alertmanager/alertmanager.yml` with short grouping waits (a notification within a
+/// second of the alert, not after 10–30 s).
+fn alertmanager_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(deploy_dir().join("alertmanager/alertmanager.yml"))
+        .context("reading deploy/alertmanager/alertmanager.yml")?;
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        let indent = &line[..line.len() - t.len()];
+        if t.starts_with("group_wait:") {
+            out.push_str(&format!("{indent}group_wait: 1s\n"));
+        } else if t.starts_with("group_interval:") {
+            out.push_str(&format!("{indent}group_interval: 2s\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let path = dir.join("alertmanager.yml");
+    std::fs::write(&path, out)?;
+    Ok(path)
+}
+
+impl Stack {
+    /// Starts, in `lab` (built by [`crate::build`]): rempart-vrrp and rempart-repl (Secondary) on
+    /// main and backup, serving metrics on their management address; node_exporter there;
+    /// Prometheus, Alertmanager and the webhook receiver on monitoring. Returns once Prometheus
+    /// and Alertmanager answer `/-/ready` and the webhook listens.
+    pub fn start(lab: &Lab, opts: &Options) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
+        let mut s = Stack { dir: opts.dir.clone(), procs: Vec::new(), keep: false };
+        s.start_inner(lab, opts)?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self, lab: &Lab, host: &str, what: &'static str, args: &[String], prog: &str) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{what}-{host}.log")))?;
+        let mut c = lab.cmd(host, prog);
+        c.args(args).stdout(Stdio::null()).stderr(log);
+        let p = lab.spawn(host, c).with_context(|| format!("starting {what} on {host}"))?;
+        self.procs.push((host.to_string(), what, p));
+        Ok(())
+    }
+
+    fn start_inner(&mut self, lab: &Lab, opts: &Options) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
+        // rempart-vrrp and rempart-repl on main and backup.
+        let vrrp = sibling_binary("rempart-vrrp")?;
+        let repl = sibling_binary("rempart-repl")?;
+        std::fs::write(dir.join("r0.secret"), "lab monitoring secret\n")?;
+        let repl_conf = format!(
+            "[resource]\nname = \"r0\"\nprotocol = \"C\"\nsecret-file = \"r0.secret\"\npeer-timeout-ms = 1000\n\n\
+             [[node]]\nname = \"main\"\naddress = \"{}:7789\"\ndisk = \"r0-main.img\"\nnbd = \"127.0.0.1:10809\"\n\n\
+             [[node]]\nname = \"backup\"\naddress = \"{}:7789\"\ndisk = \"r0-backup.img\"\nnbd = \"127.0.0.1:10809\"\n",
+            host("main").and_then(|h| h.repl).context("main repl")?,
+            host("backup").and_then(|h| h.repl).context("backup repl")?,
+        );
+        std::fs::write(dir.join("r0.toml"), repl_conf)?;
+        for (h, prio) in [("main", 150u8), ("backup", 100u8)] {
+            let ip = mgmt(h)?;
+            std::fs::write(dir.join(format!("vrrp-{h}.conf")), vrrp_drill_conf(h, prio))?;
+            let args = ["--run-dir", &d(&format!("vrrp-run-{h}")), "run", "-f", &d(&format!("vrrp-{h}.conf"))]
+                .map(String::from)
+                .into_iter()
+                .chain(["--metrics-listen".into(), format!("{ip}:9650")])
+                .collect::<Vec<_>>();
+            self.spawn(lab, h, "rempart-vrrp", &args, &vrrp.to_string_lossy())?;
+
+            let img = std::fs::File::create(dir.join(format!("r0-{h}.img")))?;
+            img.set_len(64 << 20)?;
+            let out = lab
+                .cmd(h, &repl.to_string_lossy())
+                .args(["create-md", "-c", &d("r0.toml"), "--node", h])
+                .output()
+                .context("rempart-repl create-md")?;
+            if !out.status.success() {
+                bail!("rempart-repl create-md on {h}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let args = ["run", "-c", &d("r0.toml"), "--node", h, "--run-dir", &d(&format!("repl-run-{h}"))]
+                .map(String::from)
+                .into_iter()
+                .chain(["--metrics-listen".into(), format!("{ip}:9810")])
+                .collect::<Vec<_>>();
+            self.spawn(lab, h, "rempart-repl", &args, &repl.to_string_lossy())?;
+
+            let textfile = dir.join(format!("textfile-{h}"));
+            std::fs::create_dir_all(&textfile)?;
+            let args = vec![
+                format!("--web.listen-address={ip}:9100"),
+                format!("--collector.textfile.directory={}", textfile.display()),
+            ];
+            self.spawn(lab, h, "node-exporter", &args, "prometheus-node-exporter")?;
+        }
+
+        // The monitoring host.
+        let mon = mgmt("monitoring")?;
+        let webhook_log = d("notifications.jsonl");
+        let lab_bin = sibling_binary("rempart-lab")?;
+        let args =
+            vec!["webhook".into(), "--listen".into(), format!("127.0.0.1:{WEBHOOK_PORT}"), "--log".into(), webhook_log];
+        self.spawn(lab, "monitoring", "webhook", &args, &lab_bin.to_string_lossy())?;
+
+        let am_conf = alertmanager_config(&dir)?;
+        let args = vec![
+            format!("--config.file={}", am_conf.display()),
+            format!("--storage.path={}", d("alertmanager-data")),
+            format!("--web.listen-address={mon}:{ALERTMANAGER_PORT}"),
+            "--cluster.listen-address=".into(),
+        ];
+        self.spawn(lab, "monitoring", "alertmanager", &args, "prometheus-alertmanager")?;
+
+        let prom_conf = prometheus_config(&dir, opts.interval)?;
+        let args = vec![
+            format!("--config.file={}", prom_conf.display()),
+            format!("--storage.tsdb.path={}", d("prometheus-data")),
+            format!("--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}"),
+        ];
+        self.spawn(lab, "monitoring", "prometheus", &args, "prometheus")?;
+
+        let ready = |port: u16| {
+            let addr = SocketAddr::new(mon.parse().expect("constant address"), port);
+            move |lab: &Lab| http_get(lab, "monitoring", addr, "/-/ready").is_ok_and(|(code, _)| code == 200)
+        };
+        for (port, what) in [(PROMETHEUS_PORT, "Prometheus"), (ALERTMANAGER_PORT, "Alertmanager")] {
+            let ok = ready(port);
+            rempart_testkit::wait::until(Duration::from_secs(30), &format!("{what} ready"), || {
+                self.check_running().is_ok() && ok(lab)
+            })
+            .with_context(|| self.logs_tail())?;
+        }
+        let hook = SocketAddr::from(([127, 0, 0, 1], WEBHOOK_PORT));
+        rempart_testkit::wait::until(Duration::from_secs(10), "webhook receiver listening", || {
+            lab.enter("monitoring", || TcpStream::connect(hook).is_ok()).unwrap_or(false)
+        })?;
+        self.check_running()
+    }
+
+    /// Fails naming the first process that exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for (h, what, p) in &mut self.procs {
+            if let Some(st) = p.wait_timeout(Duration::ZERO) {
+                bail!("{what} on {h} exited ({st}); see {}", self.dir.join(format!("{what}-{h}.log")).display());
+            }
+        }
+        Ok(())
+    }
+
+    fn logs_tail(&self) -> String {
+        let mut s = String::new();
+        for (h, what, _) in &self.procs {
+            let text = std::fs::read_to_string(self.dir.join(format!("{what}-{h}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            s.push_str(&format!("\n{what} on {h}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+        }
+        s
+    }
+
+    /// Kills `what` (e.g. `rempart-vrrp`) on `host` with SIGKILL, as a fault to alert on.
+    pub fn kill(&mut self, host: &str, what: &str) -> anyhow::Result<()> {
+        let (_, _, p) = self
+            .procs
+            .iter_mut()
+            .find(|(h, w, _)| h == host && *w == what)
+            .with_context(|| format!("no {what} on {host} in the stack"))?;
+        p.kill();
+        Ok(())
+    }
+
+    /// Every process: (host, what, pid).
+    #[must_use]
+    pub fn pids(&self) -> Vec<(String, &'static str, u32)> {
+        self.procs.iter().map(|(h, w, p)| (h.clone(), *w, p.pid())).collect()
+    }
+
+    /// The stack's directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The webhook receiver's log: one JSON object per notification.
+    #[must_use]
+    pub fn notifications_path(&self) -> PathBuf {
+        self.dir.join("notifications.jsonl")
+    }
+
+    /// Leaves every process and the directory in place (for `rempart-lab up`; `down` removes them).
+    pub fn keep(mut self) {
+        self.keep = true;
+        for (_, _, p) in std::mem::take(&mut self.procs) {
+            // A `Proc` kills its process group when dropped: forget it so the process outlives us.
+            std::mem::forget(p);
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Processes first (their `Proc`s kill them by process group), then their files.
+        self.procs.clear();
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET from inside `host` (no proxy, no TLS): returns the status code and the
+/// body (chunked transfer decoded).
+pub fn http_get(lab: &Lab, host: &str, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    let raw = lab.enter(host, move || -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(req.as_bytes())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        Ok(buf)
+    })??;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("HTTP response without header end")?;
+    let code =
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("HTTP response without status code")?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return Ok((code, body.to_string()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").context("truncated chunk")?;
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).context("bad chunk size")?;
+        if n == 0 {
+            break;
+        }
+        let chunk = after.get(..n).context("truncated chunk")?;
+        out.push_str(chunk);
+        rest = after.get(n + 2..).context("truncated chunk")?;
+    }
+    Ok((code, out))
+}
+
+/// Runs an instant query on the lab's Prometheus; returns `data.result`.
+pub fn query(lab: &Lab, promql: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let addr = SocketAddr::new(mgmt("monitoring")?.parse()?, PROMETHEUS_PORT);
+    let path = format!("/api/v1/query?query={}", percent_encode(promql));
+    let (code, body) = http_get(lab, "monitoring", addr, &path)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("query {promql:?}: HTTP {code}: {body}"))?;
+    if v["status"] != "success" {
+        bail!("query {promql:?}: {}", v["error"]);
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The webhook receiver (`rempart-lab webhook`): accepts Alertmanager's POSTs on `listen` and
+/// appends one line per notification to `log`: `{"received": <Unix seconds>, "notification":
+/// <the body>}`, flushed before answering 200. Runs until killed.
+pub fn serve_webhook(listen: SocketAddr, log: &Path) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let (status, body) = match read_post(&mut conn) {
+            Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b) {
+                Ok(n) => {
+                    let received = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+                    let line = serde_json::json!({ "received": received, "notification": n });
+                    writeln!(file, "{line}").and_then(|()| file.sync_data()).context("writing the log")?;
+                    ("200 OK", "")
+                }
+                Err(_) => ("400 Bad Request", "not JSON\n"),
+            },
+            Err(_) => ("400 Bad Request", "bad request\n"),
+        };
+        let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    }
+    Ok(())
+}
+
+fn read_post(conn: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut r = BufReader::new(conn);
+    let mut len = None;
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    anyhow::ensure!(line.starts_with("POST "), "not a POST");
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = Some(v.trim().parse::<usize>()?);
+            }
+        }
+    }
+    let len = len.context("no Content-Length")?;
+    anyhow::ensure!(len <= 16 << 20, "body too large");
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(body)
+}
+
+/// Reads the webhook log: (received Unix seconds, notification) per line.
+pub fn read_notifications(path: &Path) -> anyhow::Result<Vec<(f64, serde_json::Value)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).with_context(|| format!("{}: {l}", path.display()))?;
+            Ok((v["received"].as_f64().unwrap_or(0.0), v["notification"].clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_parse_plain_and_chunked() {
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap(), (200, "ok".to_string()));
+        let chunked =
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), (503, "abcde".to_string()));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab").is_err());
+        assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn queries_are_percent_encoded() {
+        assert_eq!(percent_encode(r#"up{job="a b"} == 1"#), "up%7Bjob%3D%22a%20b%22%7D%20%3D%3D%201");
+    }
+
+    #[test]
+    fn lab_configs_change_only_intervals_and_waits() {
+        let d = std::env::temp_dir().join(format!("rempart-lab-monitor-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = std::fs::read_to_string(prometheus_config(&d, Duration::from_secs(2)).unwrap()).unwrap();
+        assert!(p.contains("  scrape_interval: 2000ms\n  scrape_timeout: 2000ms\n") && !p.contains("15s"), "{p}");
+        assert!(d.join("rules/vrrp.yml").is_file());
+        let a = std::fs::read_to_string(alertmanager_config(&d).unwrap()).unwrap();
+        assert!(a.contains("  group_wait: 1s\n") && a.contains("      group_wait: 1s\n") && !a.contains("30s"), "{a}");
+        assert!(a.contains("url: 'http://127.0.0.1:9095/alerts'"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
