@@ -188,9 +188,9 @@ impl WitnessServer {
         let table = Mutex::new(LeaseServer::new(Instant::now(), cfg.leases.clone()));
         let shared = Arc::new(Shared { cfg, table, metrics: Metrics::default(), warned: Mutex::default() });
         let m = &shared.metrics;
-        registry.register("rempart_witness_grants", "Leases granted or renewed.", m.grants.clone());
-        registry.register("rempart_witness_refusals", "Lease requests refused.", m.refusals.clone());
-        registry.register("rempart_witness_releases", "Leases released by their holder.", m.releases.clone());
+        registry.register("rempart_witness_grants", "Leases granted or renewed", m.grants.clone());
+        registry.register("rempart_witness_refusals", "Lease requests refused", m.refusals.clone());
+        registry.register("rempart_witness_releases", "Leases released by their holder", m.releases.clone());
         registry.register_collector(Box::new(WitnessCollector(shared.clone())));
         WitnessServer { shared }
     }
