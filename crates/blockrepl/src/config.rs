@@ -7,7 +7,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::meta::AfterSb0Pri;
-use crate::proto::Protocol;
+use crate::proto::{OnNoQuorum, Protocol};
 
 /// Configuration errors, each naming the file and field.
 #[derive(Debug, Error)]
@@ -92,6 +92,21 @@ pub struct Resource {
     /// Checksum-based resync: compare blake3 hashes, send only ranges that differ.
     #[serde(default)]
     pub checksum_resync: bool,
+    /// The quorum gate: `off` (the default: `rempart-repl` alone behaves as it always did) or
+    /// `majority` (the peer, or the witness's lease that `rempart-node` feeds in).
+    #[serde(default = "default_quorum")]
+    pub quorum: String,
+    /// What a Primary without quorum does with writes: `suspend-io` (the default: hold them
+    /// until quorum is back) or `io-error` (fail them).
+    #[serde(default = "default_on_no_quorum")]
+    pub on_no_quorum: String,
+}
+
+fn default_quorum() -> String {
+    "off".into()
+}
+fn default_on_no_quorum() -> String {
+    "suspend-io".into()
 }
 
 fn default_protocol() -> String {
@@ -184,6 +199,12 @@ impl ResourceConfig {
         if let Err(e) = r.after_sb_0pri.parse::<AfterSb0Pri>() {
             p.push(format!("resource.after-sb-0pri: {e}"));
         }
+        if !["off", "majority"].contains(&r.quorum.as_str()) {
+            p.push(format!("resource.quorum {:?}: use off or majority", r.quorum));
+        }
+        if let Err(e) = r.on_no_quorum.parse::<OnNoQuorum>() {
+            p.push(format!("resource.on-no-quorum: {e}"));
+        }
         if r.resync_rate_mib == 0 {
             p.push("resource.resync-rate-mib: must be > 0".into());
         }
@@ -260,6 +281,11 @@ impl ResourceConfig {
     /// Protocol (validated).
     pub fn protocol(&self) -> Protocol {
         self.resource.protocol.parse().unwrap_or_default()
+    }
+
+    /// The quorum gate (validated): `None` when off.
+    pub fn quorum(&self) -> Option<OnNoQuorum> {
+        (self.resource.quorum == "majority").then(|| self.resource.on_no_quorum.parse().unwrap_or_default())
     }
 
     /// Split-brain policy (validated).
@@ -361,6 +387,22 @@ nbd = "bogus"
                 link.display()
             );
         }
+    }
+
+    #[test]
+    fn quorum_is_off_by_default_and_validated() {
+        let base = "[resource]\nname = \"r0\"\nsecret-file = \"s\"\n{}\n\
+                    [[node]]\nname = \"a\"\naddress = \"127.0.0.1:7789\"\ndisk = \"a.img\"\nnbd = \"127.0.0.1:10809\"\n\
+                    [[node]]\nname = \"b\"\naddress = \"127.0.0.1:7790\"\ndisk = \"b.img\"\nnbd = \"127.0.0.1:10810\"\n";
+        let c = ResourceConfig::parse(Path::new("r0.toml"), &base.replace("{}", "")).unwrap();
+        assert_eq!(c.quorum(), None);
+        let c = ResourceConfig::parse(Path::new("r0.toml"), &base.replace("{}", "quorum = \"majority\"")).unwrap();
+        assert_eq!(c.quorum(), Some(OnNoQuorum::SuspendIo));
+        let t = base.replace("{}", "quorum = \"majority\"\non-no-quorum = \"io-error\"");
+        assert_eq!(ResourceConfig::parse(Path::new("r0.toml"), &t).unwrap().quorum(), Some(OnNoQuorum::IoError));
+        let t = base.replace("{}", "quorum = \"all\"\non-no-quorum = \"panic\"");
+        let e = ResourceConfig::parse(Path::new("r0.toml"), &t).unwrap_err().to_string();
+        assert!(e.contains("resource.quorum") && e.contains("resource.on-no-quorum"), "{e}");
     }
 
     #[test]

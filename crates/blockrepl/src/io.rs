@@ -83,6 +83,10 @@ enum Cmd {
     },
     /// The number of openers changed: publish it.
     Openers,
+    /// The witness lease changed.
+    Lease {
+        valid_until: Option<Instant>,
+    },
     /// Stop: finish what is in flight, write the metadata, end.
     Shutdown {
         reply: AdminReply,
@@ -198,6 +202,13 @@ impl Handle {
     /// over this handle are its own business.
     pub fn drop_openers(&self) {
         self.drop_gen.send_modify(|g| *g += 1);
+    }
+
+    /// Feeds the witness lease: valid while `Instant::now() < valid_until` (monotonic clock);
+    /// `None` withdraws it. With the `quorum` option on, a Primary without its peer
+    /// acknowledges writes only while the lease is valid (see the crate docs).
+    pub fn set_lease(&self, valid_until: Option<Instant>) {
+        let _ = self.tx.send(Cmd::Lease { valid_until });
     }
 
     /// Where the resource listens for its peer (the bound address: useful with port 0).
@@ -825,6 +836,7 @@ impl Actor {
                 self.stopping = Some(reply);
             }
             Cmd::Openers => {}
+            Cmd::Lease { valid_until } => self.rep.handle_lease(now, valid_until),
             Cmd::Write { off, len, data, fua, reply } => {
                 let req = self.next_req;
                 self.next_req += 1;
@@ -1316,6 +1328,16 @@ pub fn status_text(name: &str, s: &Status) -> String {
         }
         (c, _) => out.push_str(&format!("  peer connection:{c}\n")),
     }
+    if s.quorum.enabled {
+        out.push_str(&format!("  quorum:{}", if s.quorum.held { "yes" } else { "no" }));
+        if let Some(l) = s.quorum.lease_remaining {
+            out.push_str(&format!(" lease-remaining:{}ms", l.as_millis()));
+        }
+        if s.quorum.suspended > 0 {
+            out.push_str(&format!(" suspended-writes:{}", s.quorum.suspended));
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -1340,6 +1362,12 @@ pub fn status_json(name: &str, s: &Status) -> String {
         "split_brains": s.split_brains,
         "auth_failures": s.auth_failures,
         "verify_mismatched_blocks": s.verify_mismatches,
+        "quorum": {
+            "enabled": s.quorum.enabled,
+            "held": s.quorum.held,
+            "lease_remaining_ms": s.quorum.lease_remaining.map(|d| d.as_millis() as u64),
+            "suspended_writes": s.quorum.suspended,
+        },
     })
     .to_string()
 }
@@ -1464,6 +1492,7 @@ mod tests {
             auth_failures: 0,
             verify_mismatches: 0,
             gen: crate::meta::GenIds::fresh(),
+            quorum: Default::default(),
         };
         assert_eq!(
             status_text("r0", &s),

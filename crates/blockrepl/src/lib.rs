@@ -22,7 +22,9 @@
 //! | [`wire`] | replication frames (`FramePacket` + `Msg`) |
 //! | [`meta`] | generation identifiers and their comparison, bitmap, activity log, on-disk metadata |
 //! | [`proto`] | the sans-IO replica: roles, states, protocols A/B/C, barriers, resync, split brain, verify |
-//! | [`io`] | tokio shell: actor around the core, TCP link, control socket, metrics |
+//! | [`io`] | tokio shell: actor around the core, TCP link, NBD listener |
+//! | [`resource`] | the embeddable resource: start, status channel, typed errors and refusals, shutdown |
+//! | [`metrics`] | the replication families in a `prometheus-client` registry |
 //! | [`config`] | the TOML resource file |
 //! | [`drill`] | the failover drill step for `rempart-lab drill` |
 //!
@@ -50,6 +52,27 @@
 //! * **Transfer log.** Writes since the last acknowledged barrier may still sit in the peer's
 //!   cache; if the peer goes away they are marked out of sync, so a Secondary crash cannot leave
 //!   silently missing blocks.
+//! * **Quorum at the moment of the ack.** With the resource option `quorum = "majority"`
+//!   (off by default), a Primary acknowledges a client write or flush only if, at that
+//!   instant, its peer is connected and replicating, or it holds a witness lease
+//!   ([`proto::Replica::handle_lease`], [`io::Handle::set_lease`]) with `now < valid_until`
+//!   on the monotonic clock. The check is made when the acknowledgement is emitted, with the
+//!   `now` of the input that produced it, never when the write started: a Primary frozen
+//!   (SIGSTOP, VM pause) for longer than its lease wakes up with completions timestamped after
+//!   the lease and acknowledges none of them. Without quorum, `on-no-quorum = suspend-io` holds
+//!   the acknowledgements and releases them in order when the peer or a lease is back (a
+//!   demotion fails them), `io-error` fails them (EIO). Promotion without a connected, granting
+//!   peer needs a valid lease ([`resource::Refusal::NoQuorum`]).
+//!
+//!   The timing argument: the witness grants one holder per resource for a TTL, measured on
+//!   its own clock from when it sends the grant; the node counts `valid_until` from *before*
+//!   it asked (`asked_at + ttl`), so its lease ends no later than the witness's, whatever the
+//!   network delay. The witness grants the other node only after the TTL (plus a margin for
+//!   clock rate drift, e.g. 1 %) has passed since its last grant to this node. Hence at any
+//!   instant at most one node has `now < valid_until`, and a write acknowledged without the
+//!   peer was acknowledged by the one node that held the lease. With `renew` the renewal
+//!   period: `renew + max round trip < ttl`, the Patroni-style budget, keeps a healthy node's
+//!   lease from lapsing; a node that cannot renew for `ttl` stops acknowledging by itself.
 //! * **Refuse rather than guess.** Split brain, unrelated data, two Primaries, a Primary asked to
 //!   become SyncTarget: the node goes StandAlone and says why; the operator (or an explicit
 //!   `after-sb-0pri` policy) decides.

@@ -203,6 +203,57 @@ pub enum ReplError {
     /// Operation not allowed in the current state.
     #[error("{0}")]
     State(String),
+    /// Quorum is on and neither the peer (connected) nor a valid witness lease backs this
+    /// node: a promotion is refused, a write or flush fails (`on-no-quorum = io-error`).
+    #[error("no quorum: the peer is not connected and no witness lease is held")]
+    NoQuorum,
+}
+
+/// What a Primary without quorum does with a client write or flush that would be acknowledged
+/// (DRBD's `on-no-quorum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnNoQuorum {
+    /// Hold the acknowledgement until quorum is back (the peer connects or a lease arrives),
+    /// then release every held one in order; a demotion fails them.
+    #[default]
+    SuspendIo,
+    /// Fail it with [`ReplError::NoQuorum`] (EIO to the NBD client).
+    IoError,
+}
+
+impl std::str::FromStr for OnNoQuorum {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "suspend-io" => Ok(OnNoQuorum::SuspendIo),
+            "io-error" => Ok(OnNoQuorum::IoError),
+            o => Err(format!("{o:?} is not suspend-io or io-error")),
+        }
+    }
+}
+
+impl std::fmt::Display for OnNoQuorum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnNoQuorum::SuspendIo => "suspend-io",
+            OnNoQuorum::IoError => "io-error",
+        })
+    }
+}
+
+/// The quorum gate, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuorumStatus {
+    /// The `quorum` option is on.
+    pub enabled: bool,
+    /// Quorum is held now: the peer is connected and replicating, or the lease is valid (always
+    /// true when not enabled).
+    pub held: bool,
+    /// Time left on the witness lease, if one is valid.
+    pub lease_remaining: Option<Duration>,
+    /// Acknowledgements held (suspend-io).
+    pub suspended: usize,
 }
 
 /// A disk operation for the shell to execute.
@@ -348,6 +399,8 @@ pub struct Config {
     pub resync_request: u64,
     /// How the peer is named in logs (e.g. `backup (192.168.56.20:7789)`).
     pub peer_name: String,
+    /// The quorum gate (`None`: off, as DRBD's `quorum off`). See the crate docs' quorum rule.
+    pub quorum: Option<OnNoQuorum>,
 }
 
 impl Config {
@@ -366,6 +419,7 @@ impl Config {
             checksum_resync: false,
             resync_request: 1 << 20,
             peer_name: "peer".into(),
+            quorum: None,
         }
     }
 }
@@ -416,6 +470,8 @@ pub struct Status {
     pub verify_mismatches: u64,
     /// Generation identifiers.
     pub gen: GenIds,
+    /// The quorum gate.
+    pub quorum: QuorumStatus,
 }
 
 #[derive(Debug)]
@@ -636,6 +692,11 @@ pub struct Replica {
     verify_mismatches: u64,
     now: Option<Instant>,
     peer_latencies: Vec<Duration>,
+    /// The witness lease: valid while `now < lease` (monotonic).
+    lease: Option<Instant>,
+    /// Client requests whose successful acknowledgement waits for quorum (suspend-io), oldest
+    /// first.
+    suspended: VecDeque<u64>,
 }
 
 const RS_MAX_INFLIGHT: usize = 8;
@@ -750,6 +811,8 @@ impl Replica {
             verify_mismatches: 0,
             now: None,
             peer_latencies: Vec::new(),
+            lease: None,
+            suspended: VecDeque::new(),
             cfg,
         }
     }
@@ -757,6 +820,9 @@ impl Replica {
     /// The next action to execute. Call after every `handle_*` until it returns `None`.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
+        if !self.suspended.is_empty() && !self.quorum_gated() {
+            self.release_suspended();
+        }
         self.actions.pop_front()
     }
 
@@ -780,7 +846,75 @@ impl Replica {
         if !self.tlog.is_empty() {
             min(self.last_barrier.map(|b| b + AUTO_BARRIER));
         }
+        // The lease's end changes the status (quorum lost): the shell calls back then.
+        if self.cfg.quorum.is_some() && self.lease_valid() {
+            min(self.lease);
+        }
         t
+    }
+
+    // ---------------------------------------------------------------- quorum
+
+    /// The witness lease changed: valid while `now < valid_until` on the monotonic clock
+    /// (`None`: no lease). Held acknowledgements are released (in order) by the next
+    /// [`Replica::poll_action`] if quorum is back.
+    pub fn handle_lease(&mut self, now: Instant, valid_until: Option<Instant>) {
+        self.now = Some(now);
+        self.lease = valid_until;
+    }
+
+    /// The lease is valid at the time of the last input.
+    fn lease_valid(&self) -> bool {
+        matches!((self.lease, self.now), (Some(t), Some(n)) if n < t)
+    }
+
+    fn lease_valid_at(&self, now: Instant) -> bool {
+        self.lease.is_some_and(|t| now < t)
+    }
+
+    /// Quorum is on, this node is Primary, and neither the peer (connected and replicating)
+    /// nor the lease backs it now: a successful acknowledgement may not go out.
+    fn quorum_gated(&self) -> bool {
+        self.cfg.quorum.is_some() && self.role == Role::Primary && !self.replicating() && !self.lease_valid()
+    }
+
+    /// Completes a client request, through the quorum gate. Failures pass; a success waits
+    /// (suspend-io) or fails (io-error) while gated, and goes out after every held one.
+    fn ack(&mut self, req: u64, result: Result<(), ReplError>) {
+        if result.is_ok() && self.quorum_gated() {
+            match self.cfg.quorum.unwrap_or_default() {
+                OnNoQuorum::SuspendIo => {
+                    if self.suspended.is_empty() {
+                        warn!("no quorum: acknowledgements suspended until the peer or a lease is back");
+                    }
+                    self.suspended.push_back(req);
+                }
+                OnNoQuorum::IoError => {
+                    self.actions.push_back(Action::Complete { req, result: Err(ReplError::NoQuorum) });
+                }
+            }
+            return;
+        }
+        if result.is_ok() {
+            self.release_suspended();
+        }
+        self.actions.push_back(Action::Complete { req, result });
+    }
+
+    fn release_suspended(&mut self) {
+        if self.suspended.is_empty() {
+            return;
+        }
+        info!(writes = self.suspended.len(), "quorum back: held acknowledgements released");
+        while let Some(req) = self.suspended.pop_front() {
+            self.actions.push_back(Action::Complete { req, result: Ok(()) });
+        }
+    }
+
+    fn fail_suspended(&mut self) {
+        while let Some(req) = self.suspended.pop_front() {
+            self.actions.push_back(Action::Complete { req, result: Err(ReplError::NoQuorum) });
+        }
     }
 
     /// Peer round trips measured since the last call: from sending a write to its
@@ -834,6 +968,15 @@ impl Replica {
             auth_failures: self.auth_failures,
             verify_mismatches: self.verify_mismatches,
             gen: self.gen,
+            quorum: QuorumStatus {
+                enabled: self.cfg.quorum.is_some(),
+                held: self.cfg.quorum.is_none() || self.replicating() || self.lease_valid(),
+                lease_remaining: match (self.lease, self.now) {
+                    (Some(t), Some(n)) if n < t => Some(t - n),
+                    _ => None,
+                },
+                suspended: self.suspended.len(),
+            },
         }
     }
 
@@ -967,6 +1110,7 @@ impl Replica {
 
     /// A client flush.
     pub fn handle_flush(&mut self, now: Instant, req: u64) {
+        self.now = Some(now);
         if self.role != Role::Primary {
             self.actions.push_back(Action::Complete { req, result: Err(ReplError::NotPrimary) });
             return;
@@ -1149,7 +1293,7 @@ impl Replica {
             Some(e) => Err(e),
             None => Ok(()),
         };
-        self.actions.push_back(Action::Complete { req: w.req, result });
+        self.ack(w.req, result);
         self.start_waiting();
         self.pump_resync();
     }
@@ -1158,7 +1302,7 @@ impl Replica {
         let done = self.flushes.get(&fid).is_some_and(|f| f.local_done && f.peer_epoch.is_none());
         if done {
             if let Some(f) = self.flushes.remove(&fid) {
-                self.actions.push_back(Action::Complete { req: f.req, result: Ok(()) });
+                self.ack(f.req, Ok(()));
             }
         }
     }
@@ -1340,6 +1484,7 @@ impl Replica {
 
     /// A transport to the peer is up: start the authenticated handshake.
     pub fn handle_connected(&mut self, now: Instant) {
+        self.now = Some(now);
         self.close_at = None;
         self.conn_id += 1;
         self.authed = false;
@@ -1357,7 +1502,7 @@ impl Replica {
 
     /// The transport to the peer broke (or was closed).
     pub fn handle_disconnected(&mut self, now: Instant) {
-        let _ = now;
+        self.now = Some(now);
         let was = self.established;
         self.established = false;
         self.authed = false;
@@ -1544,6 +1689,7 @@ impl Replica {
     /// call [`Replica::is_idle`] after each input and drop the replica once it is true.
     pub fn shut_down(&mut self, now: Instant) {
         self.now = Some(now);
+        self.fail_suspended();
         self.close_at = None;
         self.actions.push_back(Action::CloseConnection);
         self.handle_disconnected(now);
@@ -2307,6 +2453,11 @@ impl Replica {
         if self.established && self.peer_role == Some(Role::Primary) {
             return Err(ReplError::PeerIsPrimary);
         }
+        self.now = Some(now);
+        // Alone (no connected peer, no handshake that could bring its grant): the lease.
+        if self.cfg.quorum.is_some() && !self.established && !self.handshaking() && !self.lease_valid_at(now) {
+            return Err(ReplError::NoQuorum);
+        }
         self.check_promotable(force)?;
         if self.established || self.handshaking() {
             let seq = self.next_change_seq;
@@ -2338,6 +2489,10 @@ impl Replica {
     fn commit_promote(&mut self, now: Instant, force: bool, wall: u64) -> Result<(), ReplError> {
         if self.role == Role::Primary {
             return Ok(());
+        }
+        if self.cfg.quorum.is_some() && !self.established && !self.lease_valid_at(now) {
+            warn!("promotion refused: no peer and no valid lease (quorum)");
+            return Err(ReplError::NoQuorum);
         }
         if let Err(e) = self.check_promotable(force) {
             if self.established {
@@ -2464,6 +2619,8 @@ impl Replica {
         if !self.writes.is_empty() || !self.flushes.is_empty() {
             return Err(ReplError::Busy);
         }
+        // Held acknowledgements are never given by a Secondary: their writes fail (EIO).
+        self.fail_suspended();
         self.role = Role::Secondary;
         self.al.clear();
         self.persist(true);

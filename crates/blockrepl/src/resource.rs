@@ -191,6 +191,7 @@ impl From<ReplError> for Error {
             ReplError::ChangeInProgress => Refusal::ChangeInProgress.into(),
             ReplError::PeerRefused(c) => Refusal::PeerRefused(c).into(),
             ReplError::Busy => Refusal::WritesInFlight.into(),
+            ReplError::NoQuorum => Refusal::NoQuorum.into(),
             ReplError::Io(s) => Error::LocalDisk(format!("local disk I/O error: {s}")),
             ReplError::State(s) => Refusal::State(s).into(),
             // `ReplError` is non-exhaustive for other crates only; a new variant lands here
@@ -253,6 +254,7 @@ impl ResourceSpec {
         cfg.peer_timeout = std::time::Duration::from_millis(c.resource.peer_timeout_ms);
         cfg.al_extents = c.resource.al_extents;
         cfg.checksum_resync = c.resource.checksum_resync;
+        cfg.quorum = c.quorum();
         cfg.peer_name = format!("{} ({})", peer.name, peer.address);
         let addr = |who: &str, a: &str| {
             a.parse::<SocketAddr>().map_err(|_| Error::Config(format!("node {who}: address {a:?} is not HOST:PORT")))
