@@ -88,11 +88,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::CheckConfig { config, witness } => {
-            let r = if witness {
-                WitnessFile::load(&config).map(|_| ())
-            } else {
-                NodeConfig::load(&config).map(|_| ())
-            };
+            let r =
+                if witness { WitnessFile::load(&config).map(|_| ()) } else { NodeConfig::load(&config).map(|_| ()) };
             match r {
                 Ok(()) => {
                     println!("OK");

@@ -30,7 +30,10 @@ fn a_bad_file_exits_1_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(examples().join("node.toml"))
         .unwrap()
-        .replace("keepalived-conf = \"vrrp-lab-main.conf\"", &format!("keepalived-conf = \"{}\"", examples().join("vrrp-lab-main.conf").display()))
+        .replace(
+            "keepalived-conf = \"vrrp-lab-main.conf\"",
+            &format!("keepalived-conf = \"{}\"", examples().join("vrrp-lab-main.conf").display()),
+        )
         .replace("config = \"repl-r0.toml\"", &format!("config = \"{}\"", examples().join("repl-r0.toml").display()))
         .replace("on-no-quorum = \"suspend-io\"", "on-no-quorum = \"hope\"");
     let f = dir.path().join("node.toml");

@@ -438,7 +438,8 @@ impl<'a> Src<'a> {
         let lines: Vec<&str> = self.text.lines().take(line).collect();
         lines.iter().enumerate().rev().find_map(|(i, l)| {
             let t = l.trim();
-            t.starts_with('[').then(|| (i + 1, t.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_owned()))
+            t.starts_with('[')
+                .then(|| (i + 1, t.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_owned()))
         })
     }
 
@@ -470,7 +471,9 @@ impl<'a> Src<'a> {
             // Points at the table that lacks it.
             match self.header_at(line) {
                 Some((at, table)) => self.push_at_line(at, format!("{table}.{field}"), msg),
-                None => self.push_at_line(0, field.clone(), format!("missing (a required key, or the [{field}] section)")),
+                None => {
+                    self.push_at_line(0, field.clone(), format!("missing (a required key, or the [{field}] section)"))
+                }
             }
             return;
         }
@@ -569,7 +572,11 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
     let inline = !v.instances.is_empty() || v.global.is_some() || !v.scripts.is_empty() || !v.sync_groups.is_empty();
     let (vrrp, vrrp_source) = match (v.keepalived_conf, inline) {
         (Some(p), true) => {
-            src.push(&p.span(), "vrrp.keepalived-conf", "give either keepalived-conf or inline [[vrrp.instance]] sections, not both");
+            src.push(
+                &p.span(),
+                "vrrp.keepalived-conf",
+                "give either keepalived-conf or inline [[vrrp.instance]] sections, not both",
+            );
             (vrrp::config::Config::default(), VrrpSource::Inline)
         }
         (Some(p), false) => {
@@ -578,7 +585,9 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
                 Ok(l) => (l.config, VrrpSource::File(file)),
                 Err(e) => {
                     let msg = match &e {
-                        vrrp::config::ConfigError::Io { source, .. } => format!("cannot read {}: {source}", file.display()),
+                        vrrp::config::ConfigError::Io { source, .. } => {
+                            format!("cannot read {}: {source}", file.display())
+                        }
                         other => format!("{}: {}", file.display(), one_line(other)),
                     };
                     src.push(&p.span(), "vrrp.keepalived-conf", msg);
@@ -599,7 +608,8 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
                 src.push(&vrrp_span, "vrrp", "no VRRP instance: set keepalived-conf or add [[vrrp.instance]] sections");
             } else {
                 for p in c.validate() {
-                    let span = spans.iter().find(|(n, _)| *n == p.at).map(|(_, s)| s.clone()).unwrap_or(vrrp_span.clone());
+                    let span =
+                        spans.iter().find(|(n, _)| *n == p.at).map(|(_, s)| s.clone()).unwrap_or(vrrp_span.clone());
                     src.push(&span, format!("vrrp.instance {}", p.at), p.msg);
                 }
             }
@@ -636,14 +646,26 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
                 problems.is_empty().then_some((c, span.clone()))
             }
             _ => {
-                src.push(&span, key.clone(), "give either config = \"FILE\" or inline [resource.resource] and [[resource.node]] sections");
+                src.push(
+                    &span,
+                    key.clone(),
+                    "give either config = \"FILE\" or inline [resource.resource] and [[resource.node]] sections",
+                );
                 None
             }
         };
         if let Some((c, at)) = loaded {
             if c.nodes(&node).is_none() {
                 let names: Vec<&str> = c.node.iter().map(|n| n.name.as_str()).collect();
-                src.push(&at, key.clone(), format!("this host ({node}) is not one of resource {}'s nodes ({})", c.resource.name, names.join(", ")));
+                src.push(
+                    &at,
+                    key.clone(),
+                    format!(
+                        "this host ({node}) is not one of resource {}'s nodes ({})",
+                        c.resource.name,
+                        names.join(", ")
+                    ),
+                );
             }
             if resources.iter().any(|o: &ResourceConfig| o.resource.name == c.resource.name) {
                 src.push(&at, key.clone(), format!("resource {} is configured twice", c.resource.name));
@@ -658,7 +680,11 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
         let key = format!("mount[{i}]");
         let m = m.into_inner();
         if !resources.iter().any(|r| r.resource.name == *m.resource.get_ref()) {
-            src.push(&m.resource.span(), format!("{key}.resource"), format!("{:?} is not a configured resource", m.resource.get_ref()));
+            src.push(
+                &m.resource.span(),
+                format!("{key}.resource"),
+                format!("{:?} is not a configured resource", m.resource.get_ref()),
+            );
         }
         for (v, k) in [(&m.device, "device"), (&m.mount_point, "mount-point")] {
             if !v.get_ref().is_absolute() {
@@ -687,7 +713,9 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
             mount_point: m.mount_point.into_inner(),
             options: m
                 .options
-                .map(|o| o.into_inner().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                .map(|o| {
+                    o.into_inner().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+                })
                 .unwrap_or_default(),
             method,
         });
@@ -706,7 +734,11 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
                     src.push(&u.span(), format!("{key}.unit"), format!("{:?} is not a unit name", u.get_ref()));
                 }
                 if let Some(c) = &s.check {
-                    src.push(&c.span(), format!("{key}.check"), "a unit's health is its state: check is only for start/stop commands");
+                    src.push(
+                        &c.span(),
+                        format!("{key}.check"),
+                        "a unit's health is its state: check is only for start/stop commands",
+                    );
                 }
                 ServiceKind::Unit(u.get_ref().clone())
             }
@@ -748,7 +780,11 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
                 Some(d) => d,
                 None => {
                     let span = b.schedule.as_ref().map(Spanned::span).unwrap_or_default();
-                    src.push(&span, "backup.schedule", format!("{other:?}: use \"hourly\", \"daily\" or an interval such as \"30m\" or \"6h\""));
+                    src.push(
+                        &span,
+                        "backup.schedule",
+                        format!("{other:?}: use \"hourly\", \"daily\" or an interval such as \"30m\" or \"6h\""),
+                    );
                     Duration::from_secs(3600)
                 }
             },
@@ -776,7 +812,12 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
             OnNoQuorum::SuspendIo
         }
     };
-    let witness = Witness { address: w.address.into_inner(), secret_file: src.resolve(w.secret_file.get_ref()), ttl, on_no_quorum };
+    let witness = Witness {
+        address: w.address.into_inner(),
+        secret_file: src.resolve(w.secret_file.get_ref()),
+        ttl,
+        on_no_quorum,
+    };
 
     // Step timeouts, and the step-down budget against the lease.
     let d = StepTimeouts::default();

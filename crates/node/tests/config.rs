@@ -103,10 +103,15 @@ fn a_bad_value_names_file_line_and_key() {
     let text = base() + "ttl = \"3s\"\n";
     let e = err(&text);
     assert!(e.starts_with("/etc/rempart/node.toml:25: witness.ttl: invalid type: string"), "{e}");
-    let text = base().replace("method = ", "").replace("mount-point = \"/srv/ldap\"", "mount-point = \"srv\"\nmethod = \"nfs\"");
+    let text = base()
+        .replace("method = ", "")
+        .replace("mount-point = \"/srv/ldap\"", "mount-point = \"srv\"\nmethod = \"nfs\"");
     let e = err(&text);
     assert!(e.contains("/etc/rempart/node.toml:17: mount[0].mount-point: srv is not an absolute path"), "{e}");
-    assert!(e.contains("/etc/rempart/node.toml:18: mount[0].method: \"nfs\": use \"kernel-nbd\" or \"nbdfuse\""), "{e}");
+    assert!(
+        e.contains("/etc/rempart/node.toml:18: mount[0].method: \"nfs\": use \"kernel-nbd\" or \"nbdfuse\""),
+        "{e}"
+    );
     assert!(e.starts_with("2 problems:"), "every problem at once: {e}");
 }
 
@@ -134,7 +139,9 @@ fn a_bad_keepalived_conf_path_names_the_key_and_the_path() {
     );
     let e = err(&text);
     assert!(
-        e.starts_with("/etc/rempart/node.toml:4: vrrp.keepalived-conf: cannot read /etc/rempart/nowhere/keepalived.conf"),
+        e.starts_with(
+            "/etc/rempart/node.toml:4: vrrp.keepalived-conf: cannot read /etc/rempart/nowhere/keepalived.conf"
+        ),
         "{e}"
     );
 }
@@ -160,7 +167,10 @@ fn cross_checks_name_the_key() {
     let e = err(&base().replace("resource = \"r0\"", "resource = \"r9\""));
     assert!(e.starts_with("/etc/rempart/node.toml:14: mount[0].resource: \"r9\" is not a configured resource"), "{e}");
     let e = err(&base().replace("node = \"main\"", "node = \"elsewhere\""));
-    assert!(e.contains("/etc/rempart/node.toml:11: resource[0]: this host (elsewhere) is not one of resource r0's nodes"), "{e}");
+    assert!(
+        e.contains("/etc/rempart/node.toml:11: resource[0]: this host (elsewhere) is not one of resource r0's nodes"),
+        "{e}"
+    );
     let e = err(&(base() + "ttl = 1.0\n"));
     assert!(e.starts_with("/etc/rempart/node.toml:25: witness.ttl: 1s does not fit in the lease"), "{e}");
     let e = err(&base().replace("unit = \"slapd.service\"", "start = \"x\""));
@@ -172,9 +182,12 @@ fn witness_file_errors_name_file_line_and_key() {
     let p = Path::new("/etc/rempart/witness.toml");
     let e = WitnessFile::parse(p, "[witness]\nlisten = \"nowhere\"\nsecret-file = \"s\"\n").unwrap_err().to_string();
     assert!(e.starts_with("/etc/rempart/witness.toml:2: witness.listen: \"nowhere\" is not IP:PORT"), "{e}");
-    let e = WitnessFile::parse(p, "[witness]\nlisten = \"127.0.0.1:1\"\nsecret-file = \"s\"\nmax-ttl = 10.0\nstartup-grace = 1.0\n")
-        .unwrap_err()
-        .to_string();
+    let e = WitnessFile::parse(
+        p,
+        "[witness]\nlisten = \"127.0.0.1:1\"\nsecret-file = \"s\"\nmax-ttl = 10.0\nstartup-grace = 1.0\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.starts_with("/etc/rempart/witness.toml:5: witness.startup-grace:"), "{e}");
     let e = WitnessFile::parse(p, "[witness]\nlisten = \"127.0.0.1:1\"\nsecret = \"s\"\n").unwrap_err().to_string();
     assert!(e.starts_with("/etc/rempart/witness.toml:3: witness.secret: unknown field"), "{e}");

@@ -62,9 +62,7 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
 
 fn metric(reg: &Registry, line_prefix: &str) -> f64 {
     let text = rempart_daemon_render(reg);
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(line_prefix).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 fn rempart_daemon_render(reg: &Registry) -> String {
@@ -92,7 +90,8 @@ async fn grant_refuse_renew_release_and_expire() {
     })
     .await;
     assert!(b.lease_until(R).is_none());
-    wait_for("backup is told who holds it", Duration::from_secs(5), || b.refused_by(R).as_deref() == Some("main")).await;
+    wait_for("backup is told who holds it", Duration::from_secs(5), || b.refused_by(R).as_deref() == Some("main"))
+        .await;
 
     // Renew: main keeps it over several TTLs (renewals every TTL/3).
     let grants_before = metric(&w.registry, "rempart_witness_grants_total{resource=\"r0\"}");
@@ -196,7 +195,8 @@ async fn a_replayed_session_fails() {
     s.write_all(&auth).await.unwrap();
     let server_auth = read_frame(&mut s).await.unwrap();
     assert_eq!(session.receive(&server_auth), Ok(Incoming::Established));
-    let req = Repr::Request { kind: RequestKind::Acquire, seq: 1, ttl_ms: 600, resource: R.into(), node: "main".into() };
+    let req =
+        Repr::Request { kind: RequestKind::Acquire, seq: 1, ttl_ms: 600, resource: R.into(), node: "main".into() };
     let sealed = session.seal(&req).unwrap();
     s.write_all(&sealed).await.unwrap();
     let reply = read_frame(&mut s).await.unwrap();

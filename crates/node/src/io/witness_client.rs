@@ -412,7 +412,8 @@ impl Driver {
                         self.core.handle_reply(now, &m);
                     }
                     other => {
-                        let msg = format!("the witness at {} sent an unexpected {:?} frame", c.peer, other.frame_type());
+                        let msg =
+                            format!("the witness at {} sent an unexpected {:?} frame", c.peer, other.frame_type());
                         self.failed(&msg, false);
                     }
                 }

@@ -138,10 +138,8 @@ impl Collector for WitnessCollector {
         let now = Instant::now();
         let (held, rows) = {
             let t = self.0.table();
-            let rows: Vec<(String, String, f64)> = t
-                .leases(now)
-                .map(|(r, l)| (r.to_owned(), l.holder.clone(), (l.expires - now).as_secs_f64()))
-                .collect();
+            let rows: Vec<(String, String, f64)> =
+                t.leases(now).map(|(r, l)| (r.to_owned(), l.holder.clone(), (l.expires - now).as_secs_f64())).collect();
             (rows.len(), rows)
         };
         let m = enc.encode_descriptor("rempart_witness_leases_held", "Live leases.", None, MetricType::Gauge)?;

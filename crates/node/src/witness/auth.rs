@@ -316,7 +316,15 @@ mod tests {
 
     impl Session {
         fn clone_for_test(&self) -> Session {
-            Session { role: self.role, key: self.key, mine: self.mine, theirs: self.theirs, session_key: self.session_key, tx: self.tx, rx: self.rx }
+            Session {
+                role: self.role,
+                key: self.key,
+                mine: self.mine,
+                theirs: self.theirs,
+                session_key: self.session_key,
+                tx: self.tx,
+                rx: self.rx,
+            }
         }
     }
 }

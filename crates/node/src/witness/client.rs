@@ -284,7 +284,13 @@ impl LeaseClient {
             }
             r.in_flight.push_back(InFlight { seq, sent: now, kind });
             let ttl_ms = u32::try_from(self.cfg.ttl.as_millis()).unwrap_or(u32::MAX);
-            self.out.push_back(Repr::Request { kind, seq, ttl_ms, resource: name.clone(), node: self.cfg.node.clone() });
+            self.out.push_back(Repr::Request {
+                kind,
+                seq,
+                ttl_ms,
+                resource: name.clone(),
+                node: self.cfg.node.clone(),
+            });
             let every = if r.until.is_some() { self.cfg.renew_interval } else { self.cfg.retry_interval };
             r.next_send = Some(now + every.max(Duration::from_millis(1)));
         }
@@ -305,11 +311,7 @@ impl LeaseClient {
     /// When to call [`LeaseClient::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.res
-            .values()
-            .flat_map(|r| [r.until, r.next_send.filter(|_| self.connected && r.want)])
-            .flatten()
-            .min()
+        self.res.values().flat_map(|r| [r.until, r.next_send.filter(|_| self.connected && r.want)]).flatten().min()
     }
 
     /// Until when the lease on `resource` may be relied on, if it is held at `now`. This looks
@@ -360,7 +362,9 @@ mod tests {
         c.handle_connected(t1);
         let out = sent(&mut c);
         assert_eq!(out.len(), 1);
-        assert!(matches!(&out[0], Repr::Request { kind: RequestKind::Acquire, ttl_ms: 3000, node, resource, .. } if node == "main" && resource == "r0"));
+        assert!(
+            matches!(&out[0], Repr::Request { kind: RequestKind::Acquire, ttl_ms: 3000, node, resource, .. } if node == "main" && resource == "r0")
+        );
         // The reply takes 1 s: the lease still counts from t1.
         let t2 = t1 + Duration::from_secs(1);
         c.handle_reply(t2, &Repr::Granted { seq: seq_of(&out[0]), ttl_ms: 3000 });
@@ -433,7 +437,12 @@ mod tests {
         let out = sent(&mut c);
         c.handle_reply(
             t1,
-            &Repr::Refused { seq: seq_of(&out[0]), reason: RefuseReason::Held, remaining_ms: 2000, holder: "backup".into() },
+            &Repr::Refused {
+                seq: seq_of(&out[0]),
+                reason: RefuseReason::Held,
+                remaining_ms: 2000,
+                holder: "backup".into(),
+            },
         );
         assert_eq!(c.lease_until(t1, "r0"), None);
         assert_eq!(
@@ -443,7 +452,9 @@ mod tests {
                 reason: LostReason::Refused { reason: RefuseReason::Held, holder: Some("backup".into()) }
             })
         );
-        assert!(matches!(c.poll_event(), Some(Event::Refused { remaining, .. }) if remaining == Duration::from_secs(2)));
+        assert!(
+            matches!(c.poll_event(), Some(Event::Refused { remaining, .. }) if remaining == Duration::from_secs(2))
+        );
     }
 
     #[test]

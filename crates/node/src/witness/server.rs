@@ -119,7 +119,11 @@ impl LeaseServer {
             }
             RequestKind::Acquire | RequestKind::Renew => {
                 if ttl.is_zero() {
-                    return Decision::Refused { reason: RefuseReason::BadRequest, holder: None, remaining: Duration::ZERO };
+                    return Decision::Refused {
+                        reason: RefuseReason::BadRequest,
+                        holder: None,
+                        remaining: Duration::ZERO,
+                    };
                 }
                 if now < self.grace_until {
                     return Decision::Refused {
@@ -200,7 +204,10 @@ mod tests {
     const TTL: Duration = Duration::from_secs(3);
 
     fn server(t0: Instant) -> LeaseServer {
-        LeaseServer::new(t0, ServerConfig { startup_grace: Duration::ZERO, ..ServerConfig::new(Duration::from_secs(10)) })
+        LeaseServer::new(
+            t0,
+            ServerConfig { startup_grace: Duration::ZERO, ..ServerConfig::new(Duration::from_secs(10)) },
+        )
     }
 
     fn granted(d: &Decision) -> bool {
@@ -266,7 +273,10 @@ mod tests {
         let _ = s.decide(t0, RequestKind::Acquire, "r0", "main", TTL);
         assert_eq!(s.decide(t0, RequestKind::Release, "r0", "backup", TTL), Decision::Released { was_holder: false });
         assert_eq!(s.lease(t0, "r0").unwrap().holder, "main");
-        assert_eq!(s.decide(t0, RequestKind::Release, "r0", "main", Duration::ZERO), Decision::Released { was_holder: true });
+        assert_eq!(
+            s.decide(t0, RequestKind::Release, "r0", "main", Duration::ZERO),
+            Decision::Released { was_holder: true }
+        );
         assert!(s.lease(t0, "r0").is_none());
         assert!(granted(&s.decide(t0, RequestKind::Acquire, "r0", "backup", TTL)));
     }
@@ -283,7 +293,13 @@ mod tests {
         let (_, reply) = s
             .answer(
                 t0,
-                &Repr::Request { kind: RequestKind::Renew, seq: 9, ttl_ms: 60_000, resource: "r0".into(), node: "main".into() },
+                &Repr::Request {
+                    kind: RequestKind::Renew,
+                    seq: 9,
+                    ttl_ms: 60_000,
+                    resource: "r0".into(),
+                    node: "main".into(),
+                },
             )
             .unwrap();
         assert_eq!(reply, Repr::Granted { seq: 9, ttl_ms: 10_000 });
@@ -300,7 +316,10 @@ mod tests {
         assert!(matches!(d, Decision::Refused { reason: RefuseReason::Held, holder: Some(ref h), .. } if h == "main"));
         let d = s.decide(t0, RequestKind::Acquire, "r1.fence", "main", day * 365);
         assert_eq!(d, Decision::Granted { ttl: DEFAULT_MAX_FENCE_TTL, new: true });
-        assert_eq!(s.decide(t0, RequestKind::Release, "r0.fence", "main", TTL), Decision::Released { was_holder: true });
+        assert_eq!(
+            s.decide(t0, RequestKind::Release, "r0.fence", "main", TTL),
+            Decision::Released { was_holder: true }
+        );
     }
 
     #[test]
@@ -310,10 +329,19 @@ mod tests {
         let (_, reply) = s
             .answer(
                 t0 + Duration::from_secs(1),
-                &Repr::Request { kind: RequestKind::Acquire, seq: 1, ttl_ms: 3000, resource: "r0".into(), node: "main".into() },
+                &Repr::Request {
+                    kind: RequestKind::Acquire,
+                    seq: 1,
+                    ttl_ms: 3000,
+                    resource: "r0".into(),
+                    node: "main".into(),
+                },
             )
             .unwrap();
-        assert_eq!(reply, Repr::Refused { seq: 1, reason: RefuseReason::Starting, remaining_ms: 2000, holder: String::new() });
+        assert_eq!(
+            reply,
+            Repr::Refused { seq: 1, reason: RefuseReason::Starting, remaining_ms: 2000, holder: String::new() }
+        );
         assert!(granted(&s.decide(t0 + TTL, RequestKind::Acquire, "r0", "main", TTL)));
     }
 }

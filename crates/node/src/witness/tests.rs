@@ -244,8 +244,7 @@ fn replies_delayed_longer_than_the_ttl_never_give_a_lease() {
     let mut now = t0;
     for _ in 0..20 {
         let reqs: Vec<Repr> = std::iter::from_fn(|| c.poll_transmit()).collect();
-        let replies: Vec<Repr> =
-            reqs.iter().filter_map(|q| server.answer(now + one_way, q).map(|(_, r)| r)).collect();
+        let replies: Vec<Repr> = reqs.iter().filter_map(|q| server.answer(now + one_way, q).map(|(_, r)| r)).collect();
         assert!(server.lease(now + one_way, R).is_some_and(|l| l.holder == "main"));
         now += one_way * 2;
         for r in &replies {
@@ -270,7 +269,11 @@ fn a_race_then_a_takeover_after_the_holder_goes_silent() {
     }
     let holder = (0..2).find(|&i| sim.nodes[i].client.lease_until(sim.local(i), R).is_some()).expect("one holds");
     let other = 1 - holder;
-    assert_eq!(sim.nodes[other].refused_holder.as_deref(), Some(sim.nodes[holder].name.as_str()), "the loser was told the holder");
+    assert_eq!(
+        sim.nodes[other].refused_holder.as_deref(),
+        Some(sim.nodes[holder].name.as_str()),
+        "the loser was told the holder"
+    );
     assert_eq!(sim.server.lease(sim.t0 + sim.now, R).unwrap().holder, sim.nodes[holder].name);
     // The holder goes silent: its link is cut and it is frozen for 2 TTL.
     sim.disconnect(holder);

@@ -544,12 +544,9 @@ impl Repr {
             FrameType::Renew => request(RequestKind::Renew, &mut r)?,
             FrameType::Release => request(RequestKind::Release, &mut r)?,
             FrameType::Granted => Repr::Granted { seq: r.u64()?, ttl_ms: r.u32()? },
-            FrameType::Refused => Repr::Refused {
-                seq: r.u64()?,
-                reason: r.u8()?.into(),
-                remaining_ms: r.u32()?,
-                holder: r.name(true)?,
-            },
+            FrameType::Refused => {
+                Repr::Refused { seq: r.u64()?, reason: r.u8()?.into(), remaining_ms: r.u32()?, holder: r.name(true)? }
+            }
             FrameType::Released => {
                 let seq = r.u64()?;
                 let was_holder = match r.u8()? {
@@ -647,7 +644,13 @@ mod tests {
             Repr::Hello { challenge: [1; 32] },
             Repr::Auth { mac: [2; 32] },
             golden_acquire(),
-            Repr::Request { kind: RequestKind::Renew, seq: u64::MAX, ttl_ms: u32::MAX, resource: "x".into(), node: "é".into() },
+            Repr::Request {
+                kind: RequestKind::Renew,
+                seq: u64::MAX,
+                ttl_ms: u32::MAX,
+                resource: "x".into(),
+                node: "é".into(),
+            },
             Repr::Request { kind: RequestKind::Release, seq: 0, ttl_ms: 0, resource: "r".repeat(64), node: "n".into() },
             Repr::Granted { seq: 3, ttl_ms: 2500 },
             Repr::Refused { seq: 4, reason: RefuseReason::Starting, remaining_ms: 9, holder: String::new() },
