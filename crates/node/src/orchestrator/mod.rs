@@ -572,8 +572,12 @@ impl Orchestrator {
             min(self.quorum_deadline);
             min(self.retry_at);
         }
-        min(self.fault_until);
-        if self.promoted && !self.repl.peer_replicating() {
+        // Only deadlines that an input other than time cannot move: a past one would be
+        // returned again and again.
+        if self.is_down() && self.running.is_none() {
+            min(self.fault_until);
+        }
+        if self.promoted && !self.repl.peer_replicating() && self.gave_up.is_none() {
             min(self.step_down_at());
         }
         if self.phase() == Phase::Serving {
@@ -770,7 +774,7 @@ impl Orchestrator {
     }
 
     fn step_down_at(&self) -> Option<Instant> {
-        Some(self.lease_until.map_or_else(|| None, |t| t.checked_sub(self.cfg.step_down_budget))?)
+        self.lease_until.and_then(|t| t.checked_sub(self.cfg.step_down_budget))
     }
 
     /// Whether a Primary still has quorum at `now`: its writes reach the peer, or its lease is
