@@ -188,6 +188,15 @@ fn status_metrics_and_reload_keep_state() {
     let body = body.split("\r\n\r\n").nth(1).expect("http body").to_string();
     assert!(body.contains("rempart_vrrp_state{instance=\"VI_1\",interface=\"lan0\",vrid=\"77\"} 2"), "{body}");
     assert!(body.contains("rempart_vrrp_become_master_total{"), "{body}");
+    // The configured priority beside the effective one (the alert "priority below its configured value").
+    assert!(
+        body.contains("rempart_vrrp_configured_priority{instance=\"VI_1\",interface=\"lan0\",vrid=\"77\"} 150"),
+        "{body}"
+    );
+    assert!(
+        body.contains("rempart_vrrp_effective_priority{instance=\"VI_1\",interface=\"lan0\",vrid=\"77\"} 150"),
+        "{body}"
+    );
     assert!(body.contains("rempart_vrrp_adverts_sent_total{"), "{body}");
     assert!(body.contains("# HELP rempart_vrrp_state VRRP instance state: 0 init, 1 backup, 2 master, 3 fault"));
     let prom = da.path().join("metrics.txt");

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub state: Family<InstanceLabels, Gauge>,
     /// `rempart_vrrp_effective_priority`.
     pub effective_priority: Family<InstanceLabels, Gauge>,
+    /// `rempart_vrrp_configured_priority`: the `priority` of the configuration, so that an alert
+    /// sees the effective priority fall below it (a failing track script or interface, a
+    /// `lower_priority`).
+    pub configured_priority: Family<InstanceLabels, Gauge>,
     /// `rempart_vrrp_become_master_total`.
     pub become_master: Family<InstanceLabels, Counter>,
     /// `rempart_vrrp_adverts_sent_total`.
@@ -69,6 +73,11 @@ impl Metrics {
             "rempart_vrrp_effective_priority",
             "Priority advertised: base priority plus tracked weights",
             self.effective_priority.clone(),
+        );
+        r.register(
+            "rempart_vrrp_configured_priority",
+            "Priority of the configuration, before tracked weights",
+            self.configured_priority.clone(),
         );
         r.register("rempart_vrrp_become_master", "Transitions to master", self.become_master.clone());
         r.register("rempart_vrrp_adverts_sent", "Advertisements sent", self.adverts_sent.clone());
@@ -106,6 +115,8 @@ mod tests {
         let l = InstanceLabels { instance: "VI_1".into(), interface: "eth0".into(), vrid: 51 };
         m.become_master.get_or_create(&l).inc();
         m.state.get_or_create(&l).set(2);
+        m.configured_priority.get_or_create(&l).set(150);
+        m.effective_priority.get_or_create(&l).set(100);
         m.script_status.get_or_create(&ScriptLabels { script: "chk".into() }).set(-1);
         m.invalid_packets.get_or_create(&DropLabels { interface: "eth0".into(), reason: "ttl".into() }).inc();
         let mut text = String::new();
@@ -119,6 +130,9 @@ mod tests {
             "rempart_vrrp_script_status{script=\"chk\"} -1\n",
             "rempart_vrrp_invalid_packets_total{interface=\"eth0\",reason=\"ttl\"} 1\n",
             "# TYPE rempart_vrrp_effective_priority gauge\n",
+            "rempart_vrrp_effective_priority{instance=\"VI_1\",interface=\"eth0\",vrid=\"51\"} 100\n",
+            "# TYPE rempart_vrrp_configured_priority gauge\n",
+            "rempart_vrrp_configured_priority{instance=\"VI_1\",interface=\"eth0\",vrid=\"51\"} 150\n",
             "# TYPE rempart_vrrp_adverts_sent counter\n",
             "# TYPE rempart_vrrp_adverts_received counter\n",
             "# TYPE rempart_vrrp_message_only_checksum counter\n",

@@ -677,6 +677,7 @@ impl Core {
         for i in &self.insts {
             self.metrics.state.get_or_create(&i.labels).set(i.m.state() as i64);
             self.metrics.effective_priority.get_or_create(&i.labels).set(i64::from(i.m.effective_priority()));
+            self.metrics.configured_priority.get_or_create(&i.labels).set(i64::from(i.cfg.priority));
         }
     }
 
