@@ -13,6 +13,23 @@
 //! | `rempart_repl_sync_done_percent` | gauge |
 //! | `rempart_repl_replicated_bytes_total`, `_resync_bytes_total`, `_split_brains_total`, `_auth_failures_total` | counter |
 //! | `rempart_repl_write_latency_seconds`, `_local_write_latency_seconds`, `_peer_write_latency_seconds` | histogram |
+//!
+//! and, for the alerts of `deploy/prometheus/rules/replication.yml` (issue 16):
+//!
+//! | family | type |
+//! |---|---|
+//! | `rempart_repl_peer_disk_state` | gauge (the peer's disk as this node last heard it, codes as above; -1 when not connected) |
+//! | `rempart_repl_quorum` | gauge (1 while quorum is held: the peer replicating or a valid witness lease; always 1 with the quorum option off) |
+//! | `rempart_repl_suspended_requests` | gauge (client acknowledgements held until quorum is back, `on-no-quorum = suspend-io`) |
+//! | `rempart_repl_lease_remaining_seconds` | gauge (time left on the witness lease; 0 without one) |
+//! | `rempart_repl_split_brain` | gauge (1 from a split brain's detection until the resource is next seen connected) |
+//!
+//! The replica keeps no "split brain pending" state: a split brain leaves the node StandAlone
+//! until an operator reconnects one side with `--discard-my-data`. So the collector derives the
+//! gauge from what it sees at each scrape: the split brain counter has grown since the last
+//! scrape that found the resource connected, and the resource is not connected now. (A split
+//! brain resolved and followed by an ordinary disconnection, both between two scrapes, reads as
+//! still pending until the next connection: the gauge errs towards the alert.)
 
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +52,8 @@ struct Source {
     name: String,
     status: watch::Receiver<ResourceStatus>,
     handle: Handle,
+    /// The split brain counter at the last scrape that found the resource connected.
+    split_brains_when_connected: u64,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +84,13 @@ impl ReplMetrics {
         let Ok(mut s) = self.sources.lock() else { return 0 };
         s.next += 1;
         let id = s.next;
-        s.list.push(Source { id, name: name.to_owned(), status: handle.watch_status(), handle: handle.clone() });
+        s.list.push(Source {
+            id,
+            name: name.to_owned(),
+            status: handle.watch_status(),
+            handle: handle.clone(),
+            split_brains_when_connected: 0,
+        });
         id
     }
 
@@ -106,27 +131,41 @@ fn buckets(h: &Histogram) -> Vec<(f64, u64)> {
     out
 }
 
-/// One resource at scrape time: its labels, its status, its three latency histograms.
-type Row = (Vec<(String, String)>, ResourceStatus, [Histogram; 3]);
+/// One resource at scrape time: its labels, its status, its three latency histograms, and
+/// whether a split brain is pending (see the module docs).
+type Row = (Vec<(String, String)>, ResourceStatus, [Histogram; 3], bool);
+
+/// Whether a split brain is pending, updating what `source` remembers (see the module docs).
+fn split_brain_pending(source: &mut Source, s: &ResourceStatus) -> bool {
+    if s.replica.connection == ConnState::Connected {
+        source.split_brains_when_connected = s.replica.split_brains;
+        false
+    } else {
+        s.replica.split_brains > source.split_brains_when_connected
+    }
+}
 
 impl Collector for ReplCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Ok(sources) = self.0.lock() else { return Ok(()) };
+        let Ok(mut sources) = self.0.lock() else { return Ok(()) };
         let rows: Vec<Row> = sources
             .list
-            .iter()
+            .iter_mut()
             .map(|s| {
+                let status = s.status.borrow().clone();
+                let sb = split_brain_pending(s, &status);
                 let h = &s.handle;
                 (
                     vec![("resource".to_string(), s.name.clone())],
-                    s.status.borrow().clone(),
+                    status,
                     [h.latency(), h.local_latency(), h.peer_latency()],
+                    sb,
                 )
             })
             .collect();
         drop(sources);
         type Gauge = fn(&ResourceStatus) -> i64;
-        let gauges: [(&str, &str, Gauge); 4] = [
+        let gauges: [(&str, &str, Gauge); 7] = [
             ("rempart_repl_primary", "1 when this node is Primary.", |s| i64::from(s.replica.role == Role::Primary)),
             ("rempart_repl_disk_state", "0 Diskless, 1 Inconsistent, 2 Outdated, 3 UpToDate.", |s| {
                 disk_code(s.replica.disk)
@@ -137,17 +176,51 @@ impl Collector for ReplCollector {
             ("rempart_repl_out_of_sync_bytes", "Bytes marked out of sync.", |s| {
                 i64::try_from(s.replica.out_of_sync_bytes).unwrap_or(i64::MAX)
             }),
+            (
+                "rempart_repl_peer_disk_state",
+                "The peer's disk as last heard: 0 Diskless, 1 Inconsistent, 2 Outdated, 3 UpToDate, -1 not connected.",
+                |s| s.replica.peer_disk.map_or(-1, disk_code),
+            ),
+            (
+                "rempart_repl_quorum",
+                "1 while quorum is held (peer replicating or a valid witness lease; 1 with quorum off).",
+                |s| i64::from(s.replica.quorum.held),
+            ),
+            (
+                "rempart_repl_suspended_requests",
+                "Client acknowledgements held until quorum is back (on-no-quorum suspend-io).",
+                |s| i64::try_from(s.replica.quorum.suspended).unwrap_or(i64::MAX),
+            ),
         ];
         for (name, help, f) in gauges {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (labels, s, _) in &rows {
+            for (labels, s, _, _) in &rows {
                 ConstGauge::new(f(s)).encode(m.encode_family(labels)?)?;
             }
         }
+        let mut m = enc.encode_descriptor(
+            "rempart_repl_split_brain",
+            "1 from a split brain's detection until the resource is next seen connected.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, _, _, sb) in &rows {
+            ConstGauge::new(i64::from(*sb)).encode(m.encode_family(labels)?)?;
+        }
         let mut m =
             enc.encode_descriptor("rempart_repl_sync_done_percent", "Resync progress.", None, MetricType::Gauge)?;
-        for (labels, s, _) in &rows {
+        for (labels, s, _, _) in &rows {
             ConstGauge::new(s.replica.sync_done_percent.unwrap_or(100.0)).encode(m.encode_family(labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "rempart_repl_lease_remaining_seconds",
+            "Time left on the witness lease (0 without one).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, s, _, _) in &rows {
+            let left = s.replica.quorum.lease_remaining.map_or(0.0, |d| d.as_secs_f64());
+            ConstGauge::new(left).encode(m.encode_family(labels)?)?;
         }
         // Counters are named without `_total`: the encoder adds it to the sample.
         type Count = fn(&ResourceStatus) -> u64;
@@ -159,7 +232,7 @@ impl Collector for ReplCollector {
         ];
         for (name, help, f) in counters {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (labels, s, _) in &rows {
+            for (labels, s, _, _) in &rows {
                 ConstCounter::new(f(s)).encode(m.encode_family(labels)?)?;
             }
         }
@@ -173,7 +246,7 @@ impl Collector for ReplCollector {
         ];
         for (i, (name, help)) in hists.into_iter().enumerate() {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for (labels, _, h) in &rows {
+            for (labels, _, h, _) in &rows {
                 m.encode_family(labels)?.encode_histogram::<()>(h[i].sum, h[i].count, &buckets(&h[i]), None)?;
             }
         }
