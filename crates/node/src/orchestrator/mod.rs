@@ -475,6 +475,13 @@ pub struct Orchestrator {
     services_started: usize,
     healthy: bool,
     vip: bool,
+    /// A "remove VIP" step failed or timed out: the shell may still let the VRRP instance hold
+    /// the VIP. The down order goes on, the node gives the service up (FAULT drops the VIP),
+    /// and the step is run again (not before `vip_retry_at`) before the node counts as down or
+    /// starts an up order, so that a later VRRP Master never announces the VIP of a node that
+    /// is not serving.
+    vip_unsure: bool,
+    vip_retry_at: Option<Instant>,
     // give-up state
     gave_up: Option<String>,
     fault_until: Option<Instant>,
@@ -516,6 +523,8 @@ impl Orchestrator {
             services_started: 0,
             healthy: false,
             vip: false,
+            vip_unsure: false,
+            vip_retry_at: None,
             gave_up: None,
             fault_until: None,
             fault_forced: false,
@@ -571,6 +580,9 @@ impl Orchestrator {
         if self.running.is_none() {
             min(self.quorum_deadline);
             min(self.retry_at);
+            if self.vip_unsure && self.retry_at.is_none() {
+                min(self.vip_retry_at);
+            }
         }
         // Only deadlines that an input other than time cannot move: a past one would be
         // returned again and again.
@@ -621,7 +633,7 @@ impl Orchestrator {
             Phase::WaitingQuorum
         } else if self.vip {
             Phase::Serving
-        } else if self.promoted || self.mounted || self.services_started > 0 {
+        } else if self.promoted || self.mounted || self.services_started > 0 || self.vip_unsure {
             Phase::SteppingDown
         } else {
             Phase::Idle
@@ -865,6 +877,7 @@ impl Orchestrator {
             Step::Health => self.healthy = true,
             Step::AllowVip => {
                 self.vip = true;
+                self.vip_unsure = false;
                 self.end_transition(now);
                 info!("serving");
                 // Serving again clears what an earlier give-up left.
@@ -873,7 +886,11 @@ impl Orchestrator {
                     self.actions.push_back(Action::RestorePriority);
                 }
             }
-            Step::VipOff => self.vip = false,
+            Step::VipOff => {
+                self.vip = false;
+                self.vip_unsure = false;
+                self.vip_retry_at = None;
+            }
             Step::Stop(i) => self.services_started = self.services_started.min(i),
             Step::Unmount => self.mounted = false,
             Step::Demote { .. } => {
@@ -895,7 +912,13 @@ impl Orchestrator {
             Step::AllowVip => self.vip = true,
             // A down step that failed: go on with the next one (the demote that follows kills
             // what still holds the device open); never stop half way.
-            Step::VipOff => self.vip = false,
+            // The VIP may still be allowed: retried before the node counts as down (see
+            // `vip_unsure`), and FAULT below makes the VRRP instance drop it meanwhile.
+            Step::VipOff => {
+                self.vip = false;
+                self.vip_unsure = true;
+                self.vip_retry_at = Some(now + self.cfg.timeouts.vip_off);
+            }
             Step::Stop(i) => self.services_started = self.services_started.min(i),
             Step::Unmount => self.mounted = false,
             Step::Demote { kill_openers: false } => {}
@@ -904,7 +927,9 @@ impl Orchestrator {
                 self.retry_at = Some(now + self.cfg.timeouts.demote);
             }
         }
-        if matches!(step, Step::Quorum | Step::Promote | Step::Mount | Step::Start(_) | Step::Health | Step::AllowVip) {
+        if matches!(step, Step::Quorum | Step::Promote | Step::Mount | Step::Start(_) | Step::Health | Step::AllowVip)
+            || (step == Step::VipOff && self.gave_up.is_none())
+        {
             self.give_up(now, format!("{step} failed: {why}"));
         }
     }
@@ -976,10 +1001,20 @@ impl Orchestrator {
     }
 
     fn is_down(&self) -> bool {
-        !self.vip && self.services_started == 0 && !self.mounted && !self.promoted && self.backups.running().is_none()
+        !self.vip
+            && !self.vip_unsure
+            && self.services_started == 0
+            && !self.mounted
+            && !self.promoted
+            && self.backups.running().is_none()
     }
 
     fn step_up(&mut self, now: Instant) {
+        if self.vip_unsure && !self.vip {
+            // The VIP must be known off before an up order: it is allowed only at its end.
+            self.retry_vip_off(now);
+            return;
+        }
         if !self.promoted {
             self.begin_transition(now, Direction::Up, format!("VRRP {}", self.vrrp.keepalived_name()));
             if self.quorum_deadline.is_none() {
@@ -1061,6 +1096,9 @@ impl Orchestrator {
                         .is_some_and(|s| matches!(s.step, Step::Demote { .. }) && !matches!(s.outcome, Outcome::Ok))
             });
             Step::Demote { kill_openers: refused_before || self.stuck }
+        } else if self.vip_unsure {
+            self.retry_vip_off(now);
+            return;
         } else {
             self.healthy = false;
             self.end_transition(now);
@@ -1080,6 +1118,16 @@ impl Orchestrator {
         self.healthy = false;
         self.begin_transition(now, Direction::Down, why);
         self.run(now, step);
+    }
+
+    /// Runs the "remove VIP" step again once its retry time came.
+    fn retry_vip_off(&mut self, now: Instant) {
+        if self.vip_retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        self.vip_retry_at = None;
+        self.begin_transition(now, Direction::Down, "the VIP may still be allowed".into());
+        self.run(now, Step::VipOff);
     }
 
     /// Keeps the lease and fence requests in line with the role.

@@ -458,3 +458,40 @@ fn a_backup_overdue_at_start_runs_at_once_and_one_not_due_waits() {
     o2.start(now, connected(Role::Secondary, Role::Secondary), Some(now));
     assert_eq!(o2.status().backup.next_due, Some(now + Duration::from_secs(3600)));
 }
+
+/// Found by the simulation (seed 67): a "remove VIP" step that failed was counted as done, the
+/// shell still let the VRRP instance hold the VIP, and when the node became VRRP Master again
+/// it announced the VIP while Secondary and unmounted.
+#[test]
+fn a_failed_vip_removal_gives_up_and_is_retried_before_the_node_counts_as_down() {
+    let mut t = T::serving(cfg());
+    t.vrrp(VrrpState::Backup);
+    assert_eq!(t.answer(false), Step::VipOff);
+    // FAULT makes the VRRP instance drop the VIP meanwhile.
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("remove VIP"))));
+    // The down order goes on (the demote is not delayed)...
+    for want in [Step::Stop(1), Step::Stop(0), Step::Unmount, Step::Demote { kill_openers: false }] {
+        assert_eq!(t.answer(true), want);
+    }
+    // ... then the removal is tried again, not before its pause, and fails once more.
+    let (tok, step) = t.running().unwrap();
+    assert!(matches!(step, Step::Demote { .. }), "nothing new before the pause: {step:?}");
+    t.advance(100 * MS);
+    let (tok2, step) = t.running().unwrap();
+    assert_ne!(tok2, tok);
+    assert_eq!(step, Step::VipOff);
+    assert_eq!(t.o.phase(), Phase::GaveUp);
+    t.answer(false);
+    // The FAULT hold ends, but the node is not down while the VIP may be allowed.
+    t.advance(Duration::from_secs(1));
+    assert!(!t.log.contains(&Action::ClearFault), "FAULT cleared while the VIP may still be allowed");
+    assert_eq!(t.running().unwrap().1, Step::VipOff);
+    t.answer(true);
+    t.advance(MS);
+    assert!(t.log.contains(&Action::ClearFault));
+    assert_eq!(t.o.phase(), Phase::Idle);
+    // Master again: a normal up order, the VIP allowed last.
+    t.vrrp(VrrpState::Master);
+    assert_eq!(t.run_all(), UP);
+    assert_eq!(t.o.phase(), Phase::Serving);
+}
