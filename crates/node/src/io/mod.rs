@@ -5,8 +5,15 @@
 //!   task per connection, metrics into a given registry.
 //! - [`witness_client`]: the node's task that keeps (or does not want) the lease and publishes
 //!   until when it may be relied on.
+//! - [`daemon`]: `rempart-node run` — the engines, the orchestrator and the witness clients in
+//!   one task; [`steps`] performs the steps on the host, [`control`] is its control socket,
+//!   [`metrics`] its own families.
 
+pub mod control;
+pub mod daemon;
 mod frame;
+pub mod metrics;
+pub mod steps;
 pub mod witness_client;
 pub mod witness_server;
 

@@ -141,6 +141,12 @@ impl WitnessClient {
         self.refused.get(resource)?.borrow().clone()
     }
 
+    /// Every change of [`WitnessClient::refused_by`] for `resource`.
+    #[must_use]
+    pub fn subscribe_refused(&self, resource: &str) -> Option<watch::Receiver<Option<String>>> {
+        self.refused.get(resource).cloned()
+    }
+
     /// Whether an authenticated connection to the witness is up.
     #[must_use]
     pub fn connected(&self) -> watch::Receiver<bool> {
