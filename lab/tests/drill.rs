@@ -48,10 +48,12 @@ fn up_exec_down() {
     let up_out = String::from_utf8_lossy(&up.stdout).into_owned();
     let pids: Vec<u32> =
         up_out.lines().filter_map(|l| l.rsplit_once(" pid ").and_then(|(_, p)| p.trim().parse().ok())).collect();
-    for what in ["prometheus ", "alertmanager ", "node-exporter ", "webhook ", "rempart-vrrp ", "rempart-repl "] {
+    for what in
+        ["prometheus ", "alertmanager ", "node-exporter ", "webhook ", "rempart-vrrp ", "rempart-repl ", "witness "]
+    {
         assert!(up_out.lines().any(|l| l.trim_start().starts_with(what) && l.contains(" pid ")), "{what}: {up_out}");
     }
-    assert_eq!(pids.len(), 9, "{up_out}");
+    assert_eq!(pids.len(), 10, "{up_out}");
     let again = Command::new(bin).arg("up").output().expect("up twice");
     assert_eq!(again.status.code(), Some(2), "a second `up` must refuse");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
