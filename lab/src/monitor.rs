@@ -9,6 +9,7 @@
 //!                                                      │ webhook
 //!                                                      ▼
 //!                                                    rempart-lab webhook 127.0.0.1:9095 → notifications.jsonl
+//!                                                    rempart-node witness :7790, metrics :9106
 //! ```
 //!
 //! Everything lives in one directory (configs, TSDB, Alertmanager's state, the daemons' files,
@@ -41,6 +42,10 @@ pub const PROMETHEUS_PORT: u16 = 9090;
 pub const ALERTMANAGER_PORT: u16 = 9093;
 /// The webhook receiver's port (on the monitoring host's loopback, as in `deploy/alertmanager`).
 pub const WEBHOOK_PORT: u16 = 9095;
+/// The quorum witness's port on the monitoring host (`docs/examples/witness.toml`).
+pub const WITNESS_PORT: u16 = 7790;
+/// The witness's metrics port (`deploy/prometheus/prometheus.yml`).
+pub const WITNESS_METRICS_PORT: u16 = 9106;
 
 /// How the stack runs.
 #[derive(Debug, Clone)]
@@ -56,6 +61,8 @@ pub struct Options {
 pub struct Stack {
     dir: PathBuf,
     procs: Vec<(String, &'static str, Proc)>,
+    /// How each process was started (host, what, program, arguments), for [`Stack::restart`].
+    specs: Vec<(String, &'static str, String, Vec<String>)>,
     keep: bool,
 }
 
@@ -120,17 +127,39 @@ impl Stack {
     /// and Alertmanager answer `/-/ready` and the webhook listens.
     pub fn start(lab: &Lab, opts: &Options) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
-        let mut s = Stack { dir: opts.dir.clone(), procs: Vec::new(), keep: false };
+        let mut s = Stack { dir: opts.dir.clone(), procs: Vec::new(), specs: Vec::new(), keep: false };
         s.start_inner(lab, opts)?;
         Ok(s)
     }
 
     fn spawn(&mut self, lab: &Lab, host: &str, what: &'static str, args: &[String], prog: &str) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join(format!("{what}-{host}.log")))?;
+        let p = self.spawn_proc(lab, host, what, args, prog)?;
+        self.procs.push((host.to_string(), what, p));
+        self.specs.push((host.to_string(), what, prog.to_string(), args.to_vec()));
+        Ok(())
+    }
+
+    fn spawn_proc(&self, lab: &Lab, host: &str, what: &str, args: &[String], prog: &str) -> anyhow::Result<Proc> {
+        // Appended: a restarted process keeps its first run's log.
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{what}-{host}.log")))?;
         let mut c = lab.cmd(host, prog);
         c.args(args).stdout(Stdio::null()).stderr(log);
-        let p = lab.spawn(host, c).with_context(|| format!("starting {what} on {host}"))?;
-        self.procs.push((host.to_string(), what, p));
+        lab.spawn(host, c).with_context(|| format!("starting {what} on {host}"))
+    }
+
+    /// Starts `what` on `host` again, as it was started first (after [`Stack::kill`]: the
+    /// recovery after a fault). Kills it first if it still runs.
+    pub fn restart(&mut self, lab: &Lab, host: &str, what: &str) -> anyhow::Result<()> {
+        let i = self
+            .procs
+            .iter()
+            .position(|(h, w, _)| h == host && *w == what)
+            .with_context(|| format!("no {what} on {host} in the stack"))?;
+        let (_, _, prog, args) = self.specs[i].clone();
+        self.procs[i].2.kill();
+        let p = self.spawn_proc(lab, host, what, &args, &prog)?;
+        self.procs[i].2 = p;
         Ok(())
     }
 
@@ -193,6 +222,22 @@ impl Stack {
             vec!["webhook".into(), "--listen".into(), format!("127.0.0.1:{WEBHOOK_PORT}"), "--log".into(), webhook_log];
         self.spawn(lab, "monitoring", "webhook", &args, &lab_bin.to_string_lossy())?;
 
+        // The quorum witness (no node asks it for a lease yet: its own metrics are scraped).
+        let node_bin = sibling_binary("rempart-node")?;
+        std::fs::write(dir.join("witness.secret"), "lab witness secret\n")?;
+        let args = vec![
+            "witness".into(),
+            "--listen".into(),
+            format!("{mon}:{WITNESS_PORT}"),
+            "--secret-file".into(),
+            d("witness.secret"),
+            "--metrics-listen".into(),
+            format!("{mon}:{WITNESS_METRICS_PORT}"),
+            "--run-dir".into(),
+            d("witness-run"),
+        ];
+        self.spawn(lab, "monitoring", "witness", &args, &node_bin.to_string_lossy())?;
+
         let am_conf = alertmanager_config(&dir)?;
         let args = vec![
             format!("--config.file={}", am_conf.display()),
@@ -248,7 +293,7 @@ impl Stack {
         s
     }
 
-    /// Kills `what` (e.g. `rempart-vrrp`) on `host` with SIGKILL, as a fault to alert on.
+    /// Kills `what` (e.g. `rempart-vrrp`, `witness`) on `host` with SIGKILL, as a fault to alert on.
     pub fn kill(&mut self, host: &str, what: &str) -> anyhow::Result<()> {
         let (_, _, p) = self
             .procs

@@ -32,11 +32,14 @@ pub fn deploy_dir() -> PathBuf {
 pub const RUNBOOK_BASE: &str = "file:///usr/share/doc/rempart/emergency.md#";
 
 /// The sections of `docs/emergency.md` a runbook URL may name.
-pub const RUNBOOK_ANCHORS: [&str; 8] = [
+pub const RUNBOOK_ANCHORS: [&str; 11] = [
     "main-down",
     "backup-down",
     "replication-link-down",
     "split-brain",
+    "quorum-lost",
+    "failover-failed",
+    "maintenance-left-on",
     "backup-failed-or-too-old",
     "repository-host-lost",
     "both-servers-lost",
