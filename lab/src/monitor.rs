@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use rempart_testkit::netns::Proc;
 
-use crate::monitoring::deploy_dir;
+use crate::monitoring::{deploy_dir, DocCommand};
 use crate::steps::{sibling_binary, vrrp_drill_conf};
 use crate::{host, Lab};
 
@@ -302,6 +302,33 @@ impl Stack {
             .with_context(|| format!("no {what} on {host} in the stack"))?;
         p.kill();
         Ok(())
+    }
+
+    /// Runs a command of `docs/emergency.md` inside its host, as `bash -c` runs it for an
+    /// operator, and returns its exit status and its output (stdout then stderr). The one
+    /// adaptation to the lab: `rempart-repl` and `rempart-vrrp` are shell functions that call the
+    /// binaries built next to this one with this stack's run directories (a deployment's are the
+    /// defaults, `/run/rempart-repl` and `/run/rempart-vrrp`).
+    pub fn run_doc_command(&self, lab: &Lab, c: &DocCommand) -> anyhow::Result<(i32, String)> {
+        let repl = sibling_binary("rempart-repl")?;
+        let vrrp = sibling_binary("rempart-vrrp")?;
+        let h = &c.host;
+        let prelude = format!(
+            "rempart-repl() {{ '{}' \"$@\" --run-dir '{}'; }}\n\
+             rempart-vrrp() {{ REMPART_VRRP_RUN_DIR='{}' '{}' \"$@\"; }}\n",
+            repl.display(),
+            self.dir.join(format!("repl-run-{h}")).display(),
+            self.dir.join(format!("vrrp-run-{h}")).display(),
+            vrrp.display(),
+        );
+        let out = lab
+            .cmd(h, "bash")
+            .args(["-c", &format!("{prelude}{}", c.command)])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {:?} on {h}", c.command))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
     }
 
     /// Every process: (host, what, pid).

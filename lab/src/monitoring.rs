@@ -31,20 +31,185 @@ pub fn deploy_dir() -> PathBuf {
 /// Where each alert's `runbook_url` points: `docs/emergency.md` as installed, plus an anchor.
 pub const RUNBOOK_BASE: &str = "file:///usr/share/doc/rempart/emergency.md#";
 
-/// The sections of `docs/emergency.md` a runbook URL may name.
-pub const RUNBOOK_ANCHORS: [&str; 11] = [
-    "main-down",
-    "backup-down",
-    "replication-link-down",
-    "split-brain",
-    "quorum-lost",
-    "failover-failed",
-    "maintenance-left-on",
-    "backup-failed-or-too-old",
-    "repository-host-lost",
-    "both-servers-lost",
-    "ransomware",
-];
+/// `docs/emergency.md` of this source tree.
+#[must_use]
+pub fn emergency_path() -> PathBuf {
+    deploy_dir().join("..").join("docs").join("emergency.md")
+}
+
+/// The lab states a console block of `docs/emergency.md` is run in (its `phase=`): the pair
+/// healthy (main Primary and VRRP master, the witness up); the faults in place with their alerts
+/// firing (main's rempart-vrrp killed, the replication link cut, the witness killed); after the
+/// recovery, every alert resolved. `lab/tests/monitoring_lab.rs` runs every block in its phase.
+pub const DOC_PHASES: [&str; 3] = ["healthy", "fault", "recovered"];
+
+/// The hosts a command's prompt may name (`main# ...`).
+pub const DOC_HOSTS: [&str; 3] = ["main", "backup", "monitoring"];
+
+/// A command of a console block of `docs/emergency.md`, with the output it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocCommand {
+    /// The anchor of its section (`main-down`, ...).
+    pub section: String,
+    /// The lab state it runs in (one of [`DOC_PHASES`]).
+    pub phase: String,
+    /// The host of its prompt.
+    pub host: String,
+    /// The command line, as an operator types it.
+    pub command: String,
+    /// The lines shown after it (`…` lines left out): each must be found, in order, in the
+    /// real output ([`output_matches`]).
+    pub output: Vec<String>,
+    /// Its line in the file (1-based).
+    pub line: usize,
+}
+
+/// `docs/emergency.md` as data.
+#[derive(Debug, Clone, Default)]
+pub struct EmergencyDoc {
+    /// The anchors of its `## ` sections (GitHub's: lower case, spaces to `-`).
+    pub anchors: Vec<String>,
+    /// Every command of its console blocks.
+    pub commands: Vec<DocCommand>,
+}
+
+/// GitHub's anchor of a heading: lower case, spaces and `-` to `-`, other punctuation dropped.
+#[must_use]
+pub fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .chars()
+        .filter_map(|c| match c {
+            c if c.is_alphanumeric() => Some(c.to_ascii_lowercase()),
+            ' ' | '-' => Some('-'),
+            '_' => Some('_'),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads `docs/emergency.md`: sections, and the commands of its console blocks. Commands live
+/// only in blocks opened with `` ```console phase=<phase> ``, one per line after a `host# `
+/// prompt, followed by the output they show; a shell block (`sh`, `bash`, `shell`) is an error,
+/// so no command escapes the test that runs them.
+pub fn parse_emergency(text: &str) -> anyhow::Result<EmergencyDoc> {
+    let mut doc = EmergencyDoc::default();
+    let mut section = String::new();
+    // Inside a fence: Some(phase) for a console block, Some("") for another block.
+    let mut fence: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if let Some(info) = line.trim_start().strip_prefix("```") {
+            if fence.is_some() {
+                fence = None;
+                continue;
+            }
+            let mut words = info.split_whitespace();
+            let lang = words.next().unwrap_or("");
+            if matches!(lang, "sh" | "bash" | "shell" | "shell-session" | "zsh") {
+                bail!("docs/emergency.md:{n}: commands go in ```console phase=... blocks (a test runs them)");
+            }
+            if lang == "console" {
+                let phase = words
+                    .find_map(|w| w.strip_prefix("phase="))
+                    .with_context(|| format!("docs/emergency.md:{n}: console block without phase="))?;
+                if !DOC_PHASES.contains(&phase) {
+                    bail!("docs/emergency.md:{n}: phase {phase:?} is not one of {DOC_PHASES:?}");
+                }
+                if section.is_empty() {
+                    bail!("docs/emergency.md:{n}: console block outside a ## section");
+                }
+                fence = Some(phase.to_string());
+            } else {
+                fence = Some(String::new());
+            }
+            continue;
+        }
+        match &fence {
+            None => {
+                if let Some(h) = line.strip_prefix("## ") {
+                    section = slug(h);
+                    doc.anchors.push(section.clone());
+                }
+            }
+            Some(phase) if !phase.is_empty() => {
+                let prompt = line.split_once("# ").filter(|(h, _)| DOC_HOSTS.contains(h));
+                if let Some((host, cmd)) = prompt {
+                    doc.commands.push(DocCommand {
+                        section: section.clone(),
+                        phase: phase.clone(),
+                        host: host.to_string(),
+                        command: cmd.trim().to_string(),
+                        output: Vec::new(),
+                        line: n,
+                    });
+                } else if let Some(c) = doc.commands.last_mut().filter(|c| c.line < n && c.section == section) {
+                    let l = line.trim_end();
+                    if !l.trim().is_empty() && l.trim() != "…" {
+                        c.output.push(l.to_string());
+                    }
+                } else {
+                    bail!("docs/emergency.md:{n}: console block line before any `host# ` prompt: {line:?}");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    if fence.is_some() {
+        bail!("docs/emergency.md: unclosed code block");
+    }
+    Ok(doc)
+}
+
+/// A line as compared: whitespace collapsed, and every run of digits with `.`, `:` and `-`
+/// (times, durations, addresses, counts) made `0`, so that a documented output matches the
+/// real one of another day.
+#[must_use]
+pub fn normalize_output(line: &str) -> String {
+    let mut out = String::new();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    for (k, w) in words.iter().enumerate() {
+        if k > 0 {
+            out.push(' ');
+        }
+        let chars: Vec<char> = w.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let numeric = |c: char| c.is_ascii_digit() || matches!(c, '.' | ':' | '-');
+            if numeric(chars[i]) {
+                let mut j = i;
+                while j < chars.len() && numeric(chars[j]) {
+                    j += 1;
+                }
+                if chars[i..j].iter().any(char::is_ascii_digit) {
+                    out.push('0');
+                } else {
+                    out.extend(&chars[i..j]);
+                }
+                i = j;
+            } else {
+                out.push(chars[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether `actual` shows the documented lines: each (normalized) is part of a line of
+/// `actual` (normalized), in the documented order. The error names the first line not found.
+pub fn output_matches(documented: &[String], actual: &str) -> Result<(), String> {
+    let lines: Vec<String> = actual.lines().map(normalize_output).collect();
+    let mut at = 0;
+    for d in documented {
+        let want = normalize_output(d);
+        match lines[at..].iter().position(|l| l.contains(&want)) {
+            Some(k) => at += k + 1,
+            None => return Err(format!("documented line {d:?} not found (in order) in:\n{actual}")),
+        }
+    }
+    Ok(())
+}
 
 /// An alerting rule.
 #[derive(Debug, Clone)]
@@ -421,6 +586,38 @@ pub fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emergency_doc_blocks_parse_and_outputs_match() {
+        let text = concat!(
+            "intro\n\n## Main down\n\n```console phase=fault\nmain# rempart-vrrp status\n",
+            "VI_1 vrid:50 state:MASTER\n…\n  last transition: 2.5s ago\nbackup# ping -c 1 x\n```\n\n",
+            "```text\nnot a command\n```\n## Split brain\n",
+        );
+        let d = parse_emergency(text).unwrap();
+        assert_eq!(d.anchors, ["main-down", "split-brain"]);
+        assert_eq!(d.commands.len(), 2);
+        let c = &d.commands[0];
+        assert_eq!((c.section.as_str(), c.phase.as_str(), c.host.as_str()), ("main-down", "fault", "main"));
+        assert_eq!(c.command, "rempart-vrrp status");
+        assert_eq!(c.output, ["VI_1 vrid:50 state:MASTER", "  last transition: 2.5s ago"]);
+        assert_eq!(c.line, 6);
+        assert!(d.commands[1].output.is_empty());
+        // Another day's numbers, another spacing: still the same output; another state is not.
+        let real = "VI_1  vrid:50 state:MASTER\n  master:192.168.50.10\n  last transition: 31.2s ago (startup)\n";
+        output_matches(&c.output, real).unwrap();
+        assert!(output_matches(&c.output, &real.replace("MASTER", "BACKUP")).is_err());
+        // Order matters.
+        let swapped = vec![c.output[1].clone(), c.output[0].clone()];
+        assert!(output_matches(&swapped, real).is_err());
+        // Commands outside console blocks with a phase are refused.
+        assert!(parse_emergency("## A\n```sh\nrm -rf /\n```\n").is_err());
+        assert!(parse_emergency("## A\n```console\nmain# true\n```\n").is_err());
+        assert!(parse_emergency("## A\n```console phase=later\nmain# true\n```\n").is_err());
+        assert!(parse_emergency("## A\n```console phase=fault\noutput first\n```\n").is_err());
+        assert_eq!(slug("Backup failed or too old"), "backup-failed-or-too-old");
+        assert_eq!(normalize_output("a  2026-12-07 20:01:02 UTC -1 --run-dir"), "a 0 0 UTC 0 --run-dir");
+    }
 
     fn set(v: &[&str]) -> BTreeSet<String> {
         v.iter().map(|s| (*s).to_string()).collect()

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rempart_lab::monitoring::{
-    dashboard_queries, deploy_dir, exported_names, is_exported, load_rule_tests, load_rules, metric_names,
-    parse_route_tests, Rules, RUNBOOK_ANCHORS, RUNBOOK_BASE,
+    dashboard_queries, deploy_dir, emergency_path, exported_names, is_exported, load_rule_tests, load_rules,
+    metric_names, parse_emergency, parse_route_tests, EmergencyDoc, Rules, RUNBOOK_BASE,
 };
 
 fn run(prog: &str, args: &[&str], dir: &Path) -> Output {
@@ -30,6 +30,11 @@ fn text(o: &Output) -> String {
 
 fn prometheus_dir() -> PathBuf {
     deploy_dir().join("prometheus")
+}
+
+fn emergency() -> EmergencyDoc {
+    let text = std::fs::read_to_string(emergency_path()).expect("docs/emergency.md");
+    parse_emergency(&text).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn rules() -> Rules {
@@ -105,6 +110,7 @@ fn every_alert_has_promtool_cases_firing_and_not_firing() {
 #[test]
 fn every_alert_is_documented_labelled_and_unique() {
     let rules = rules();
+    let doc = emergency();
     assert!(rules.alerts.len() >= 29, "{}", rules.alerts.len());
     let mut names = BTreeSet::new();
     for a in &rules.alerts {
@@ -122,11 +128,26 @@ fn every_alert_is_documented_labelled_and_unique() {
         }
         let url = &a.annotations["runbook_url"];
         let anchor = url.strip_prefix(RUNBOOK_BASE).unwrap_or_else(|| panic!("{}: runbook_url {url}", a.name));
-        // `{{ $labels.host }}-down` becomes main-down or backup-down: the rule must only match those hosts.
-        let ok = RUNBOOK_ANCHORS.contains(&anchor)
-            || (anchor == "{{ $labels.host }}-down" && a.expr.contains(r#"host=~"main|backup""#))
-            || (anchor == "{{ $labels.host }}-down" && a.expr.contains("rempart_vrrp_"));
-        assert!(ok, "{}: runbook anchor {anchor:?} is not a section of docs/emergency.md", a.name);
+        // `{{ $labels.host }}-down` becomes main-down or backup-down: the rule must only match
+        // those hosts (its expression says so, or it reads rempart-vrrp, which runs only there).
+        let anchors: Vec<String> = if anchor == "{{ $labels.host }}-down" {
+            assert!(
+                a.expr.contains(r#"host=~"main|backup""#) || a.expr.contains("rempart_vrrp_"),
+                "{}: {anchor} on a rule that may match another host",
+                a.name
+            );
+            vec!["main-down".into(), "backup-down".into()]
+        } else {
+            vec![anchor.to_string()]
+        };
+        for anchor in anchors {
+            assert!(
+                doc.anchors.contains(&anchor),
+                "{}: runbook anchor {anchor:?} is not a section of docs/emergency.md ({:?})",
+                a.name,
+                doc.anchors
+            );
+        }
     }
 }
 
@@ -281,4 +302,46 @@ fn dashboard_and_provisioning_agree() {
     walk(&d, uid, &mut ids);
     let prov = std::fs::read_to_string(deploy_dir().join("grafana/provisioning/dashboards/rempart.yml")).unwrap();
     assert!(prov.contains("path: /var/lib/grafana/dashboards/rempart"), "{prov}");
+}
+
+/// docs/emergency.md: one section per situation of issue 16, each naming the alerts that lead
+/// to it; its commands are all in console blocks with a phase, which
+/// `lab/tests/monitoring_lab.rs` runs (the parser refuses any other shell block).
+#[test]
+fn the_emergency_procedure_has_every_situation_and_only_runnable_commands() {
+    let doc = emergency();
+    for s in [
+        "main-down",
+        "backup-down",
+        "replication-link-down",
+        "split-brain",
+        "quorum-lost",
+        "failover-failed",
+        "maintenance-left-on",
+        "backup-failed-or-too-old",
+        "repository-host-lost",
+        "both-servers-lost",
+        "ransomware",
+    ] {
+        assert!(doc.anchors.iter().any(|a| a == s), "no section {s} in docs/emergency.md: {:?}", doc.anchors);
+    }
+    let mut unique = BTreeSet::new();
+    for a in &doc.anchors {
+        assert!(unique.insert(a), "section {a} twice");
+    }
+    // Every alert is named in the section its runbook_url points to.
+    let text = std::fs::read_to_string(emergency_path()).unwrap();
+    for a in rules().alerts {
+        let anchor =
+            a.annotations["runbook_url"].strip_prefix(RUNBOOK_BASE).unwrap().replace("{{ $labels.host }}", "main");
+        let section = text
+            .split("\n## ")
+            .find(|s| rempart_lab::monitoring::slug(s.lines().next().unwrap_or("")) == anchor)
+            .unwrap_or_else(|| panic!("{}: no section {anchor}", a.name));
+        assert!(section.contains(&format!("`{}`", a.name)), "{} is not named in section {anchor}", a.name);
+    }
+    assert!(doc.commands.len() >= 10, "{:?}", doc.commands);
+    for c in &doc.commands {
+        assert!(!c.output.is_empty(), "docs/emergency.md:{}: no output shown for {}", c.line, c.command);
+    }
 }
