@@ -9,8 +9,13 @@
 //!
 //! Time is the caller's `now` (the witness's monotonic clock). An expired lease is as good as
 //! none; [`LeaseServer::expire`] only tidies the table. The witness keeps nothing on disk, so
-//! after a restart it grants nothing for `startup_grace` (default: its longest TTL): a lease it
-//! granted before the restart has run out by then.
+//! after a restart it grants no new lease for `startup_grace` (default: its longest TTL): a
+//! lease it granted before the restart has run out by then. A **renewal** is granted during the
+//! grace (when nobody renewed first): it comes from the node that held the lease before the
+//! restart — a client renews only while its own view of the lease is valid, and that view ends
+//! before the witness's — so at most one node can send it. That is how a holder keeps its lease,
+//! and a fence holder its fence, across a witness restart (the node simulation found a
+//! restarted witness handing a forgotten fence to the node with stale data).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -125,7 +130,7 @@ impl LeaseServer {
                         remaining: Duration::ZERO,
                     };
                 }
-                if now < self.grace_until {
+                if now < self.grace_until && live.is_none() && kind != RequestKind::Renew {
                     return Decision::Refused {
                         reason: RefuseReason::Starting,
                         holder: None,
@@ -343,5 +348,22 @@ mod tests {
             Repr::Refused { seq: 1, reason: RefuseReason::Starting, remaining_ms: 2000, holder: String::new() }
         );
         assert!(granted(&s.decide(t0 + TTL, RequestKind::Acquire, "r0", "main", TTL)));
+    }
+
+    #[test]
+    fn the_holder_renews_during_the_grace_and_nobody_else_gets_it() {
+        let t0 = Instant::now();
+        let mut s = LeaseServer::new(t0, ServerConfig::new(TTL));
+        let t = t0 + Duration::from_secs(1);
+        assert!(granted(&s.decide(t, RequestKind::Renew, "r0.fence", "main", TTL)));
+        let d = s.decide(t, RequestKind::Acquire, "r0.fence", "backup", TTL);
+        assert!(matches!(d, Decision::Refused { reason: RefuseReason::Held, .. }), "{d:?}");
+        let d = s.decide(t, RequestKind::Renew, "r0.fence", "backup", TTL);
+        assert!(matches!(d, Decision::Refused { reason: RefuseReason::Held, .. }), "{d:?}");
+        let d = s.decide(t0 + TTL, RequestKind::Acquire, "r0.fence", "backup", TTL);
+        assert!(matches!(d, Decision::Refused { reason: RefuseReason::Held, .. }), "{d:?}");
+        // A new lease (acquire) still waits for the end of the grace.
+        let d = s.decide(t, RequestKind::Acquire, "r0", "main", TTL);
+        assert!(matches!(d, Decision::Refused { reason: RefuseReason::Starting, .. }), "{d:?}");
     }
 }
