@@ -23,8 +23,10 @@ use std::time::Instant;
 use anyhow::Context as _;
 pub use rempart_testkit::Lab;
 
+pub mod glue;
 pub mod monitor;
 pub mod monitoring;
+pub mod node;
 pub mod probe;
 pub mod steps;
 
