@@ -209,6 +209,11 @@ pub struct StepTimeouts {
     /// The whole step-down (VIP off ⇒ services ⇒ unmount ⇒ demote) when the lease is about to
     /// end: `S` in the timing argument of [`crate::witness`].
     pub step_down: Duration,
+    /// How long a node that gave the service up holds its VRRP instance in FAULT (so that the
+    /// peer takes over) before it competes again, with its priority lowered.
+    pub fault_hold: Duration,
+    /// Waiting for quorum (the peer, or the witness's lease and the fence) before promoting.
+    pub quorum: Duration,
 }
 
 impl Default for StepTimeouts {
@@ -222,6 +227,8 @@ impl Default for StepTimeouts {
             unmount: s(30),
             demote: s(10),
             step_down: Duration::from_secs(1),
+            fault_hold: s(10),
+            quorum: s(10),
         }
     }
 }
@@ -387,6 +394,10 @@ struct RawTimeouts {
     demote: Option<S<f64>>,
     #[serde(default)]
     step_down: Option<S<f64>>,
+    #[serde(default)]
+    fault_hold: Option<S<f64>>,
+    #[serde(default)]
+    quorum: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -831,6 +842,8 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
             unmount: src.secs(&t.unmount, "timeouts.unmount", d.unmount),
             demote: src.secs(&t.demote, "timeouts.demote", d.demote),
             step_down: src.secs(&t.step_down, "timeouts.step-down", d.step_down),
+            fault_hold: src.secs(&t.fault_hold, "timeouts.fault-hold", d.fault_hold),
+            quorum: src.secs(&t.quorum, "timeouts.quorum", d.quorum),
         },
     };
     let budget = step_down_budget(ttl);

@@ -148,7 +148,8 @@ pub fn orchestrator_config(cfg: &NodeConfig) -> OrchConfig {
     OrchConfig {
         services: cfg.services.iter().map(|s| s.name.clone()).collect(),
         timeouts: Timeouts {
-            quorum: (cfg.witness.ttl * 2).max(Duration::from_secs(10)),
+            // Without the peer, the lease can only come once the old holder's ran out.
+            quorum: t.quorum.max(cfg.witness.ttl * 2),
             promote: t.promote,
             mount: t.mount,
             start: svc,
@@ -161,6 +162,7 @@ pub fn orchestrator_config(cfg: &NodeConfig) -> OrchConfig {
             demote: t.demote,
         },
         step_down_budget: t.step_down,
+        fault_hold: t.fault_hold,
         backup_interval: cfg.backup.as_ref().map(|b| b.every),
         ..OrchConfig::default()
     }
@@ -186,6 +188,7 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
     // The replicated resources, quorum gate on.
     let repl_metrics = ReplMetrics::register(registry);
     let mut resources: Vec<Resource> = Vec::new();
+    let mut nbd_sockets = Vec::new();
     for rc in &cfg.resources {
         let mut rc = rc.clone();
         rc.resource.quorum = "majority".into();
@@ -197,6 +200,9 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
         let name = rc.resource.name.clone();
         let started = async {
             let spec = ResourceSpec::from_config(&rc, &cfg.node, None)?;
+            if let Some(blockrepl::config::NbdEndpoint::Unix(p)) = &spec.nbd {
+                nbd_sockets.push((spec.name.clone(), p.clone()));
+            }
             Resource::start_with_metrics(spec, &repl_metrics).await
         }
         .await;
@@ -261,6 +267,7 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
         vrrp.clone(),
         instances.clone(),
         handles.clone(),
+        nbd_sockets,
         cfg.mounts.clone(),
         cfg.services.clone(),
         opts.run_dir.clone(),

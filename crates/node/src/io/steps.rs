@@ -46,6 +46,7 @@ struct Inner {
     vrrp: vrrp::io::engine::Handle,
     instances: Vec<String>,
     resources: Vec<(String, ReplHandle)>,
+    nbd_sockets: Vec<(String, PathBuf)>,
     mounts: Vec<Mount>,
     services: Vec<Service>,
     run_dir: PathBuf,
@@ -63,12 +64,14 @@ fn fail(s: impl Into<String>) -> StepFailure {
 }
 
 impl Executor {
-    /// An executor for these engines and this part of the configuration.
+    /// An executor for these engines and this part of the configuration (`nbd_sockets`: the
+    /// resources served on a Unix socket rather than TCP).
     #[must_use]
     pub fn new(
         vrrp: vrrp::io::engine::Handle,
         instances: Vec<String>,
         resources: Vec<(String, ReplHandle)>,
+        nbd_sockets: Vec<(String, PathBuf)>,
         mounts: Vec<Mount>,
         services: Vec<Service>,
         run_dir: PathBuf,
@@ -79,6 +82,7 @@ impl Executor {
                 vrrp,
                 instances,
                 resources,
+                nbd_sockets,
                 mounts,
                 services,
                 run_dir,
@@ -141,8 +145,13 @@ impl Executor {
             .iter()
             .find(|(n, _)| n == resource)
             .ok_or_else(|| fail(format!("mount: no resource {resource}")))?;
-        let addr = h.nbd_addr().ok_or_else(|| fail(format!("{resource}: no NBD endpoint")))?;
-        Ok(format!("nbd://{addr}/{resource}"))
+        if let Some(addr) = h.nbd_addr() {
+            return Ok(format!("nbd://{addr}/{resource}"));
+        }
+        match self.inner.nbd_sockets.iter().find(|(n, _)| n == resource) {
+            Some((_, path)) => Ok(format!("nbd+unix:///{resource}?socket={}", path.display())),
+            None => Err(fail(format!("{resource}: no NBD endpoint"))),
+        }
     }
 
     fn fuse_dir(&self, i: usize) -> PathBuf {
@@ -166,15 +175,20 @@ impl Executor {
         let url = self.nbd_url(&m.resource)?;
         let (device, attached) = match m.method {
             MountMethod::KernelNbd => {
-                let (host, port) = url
-                    .trim_start_matches("nbd://")
-                    .split('/')
-                    .next()
-                    .and_then(|hp| hp.rsplit_once(':'))
-                    .map(|(h, p)| (h.to_owned(), p.to_owned()))
-                    .ok_or_else(|| fail(format!("bad NBD address {url}")))?;
                 let dev = m.device.display().to_string();
-                run(&["nbd-client", &host, &port, &dev, "-N", &m.resource]).await?;
+                if let Some((_, sock)) = self.inner.nbd_sockets.iter().find(|(n, _)| *n == m.resource) {
+                    let sock = sock.display().to_string();
+                    run(&["nbd-client", "-unix", &sock, &dev, "-N", &m.resource]).await?;
+                } else {
+                    let (host, port) = url
+                        .trim_start_matches("nbd://")
+                        .split('/')
+                        .next()
+                        .and_then(|hp| hp.rsplit_once(':'))
+                        .map(|(h, p)| (h.to_owned(), p.to_owned()))
+                        .ok_or_else(|| fail(format!("bad NBD address {url}")))?;
+                    run(&["nbd-client", &host, &port, &dev, "-N", &m.resource]).await?;
+                }
                 (dev, Attached { nbdfuse: None, loop_dev: None })
             }
             MountMethod::Nbdfuse => {
@@ -277,8 +291,43 @@ impl Executor {
         Ok(())
     }
 
+    /// A Primary without quorum holds its writes (suspend-io): a service blocked in one cannot
+    /// stop, and the node is stepping down anyway. Those writes were never acknowledged, so
+    /// ending the NBD connections (their I/O fails) loses nothing and lets the down order run.
+    fn fail_suspended_writes(&self) -> bool {
+        let mut dropped = false;
+        for (name, h) in &self.inner.resources {
+            let st = h.watch_status().borrow().clone();
+            let q = &st.replica.quorum;
+            if q.enabled && !q.held && st.replica.role == blockrepl::proto::Role::Primary && st.open_clients > 0 {
+                warn!(resource = %name, suspended = q.suspended, "no quorum while stepping down: failing the held writes so that the services can stop");
+                h.drop_openers();
+                dropped = true;
+            }
+        }
+        dropped
+    }
+
     async fn service(&self, i: usize, what: &str) -> Result<(), StepFailure> {
         let s = self.inner.services.get(i).ok_or_else(|| fail(format!("no service {i}")))?;
+        if what == "stop" {
+            // Quorum can go while the service stops (its last writes then hang): keep watching.
+            let stop = self.service_cmd(s, what);
+            tokio::pin!(stop);
+            loop {
+                if self.fail_suspended_writes() {
+                    return stop.await;
+                }
+                tokio::select! {
+                    r = &mut stop => return r,
+                    () = tokio::time::sleep(HEALTH_POLL) => {}
+                }
+            }
+        }
+        self.service_cmd(s, what).await
+    }
+
+    async fn service_cmd(&self, s: &Service, what: &str) -> Result<(), StepFailure> {
         match &s.kind {
             ServiceKind::Unit(u) => run(&["systemctl", what, u]).await.map(drop),
             ServiceKind::Commands { start, stop, .. } => {
