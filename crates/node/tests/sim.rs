@@ -1,7 +1,8 @@
 //! Seeded simulation of two rempart hosts, each a [`node::Orchestrator`] driving the **real**
 //! sans-IO cores — `vrrp::proto::Instance` (the election) and `blockrepl::proto::Replica` (the
-//! replica pair) — plus a witness that implements the lease contract, and a client that writes
-//! through whoever holds the VIP.
+//! replica pair) — and the **real** witness cores (`node::witness::server::LeaseServer`, one
+//! `node::witness::client::LeaseClient` per host for the lease and one for the fence), and a
+//! client that writes through whoever holds the VIP.
 //!
 //! ```text
 //!            management link (VRRP adverts, client)          witness link
@@ -15,7 +16,19 @@
 //! One seed drives everything: loss and delay on each link, partitions of each link separately
 //! (management, replication, witness), crashes and restarts, freezes (a host gets no input for a
 //! while, then resumes with a later `now`: SIGSTOP, a VM pause), step failures and step hangs
-//! (timeouts), the witness going down, and operator switchovers. Then every fault ends.
+//! (timeouts), the witness going down and restarting (empty, in its start-up grace), and
+//! operator switchovers. Then every fault ends.
+//!
+//! The shell's rules, as `rempart-node` must follow them: the replica's quorum gate
+//! (`blockrepl` `quorum`, suspend-io or io-error by seed) is given the lease only while the
+//! fence is held too, so a write without the peer is acknowledged only under both; the fence
+//! client renews the fence (a long TTL) every `TTL / 3`, so that a restarted witness learns it
+//! back during its grace; a fence release is resent until the witness answered it.
+//!
+//! One case is out of the contract and not injected (counted in `chaos_skipped`): the witness
+//! keeps nothing on disk, so it forgets a fence when it restarts while the fence's holder
+//! cannot renew it (crashed, frozen, cut from the witness, or restarted and forgot it). The node
+//! with stale data could then take the fence and promote. See the crate docs.
 //!
 //! Invariants, checked at every event:
 //! - a host holding the VIP (VRRP Master and the orchestrator allowed the VIP) has promoted and
@@ -31,19 +44,22 @@
 //!   more step failures), within [`CONVERGE`] exactly one host serves (Primary, mounted, VIP)
 //!   and the client's writes are acknowledged, and it stays so.
 //!
-//! The witness here is a model of the lease contract of `crates/node` (per resource at most one
-//! holder; acquire/renew granted when free or held by the requester, expiry = receive time +
-//! ttl; release by the holder); the client side computes `sent + ttl − margin`.
-//!
-//! Replay one seed: `SIM_SEED=N cargo test -p node --test sim`; `SIM_TRACE=1` prints events.
+//! The normal run is 10,000 seeds on every core (`SIM_SEEDS=N` to change it) and asserts that
+//! every guarded path was taken (failovers, acknowledgements alone, refusals, give-ups for lost
+//! quorum, cancelled backups, witness restarts ...), so that passing is not vacuous. Replay one
+//! seed: `SIM_SEED=N SIM_TRACE=1 cargo test -p node --test sim`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::AddAssign;
 use std::time::{Duration, Instant};
 
 use blockrepl::meta::{GenIds, Meta, BLOCK};
-use blockrepl::proto::{Action as RAct, Change, Config as RConfig, DiskOp, Replica, Role};
+use blockrepl::proto::{Action as RAct, Change, Config as RConfig, DiskOp, OnNoQuorum, ReplError, Replica, Role};
 use blockrepl::wire::{Bytes, Msg};
+use node::witness::client::{ClientConfig, Event as WEvent, LeaseClient as WClient, LostReason};
+use node::witness::server::{Decision as WDecision, LeaseServer, ServerConfig};
+use node::witness::wire::{RefuseReason, Repr as WRepr, RequestKind};
 use node::{
     Action as NAct, Command, Config as NConfig, Fence, Orchestrator, Phase, ReplView, Step, StepFailure, Timeouts,
 };
@@ -57,7 +73,6 @@ const MS: Duration = Duration::from_millis(1);
 const BLOCKS: u64 = 8;
 const ADVER: Duration = Duration::from_millis(100);
 const TTL: Duration = Duration::from_millis(1500);
-const MARGIN: Duration = Duration::from_millis(150);
 /// The fence is a lease that is never renewed: long enough to outlive any run.
 const FENCE_TTL: Duration = Duration::from_secs(1_000_000);
 const CLIENT_TIMEOUT: Duration = Duration::from_millis(400);
@@ -68,16 +83,28 @@ const CHAOS: Duration = Duration::from_secs(8);
 /// Worst case, from the timings below: a host that just gave up holds FAULT for `fault_hold`
 /// (1 s) and unwinds (five steps, each at most 200 ms when one hangs, but faults are over);
 /// the other host needs Master_Down_Interval (≈ 0.36 s), then possibly the old lease to expire
-/// on the witness (≤ ttl = 1.5 s) and the fence, then its up order (six short steps); a resync
-/// of the tiny device; and one more give-up cycle when both race (quorum timeout 2 s).
+/// on the witness or a restarted witness's grace (≤ ttl = 1.5 s) and the fence, then its up
+/// order (six short steps); a resync of the tiny device; and one more give-up cycle when both
+/// race (quorum timeout 2 s). The run prints the longest time seen (`converge_max`).
 const CONVERGE: Duration = Duration::from_secs(9);
 
 fn ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 168, 50, 10 + 10 * i as u8))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Res {
+/// The resource names at the witness (the fence is the `….fence` resource).
+const LEASE: &str = "r0";
+const FENCE: &str = "r0.fence";
+/// The witness grants nothing for this long after it (re)starts (its longest lease TTL).
+const GRACE: Duration = TTL;
+/// A host's witness connection is found dead this long after it broke (no answer to a ping).
+const WITNESS_DEAD_AFTER: Duration = Duration::from_millis(250);
+/// Sequence number of the releases the shell sends itself (see `Host::fence_release`).
+const SHELL_SEQ: u64 = u64::MAX;
+
+/// Which of a host's two witness clients (each its own connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chan {
     Lease,
     Fence,
 }
@@ -92,12 +119,15 @@ enum Ev {
     Eof { to: usize, conn: u64 },
     /// Try to open a replication connection.
     Connect,
-    /// A request to the witness.
-    ToWitness { from: usize, inc: u64, res: Res, acquire: bool, sent: Instant, ttl: Duration },
+    /// A request to the witness on connection `conn` of host `from`.
+    ToWitness { from: usize, conn: u64, chan: Chan, repr: WRepr },
     /// The witness's answer.
-    FromWitness { to: usize, inc: u64, res: Res, granted: bool, holder: Option<usize>, sent: Instant, acquire: bool },
+    FromWitness { to: usize, conn: u64, chan: Chan, repr: WRepr },
+    /// The witness shell of host `host` checks its connection (reconnects, notices a dead one).
+    WitnessCheck { host: usize, inc: u64 },
     /// A client write reaches a host.
-    ClientWrite { to: usize, id: u64 },
+    /// A client write reaches host `to` (incarnation `inc`: a crash loses the connection).
+    ClientWrite { to: usize, inc: u64, id: u64 },
     /// A disk operation of the replica completes.
     DiskDone { host: usize, inc: u64, io: u64, data: Option<Bytes> },
     /// A metadata write completes (durable now).
@@ -110,12 +140,21 @@ enum Ev {
     Thaw { host: usize },
 }
 
-struct LeaseClient {
-    want: bool,
-    next_renew: Option<Instant>,
-    until: Option<Instant>,
-    /// A fence acquire or release waits for its answer; resent until answered.
-    fence_req: Option<(bool, Instant)>,
+/// A host's side of the witness: the real sans-IO clients, one for the lease and one for the
+/// fence (a long TTL, re-asserted every `TTL / 3` so that a restarted witness learns it back),
+/// over a connection the shell keeps up.
+struct WitnessSide {
+    lease: WClient,
+    fence: WClient,
+    /// Connection id (0: none); the witness's epoch it was made with.
+    conn: u64,
+    epoch: u64,
+    /// Since when the connection is broken (cut, witness down or restarted), not yet noticed.
+    broken_since: Option<Instant>,
+    /// The lease end last told to the orchestrator.
+    told: Option<Instant>,
+    /// A fence release not yet answered: resent on every check.
+    fence_release: bool,
 }
 
 struct Host {
@@ -125,7 +164,9 @@ struct Host {
     vrrp: Instance,
     rep: Replica,
     orch: Orchestrator,
-    lease: LeaseClient,
+    wit: WitnessSide,
+    /// The lease given to the replica's quorum gate.
+    gate: Option<Instant>,
     /// Durable metadata (written when a PersistMeta completes).
     meta: Meta,
     /// Per block: id of the last write (durable at once: no cache in this model).
@@ -156,7 +197,71 @@ struct Link {
     connect_pending: bool,
 }
 
+/// What happened over a run, summed over the seeds: the test asserts that each guarded path
+/// was taken, so that a passing run is not a vacuous one.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    seeds: u64,
+    promotions: u64,
+    /// Promotions of the other host than the one promoted last.
+    failovers: u64,
+    acked_with_peer: u64,
+    /// Writes acknowledged without the peer, under the lease and the fence.
+    acked_alone: u64,
+    /// Writes that completed without the peer while the lease or the fence was missing: failed.
+    ack_refused: u64,
+    /// Give-ups for lost quorum (no peer, lease not renewed) or no quorum to promote.
+    no_quorum: u64,
+    /// Give-ups because the peer holds the fence.
+    fenced: u64,
+    /// Running backups cancelled by a step-down.
+    backups_cancelled: u64,
+    backups_done: u64,
+    /// A Primary frozen longer than its lease, then resumed.
+    frozen_primary_past_lease: u64,
+    witness_restarts: u64,
+    /// Requests the witness refused during its start-up grace.
+    refused_starting: u64,
+    lease_refused: u64,
+    fence_refused: u64,
+    switchovers: u64,
+    step_failures: u64,
+    /// Faults not injected because they would make the witness forget a fence (out of the
+    /// contract).
+    chaos_skipped: u64,
+    /// The longest time from the end of the faults to one serving host.
+    converge_max: Duration,
+}
+
+impl AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, o: &Stats) {
+        self.seeds += o.seeds;
+        self.promotions += o.promotions;
+        self.failovers += o.failovers;
+        self.acked_with_peer += o.acked_with_peer;
+        self.acked_alone += o.acked_alone;
+        self.ack_refused += o.ack_refused;
+        self.no_quorum += o.no_quorum;
+        self.fenced += o.fenced;
+        self.backups_cancelled += o.backups_cancelled;
+        self.backups_done += o.backups_done;
+        self.frozen_primary_past_lease += o.frozen_primary_past_lease;
+        self.witness_restarts += o.witness_restarts;
+        self.refused_starting += o.refused_starting;
+        self.lease_refused += o.lease_refused;
+        self.fence_refused += o.fence_refused;
+        self.switchovers += o.switchovers;
+        self.step_failures += o.step_failures;
+        self.chaos_skipped += o.chaos_skipped;
+        self.converge_max = self.converge_max.max(o.converge_max);
+    }
+}
+
 struct World {
+    /// `SIM_TRACE` is set.
+    tr: bool,
+    stats: Stats,
+    last_promoted: Option<usize>,
     seed: u64,
     rng: ChaCha8Rng,
     now: Instant,
@@ -170,11 +275,17 @@ struct World {
     repl_cut: bool,
     witness_cut: [bool; 2],
     witness_up: bool,
+    /// The witness: the real lease table; replaced (empty, in its start-up grace) on restart.
+    wserver: LeaseServer,
+    /// The fence holder while the witness is down or has not learnt its fence back.
+    fence_at_risk: Option<usize>,
+    /// Bumped at every witness restart: connections to an earlier one are dead.
+    wepoch: u64,
+    next_conn: u64,
     loss: f64,
     step_fail: f64,
     step_hang: f64,
     // witness
-    leases: HashMap<Res, (usize, Instant)>,
     witness_last: [Instant; 2],
     // client
     next_id: u64,
@@ -205,6 +316,9 @@ fn rcfg(key: [u8; 32], i: usize, seed: u64, inc: u64) -> RConfig {
     c.peer_timeout = Duration::from_millis(300);
     c.ping_interval = Duration::from_millis(60);
     c.resync_rate = 64 << 20;
+    // The quorum gate in the core: an acknowledgement without the peer needs the lease the
+    // shell gives it (here: the orchestrator's lease while it holds the fence).
+    c.quorum = Some(if seed % 2 == 0 { OnNoQuorum::SuspendIo } else { OnNoQuorum::IoError });
     c
 }
 
@@ -262,7 +376,20 @@ impl Host {
             vrrp,
             rep,
             orch,
-            lease: LeaseClient { want: false, next_renew: None, until: None, fence_req: None },
+            gate: None,
+            wit: WitnessSide {
+                lease: WClient::new(ClientConfig::new(format!("host{i}"), TTL)),
+                fence: WClient::new(ClientConfig {
+                    renew_interval: TTL / 3,
+                    retry_interval: TTL / 3,
+                    ..ClientConfig::new(format!("host{i}"), FENCE_TTL)
+                }),
+                conn: 0,
+                epoch: 0,
+                broken_since: None,
+                told: None,
+                fence_release: false,
+            },
             meta,
             disk,
             vrrp_vips: false,
@@ -296,6 +423,9 @@ impl World {
         let loss = rng.gen_range(0.0..0.15);
         let hosts = (0..2).map(|i| Host::new(i, key, seed, now, initial_meta(), vec![0; BLOCKS as usize], 0)).collect();
         let mut w = World {
+            tr: std::env::var_os("SIM_TRACE").is_some(),
+            stats: Stats { seeds: 1, ..Stats::default() },
+            last_promoted: None,
             seed,
             rng,
             now,
@@ -311,7 +441,10 @@ impl World {
             loss,
             step_fail: 0.02,
             step_hang: 0.01,
-            leases: HashMap::new(),
+            wserver: LeaseServer::new(now, ServerConfig { startup_grace: Duration::ZERO, ..ServerConfig::new(TTL) }),
+            wepoch: 1,
+            fence_at_risk: None,
+            next_conn: 1,
             witness_last: [now; 2],
             next_id: 1,
             waiting: None,
@@ -322,6 +455,7 @@ impl World {
             key,
         };
         for i in 0..2 {
+            w.witness_check(i);
             w.pump(i);
         }
         w.maybe_connect();
@@ -329,7 +463,7 @@ impl World {
     }
 
     fn trace(&self, what: &str) {
-        if std::env::var_os("SIM_TRACE").is_some() {
+        if self.tr {
             let hs: Vec<String> = self
                 .hosts
                 .iter()
@@ -348,7 +482,7 @@ impl World {
                         s.connection,
                         s.replication,
                         h.holds_vip(),
-                        h.lease.until.map(|u| u.saturating_duration_since(self.now)),
+                        h.wit.lease.lease_until(self.now, LEASE).map(|u| u.saturating_duration_since(self.now)),
                         h.orch.status().fence
                     )
                 })
@@ -393,6 +527,16 @@ impl World {
                 any = true;
                 self.node_action(i, a);
             }
+            any |= self.witness_io(i);
+            // The replica's quorum gate (it also guards a promotion without the peer): the
+            // lease, while the fence is held too.
+            let h = &mut self.hosts[i];
+            let gate = if h.wit.fence.lease_until(now, FENCE).is_some() { h.orch.lease_until() } else { None };
+            if gate != h.gate {
+                h.gate = gate;
+                h.rep.handle_lease(now, gate);
+                any = true;
+            }
             if !any {
                 return;
             }
@@ -408,6 +552,11 @@ impl World {
         h.role = role;
         if role == Role::Primary {
             h.tenure_start = Some(self.now);
+            self.stats.promotions += 1;
+            if self.last_promoted.is_some_and(|p| p != i) {
+                self.stats.failovers += 1;
+            }
+            self.last_promoted = Some(i);
             self.trace(&format!("host {i} promoted"));
             // No acknowledged write lost after a promotion.
             if let Some(b) = (0..BLOCKS as usize).find(|&b| self.hosts[i].disk[b] < self.acked_max[b]) {
@@ -442,6 +591,9 @@ impl World {
             VAct::AddVips => self.hosts[i].vrrp_vips = true,
             VAct::RemoveVips => self.hosts[i].vrrp_vips = false,
             VAct::StateChange { to, .. } => {
+                if self.tr {
+                    self.trace(&format!("host {i}: VRRP {}", to.keepalived_name()));
+                }
                 self.hosts[i].orch.handle_vrrp(now, to);
             }
             _ => {}
@@ -494,16 +646,14 @@ impl World {
                 self.hosts[i].meta.al = al;
                 self.at(now + d, Ev::MetaDone { host: i, inc, io, meta: None });
             }
-            RAct::Send(msg) => {
-                if self.link.open[i] && !self.link.broken {
-                    let d = self.delay(100, 1000);
-                    let at = (now + d).max(self.link.last[i]);
-                    self.link.last[i] = at;
-                    let conn = self.link.conn;
-                    self.at(at, Ev::Frame { to: 1 - i, conn, msg });
-                }
+            RAct::Send(msg) if self.link.open[i] && !self.link.broken => {
+                let d = self.delay(100, 1000);
+                let at = (now + d).max(self.link.last[i]);
+                self.link.last[i] = at;
+                let conn = self.link.conn;
+                self.at(at, Ev::Frame { to: 1 - i, conn, msg });
             }
-            RAct::Complete { req, result } => self.complete(i, req, result.is_ok()),
+            RAct::Complete { req, result } => self.complete(i, req, result),
             RAct::CloseConnection => self.close(i),
             RAct::StateChangeDone { result } => {
                 if let Some(token) = self.hosts[i].change.take() {
@@ -529,32 +679,31 @@ impl World {
                 self.at(now + d, Ev::DoStep { host: i, inc, token, step, fail });
             }
             NAct::ForceFault { reason } => {
+                if reason.contains("quorum") {
+                    self.stats.no_quorum += 1;
+                } else if reason.contains("fence") {
+                    self.stats.fenced += 1;
+                }
                 self.trace(&format!("host {i} gives up: {reason}"));
                 self.hosts[i].vrrp.set_fault(now, true);
             }
             NAct::ClearFault => self.hosts[i].vrrp.set_fault(now, false),
             NAct::LowerPriority { .. } => self.hosts[i].vrrp.set_priority_offset(now, -100),
             NAct::RestorePriority => self.hosts[i].vrrp.set_priority_offset(now, 0),
-            NAct::WantLease(want) => {
-                let l = &mut self.hosts[i].lease;
-                l.want = want;
-                if want {
-                    l.next_renew = Some(now);
-                } else {
-                    l.next_renew = None;
-                }
-            }
-            NAct::ReleaseLease => {
-                self.hosts[i].lease.until = None;
-                self.to_witness(i, Res::Lease, false, Duration::ZERO);
-            }
+            // The client releases the lease when it is no longer wanted.
+            NAct::WantLease(want) => self.hosts[i].wit.lease.want(now, LEASE, want),
+            NAct::ReleaseLease => {}
             NAct::AcquireFence => {
-                self.hosts[i].lease.fence_req = Some((true, now + 200 * MS));
-                self.to_witness(i, Res::Fence, true, FENCE_TTL);
+                self.hosts[i].wit.fence_release = false;
+                self.hosts[i].wit.fence.want(now, FENCE, true);
             }
             NAct::ReleaseFence => {
-                self.hosts[i].lease.fence_req = Some((false, now + 200 * MS));
-                self.to_witness(i, Res::Fence, false, Duration::ZERO);
+                // The client sends a release only when it wanted the fence and is connected;
+                // the shell makes sure the witness gets one (this node may hold the fence from
+                // before a restart): resent until answered.
+                self.hosts[i].wit.fence.want(now, FENCE, false);
+                self.hosts[i].wit.fence_release = true;
+                self.send_fence_release(i);
             }
             NAct::StartBackup { job } => {
                 let h = &self.hosts[i];
@@ -571,24 +720,13 @@ impl World {
                 self.at(now + d, Ev::BackupDone { host: i, inc, job, ok });
             }
             NAct::CancelBackup { job, .. } => {
+                self.stats.backups_cancelled += 1;
                 let d = self.delay(500, 10_000);
                 self.at(now + d, Ev::BackupDone { host: i, inc, job, ok: false });
             }
             NAct::Stopped => {}
             _ => {}
         }
-    }
-
-    fn to_witness(&mut self, i: usize, res: Res, acquire: bool, ttl: Duration) {
-        if self.witness_cut[i] {
-            return;
-        }
-        let now = self.now;
-        let d = self.delay(200, 3000);
-        let at = (now + d).max(self.witness_last[i]);
-        self.witness_last[i] = at;
-        let inc = self.hosts[i].inc;
-        self.at(at, Ev::ToWitness { from: i, inc, res, acquire, sent: now, ttl });
     }
 
     // ------------------------------------------------------------------ the shell's steps
@@ -598,7 +736,11 @@ impl World {
         let ok: Result<(), StepFailure> = Ok(());
         let failed = |why: &str| Err(StepFailure::new(why));
         let r = match step {
-            _ if fail && !matches!(step, Step::Demote { .. }) => failed("injected failure"),
+            _ if fail && !matches!(step, Step::Demote { .. }) => {
+                self.trace(&format!("host {i}: step {step} fails"));
+                self.stats.step_failures += 1;
+                failed("injected failure")
+            }
             Step::Promote => {
                 let wall = now.duration_since(self.t0).as_secs() + 1;
                 match self.hosts[i].rep.promote(now, false, wall) {
@@ -760,7 +902,9 @@ impl World {
         let now = self.now;
         if let Some((id, _, deadline)) = self.waiting {
             if now >= deadline {
-                self.trace(&format!("client: write {id} timed out"));
+                if self.tr {
+                    self.trace(&format!("client: write {id} timed out"));
+                }
                 self.waiting = None;
             }
         }
@@ -778,7 +922,8 @@ impl World {
         self.waiting = Some((id, to, now + CLIENT_TIMEOUT));
         if !self.lost() {
             let d = self.delay(100, 2000);
-            self.at(now + d, Ev::ClientWrite { to, id });
+            let inc = self.hosts[to].inc;
+            self.at(now + d, Ev::ClientWrite { to, inc, id });
         }
     }
 
@@ -787,6 +932,9 @@ impl World {
         if !self.hosts[i].holds_vip() {
             return; // not ours: the client times out
         }
+        if self.tr {
+            self.trace(&format!("host {i} receives write {id}"));
+        }
         let b = id % BLOCKS;
         let conn = if self.link.open[i] && !self.link.broken { self.link.conn } else { 0 };
         self.hosts[i].reqs.insert(id, conn);
@@ -794,21 +942,27 @@ impl World {
     }
 
     /// The replica completed client write `req` on host `i`: acknowledge it if allowed.
-    fn complete(&mut self, i: usize, req: u64, ok: bool) {
+    fn complete(&mut self, i: usize, req: u64, result: Result<(), ReplError>) {
         let now = self.now;
-        let Some(conn) = self.hosts[i].reqs.remove(&req) else { return };
-        if !ok {
+        if self.hosts[i].reqs.remove(&req).is_none() {
             return;
         }
-        // Acknowledged with the peer (protocol C over the connection it was sent on), or alone
-        // under the lease and the fence — the rule the replication core is getting; the shell
-        // enforces it here until then.
-        let view = ReplView::from_status(&self.hosts[i].rep.status());
-        let replicated = conn != 0 && conn == self.link.conn && self.link.open[i] && view.peer_replicating();
-        if !replicated && !self.hosts[i].orch.may_ack_alone(now) {
-            self.trace(&format!("host {i}: write {req} completed without peer, lease or fence: failed"));
-            return;
+        match result {
+            Ok(()) => {}
+            Err(ReplError::NoQuorum) => {
+                self.stats.ack_refused += 1;
+                self.trace(&format!("host {i}: write {req} failed: no quorum"));
+                return;
+            }
+            Err(_) => return,
         }
+        // The replica's quorum gate let it through: with the peer replicating (protocol C), or
+        // alone while the orchestrator may acknowledge alone (Primary, lease valid now, fence).
+        let with_peer = ReplView::from_status(&self.hosts[i].rep.status()).peer_replicating();
+        assert!(
+            with_peer || self.hosts[i].orch.may_ack_alone(now),
+            "host {i}: write {req} completed without the peer while the orchestrator may not acknowledge alone"
+        );
         // Only an answer the client still waits for is an acknowledgement.
         let Some((id, _, deadline)) = self.waiting else { return };
         if id != req || now >= deadline {
@@ -833,108 +987,157 @@ impl World {
         self.acked_max[b] = self.acked_max[b].max(req);
         self.acked += 1;
         self.acked_by[i] += 1;
+        if self.tr {
+            self.trace(&format!(
+                "host {i} acknowledges write {req} ({})",
+                if with_peer { "with the peer" } else { "alone" }
+            ));
+        }
+        if with_peer {
+            self.stats.acked_with_peer += 1;
+        } else {
+            self.stats.acked_alone += 1;
+        }
         self.waiting = None;
     }
 
     // ------------------------------------------------------------------ witness
 
-    fn witness(&mut self, from: usize, inc: u64, res: Res, acquire: bool, sent: Instant, ttl: Duration) {
-        if !self.witness_up {
+    /// Sends what the witness clients of host `i` queued, and tells the orchestrator what
+    /// changed.
+    fn witness_io(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let mut any = false;
+        for chan in [Chan::Lease, Chan::Fence] {
+            loop {
+                let c = match chan {
+                    Chan::Lease => &mut self.hosts[i].wit.lease,
+                    Chan::Fence => &mut self.hosts[i].wit.fence,
+                };
+                let Some(repr) = c.poll_transmit() else { break };
+                any = true;
+                self.send_to_witness(i, chan, repr);
+            }
+        }
+        while let Some(e) = self.hosts[i].wit.lease.poll_event() {
+            if matches!(e, WEvent::Refused { reason: RefuseReason::Held, .. }) {
+                self.stats.lease_refused += 1;
+            }
+        }
+        let until = self.hosts[i].wit.lease.lease_until(now, LEASE);
+        if until != self.hosts[i].wit.told {
+            self.hosts[i].wit.told = until;
+            self.hosts[i].orch.handle_lease(now, until);
+            any = true;
+        }
+        while let Some(e) = self.hosts[i].wit.fence.poll_event() {
+            let f = match e {
+                WEvent::Acquired { .. } => Fence::Held,
+                WEvent::Lost { reason: LostReason::Released, .. } => continue,
+                WEvent::Lost { reason: LostReason::Refused { reason: RefuseReason::Held, holder }, .. }
+                | WEvent::Refused { reason: RefuseReason::Held, holder, .. } => {
+                    self.stats.fence_refused += 1;
+                    Fence::Refused { holder: holder.unwrap_or_default() }
+                }
+                WEvent::Lost { .. } => Fence::Released,
+                // The witness is starting: the client asks again on its own.
+                WEvent::Refused { .. } => continue,
+            };
+            self.hosts[i].orch.handle_fence(now, f);
+            any = true;
+        }
+        any
+    }
+
+    fn send_to_witness(&mut self, i: usize, chan: Chan, repr: WRepr) {
+        let conn = self.hosts[i].wit.conn;
+        if conn == 0 || self.witness_cut[i] || self.lost() {
             return;
         }
+        let d = self.delay(200, 3000);
+        let at = (self.now + d).max(self.witness_last[i]);
+        self.witness_last[i] = at;
+        self.at(at, Ev::ToWitness { from: i, conn, chan, repr });
+    }
+
+    fn send_fence_release(&mut self, i: usize) {
+        if self.hosts[i].wit.fence_release {
+            let repr = WRepr::Request {
+                kind: RequestKind::Release,
+                seq: SHELL_SEQ,
+                ttl_ms: 0,
+                resource: FENCE.into(),
+                node: format!("host{i}"),
+            };
+            self.send_to_witness(i, Chan::Fence, repr);
+        }
+    }
+
+    /// The witness receives a request.
+    fn witness_receive(&mut self, from: usize, conn: u64, chan: Chan, repr: &WRepr) {
+        let h = &self.hosts[from];
+        if !self.witness_up || h.wit.conn != conn || h.wit.epoch != self.wepoch {
+            return; // the connection is dead
+        }
         let now = self.now;
-        let live = self.leases.get(&res).copied().filter(|(_, exp)| now < *exp);
-        let (granted, holder) = if acquire {
-            match live {
-                Some((h, _)) if h != from => (false, Some(h)),
-                _ => {
-                    self.leases.insert(res, (from, now + ttl));
-                    (true, Some(from))
-                }
-            }
-        } else {
-            if live.is_some_and(|(h, _)| h == from) {
-                self.leases.remove(&res);
-            }
-            (true, None)
-        };
-        if self.witness_cut[from] {
+        let Some((decision, reply)) = self.wserver.answer(now, repr) else { return };
+        if let WDecision::Refused { reason: RefuseReason::Starting, .. } = decision {
+            self.stats.refused_starting += 1;
+        }
+        if self.witness_cut[from] || self.lost() {
             return;
         }
         let d = self.delay(200, 3000);
         let at = (now + d).max(self.witness_last[from]);
         self.witness_last[from] = at;
-        self.at(at, Ev::FromWitness { to: from, inc, res, granted, holder, sent, acquire });
+        self.at(at, Ev::FromWitness { to: from, conn, chan, repr: reply });
     }
 
-    fn witness_reply(
-        &mut self,
-        i: usize,
-        res: Res,
-        granted: bool,
-        holder: Option<usize>,
-        sent: Instant,
-        acquire: bool,
-    ) {
+    /// The witness shell of host `i`: notices a dead connection after [`WITNESS_DEAD_AFTER`],
+    /// reconnects when it can, resends a pending fence release; every 100 ms.
+    fn witness_check(&mut self, i: usize) {
         let now = self.now;
-        match res {
-            Res::Lease => {
-                if !acquire || !self.hosts[i].lease.want {
-                    return;
-                }
-                if granted {
-                    let until = sent + TTL - MARGIN;
-                    let l = &mut self.hosts[i].lease;
-                    if l.until.is_none_or(|u| u < until) {
-                        l.until = Some(until);
-                        self.hosts[i].orch.handle_lease(now, Some(until));
-                    }
-                }
-            }
-            Res::Fence => {
-                let Some((want_held, _)) = self.hosts[i].lease.fence_req else { return };
-                if want_held != acquire {
-                    return; // an answer to an earlier request
-                }
-                self.hosts[i].lease.fence_req = None;
-                let f = if !acquire {
-                    Fence::Released
-                } else if granted {
-                    Fence::Held
-                } else {
-                    Fence::Refused { holder: format!("host {}", holder.unwrap_or(9)) }
-                };
-                if acquire {
-                    self.hosts[i].orch.handle_fence(now, f);
+        let ok = self.witness_up && !self.witness_cut[i];
+        let wepoch = self.wepoch;
+        let w = &mut self.hosts[i].wit;
+        if w.conn != 0 {
+            if ok && w.epoch == wepoch {
+                w.broken_since = None;
+            } else {
+                let since = *w.broken_since.get_or_insert(now);
+                if now >= since + WITNESS_DEAD_AFTER {
+                    w.conn = 0;
+                    w.broken_since = None;
+                    w.lease.handle_disconnected(now);
+                    w.fence.handle_disconnected(now);
                 }
             }
+        } else if ok {
+            w.conn = self.next_conn;
+            self.next_conn += 1;
+            w.epoch = wepoch;
+            w.lease.handle_connected(now);
+            w.fence.handle_connected(now);
         }
+        self.send_fence_release(i);
+        let inc = self.hosts[i].inc;
+        self.at(now + 100 * MS, Ev::WitnessCheck { host: i, inc });
     }
 
-    fn lease_timer(&mut self, i: usize) {
+    fn witness_timers(&mut self, i: usize) {
         let now = self.now;
-        let l = &mut self.hosts[i].lease;
-        if l.want && l.next_renew.is_some_and(|t| now >= t) {
-            l.next_renew = Some(now + TTL / 3);
-            self.to_witness(i, Res::Lease, true, TTL);
+        let w = &mut self.hosts[i].wit;
+        if w.lease.poll_timeout().is_some_and(|t| t <= now) {
+            w.lease.handle_timeout(now);
         }
-        if let Some((acquire, at)) = self.hosts[i].lease.fence_req {
-            if now >= at {
-                self.hosts[i].lease.fence_req = Some((acquire, now + 200 * MS));
-                let ttl = if acquire { FENCE_TTL } else { Duration::ZERO };
-                self.to_witness(i, Res::Fence, acquire, ttl);
-            }
-        }
-        // The lease view ends: tell the orchestrator (it re-evaluates quorum).
-        if self.hosts[i].lease.until.is_some_and(|u| now >= u) {
-            self.hosts[i].lease.until = None;
-            self.hosts[i].orch.handle_lease(now, None);
+        if w.fence.poll_timeout().is_some_and(|t| t <= now) {
+            w.fence.handle_timeout(now);
         }
     }
 
-    fn lease_timeout(&self, i: usize) -> Option<Instant> {
-        let l = &self.hosts[i].lease;
-        [l.next_renew.filter(|_| l.want), l.fence_req.map(|(_, t)| t), l.until].into_iter().flatten().min()
+    fn witness_timeout(&self, i: usize) -> Option<Instant> {
+        let w = &self.hosts[i].wit;
+        [w.lease.poll_timeout(), w.fence.poll_timeout()].into_iter().flatten().min()
     }
 
     // ------------------------------------------------------------------ faults
@@ -963,14 +1166,57 @@ impl World {
         self.hosts[i] = Host::new(i, self.key, self.seed, now, meta, disk, inc);
         self.hosts[i].last_ack = last_ack;
         self.trace(&format!("host {i} restarts"));
+        self.witness_check(i);
         self.pump(i);
         self.maybe_connect();
+    }
+
+    /// The host whose fence the witness would forget if it restarted now (the witness holds
+    /// it for that host, or held it before it went down and has not learnt it back).
+    fn fence_owner(&self) -> Option<usize> {
+        if let Some(h) = self.fence_at_risk {
+            return Some(h);
+        }
+        let holder = self.wserver.lease(self.now, FENCE)?.holder.clone();
+        (0..2).find(|&h| holder == format!("host{h}"))
+    }
+
+    /// Whether host `h` can tell a restarted witness that it holds the fence: alive, not
+    /// frozen, its witness link up, and it still believes it holds it.
+    fn can_reassert(&self, h: usize) -> bool {
+        let host = &self.hosts[h];
+        host.active(self.now) && !self.witness_cut[h] && host.wit.fence.lease_until(self.now, FENCE).is_some()
     }
 
     fn chaos(&mut self) {
         let now = self.now;
         let i = self.rng.gen_range(0..2usize);
-        match self.rng.gen_range(0..14) {
+        let kind = self.rng.gen_range(0..14);
+        // Out of the contract (see the crate docs): the witness keeps nothing on disk, so a
+        // fence survives a witness restart only through its holder, which renews it during
+        // the witness's start-up grace. The simulation does not restart the witness while the
+        // fence holder cannot do that, nor take the holder away until it did.
+        if let Some(h) = self.fence_at_risk {
+            let renewed =
+                self.witness_up && self.wserver.lease(now, FENCE).is_some_and(|l| l.holder == format!("host{h}"));
+            if renewed || !self.hosts[h].alive || self.hosts[h].wit.fence.lease_until(now, FENCE).is_none() {
+                // Learnt back, or the holder released it (both disks equal again): no risk.
+                self.fence_at_risk = None;
+            }
+        }
+        let risky = match kind {
+            0 | 1 | 6 | 7 | 10 => self.fence_at_risk == Some(i),
+            8 => self.witness_up && self.fence_owner().is_some_and(|h| !self.can_reassert(h)),
+            _ => false,
+        };
+        if risky {
+            self.stats.chaos_skipped += 1;
+            return;
+        }
+        if kind == 8 && self.witness_up {
+            self.fence_at_risk = self.fence_owner();
+        }
+        match kind {
             0 => {
                 if self.hosts[i].alive {
                     self.crash(i);
@@ -983,6 +1229,9 @@ impl World {
                     // Sometimes longer than the lease.
                     let d = self.delay(100_000, 3_000_000);
                     self.hosts[i].frozen_until = Some(now + d);
+                    if self.hosts[i].role == Role::Primary && d > TTL {
+                        self.stats.frozen_primary_past_lease += 1;
+                    }
                     self.trace(&format!("host {i} frozen for {d:?}"));
                     self.at(now + d, Ev::Thaw { host: i });
                 }
@@ -1005,16 +1254,17 @@ impl World {
                 self.trace(&format!("witness link of host {i} cut={}", self.witness_cut[i]));
             }
             8 => {
-                self.witness_up = !self.witness_up;
-                if !self.witness_up {
-                    // A restarted witness remembers nothing (it is stateless).
-                    self.leases.clear();
+                if self.witness_up {
+                    self.witness_up = false;
+                } else {
+                    self.witness_restart();
                 }
                 self.trace(&format!("witness up={}", self.witness_up));
             }
             9 => {
                 if self.hosts[i].active(now) && self.hosts[i].orch.phase() == Phase::Serving {
                     let _ = self.hosts[i].orch.handle_command(now, Command::Switchover);
+                    self.stats.switchovers += 1;
                     self.trace(&format!("host {i}: switchover"));
                     self.pump(i);
                 }
@@ -1029,6 +1279,15 @@ impl World {
             }
             _ => self.heal_links(),
         }
+    }
+
+    /// The witness starts again: it remembers nothing (it is stateless) and grants nothing for
+    /// its start-up grace.
+    fn witness_restart(&mut self) {
+        self.witness_up = true;
+        self.wepoch += 1;
+        self.wserver = LeaseServer::new(self.now, ServerConfig::new(GRACE));
+        self.stats.witness_restarts += 1;
     }
 
     fn heal_links(&mut self) {
@@ -1049,7 +1308,7 @@ impl World {
             if !h.active(self.now) {
                 continue;
             }
-            for x in [h.vrrp.poll_timeout(), h.rep.poll_timeout(), h.orch.poll_timeout(), self.lease_timeout(i)]
+            for x in [h.vrrp.poll_timeout(), h.rep.poll_timeout(), h.orch.poll_timeout(), self.witness_timeout(i)]
                 .into_iter()
                 .flatten()
             {
@@ -1069,6 +1328,7 @@ impl World {
             | Ev::Frame { to, .. }
             | Ev::Eof { to, .. }
             | Ev::FromWitness { to, .. }
+            | Ev::WitnessCheck { host: to, .. }
             | Ev::ClientWrite { to, .. } => Some(*to),
             Ev::DiskDone { host, .. }
             | Ev::MetaDone { host, .. }
@@ -1121,7 +1381,7 @@ impl World {
                 if h.orch.poll_timeout().is_some_and(|t| t <= now) {
                     h.orch.handle_timeout(now);
                 }
-                self.lease_timer(i);
+                self.witness_timers(i);
                 self.pump(i);
             }
             self.client_tick();
@@ -1134,7 +1394,10 @@ impl World {
         match ev {
             Ev::Advert { to, src, repr } => {
                 if self.hosts[to].alive && !self.mgmt_cut[to] {
-                    let _ = self.hosts[to].vrrp.handle_packet(now, src, 255, &repr);
+                    let r = self.hosts[to].vrrp.handle_packet(now, src, 255, &repr);
+                    if self.tr {
+                        self.trace(&format!("host {to} advert prio {} -> {r:?}", repr.priority));
+                    }
                     self.pump(to);
                 }
             }
@@ -1150,15 +1413,33 @@ impl World {
                 }
             }
             Ev::Connect => self.connect(),
-            Ev::ToWitness { from, inc, res, acquire, sent, ttl } => self.witness(from, inc, res, acquire, sent, ttl),
-            Ev::FromWitness { to, inc, res, granted, holder, sent, acquire } => {
-                if self.hosts[to].alive && self.hosts[to].inc == inc {
-                    self.witness_reply(to, res, granted, holder, sent, acquire);
+            Ev::ToWitness { from, conn, chan, repr } => self.witness_receive(from, conn, chan, &repr),
+            Ev::FromWitness { to, conn, chan, repr } => {
+                if self.hosts[to].alive && self.hosts[to].wit.conn == conn {
+                    if let WRepr::Released { seq: SHELL_SEQ, .. } = repr {
+                        self.hosts[to].wit.fence_release = false;
+                    } else {
+                        match chan {
+                            Chan::Lease => self.hosts[to].wit.lease.handle_reply(now, &repr),
+                            Chan::Fence => self.hosts[to].wit.fence.handle_reply(now, &repr),
+                        }
+                    }
+                    self.witness_io(to);
                     self.pump(to);
                 }
             }
-            Ev::ClientWrite { to, id } => {
-                if self.hosts[to].alive && !self.mgmt_cut[to] {
+            Ev::WitnessCheck { host, inc } => {
+                if self.hosts[host].alive && self.hosts[host].inc == inc {
+                    self.witness_check(host);
+                    self.pump(host);
+                }
+            }
+            Ev::ClientWrite { to, inc, id } => {
+                // A request the client gave up on is not delivered late: a real client does not
+                // write the same block again while an earlier write to it is unanswered, which
+                // the client here (one write at a time, retried elsewhere after a timeout) would.
+                let waited = self.waiting.is_some_and(|(w, _, _)| w == id);
+                if self.hosts[to].alive && self.hosts[to].inc == inc && !self.mgmt_cut[to] && waited {
                     self.client_write(to, id);
                     self.pump(to);
                 }
@@ -1187,6 +1468,7 @@ impl World {
             Ev::BackupDone { host, inc, job, ok } => {
                 if self.hosts[host].alive && self.hosts[host].inc == inc && self.hosts[host].backup == Some(job) {
                     self.hosts[host].backup = None;
+                    self.stats.backups_done += 1;
                     let r = if ok { Ok(()) } else { Err(StepFailure::new("failed or cancelled")) };
                     self.hosts[host].orch.handle_backup_done(now, job, r);
                     self.pump(host);
@@ -1231,7 +1513,7 @@ impl World {
     }
 }
 
-fn one_seed(seed: u64) {
+fn one_seed(seed: u64) -> Stats {
     let mut w = World::new(seed);
     let start = w.now;
     // Chaos: one fault every 0..1.2 s.
@@ -1245,8 +1527,13 @@ fn one_seed(seed: u64) {
     // Every fault ends: links healed, the witness up, crashed hosts restarted, no more step
     // failures; frozen hosts resume on their own.
     w.heal_links();
-    w.witness_up = true;
+    if !w.witness_up {
+        w.witness_restart();
+    }
     w.step_fail = 0.0;
+    // Loss too: three adverts lost in a row make the backup take over (VRRP's rule, as
+    // keepalived), which is a fault, not a failure to converge.
+    w.loss = 0.0;
     w.step_hang = 0.0;
     for i in 0..2 {
         if !w.hosts[i].alive {
@@ -1267,6 +1554,7 @@ fn one_seed(seed: u64) {
         assert!(s.len() <= 1, "two hosts serve: {s:?}");
         if s.len() == 1 && since.is_none() {
             since = Some(w.now);
+            w.stats.converge_max = w.now - healed;
         } else if s.is_empty() {
             since = None;
         }
@@ -1278,39 +1566,101 @@ fn one_seed(seed: u64) {
     assert_eq!(s.len(), 1, "no single serving host {CONVERGE:?} after the faults ended");
     // It stays so, and the client's writes are acknowledged.
     let before = w.acked;
-    let end = w.now + Duration::from_secs(1);
-    while w.now < end {
+    let end = w.now + Duration::from_secs(3);
+    while w.now < end && w.acked < before + 3 {
         let step = w.now + 50 * MS;
         w.run_until(step);
-        assert_eq!(w.serving(), s, "the serving host changed after convergence");
+        if w.serving() != s {
+            let p: Vec<Phase> = w.hosts.iter().map(|h| h.orch.phase()).collect();
+            panic!("the serving host changed after convergence: {:?} then {:?} (phases {p:?})", s, w.serving());
+        }
     }
     assert!(w.acked > before, "no write acknowledged after convergence");
+    w.stats
 }
 
-fn run(name: &str, seeds: std::ops::Range<u64>) {
+/// Runs seeds `0..SIM_SEEDS` (default [`SEEDS`]) on every core, or only `SIM_SEED=N`; fails
+/// with every failing seed (lowest first) and the command that replays one.
+fn run_all() {
     let started = std::time::Instant::now();
-    let n = seeds.end - seeds.start;
-    run_seeds(name, seeds, one_seed);
-    eprintln!("{name}: {n} seeds in {:?}", started.elapsed());
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        run_seeds("node_simulation", [seed], |s| eprintln!("{:?}", one_seed(s)));
+        return;
+    }
+    let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(SEEDS);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(n.max(1) as usize);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let failures = std::sync::Mutex::new(Vec::<(u64, String)>::new());
+    let total = std::sync::Mutex::new(Stats::default());
+    // Only the collected summary is printed: one backtrace per failing seed drowns it.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seed >= n {
+                    return;
+                }
+                match std::panic::catch_unwind(|| one_seed(seed)) {
+                    Ok(st) => *total.lock().unwrap_or_else(|e| e.into_inner()) += &st,
+                    Err(cause) => {
+                        let why = cause
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| cause.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                            .unwrap_or_default();
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push((seed, why));
+                    }
+                }
+            });
+        }
+    });
+    std::panic::set_hook(hook);
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort();
+    let total = total.into_inner().unwrap_or_else(|e| e.into_inner());
+    eprintln!("node simulation: {n} seeds on {threads} threads in {:?}\n{total:#?}", started.elapsed());
+    if failures.is_empty() && n >= 1000 {
+        // Not vacuous: every guarded path was taken over the seed set.
+        let t = &total;
+        for (what, count) in [
+            ("failovers", t.failovers),
+            ("writes acknowledged with the peer", t.acked_with_peer),
+            ("writes acknowledged alone under the lease and the fence", t.acked_alone),
+            ("writes refused by the quorum gate", t.ack_refused),
+            ("give-ups for lost or missing quorum", t.no_quorum),
+            ("give-ups because the peer holds the fence", t.fenced),
+            ("fence refusals", t.fence_refused),
+            ("lease refusals", t.lease_refused),
+            ("backups cancelled by a step-down", t.backups_cancelled),
+            ("backups run", t.backups_done),
+            ("primaries frozen past their lease", t.frozen_primary_past_lease),
+            ("witness restarts", t.witness_restarts),
+            ("refusals during the witness's grace", t.refused_starting),
+            ("switchovers", t.switchovers),
+            ("step failures", t.step_failures),
+        ] {
+            assert!(count > 0, "vacuous run: no {what} in {n} seeds");
+        }
+        assert!(t.converge_max <= CONVERGE);
+    }
+    if !failures.is_empty() {
+        for (seed, why) in failures.iter().take(20) {
+            eprintln!("seed={seed}: {why}");
+        }
+        panic!(
+            "{} of {n} seeds failed; replay the first: SIM_SEED={} SIM_TRACE=1 cargo test -p node --test sim",
+            failures.len(),
+            failures[0].0
+        );
+    }
 }
 
-// 10,000 seeds in four tests, so that the test harness runs them in parallel.
-#[test]
-fn node_simulation_seeds_0_2500() {
-    run("node_simulation_seeds_0_2500", 0..2500);
-}
+/// Seeds in the normal run.
+const SEEDS: u64 = 10_000;
 
 #[test]
-fn node_simulation_seeds_2500_5000() {
-    run("node_simulation_seeds_2500_5000", 2500..5000);
-}
-
-#[test]
-fn node_simulation_seeds_5000_7500() {
-    run("node_simulation_seeds_5000_7500", 5000..7500);
-}
-
-#[test]
-fn node_simulation_seeds_7500_10000() {
-    run("node_simulation_seeds_7500_10000", 7500..10_000);
+fn node_simulation() {
+    run_all();
 }
