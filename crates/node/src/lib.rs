@@ -6,7 +6,8 @@
 //! service's instance, the replicated resource's status, the witness client's view of the lease
 //! and of the fence, step results, backup results, operator commands, timers — and returns
 //! [`Action`]s for the IO shell. It never reads a clock, a socket or a file; the simulation in
-//! `tests/sim.rs` drives it, with the real `vrrp` and `blockrepl` cores, through 10,000 seeds.
+//! `tests/sim.rs` drives it, with the real `vrrp`, `blockrepl` and witness cores, through 10,000
+//! seeds.
 //!
 //! # Phases and steps
 //!
@@ -55,15 +56,24 @@
 //!   when it wants to promote without its peer; a node releases it after it demoted.
 //! - **Promote** needs the peer (connected, and its grant in blockrepl's two-phase promote) or
 //!   the lease **and the fence**.
-//! - **The fence** is a second lease (another resource name, a ttl longer than any run, never
-//!   renewed) that says "the holder may have writes its peer lacks". A Primary whose writes no
-//!   longer reach its peer takes it before acknowledging anything alone; a node promoting
-//!   without its peer takes it too; it is released once both disks are UpToDate and connected
-//!   again. Without it, a replication-only cut (the primary keeps writing with its lease),
-//!   followed by the primary's crash, would let the backup promote with stale data and lose
-//!   acknowledged writes: with it, the backup is refused and waits for the primary's data (RPO
-//!   0 before availability, as DRBD's fencing). Its cost: a witness restart forgets it (the
-//!   witness is stateless), which reopens that double-fault window until the next cut.
+//! - **The fence** is a second lease (another resource name, a ttl longer than any run) that
+//!   says "the holder may have writes its peer lacks". A Primary whose writes no longer reach
+//!   its peer takes it before acknowledging anything alone; a node promoting without its peer
+//!   takes it too; it is released once both disks are UpToDate and connected again. Without it,
+//!   a replication-only cut (the primary keeps writing with its lease), followed by the
+//!   primary's crash, would let the backup promote with stale data and lose acknowledged
+//!   writes: with it, the backup is refused and waits for the primary's data (RPO 0 before
+//!   availability, as DRBD's fencing). The shell renews it like the lease (every ttl/3, as the
+//!   witness client does for any resource it wants) and resends a release until the witness
+//!   answered it. The witness is stateless, so a restart forgets the fence; the holder's next
+//!   renewal teaches it back, because a restarted witness grants renewals (only a node that
+//!   held the resource before sends one) while it refuses every new acquisition for its
+//!   start-up grace (its longest lease ttl). What remains: a witness restart while the fence's
+//!   holder cannot renew it for the whole grace (crashed, or restarted and forgot it, frozen,
+//!   cut from the witness) forgets it, and the node with stale data could then promote. That
+//!   needs three faults (writes alone, the holder gone, the witness restarting) and is the
+//!   one case the simulation does not inject; a witness that kept fences on disk would close
+//!   it.
 //! - **A write is acknowledged without the peer only while** [`Orchestrator::may_ack_alone`]: the
 //!   node is Primary, holds the fence, and `now < lease_until` on the monotonic clock at the
 //!   instant of the acknowledgement. The replication core (or the shell in front of it) fails
@@ -84,6 +94,10 @@
 //!   a real time after P's view ended. Writes acknowledged with the peer need no lease: Q's
 //!   promotion through the peer is refused while P is a connected Primary (two-phase), and once
 //!   the connection broke, P's writes can no longer be acknowledged by Q's disk.
+//! - *A restarted witness changes nothing.* It grants no new lease for its grace (≥ ttl): any
+//!   view of a lease the previous run granted has ended by then, unless its holder renewed it
+//!   — a renewal is granted during the grace, and only a node whose view is valid sends one,
+//!   so at most one node (the one the previous run granted) keeps or regains it.
 //! - *A frozen primary acknowledges nothing.* If P is stopped (SIGSTOP, VM pause) longer than
 //!   ttl, when it resumes `now ≥ lease_until`, and the check is made at the acknowledgement, on
 //!   the monotonic clock (which counted the pause). Nothing P held in memory can be
