@@ -1,0 +1,287 @@
+//! The `rempart-node` column of issue 15's comparison: `rempart-node run` on main and backup
+//! (VRRP, the replicated volume, the nbdfuse mount and slapd, all from one node.toml per host),
+//! and `rempart-node witness` on the monitoring host.
+//!
+//! ```text
+//!   monitoring: rempart-node witness :7790 (max ttl = LEASE)
+//!        ▲ lease + fence                       ▲
+//!   main: rempart-node run ── VRRP (mgmt) ── backup: rempart-node run
+//!     r0 (repl link) ⇄ r0,  nbdfuse → loop → ext4 → slapd,  VIP added last
+//! ```
+//!
+//! The daemons run in their host's network namespace and the test's mount namespace, like the
+//! glue column, so that the mounts they make are the ones the test sees.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _};
+use rempart_testkit::{wait, Proc};
+use serde_json::Value;
+
+use crate::node::{alive, in_our_mounts, signal, Failover, HostFiles, Stack, LEASE, SERVERS};
+use crate::steps::sibling_binary;
+use crate::{host, Lab, VIP};
+
+/// The witness's address (on the monitoring host).
+pub const WITNESS: &str = "192.168.50.30:7790";
+
+/// `rempart-node` on main and backup, the witness on monitoring.
+#[derive(Debug)]
+pub struct NodeColumn {
+    bin: PathBuf,
+    /// VRRP advertisement interval, seconds.
+    pub advert: f64,
+    nodes: std::collections::BTreeMap<String, Proc>,
+    witness: Option<Proc>,
+    dir: PathBuf,
+}
+
+impl NodeColumn {
+    /// A column with 1 s adverts (the reference's keepalived.conf).
+    pub fn new() -> anyhow::Result<NodeColumn> {
+        Ok(NodeColumn {
+            bin: sibling_binary("rempart-node")?,
+            advert: 1.0,
+            nodes: Default::default(),
+            witness: None,
+            dir: PathBuf::new(),
+        })
+    }
+
+    fn run_dir(h: &HostFiles) -> PathBuf {
+        h.dir.join("node-run")
+    }
+
+    /// The keepalived.conf `rempart-node` reads on `host` (main 150, backup 100, nopreempt so
+    /// that a returning main does not take the service back by itself).
+    pub fn keepalived_conf(&self, name: &str) -> String {
+        let prio = if name == "main" { 150 } else { 100 };
+        format!(
+            "global_defs {{\n  router_id {name}\n  vrrp_version 2\n}}\n\
+             vrrp_instance VI_LDAP {{\n  state BACKUP\n  nopreempt\n  interface mgmt\n  virtual_router_id 50\n  \
+             priority {prio}\n  advert_int {adv}\n  authentication {{\n    auth_type PASS\n    auth_pass iris-lab\n  }}\n  \
+             virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
+            adv = self.advert,
+        )
+    }
+
+    /// The node.toml of `host`.
+    pub fn node_toml(&self, stack: &Stack, name: &str) -> String {
+        let h = stack.host(name);
+        let argv = h.slapd_argv().iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
+        let pid = h.slapd_pid().display().to_string();
+        let stop = format!(
+            "p=$(cat {pid} 2>/dev/null) || exit 0; kill $p 2>/dev/null || exit 0; \
+             i=0; while kill -0 $p 2>/dev/null; do i=$((i+1)); [ $i -gt 200 ] && kill -9 $p; sleep 0.05; done"
+        );
+        let check = format!("ldapsearch -x -H '{}' -b '' -s base -LLL >/dev/null 2>&1", h.ldapi());
+        format!(
+            "node = \"{name}\"\n\
+             [vrrp]\nkeepalived-conf = \"{kc}\"\n\
+             [[resource]]\nconfig = \"{rc}\"\n\
+             [[mount]]\nresource = \"r0\"\ndevice = \"/dev/null\"\nfs-type = \"ext4\"\nmount-point = \"{mp}\"\n\
+             options = \"noatime\"\nmethod = \"nbdfuse\"\n\
+             [[service]]\nname = \"slapd\"\nstart = \"mkdir -p {db} && {argv}\"\nstop = '''{stop}'''\ncheck = \"{check}\"\ntimeout = 10.0\n\
+             [witness]\naddress = \"{WITNESS}\"\nsecret-file = \"{sec}\"\nttl = {ttl}\n\
+             [timeouts]\nstep-down = 0.9\nfault-hold = 3.0\n",
+            kc = h.dir.join("keepalived-node.conf").display(),
+            rc = h.repl_conf().display(),
+            mp = h.mount_point().display(),
+            db = h.db_dir().display(),
+            check = check.replace('"', "\\\""),
+            sec = stack.dir.path().join("witness.secret").display(),
+            ttl = LEASE.as_secs_f64(),
+        )
+    }
+
+    /// Starts `rempart-node run` on `name` (after a kill, too).
+    pub fn start_node(&mut self, lab: &Lab, stack: &Stack, name: &str) -> anyhow::Result<()> {
+        let h = stack.host(name);
+        let mut c = in_our_mounts(lab, name, &self.bin.to_string_lossy());
+        c.args(["run", "-c"]).arg(h.dir.join("node.toml")).arg("--run-dir").arg(Self::run_dir(&h));
+        c.arg("--state-dir").arg(h.dir.join("node-state"));
+        c.env("RUST_LOG", "info,node=debug").stdout(Stdio::null());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(h.dir.join("node.log"))?;
+        match std::env::var_os("REMPART_NODE_LOG_DIR") {
+            // Kept after the stack's directory is removed (for looking into a failed run).
+            Some(d) => c.stderr(std::fs::OpenOptions::new().create(true).append(true).open(PathBuf::from(d).join(format!("{name}.log")))?),
+            None => c.stderr(log),
+        };
+        self.nodes.insert(name.to_string(), lab.spawn(name, c)?);
+        let sock = Self::run_dir(&h).join("node.sock");
+        wait::until(Duration::from_secs(20), "rempart-node control socket", || self.status_of(stack, name).is_some())
+            .with_context(|| format!("{} never answered; log:\n{}", sock.display(), tail(&h.dir.join("node.log"))))?;
+        Ok(())
+    }
+
+    /// `rempart-node status --json` of `name`, if it answers.
+    pub fn status_of(&self, stack: &Stack, name: &str) -> Option<Value> {
+        let out = Command::new(&self.bin)
+            .args(["status", "--json", "--run-dir"])
+            .arg(Self::run_dir(&stack.host(name)))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// A control command (`switchover`, `maintenance on`...) on `name`: (exit 0, output).
+    pub fn ctl(&self, stack: &Stack, name: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .arg("--run-dir")
+            .arg(Self::run_dir(&stack.host(name)))
+            .stdin(Stdio::null())
+            .output()?;
+        Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+    }
+
+    /// Waits until `name` reports `phase`.
+    pub fn wait_phase(&self, stack: &Stack, name: &str, phase: &str, limit: Duration) -> anyhow::Result<Duration> {
+        wait::until(limit, &format!("{name} {phase}"), || {
+            self.status_of(stack, name).is_some_and(|s| s["phase"] == phase)
+        })
+        .with_context(|| {
+            format!(
+                "{name} never reached {phase}: {}\nlog:\n{}",
+                self.status_of(stack, name).map(|s| s.to_string()).unwrap_or_default(),
+                tail(&stack.host(name).dir.join("node.log"))
+            )
+        })
+    }
+
+    /// Stops every daemon of the column gracefully (the serving node takes the service down in
+    /// order), then kills what is left.
+    pub fn stop(&mut self) {
+        for (_, p) in self.nodes.iter_mut() {
+            p.term();
+        }
+        for (_, mut p) in std::mem::take(&mut self.nodes) {
+            if p.wait_timeout(Duration::from_secs(20)).is_none() {
+                p.kill();
+            }
+        }
+        if let Some(mut w) = self.witness.take() {
+            w.kill();
+        }
+    }
+
+    /// The logs of the column, for failure messages.
+    pub fn logs(&self, stack: &Stack) -> String {
+        let mut s = String::new();
+        for n in SERVERS {
+            s.push_str(&format!("--- {n}/node.log\n{}\n", tail(&stack.host(n).dir.join("node.log"))));
+        }
+        s.push_str(&format!("--- witness.log\n{}\n", tail(&self.dir.join("witness.log"))));
+        s
+    }
+}
+
+fn tail(p: &std::path::Path) -> String {
+    let l = std::fs::read_to_string(p).unwrap_or_default();
+    let v: Vec<&str> = l.lines().collect();
+    v[v.len().saturating_sub(25)..].join("\n")
+}
+
+/// The pids of `pid`'s children (nbdfuse and the services' shells), from /proc.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+impl Failover for NodeColumn {
+    fn name(&self) -> &'static str {
+        "rempart-node"
+    }
+
+    fn start(&mut self, lab: &Lab, stack: &mut Stack) -> anyhow::Result<()> {
+        // rempart-node embeds the replication: the stack's own daemons stop first.
+        for n in SERVERS {
+            stack.stop_repl(n);
+        }
+        self.dir = stack.dir.path().to_path_buf();
+        std::fs::write(self.dir.join("witness.secret"), "iris lab witness secret\n")?;
+        for n in SERVERS {
+            let h = stack.host(n);
+            std::fs::write(h.dir.join("keepalived-node.conf"), self.keepalived_conf(n))?;
+            std::fs::write(h.dir.join("node.toml"), self.node_toml(stack, n))?;
+            let out = Command::new(&self.bin).args(["check-config", "-c"]).arg(h.dir.join("node.toml")).output()?;
+            ensure!(out.status.success(), "check-config {n}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mon = host("monitoring").context("no monitoring host")?;
+        let _ = mon;
+        let mut c = lab.cmd("monitoring", &self.bin.to_string_lossy());
+        c.args(["witness", "--listen", WITNESS, "--secret-file"]).arg(self.dir.join("witness.secret"));
+        c.args(["--max-ttl", &LEASE.as_secs_f64().to_string(), "--run-dir"]).arg(self.dir.join("witness-run"));
+        c.env("RUST_LOG", "info").stdout(Stdio::null());
+        c.stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("witness.log"))?);
+        self.witness = Some(lab.spawn("monitoring", c)?);
+        self.start_node(lab, stack, "main")?;
+        self.start_node(lab, stack, "backup")?;
+        // The witness grants nothing during its start-up grace (one max ttl); main then takes
+        // the service through the peer path (both connected, main Master by priority).
+        self.wait_phase(stack, "main", "serving", Duration::from_secs(30)).with_context(|| self.logs(stack))?;
+        Ok(())
+    }
+
+    fn pids(&self, host: &str) -> Vec<i32> {
+        let Some(p) = self.nodes.get(host) else { return Vec::new() };
+        let pid = i32::try_from(p.pid()).unwrap_or(0);
+        let mut v: Vec<i32> = vec![pid];
+        v.extend(children(pid).into_iter().filter(|c| alive(*c)));
+        v
+    }
+
+    fn kill9(&mut self, host: &str) -> anyhow::Result<()> {
+        let p = self.nodes.get(host).context("no rempart-node there")?;
+        signal(&[i32::try_from(p.pid())?], "KILL");
+        Ok(())
+    }
+
+    fn stop_witness(&mut self) -> anyhow::Result<bool> {
+        if let Some(mut w) = self.witness.take() {
+            w.kill();
+        }
+        Ok(true)
+    }
+
+    fn switchover(&mut self, _lab: &Lab, stack: &Stack, host: &str) -> anyhow::Result<()> {
+        let (ok, text) = self.ctl(stack, host, &["switchover"])?;
+        ensure!(ok, "switchover on {host}: {text}");
+        Ok(())
+    }
+
+    fn describe(&self, _lab: &Lab, stack: &Stack) -> String {
+        SERVERS
+            .iter()
+            .map(|n| match self.status_of(stack, n) {
+                Some(s) => format!(
+                    "{n}: {} {} {}",
+                    s["phase"].as_str().unwrap_or("?"),
+                    s["vrrp_state"].as_str().unwrap_or("?"),
+                    s["resources"][0]["role"].as_str().unwrap_or("?")
+                ),
+                None => format!("{n}: not answering"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Drop for NodeColumn {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
