@@ -27,6 +27,7 @@ pub mod glue;
 pub mod monitor;
 pub mod monitoring;
 pub mod node;
+pub mod node_column;
 pub mod probe;
 pub mod steps;
 
