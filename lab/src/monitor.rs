@@ -63,7 +63,20 @@ pub struct Stack {
     procs: Vec<(String, &'static str, Proc)>,
     /// How each process was started (host, what, program, arguments), for [`Stack::restart`].
     specs: Vec<(String, &'static str, String, Vec<String>)>,
+    backup: Option<Backups>,
     keep: bool,
+}
+
+/// The runner's setup of [`Stack::start_backups`].
+#[derive(Debug)]
+struct Backups {
+    bin: PathBuf,
+    dir: PathBuf,
+    rsh: String,
+}
+
+fn d_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
 }
 
 fn mgmt(h: &str) -> anyhow::Result<&'static str> {
@@ -127,7 +140,7 @@ impl Stack {
     /// and Alertmanager answer `/-/ready` and the webhook listens.
     pub fn start(lab: &Lab, opts: &Options) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
-        let mut s = Stack { dir: opts.dir.clone(), procs: Vec::new(), specs: Vec::new(), keep: false };
+        let mut s = Stack { dir: opts.dir.clone(), procs: Vec::new(), specs: Vec::new(), backup: None, keep: false };
         s.start_inner(lab, opts)?;
         Ok(s)
     }
@@ -329,6 +342,126 @@ impl Stack {
             .with_context(|| format!("running {:?} on {h}", c.command))?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         Ok((out.status.code().unwrap_or(-1), text))
+    }
+
+    /// Adds backups to the stack, as the drill's backup step sets them up: an OpenSSH server on
+    /// backup (process `sshd`, its key forced to `rempart-backup serve --restrict-to-path`), a
+    /// repository there (label `backup`), and on main a small generated tree and a runner
+    /// configuration whose `--metrics-file` is main's node_exporter textfile, so that the backup
+    /// alerts run on real series. Then runs the runner once (create, check) and returns its report.
+    pub fn start_backups(&mut self, lab: &Lab) -> anyhow::Result<serde_json::Value> {
+        use std::process::Command;
+        let bin = sibling_binary("rempart-backup")?;
+        let dir = self.dir.join("backup");
+        let (ssh, srv, source) = (dir.join("ssh"), dir.join("srv"), dir.join("main-data"));
+        for d in [&ssh, &srv] {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::create_dir_all("/run/sshd")?;
+        crate::steps::generate_tree(&source, 2)?;
+        for k in ["hostkey", "main_key"] {
+            let out =
+                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(ssh.join(k)).output()?;
+            anyhow::ensure!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let pubkey = std::fs::read_to_string(ssh.join("main_key.pub"))?;
+        std::fs::write(
+            ssh.join("authorized_keys"),
+            format!(
+                "command=\"{} serve --restrict-to-path {}\",restrict {}\n",
+                bin.display(),
+                srv.display(),
+                pubkey.trim()
+            ),
+        )?;
+        let backup_ip = mgmt("backup")?;
+        std::fs::write(
+            ssh.join("sshd_config"),
+            format!(
+                "Port 22\nListenAddress {backup_ip}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+                 LogLevel ERROR\n",
+                ssh.join("hostkey").display(),
+                ssh.join("authorized_keys").display()
+            ),
+        )?;
+        let args = ["-D", "-e", "-f"]
+            .map(String::from)
+            .into_iter()
+            .chain([d_str(&ssh.join("sshd_config"))])
+            .collect::<Vec<_>>();
+        self.spawn(lab, "backup", "sshd", &args, "/usr/sbin/sshd")?;
+        self.wait_sshd(lab)?;
+        let rsh = format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5",
+            ssh.join("main_key").display()
+        );
+        let url = format!("ssh://root@{backup_ip}{}/repo", srv.display());
+        std::fs::write(dir.join("passphrase"), "lab passphrase\n")?;
+        let cfg = format!(
+            "location:\n    source_directories:\n        - {}\n    repositories:\n        - path: {url}\n          label: backup\n\
+             storage:\n    encryption_passcommand: cat {}\n    compression: auto,zstd,3\n    \
+             archive_name_format: '{{hostname}}-{{now:%Y-%m-%dT%H:%M:%S.%f}}'\n    ssh_command: {rsh}\n\
+             retention:\n    keep_hourly: 24\n\
+             consistency:\n    checks:\n        - name: repository\n        - name: archives\n",
+            source.display(),
+            dir.join("passphrase").display()
+        );
+        std::fs::write(dir.join("borgmatic.yaml"), cfg)?;
+        self.backup = Some(Backups { bin, dir: dir.clone(), rsh });
+        let out = self.backup_cmd(lab, &["init", "-e", "repokey", &url])?.output().context("rempart-backup init")?;
+        anyhow::ensure!(out.status.success(), "init over ssh: {}", String::from_utf8_lossy(&out.stderr));
+        let r = self.backup_run(lab, &["create", "check"])?;
+        anyhow::ensure!(r["exit_code"] == 0, "the first run failed: {r}");
+        Ok(r)
+    }
+
+    fn wait_sshd(&self, lab: &Lab) -> anyhow::Result<()> {
+        let addr = SocketAddr::new(mgmt("backup")?.parse()?, 22);
+        rempart_testkit::wait::until(Duration::from_secs(10), "sshd on backup", || {
+            lab.enter("main", || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()).unwrap_or(false)
+        })?;
+        Ok(())
+    }
+
+    /// Starts sshd on backup again after [`Stack::kill`], once it accepts connections.
+    pub fn restart_sshd(&mut self, lab: &Lab) -> anyhow::Result<()> {
+        self.restart(lab, "backup", "sshd")?;
+        self.wait_sshd(lab)
+    }
+
+    fn backup_cmd(&self, lab: &Lab, args: &[&str]) -> anyhow::Result<std::process::Command> {
+        let b = self.backup.as_ref().context("start_backups first")?;
+        let mut c = lab.cmd("main", &b.bin.to_string_lossy());
+        c.args(args)
+            .env("REMPART_KEYS_DIR", b.dir.join("keys"))
+            .env("REMPART_CACHE_DIR", b.dir.join("cache"))
+            .env("REMPART_PASSPHRASE", "lab passphrase")
+            .env("REMPART_RSH", &b.rsh)
+            .env_remove("REMPART_PASSCOMMAND")
+            .stdin(Stdio::null());
+        Ok(c)
+    }
+
+    /// Runs the runner on main with `actions`, its metrics into main's textfile directory;
+    /// returns its report for the repository (whatever its exit code).
+    pub fn backup_run(&self, lab: &Lab, actions: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let b = self.backup.as_ref().context("start_backups first")?;
+        let cfg = d_str(&b.dir.join("borgmatic.yaml"));
+        let state = d_str(&b.dir.join("state"));
+        let metrics = d_str(&self.dir.join("textfile-main").join("rempart_backup.prom"));
+        let mut args = vec!["run", "-c", &cfg, "--json", "--state-dir", &state, "--metrics-file", &metrics];
+        args.extend_from_slice(actions);
+        let out = self.backup_cmd(lab, &args)?.output().context("rempart-backup run")?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("runner --json output: {}", String::from_utf8_lossy(&out.stderr)))?;
+        v.get(0).cloned().with_context(|| format!("no repository in the runner's report: {v}"))
+    }
+
+    /// The repository's directory on backup (to damage a pack).
+    pub fn repository_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.backup.as_ref().context("start_backups first")?.dir.join("srv").join("repo"))
     }
 
     /// Every process: (host, what, pid).

@@ -107,6 +107,17 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
     .unwrap();
     run_doc_phase(&stack, &lab, &doc.commands, "healthy", &mut ran);
 
+    // Backups: the runner on main to a repository on backup over ssh, its metrics in main's
+    // node_exporter textfile; Prometheus sees the good run.
+    let first_run = stack.start_backups(&lab).expect("backups");
+    assert_eq!(first_run["exit_code"], 0, "{first_run}");
+    wait::until(Duration::from_secs(20), "backup metrics scraped", || {
+        query(&lab, r#"rempart_backup_last_exit_code{repository="backup",host="main"} == 0"#)
+            .is_ok_and(|v| v.len() == 1)
+            && query(&lab, "rempart_backup_last_check_success == 1").is_ok_and(|v| v.len() == 1)
+    })
+    .unwrap();
+
     // The faults, at once: main's rempart-vrrp killed, the replication link cut, the witness
     // killed. Each alert has `for: 1m`.
     let fault_at = unix_now();
@@ -114,6 +125,60 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
     lab.cut("main", "repl").unwrap();
     stack.kill("monitoring", "witness").unwrap();
     let log = stack.notifications_path();
+
+    // While those wait out their `for: 1m`, the backup faults, one after the other (their
+    // alerts have no `for`: they fire at the evaluation after the scrape of the run's metrics).
+    let no_for_limit = 2.0 * interval.as_secs_f64() + 2.0;
+    // A pack of the repository damaged on backup's disk: the next check fails.
+    let pack = largest_file(&stack.repository_dir().unwrap().join("data"));
+    let good = std::fs::read(&pack).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    for b in &mut bad[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&pack, &bad).unwrap();
+    let run_start = unix_now();
+    let r = stack.backup_run(&lab, &["check"]).unwrap();
+    let run = (run_start, unix_now());
+    assert_ne!(r["exit_code"], 0, "check passed on a damaged pack: {r}");
+    let check_failed: Expected = (
+        "RempartBackupCheckFailed",
+        &[("repository", "backup"), ("host", "main")],
+        "backup-admins",
+        "backup-failed-or-too-old",
+        0.0,
+    );
+    let check_times = measure(&log, &check_failed, run, no_for_limit, || {
+        std::fs::write(&pack, &good).unwrap();
+        let r = stack.backup_run(&lab, &["check"]).unwrap();
+        assert_eq!(r["exit_code"], 0, "check of the repaired pack: {r}");
+    });
+    // backup's sshd stopped: the next run cannot reach the repository.
+    stack.kill("backup", "sshd").unwrap();
+    let run_start = unix_now();
+    let r = stack.backup_run(&lab, &["create"]).unwrap();
+    let run = (run_start, unix_now());
+    assert_eq!(r["exit_code"], 2, "a run without the repository host: {r}");
+    let failed: Expected = (
+        "RempartBackupFailed",
+        &[("repository", "backup"), ("host", "main")],
+        "backup-admins",
+        "backup-failed-or-too-old",
+        0.0,
+    );
+    let failed_times = measure(&log, &failed, run, no_for_limit, || {
+        stack.restart_sshd(&lab).unwrap();
+        let r = stack.backup_run(&lab, &["create"]).unwrap();
+        assert_eq!(r["exit_code"], 0, "a run with sshd back: {r}");
+    });
+    for (name, (fired, resolved)) in [("RempartBackupCheckFailed", check_times), ("RempartBackupFailed", failed_times)]
+    {
+        println!(
+            "measured: {name} firing {fired:.1} s after the failed run, resolved {resolved:.1} s after the good run"
+        );
+    }
+
     // (alert, labels that identify it, receiver, runbook anchor, extra delay before the condition holds)
     let expected: [Expected; 4] = [
         ("InstanceDown", &[("job", "rempart-vrrp"), ("host", "main")], "oncall", "main-down", 0.0),
@@ -125,7 +190,8 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
     let for_ = 60.0;
     // for + two scrape intervals + group_wait (1 s in the lab) + one second of evaluation slack.
     let limit = for_ + 2.0 * interval.as_secs_f64() + 2.0;
-    let r = wait::until(Duration::from_secs_f64(limit + 20.0), "every alert at the webhook", || {
+    let left = limit + 20.0 - (unix_now() - fault_at);
+    let r = wait::until(Duration::from_secs_f64(left.max(1.0)), "every alert at the webhook", || {
         let notes = read_notifications(&log).unwrap_or_default();
         expected.iter().all(|e| first(&notes, e, "firing").is_some())
     });
@@ -191,16 +257,31 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-/// The first notification (time received, body) carrying the alert `e` in `status`.
+/// The first notification (time received, body) to the receiver of `e` carrying the alert `e`
+/// in `status`.
 fn first<'a>(
     notes: &'a [(f64, serde_json::Value)],
     e: &Expected,
     status: &str,
 ) -> Option<&'a (f64, serde_json::Value)> {
-    notes.iter().find(|(_, n)| {
-        n["alerts"].as_array().into_iter().flatten().any(|a| {
-            a["labels"]["alertname"] == e.0 && a["status"] == status && e.1.iter().all(|(k, v)| a["labels"][*k] == *v)
-        })
+    first_after(notes, e, status, 0.0)
+}
+
+/// [`first`] among the notifications received at or after `after` (Unix time).
+fn first_after<'a>(
+    notes: &'a [(f64, serde_json::Value)],
+    e: &Expected,
+    status: &str,
+    after: f64,
+) -> Option<&'a (f64, serde_json::Value)> {
+    notes.iter().find(|(t, n)| {
+        *t >= after
+            && n["receiver"] == e.2
+            && n["alerts"].as_array().into_iter().flatten().any(|a| {
+                a["labels"]["alertname"] == e.0
+                    && a["status"] == status
+                    && e.1.iter().all(|(k, v)| a["labels"][*k] == *v)
+            })
     })
 }
 
@@ -231,4 +312,49 @@ fn run_doc_phase(stack: &Stack, lab: &rempart_lab::Lab, commands: &[DocCommand],
         println!("ran docs/emergency.md:{} ({phase}) {}# {}", c.line, c.host, c.command);
         ran.push(c.line);
     }
+}
+
+/// Waits for `e` firing at the webhook after the run that failed (`run`: its start and end,
+/// Unix time) and within `limit` s of its end; checks its runbook; runs `recover`; waits for `e`
+/// resolved (within 15 s). Returns (firing after the failed run's end, resolved after the
+/// recovery ended).
+fn measure(log: &std::path::Path, e: &Expected, run: (f64, f64), limit: f64, recover: impl FnOnce()) -> (f64, f64) {
+    let r = wait::until(Duration::from_secs_f64(limit + 20.0), &format!("{} firing", e.0), || {
+        first_after(&read_notifications(log).unwrap_or_default(), e, "firing", run.0).is_some()
+    });
+    let notes = read_notifications(log).unwrap();
+    assert!(r.is_ok(), "{r:?}; notifications: {notes:#?}");
+    let (received, n) = first_after(&notes, e, "firing", run.0).unwrap();
+    let fired = received - run.1;
+    assert!(fired <= limit, "{} {:?} arrived {fired:.1} s after its cause (limit {limit} s)", e.0, e.1);
+    let runbook = format!("file:///usr/share/doc/rempart/emergency.md#{}", e.3);
+    assert_eq!(n["commonAnnotations"]["runbook_url"], runbook.as_str(), "{n}");
+    let recovering = unix_now();
+    recover();
+    let recovered = unix_now();
+    let r = wait::until(Duration::from_secs(35), &format!("{} resolved", e.0), || {
+        first_after(&read_notifications(log).unwrap_or_default(), e, "resolved", recovering).is_some()
+    });
+    let notes = read_notifications(log).unwrap();
+    assert!(r.is_ok(), "{r:?}; notifications: {notes:#?}");
+    let resolved = first_after(&notes, e, "resolved", recovering).unwrap().0 - recovered;
+    assert!(resolved <= 15.0, "{} resolved {resolved:.1} s after the recovery", e.0);
+    (fired, resolved)
+}
+
+fn largest_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else if best.as_ref().is_none_or(|(n, _)| m.len() > *n) {
+                best = Some((m.len(), e.path()));
+            }
+        }
+    }
+    best.expect("a pack in the repository").1
 }
