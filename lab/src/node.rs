@@ -448,13 +448,14 @@ impl Stack {
         Ok(())
     }
 
-    /// Starts slapd on `host` (it daemonises) and waits until it answers on its local socket.
-    pub fn start_slapd(&self, name: &str) -> anyhow::Result<()> {
+    /// Starts slapd for `host` on its local socket only (it daemonises) and waits until it
+    /// answers. The test runs it in its own network namespace, where it must not listen on any
+    /// address; the columns start slapd inside the host with [`HostFiles::slapd_argv`].
+    pub fn start_slapd_local(&self, name: &str) -> anyhow::Result<()> {
         let h = self.host(name);
         std::fs::create_dir_all(h.db_dir())?;
-        let argv = h.slapd_argv();
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        sh(&argv)?;
+        let conf = h.slapd_conf().display().to_string();
+        sh(&["/usr/sbin/slapd", "-f", &conf, "-h", &h.ldapi()])?;
         // The root DSE answers before the database holds anything.
         wait::until(Duration::from_secs(10), "slapd answers", || ldap_search_local(&h, "").unwrap_or(false))?;
         Ok(())
@@ -522,7 +523,7 @@ impl Stack {
         ensure!(ok, "primary --force on main: {text}");
         self.wait_synced(Duration::from_secs(30))?;
         self.mount("main", true)?;
-        self.start_slapd("main")?;
+        self.start_slapd_local("main")?;
         let h = self.host("main");
         let mut c = Command::new("ldapadd");
         c.args(["-x", "-H", &h.ldapi(), "-D", ROOT_DN, "-w", ROOT_PW]);
@@ -850,6 +851,9 @@ pub enum Fault {
     Freeze,
     /// main isolated (all links down), then rejoined.
     Isolate,
+    /// main cut off with its links up (a switch fault: its ports leave the bridges, so packets
+    /// are lost and the carrier stays), then reconnected.
+    Partition,
     /// only the replication link cut, then healed.
     ReplCut,
     /// only the management link cut, then healed.
@@ -863,10 +867,11 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in the order of the results table.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::Kill9,
         Fault::Freeze,
         Fault::Isolate,
+        Fault::Partition,
         Fault::ReplCut,
         Fault::MgmtCut,
         Fault::WitnessDownIsolate,
@@ -877,22 +882,23 @@ impl Fault {
     pub fn label(self) -> &'static str {
         match self {
             Fault::Kill9 => "kill -9 of the failover daemon on main",
-            Fault::Freeze => "SIGSTOP of main's stack for 5 s (> lease 3 s), then SIGCONT",
-            Fault::Isolate => "main isolated (all links down) 8 s, then rejoined",
-            Fault::ReplCut => "only the replication link cut 8 s",
-            Fault::MgmtCut => "only the management link cut 8 s",
-            Fault::WitnessDownIsolate => "witness down, then main isolated 8 s",
+            Fault::Freeze => "SIGSTOP of main's stack for 6 s (> lease 3 s), then SIGCONT",
+            Fault::Isolate => "main isolated (all links down) 6 s, then rejoined",
+            Fault::Partition => "main partitioned 6 s with its links up (switch fault), then reconnected",
+            Fault::ReplCut => "only the replication link cut 6 s",
+            Fault::MgmtCut => "only the management link cut 6 s",
+            Fault::WitnessDownIsolate => "witness down, then main isolated 6 s",
             Fault::ServiceFailsOnBackup => "slapd fails to start on backup; planned switchover from main",
         }
     }
 }
 
 /// How long a cut or isolation lasts.
-pub const CUT: Duration = Duration::from_secs(8);
+pub const CUT: Duration = Duration::from_secs(6);
 /// How long main stays frozen (longer than [`LEASE`]).
-pub const FREEZE: Duration = Duration::from_secs(5);
+pub const FREEZE: Duration = Duration::from_secs(6);
 /// How long the traffic keeps running after the fault is healed.
-pub const AFTER_HEAL: Duration = Duration::from_secs(8);
+pub const AFTER_HEAL: Duration = Duration::from_secs(7);
 /// Gap between acks that ends a serving period (a few probe periods).
 pub const PERIOD_GAP: Duration = Duration::from_millis(450);
 
@@ -917,6 +923,9 @@ pub struct Outcome {
     /// From the fault to the client's first successful read (through the VIP) of its last entry
     /// acknowledged before the fault, if any within the window.
     pub first_read: Option<Duration>,
+    /// How long the lab and the volume took to prepare, and until the traffic ran (the column
+    /// started).
+    pub setup: (Duration, Duration),
     /// The tail of each server's logs at the end (glue scripts, replication, failover daemon).
     pub logs: String,
     /// Whether the client read its last acknowledged entry (of the whole run) through the VIP at
@@ -976,9 +985,27 @@ pub fn vip_holder(lab: &Lab) -> Option<String> {
 /// The header of [`Outcome::row`]'s table.
 pub const TABLE_HEADER: &str = "| fault | state at the end | two writers | lost acknowledged entries | fault → first read of the last entry acknowledged before it | client reads its last acknowledged entry at the end | longest gap in client writes; client writes acknowledged after the heal |\n|---|---|---|---|---|---|---|";
 
+/// Takes `host`'s ports out of the LANs' bridges (`cut`) or puts them back. The links stay up on
+/// both ends, so the host sees no carrier change (unlike [`Lab::isolate`]): what a switch fault or
+/// a firewall mistake does. Relies on the lab's naming (`<lab id>-sw-<lan>`, bridge `br0`, port
+/// named after the host) and fails if that changes.
+pub fn partition(lab: &Lab, host_name: &str, cut: bool) -> anyhow::Result<()> {
+    let lans: &[&str] = if host(host_name).and_then(|h| h.repl).is_some() { &["mgmt", "repl"] } else { &["mgmt"] };
+    for lan in lans {
+        let sw = format!("{}-sw-{lan}", lab.id());
+        let port: String = host_name.chars().take(15).collect();
+        let mut argv = vec!["-n", sw.as_str(), "link", "set", "dev", port.as_str()];
+        argv.extend_from_slice(if cut { &["nomaster"][..] } else { &["master", "br0"][..] });
+        let out = Command::new("ip").args(&argv).stdin(Stdio::null()).output().context("running ip")?;
+        ensure!(out.status.success(), "ip {}: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Runs `fault` against a fresh lab and stack with the column `make()` builds, and measures it.
 /// The column is dropped (its daemons stopped) before the stack is torn down and the lab removed.
 pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
     let lab = crate::reference()?;
     let mut stack = Stack::new(&lab)?;
     stack.prepare(&lab).context("preparing the volume")?;
@@ -988,12 +1015,14 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
         let text = std::fs::read_to_string(&conf)?;
         std::fs::write(&conf, text.replace("database mdb", "database mbd"))?;
     }
+    let prepared = started.elapsed();
     let mut column = make();
     column.start(&lab, &mut stack).with_context(|| format!("starting {}\n{}", column.name(), stack.logs()))?;
     let traffic = Traffic::start(&lab, &stack);
     traffic
         .wait_client_acks(5, Duration::from_secs(15))
         .with_context(|| format!("before the fault\n{}", stack.logs()))?;
+    let setup = started.elapsed();
     let last_before = traffic.client_acks().last().map(|a| a.cn.clone()).context("no acknowledged entry")?;
     let fault_at = traffic.t0.elapsed();
     let t_fault = Instant::now();
@@ -1006,6 +1035,7 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
             signal(&frozen, "STOP");
         }
         Fault::Isolate => lab.isolate("main")?,
+        Fault::Partition => partition(&lab, "main", true)?,
         Fault::ReplCut => lab.cut("main", "repl")?,
         Fault::MgmtCut => lab.cut("main", "mgmt")?,
         Fault::WitnessDownIsolate => {
@@ -1029,6 +1059,7 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
             match fault {
                 Fault::Freeze => signal(&frozen, "CONT"),
                 Fault::Isolate | Fault::WitnessDownIsolate => lab.rejoin("main")?,
+                Fault::Partition => partition(&lab, "main", false)?,
                 Fault::ReplCut => lab.heal("main", "repl")?,
                 Fault::MgmtCut => lab.heal("main", "mgmt")?,
                 _ => {}
@@ -1080,6 +1111,7 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
         first_read,
         reads_last,
         logs: stack.logs(),
+        setup: (prepared, setup),
         longest_write_gap: gap,
         acks_after_heal,
     })
