@@ -40,8 +40,10 @@ pub fn emergency_path() -> PathBuf {
 /// The lab states a console block of `docs/emergency.md` is run in (its `phase=`): the pair
 /// healthy (main Primary and VRRP master, the witness up); the faults in place with their alerts
 /// firing (main's rempart-vrrp killed, the replication link cut, the witness killed); after the
-/// recovery, every alert resolved. `lab/tests/monitoring_lab.rs` runs every block in its phase.
-pub const DOC_PHASES: [&str; 3] = ["healthy", "fault", "recovered"];
+/// recovery, every alert resolved; a split brain (backup promoted while the link was cut, then
+/// the link healed), whose blocks run in order: diagnosis, repair, verification.
+/// `lab/tests/monitoring_lab.rs` runs every block in its phase.
+pub const DOC_PHASES: [&str; 4] = ["healthy", "fault", "recovered", "split-brain"];
 
 /// The hosts a command's prompt may name (`main# ...`).
 pub const DOC_HOSTS: [&str; 3] = ["main", "backup", "monitoring"];
@@ -58,7 +60,7 @@ pub struct DocCommand {
     /// The command line, as an operator types it.
     pub command: String,
     /// The lines shown after it (`…` lines left out): each must be found, in order, in the
-    /// real output ([`output_matches`]).
+    /// real output ([`output_matches`]). None: the command prints nothing and must succeed.
     pub output: Vec<String>,
     /// Its line in the file (1-based).
     pub line: usize,
@@ -161,9 +163,9 @@ pub fn parse_emergency(text: &str) -> anyhow::Result<EmergencyDoc> {
     Ok(doc)
 }
 
-/// A line as compared: whitespace collapsed, and every run of digits with `.`, `:` and `-`
-/// (times, durations, addresses, counts) made `0`, so that a documented output matches the
-/// real one of another day.
+/// A line as compared: whitespace collapsed, and every run of digits mixed with `.`, `:` or `-`
+/// (times, dates, durations, addresses) made `0`, so that a documented output matches the real
+/// one of another day. Plain integers (counts, priorities, exit codes) stay as they are.
 #[must_use]
 pub fn normalize_output(line: &str) -> String {
     let mut out = String::new();
@@ -181,7 +183,8 @@ pub fn normalize_output(line: &str) -> String {
                 while j < chars.len() && numeric(chars[j]) {
                     j += 1;
                 }
-                if chars[i..j].iter().any(char::is_ascii_digit) {
+                let run = &chars[i..j];
+                if run.iter().any(char::is_ascii_digit) && run.iter().any(|c| !c.is_ascii_digit()) {
                     out.push('0');
                 } else {
                     out.extend(&chars[i..j]);
@@ -616,7 +619,9 @@ mod tests {
         assert!(parse_emergency("## A\n```console phase=later\nmain# true\n```\n").is_err());
         assert!(parse_emergency("## A\n```console phase=fault\noutput first\n```\n").is_err());
         assert_eq!(slug("Backup failed or too old"), "backup-failed-or-too-old");
-        assert_eq!(normalize_output("a  2026-12-07 20:01:02 UTC -1 --run-dir"), "a 0 0 UTC 0 --run-dir");
+        assert_eq!(normalize_output("a  2026-12-07 20:01:02 UTC -1 --run-dir 150"), "a 0 0 UTC 0 --run-dir 150");
+        // Counts are compared as they are.
+        assert!(output_matches(&["1 received".to_string()], "1 packets transmitted, 0 received").is_err());
     }
 
     fn set(v: &[&str]) -> BTreeSet<String> {

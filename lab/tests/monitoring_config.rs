@@ -341,7 +341,7 @@ fn the_emergency_procedure_has_every_situation_and_only_runnable_commands() {
         assert!(section.contains(&format!("`{}`", a.name)), "{} is not named in section {anchor}", a.name);
     }
     assert!(doc.commands.len() >= 10, "{:?}", doc.commands);
-    for c in &doc.commands {
-        assert!(!c.output.is_empty(), "docs/emergency.md:{}: no output shown for {}", c.line, c.command);
-    }
+    // Diagnosis shows what to look at: a command without output is an action (it must succeed).
+    let diagnosis = doc.commands.iter().filter(|c| !c.output.is_empty()).count();
+    assert!(diagnosis >= 10, "{:?}", doc.commands);
 }

@@ -239,6 +239,40 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
     }
     stack.check_running().unwrap();
     run_doc_phase(&stack, &lab, &doc.commands, "recovered", &mut ran);
+
+    // A split brain: the link cut again, backup promoted while apart, the link healed. The
+    // alert (no `for`) must reach oncall within two scrape intervals + 2 s of the detection,
+    // and resolve once docs/emergency.md's split-brain blocks (diagnosis, repair, verification)
+    // have run.
+    lab.cut("main", "repl").unwrap();
+    let repl_cmd = |host: &str, args: &[&str]| {
+        let run_dir = stack.dir().join(format!("repl-run-{host}"));
+        let mut argv = vec![repl.to_string_lossy().into_owned()];
+        argv.extend(args.iter().map(|a| (*a).to_string()));
+        argv.extend(["--run-dir".to_string(), run_dir.to_string_lossy().into_owned()]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        lab.run(host, &argv).unwrap()
+    };
+    wait::until(Duration::from_secs(20), "backup sees the cut", || {
+        String::from_utf8_lossy(&repl_cmd("backup", &["status"]).stdout).contains("peer connection:")
+    })
+    .unwrap();
+    let o = repl_cmd("backup", &["primary"]);
+    assert!(o.status.success(), "{o:?}");
+    let heal_start = unix_now();
+    lab.heal("main", "repl").unwrap();
+    wait::until(Duration::from_secs(60), "the split brain detected", || {
+        String::from_utf8_lossy(&repl_cmd("main", &["status", "--json"]).stdout).contains("\"split_brains\":1")
+    })
+    .unwrap();
+    let detected = unix_now();
+    let split_brain: Expected =
+        ("RempartReplSplitBrain", &[("host", "main"), ("resource", "r0")], "oncall", "split-brain", 0.0);
+    let (fired, resolved) = measure(&log, &split_brain, (heal_start, detected), no_for_limit, || {
+        run_doc_phase(&stack, &lab, &doc.commands, "split-brain", &mut ran);
+    });
+    println!("measured: RempartReplSplitBrain firing {fired:.1} s after the detection, resolved {resolved:.1} s after the repair");
+
     // Every command of docs/emergency.md ran, and showed what the document shows.
     assert_eq!(ran.len(), doc.commands.len(), "commands not run: {:?}", doc.commands);
 
@@ -294,8 +328,13 @@ fn run_doc_phase(stack: &Stack, lab: &rempart_lab::Lab, commands: &[DocCommand],
         let mut last = String::new();
         let r = wait::until(Duration::from_secs(20), &format!("docs/emergency.md:{}", c.line), || {
             match stack.run_doc_command(lab, c) {
-                Ok((_, out)) => {
-                    let ok = output_matches(&c.output, &out);
+                Ok((code, out)) => {
+                    // A command documented without output is an action: it must succeed.
+                    let ok = if c.output.is_empty() && code != 0 {
+                        Err(format!("exit code {code}: {out}"))
+                    } else {
+                        output_matches(&c.output, &out)
+                    };
                     last = match &ok {
                         Ok(()) => out,
                         Err(e) => e.clone(),
