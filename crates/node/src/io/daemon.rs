@@ -322,6 +322,7 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
         backups: Vec::new(),
         gate: None,
         fence_held: false,
+        split_brains_handled: first.replica.split_brains,
         steps_seen: 0,
     };
     tokio::spawn(shell.run(req_rx, done_tx));
@@ -376,6 +377,8 @@ struct Shell {
     /// What the replication cores were last fed.
     gate: Option<Instant>,
     fence_held: bool,
+    /// Split brains already acted on (blockrepl's counter).
+    split_brains_handled: u64,
     /// Steps of the current transition already counted in the metrics.
     steps_seen: usize,
 }
@@ -420,6 +423,7 @@ impl Shell {
                     if r.is_ok() {
                         let s = self.repl_rx.borrow_and_update().clone();
                         self.orch.handle_repl(now, ReplView::from_status(&s.replica));
+                        self.after_split_brain(&s.replica);
                     } else {
                         // The resource stopped: nothing more will come; keep the last view.
                         repl_alive = false;
@@ -493,6 +497,41 @@ impl Shell {
             if let Request::Command(_, tx) = req {
                 let _ = tx.send(Err("the node has stopped".into()));
             }
+        }
+    }
+
+    /// After a split brain (both sides wrote since they parted; blockrepl went StandAlone), the
+    /// fence says whose writes may have been acknowledged: only a node holding it acknowledges
+    /// without its peer. So a Secondary that does not hold it wrote nothing anybody was told
+    /// about (writes held by the quorum gate, then failed by its demotion): it reconnects
+    /// discarding its changes (`connect --discard-my-data`), and the fence holder reconnects
+    /// as the source (a Primary without the fence waits until its down order demoted it).
+    fn after_split_brain(&mut self, r: &blockrepl::proto::Status) {
+        use blockrepl::proto::{ConnState, Role};
+        if r.connection != ConnState::StandAlone || r.split_brains <= self.split_brains_handled {
+            return;
+        }
+        let fence = self.orch.status().fence;
+        let discard = match (r.role, &fence) {
+            (Role::Primary, Fence::Held) => false,
+            // Not the fence holder: discard, once demoted (the down order is on its way).
+            (Role::Secondary, _) => true,
+            _ => return,
+        };
+        self.split_brains_handled = r.split_brains;
+        if discard {
+            warn!("split brain: this node did not hold the fence, so none of its writes since the disconnect was acknowledged; reconnecting as the sync target (discarding them)");
+        } else {
+            warn!("split brain: this node holds the fence (its writes were acknowledged); reconnecting as the sync source");
+        }
+        for (name, h) in &self.handles {
+            let h = h.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = h.admin(blockrepl::io::Admin::Connect { discard_my_data: discard }).await {
+                    warn!(resource = %name, error = %e, "reconnecting after the split brain");
+                }
+            });
         }
     }
 

@@ -293,15 +293,24 @@ impl Executor {
 
     /// A Primary without quorum holds its writes (suspend-io): a service blocked in one cannot
     /// stop, and the node is stepping down anyway. Those writes were never acknowledged, so
-    /// ending the NBD connections (their I/O fails) loses nothing and lets the down order run.
+    /// demoting at once (their I/O fails) loses nothing and lets the down order run.
     fn fail_suspended_writes(&self) -> bool {
         let mut dropped = false;
         for (name, h) in &self.inner.resources {
             let st = h.watch_status().borrow().clone();
             let q = &st.replica.quorum;
             if q.enabled && !q.held && st.replica.role == blockrepl::proto::Role::Primary && st.open_clients > 0 {
-                warn!(resource = %name, suspended = q.suspended, "no quorum while stepping down: failing the held writes so that the services can stop");
+                warn!(resource = %name, suspended = q.suspended, "no quorum while stepping down: demoting now (the held writes fail) so that the services can stop");
+                // The held writes are answered only by a role change: demote at once, as
+                // drbd-reactor does on a quorum loss; the demote step later finds it done.
                 h.drop_openers();
+                let h = h.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = h.demote(true).await {
+                        warn!(resource = %name, error = %e, "forced demote without quorum");
+                    }
+                });
                 dropped = true;
             }
         }
