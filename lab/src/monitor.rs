@@ -110,6 +110,22 @@ fn prometheus_config(dir: &Path, interval: Duration) -> anyhow::Result<PathBuf> 
     Ok(path)
 }
 
+/// The drill's keepalived.conf plus a track script `chk_service` (weight -60) that fails while
+/// the file `check-fail-<host>` exists in `dir` ([`Stack::fail_check`]): the VRRP check and
+/// priority alerts then have real series, and a fault to fire on.
+fn vrrp_conf_with_check(h: &str, prio: u8, dir: &Path) -> anyhow::Result<String> {
+    let conf = vrrp_drill_conf(h, prio);
+    let flag = dir.join(format!("check-fail-{h}"));
+    let script = format!(
+        "vrrp_script chk_service {{\n  script \"/usr/bin/test ! -e {}\"\n  interval 1\n  weight -60\n}}\n",
+        flag.display()
+    );
+    let at = conf.find("vrrp_instance").context("the drill's keepalived.conf has no vrrp_instance")?;
+    let track = "  track_script {\n    chk_service\n  }\n  virtual_ipaddress";
+    anyhow::ensure!(conf.contains("  virtual_ipaddress"), "the drill's keepalived.conf has no virtual_ipaddress");
+    Ok(format!("{}{script}{}", &conf[..at], conf[at..].replacen("  virtual_ipaddress", track, 1)))
+}
+
 /// `deploy/alertmanager/alertmanager.yml` with short grouping waits (a notification within a
 /// second of the alert, not after 10–30 s).
 fn alertmanager_config(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -193,7 +209,7 @@ impl Stack {
         std::fs::write(dir.join("r0.toml"), repl_conf)?;
         for (h, prio) in [("main", 150u8), ("backup", 100u8)] {
             let ip = mgmt(h)?;
-            std::fs::write(dir.join(format!("vrrp-{h}.conf")), vrrp_drill_conf(h, prio))?;
+            std::fs::write(dir.join(format!("vrrp-{h}.conf")), vrrp_conf_with_check(h, prio, &dir)?)?;
             let args = ["--run-dir", &d(&format!("vrrp-run-{h}")), "run", "-f", &d(&format!("vrrp-{h}.conf"))]
                 .map(String::from)
                 .into_iter()
@@ -348,7 +364,8 @@ impl Stack {
     /// backup (process `sshd`, its key forced to `rempart-backup serve --restrict-to-path`), a
     /// repository there (label `backup`), and on main a small generated tree and a runner
     /// configuration whose `--metrics-file` is main's node_exporter textfile, so that the backup
-    /// alerts run on real series. Then runs the runner once (create, check) and returns its report.
+    /// alerts run on real series. Then runs the runner once (create, check, restore-test) and
+    /// returns its report.
     pub fn start_backups(&mut self, lab: &Lab) -> anyhow::Result<serde_json::Value> {
         use std::process::Command;
         let bin = sibling_binary("rempart-backup")?;
@@ -412,7 +429,7 @@ impl Stack {
         self.backup = Some(Backups { bin, dir: dir.clone(), rsh });
         let out = self.backup_cmd(lab, &["init", "-e", "repokey", &url])?.output().context("rempart-backup init")?;
         anyhow::ensure!(out.status.success(), "init over ssh: {}", String::from_utf8_lossy(&out.stderr));
-        let r = self.backup_run(lab, &["create", "check"])?;
+        let r = self.backup_run(lab, &["create", "check", "restore-test"])?;
         anyhow::ensure!(r["exit_code"] == 0, "the first run failed: {r}");
         Ok(r)
     }
@@ -462,6 +479,18 @@ impl Stack {
     /// The repository's directory on backup (to damage a pack).
     pub fn repository_dir(&self) -> anyhow::Result<PathBuf> {
         Ok(self.backup.as_ref().context("start_backups first")?.dir.join("srv").join("repo"))
+    }
+
+    /// Makes `host`'s track script fail (`failing`) or pass again: its VRRP priority drops by 60
+    /// while it fails.
+    pub fn fail_check(&self, host: &str, failing: bool) -> anyhow::Result<()> {
+        let flag = self.dir.join(format!("check-fail-{host}"));
+        if failing {
+            std::fs::write(&flag, "")?;
+        } else if flag.exists() {
+            std::fs::remove_file(&flag)?;
+        }
+        Ok(())
     }
 
     /// Every process: (host, what, pid).
@@ -553,6 +582,22 @@ pub fn query(lab: &Lab, promql: &str) -> anyhow::Result<Vec<serde_json::Value>> 
         serde_json::from_str(&body).with_context(|| format!("query {promql:?}: HTTP {code}: {body}"))?;
     if v["status"] != "success" {
         bail!("query {promql:?}: {}", v["error"]);
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Runs a range query on the lab's Prometheus from `start` to `end` (Unix seconds) every
+/// `step` seconds, as Grafana does for a panel; returns `data.result` (one entry per series with
+/// at least one point).
+pub fn query_range(lab: &Lab, promql: &str, start: f64, end: f64, step: f64) -> anyhow::Result<Vec<serde_json::Value>> {
+    let addr = SocketAddr::new(mgmt("monitoring")?.parse()?, PROMETHEUS_PORT);
+    let path =
+        format!("/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}", percent_encode(promql));
+    let (code, body) = http_get(lab, "monitoring", addr, &path)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("query_range {promql:?}: HTTP {code}: {body}"))?;
+    if v["status"] != "success" {
+        bail!("query_range {promql:?}: {}", v["error"]);
     }
     Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
 }

@@ -259,6 +259,11 @@ fn every_dashboard_panel_queries_metrics_that_exist() {
         "repository:rempart_backup_last_success_age:seconds",
         "rempart_backup_last_deduplicated_bytes",
         "rempart_backup_last_restore_test_success",
+        "rempart_vrrp_configured_priority",
+        "rempart_repl_split_brain",
+        "rempart_repl_quorum",
+        "rempart_node_step_duration_seconds",
+        "rempart_node_phase",
     ] {
         assert!(panels.iter().flat_map(|(_, e)| e).any(|e| metric_names(e).contains(f)), "no panel shows {f}");
     }
