@@ -29,6 +29,7 @@ pub mod monitoring;
 pub mod node;
 pub mod node_column;
 pub mod probe;
+pub mod report;
 pub mod steps;
 
 /// The name of the lab `rempart-lab up` keeps between commands (namespaces `rempart-lab-<host>`).

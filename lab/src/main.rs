@@ -34,7 +34,11 @@ enum Cmd {
         cmd: Vec<String>,
     },
     /// Build a fresh lab, run every drill step, print the report, tear everything down.
-    Drill,
+    Drill {
+        /// Also write the test report: Markdown to FILE, JSON to FILE with `.json`.
+        #[arg(long, value_name = "FILE")]
+        report: Option<std::path::PathBuf>,
+    },
     /// The monitoring host's webhook receiver: records each Alertmanager notification, with the
     /// time it arrived, as one JSON line of LOG (started by `up` inside the monitoring host).
     Webhook {
@@ -126,12 +130,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             monitor::serve_webhook(listen, &log)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Drill => {
+        Cmd::Drill { report } => {
             let mut lab = rempart_lab::reference()?;
-            println!("rempart drill — lab {} (main, backup, monitoring, client)", lab.id());
+            let id = lab.id().to_string();
+            println!("rempart drill — lab {id} (main, backup, monitoring, client)");
             let mut steps = default_steps();
             let lines = drill(&mut lab, &mut steps, |l| println!("{l}"));
             drop(lab);
+            if let Some(path) = report {
+                let names: Vec<String> = steps.iter().map(|s| s.name().to_string()).collect();
+                let (md, json) = rempart_lab::report::write(&path, &lines, &names, &id)?;
+                println!("report: {} and {}", md.display(), json.display());
+            }
             let failed = lines.iter().any(|l| l.outcome == Outcome::Failed);
             println!(
                 "{} of {} steps passed; lab removed",
