@@ -239,8 +239,8 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
     };
     let instances: Vec<String> = cfg.vrrp.instances.iter().map(|i| i.name.clone()).collect();
 
-    // The witness: one client for the leases, one for the fences (a TTL of days, renewed daily,
-    // asked again quickly while refused).
+    // The witness: one client for the leases, one for the fences (a TTL of days, renewed and
+    // asked again as often as the lease).
     let names: Vec<String> = cfg.resources.iter().map(|c| c.resource.name.clone()).collect();
     let lease_name = names[0].clone();
     let fence_name = format!("{lease_name}{}", crate::witness::server::FENCE_SUFFIX);
@@ -254,7 +254,9 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
     let fence_client_cfg = ClientConfig {
         ttl: FENCE_TTL,
         margin: FENCE_TTL / 10,
-        renew_interval: Duration::from_secs(86_400),
+        // Renewed as often as the lease: a restarted witness learns the fence back from its
+        // holder's renewals during its start-up grace (see the crate docs).
+        renew_interval: lease_cfg.renew_interval,
         retry_interval: lease_cfg.retry_interval,
         node: cfg.node.clone(),
     };
