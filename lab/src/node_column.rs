@@ -78,7 +78,7 @@ impl NodeColumn {
         );
         let check = format!("ldapsearch -x -H '{}' -b '' -s base -LLL >/dev/null 2>&1", h.ldapi());
         format!(
-            "node = \"{name}\"\n\
+            "node = \"{name}\"\nmetrics-listen = \"{metrics}\"\n\
              [vrrp]\nkeepalived-conf = \"{kc}\"\n\
              [[resource]]\nconfig = \"{rc}\"\n\
              [[mount]]\nresource = \"r0\"\ndevice = \"/dev/null\"\nfs-type = \"ext4\"\nmount-point = \"{mp}\"\n\
@@ -86,6 +86,7 @@ impl NodeColumn {
              [[service]]\nname = \"slapd\"\nstart = \"mkdir -p {db} && {argv}\"\nstop = '''{stop}'''\ncheck = \"{check}\"\ntimeout = 10.0\n\
              [witness]\naddress = \"{WITNESS}\"\nsecret-file = \"{sec}\"\nttl = {ttl}\n\
              [timeouts]\nstep-down = 0.9\nfault-hold = 3.0\n",
+            metrics = self.metrics_addr(name),
             kc = h.dir.join("keepalived-node.conf").display(),
             rc = h.repl_conf().display(),
             mp = h.mount_point().display(),
@@ -94,6 +95,25 @@ impl NodeColumn {
             sec = stack.dir.path().join("witness.secret").display(),
             ttl = LEASE.as_secs_f64(),
         )
+    }
+
+    /// Where `name`'s node serves /metrics (its management address, port 9100).
+    pub fn metrics_addr(&self, name: &str) -> String {
+        format!("{}:9100", host(name).map_or("127.0.0.1", |h| h.mgmt))
+    }
+
+    /// One scrape of `name`'s /metrics, from inside its namespace.
+    pub fn scrape(&self, lab: &Lab, name: &str) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let addr: std::net::SocketAddr = self.metrics_addr(name).parse()?;
+        lab.enter(name, || -> anyhow::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })?
     }
 
     /// Starts `rempart-node run` on `name` (after a kill, too).
@@ -106,7 +126,12 @@ impl NodeColumn {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(h.dir.join("node.log"))?;
         match std::env::var_os("REMPART_NODE_LOG_DIR") {
             // Kept after the stack's directory is removed (for looking into a failed run).
-            Some(d) => c.stderr(std::fs::OpenOptions::new().create(true).append(true).open(PathBuf::from(d).join(format!("{name}.log")))?),
+            Some(d) => c.stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(PathBuf::from(d).join(format!("{name}.log")))?,
+            ),
             None => c.stderr(log),
         };
         self.nodes.insert(name.to_string(), lab.spawn(name, c)?);
@@ -139,7 +164,10 @@ impl NodeColumn {
             .arg(Self::run_dir(&stack.host(name)))
             .stdin(Stdio::null())
             .output()?;
-        Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+        Ok((
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        ))
     }
 
     /// Waits until `name` reports `phase`.

@@ -16,7 +16,8 @@ fn node_fault_list() {
     let mut rows = vec![TABLE_HEADER.to_string()];
     let mut failures = Vec::new();
     for f in Fault::ALL {
-        let mut make = || Box::new(NodeColumn::new().expect("rempart-node built next to this test")) as Box<dyn Failover>;
+        let mut make =
+            || Box::new(NodeColumn::new().expect("rempart-node built next to this test")) as Box<dyn Failover>;
         let o = match run_fault(f, &mut make) {
             Ok(o) => o,
             Err(e) => {
