@@ -226,6 +226,21 @@ pub fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Processes (pid, command) in whose mount namespace `dir` is a mount point.
+pub fn mounted_elsewhere(dir: &Path) -> Vec<(i32, String)> {
+    let dir = dir.to_string_lossy();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let m = std::fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
+        if m.lines().any(|l| l.split(' ').nth(4) == Some(&*dir)) {
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " ");
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
 /// Whether `dir` is a mount point now (in the test's mount namespace).
 pub fn is_mounted(dir: &Path) -> bool {
     let dir = dir.to_string_lossy();
@@ -286,7 +301,7 @@ pub fn stop_pid(pid: i32, limit: Duration) {
     }
 }
 
-/// A directory removed when dropped: `<tmp>/rempart-node-<lab id>`.
+/// A directory, a shared mount of itself, removed when dropped: `<tmp>/rempart-node-<lab id>`.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
 
@@ -295,7 +310,15 @@ impl TempDir {
         let d = std::env::temp_dir().join(format!("rempart-node-{}", lab.id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        Ok(TempDir(d))
+        // A shared mount of its own: every `ip netns exec` (this lab's or anyone's) copies the
+        // mount table into a new namespace, and when the tree is private a copy taken while the
+        // volume is mounted pins its ext4 — and so the loop device and nbdfuse — until that
+        // process exits. Under a shared mount the copies are slaves and see the unmount.
+        let d2 = d.to_string_lossy().into_owned();
+        sh(&["mount", "--bind", &d2, &d2])?;
+        let dir = TempDir(d);
+        sh(&["mount", "--make-rshared", &d2])?;
+        Ok(dir)
     }
 
     /// The directory.
@@ -306,6 +329,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if Command::new("umount").arg(&self.0).output().map(|o| !o.status.success()).unwrap_or(true) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -483,16 +509,30 @@ impl Stack {
         if let Ok(dev) = std::fs::read_to_string(h.loop_file()) {
             let dev = dev.trim();
             if !dev.is_empty() {
-                let _ = Command::new("losetup").args(["-d", dev]).output();
+                let out = Command::new("losetup").args(["-d", dev]).output();
+                // The kernel lets go of the backing file asynchronously (autoclear when busy).
+                let backing = format!("/sys/block/{}/loop/backing_file", dev.trim_start_matches("/dev/"));
+                if wait::until(Duration::from_secs(10), "loop device detached", || !Path::new(&backing).exists())
+                    .is_err()
+                {
+                    let err = out.map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
+                    left.push(format!("{dev} still attached ({err}); mounted in {:?}", mounted_elsewhere(&mnt)));
+                }
             }
             let _ = std::fs::remove_file(h.loop_file());
         }
         let fuse = h.fuse_dir();
         if is_mounted(&fuse) {
-            let _ = wait::until(Duration::from_secs(10), "FUSE unmount", || {
-                let _ = Command::new("fusermount3").arg("-u").arg(&fuse).output();
+            let mut err = String::new();
+            let gone = wait::until(Duration::from_secs(10), "FUSE unmount", || {
+                if let Ok(o) = Command::new("fusermount3").arg("-u").arg(&fuse).output() {
+                    err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                }
                 !is_mounted(&fuse)
             });
+            if gone.is_err() {
+                left.push(format!("fusermount3 -u: {err}"));
+            }
         }
         if let Some(p) = h.nbdfuse_running() {
             // It exits by itself once its FUSE mount is gone; SIGKILL if it does not.
@@ -926,6 +966,8 @@ pub struct Outcome {
     /// How long the lab and the volume took to prepare, and until the traffic ran (the column
     /// started).
     pub setup: (Duration, Duration),
+    /// How long the teardown took, and what it could not undo cleanly.
+    pub teardown: (Duration, Vec<String>),
     /// The tail of each server's logs at the end (glue scripts, replication, failover daemon).
     pub logs: String,
     /// Whether the client read its last acknowledged entry (of the whole run) through the VIP at
@@ -1100,8 +1142,19 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
     gap = gap.max(end_at.saturating_sub(last));
     let acks_after_heal = client.iter().filter(|a| a.sent >= heal_time).count();
     let probe_acks = probes.iter().map(|(n, a)| (n.clone(), a.len())).collect();
+    let logs = stack.logs();
+    // Stop the column's daemons first, so that nothing restarts the stack during the teardown.
+    drop(column);
+    let t = Instant::now();
+    let mut left: Vec<String> = Vec::new();
+    for n in SERVERS.iter().rev() {
+        left.extend(stack.teardown(n).into_iter().map(|l| format!("{n}: {l}")));
+        stack.stop_repl(n);
+    }
+    let teardown = (t.elapsed(), left);
     Ok(Outcome {
         fault,
+        teardown,
         state,
         served_by,
         two_writers: two,
@@ -1110,7 +1163,7 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
         lost,
         first_read,
         reads_last,
-        logs: stack.logs(),
+        logs,
         setup: (prepared, setup),
         longest_write_gap: gap,
         acks_after_heal,
