@@ -34,7 +34,7 @@ use rempart_testkit::netns::Proc;
 
 use crate::monitoring::{deploy_dir, DocCommand};
 use crate::steps::{sibling_binary, vrrp_drill_conf};
-use crate::{host, Lab};
+use crate::{host, Lab, Step};
 
 /// Prometheus's port on the monitoring host.
 pub const PROMETHEUS_PORT: u16 = 9090;
@@ -680,6 +680,148 @@ pub fn read_notifications(path: &Path) -> anyhow::Result<Vec<(f64, serde_json::V
             Ok((v["received"].as_f64().unwrap_or(0.0), v["notification"].clone()))
         })
         .collect()
+}
+
+/// An alert as the webhook receives it: its name, labels that identify it, and the receiver
+/// Alertmanager must route it to.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertMatch<'a> {
+    /// `alertname`.
+    pub alertname: &'a str,
+    /// Labels the alert must carry.
+    pub labels: &'a [(&'a str, &'a str)],
+    /// The receiver of the notification.
+    pub receiver: &'a str,
+}
+
+/// The first notification of the webhook log (time received, body) received at or after
+/// `after` (Unix seconds), sent to `m.receiver`, carrying the alert `m` with `status`
+/// (`firing` or `resolved`).
+#[must_use]
+pub fn find_notification<'n>(
+    notes: &'n [(f64, serde_json::Value)],
+    m: &AlertMatch<'_>,
+    status: &str,
+    after: f64,
+) -> Option<&'n (f64, serde_json::Value)> {
+    notes.iter().find(|(t, n)| {
+        *t >= after
+            && n["receiver"] == m.receiver
+            && n["alerts"].as_array().into_iter().flatten().any(|a| {
+                a["labels"]["alertname"] == m.alertname
+                    && a["status"] == status
+                    && m.labels.iter().all(|(k, v)| a["labels"][*k] == *v)
+            })
+    })
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// The drill's alert step: the monitoring host started on the drill's lab ([`Stack`], scrape and
+/// evaluation every `interval`), then three faults at once — main's rempart-vrrp killed, the
+/// replication link cut, the witness killed. Each alert (`InstanceDown`, `RempartReplDisconnected`
+/// on main, `RempartWitnessDown`, all `for: 1m`) must reach the webhook, routed to its receiver,
+/// no earlier than its `for` and no later than `for` + two intervals + 3 s; after the recovery
+/// (the daemons started again, the link healed) each must be resolved within 15 s. Reports every
+/// time; a missing or late alert fails the step and says which.
+#[derive(Debug)]
+pub struct AlertDrill {
+    /// Prometheus's scrape and evaluation interval.
+    pub interval: Duration,
+}
+
+impl Default for AlertDrill {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(1) }
+    }
+}
+
+impl Step for AlertDrill {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn run(&mut self, lab: &mut Lab) -> anyhow::Result<String> {
+        let dir = std::env::temp_dir().join(format!("rempart-drill-monitoring-{}", lab.id()));
+        let mut stack = Stack::start(lab, &Options { dir, interval: self.interval })?;
+        let targets = 9;
+        rempart_testkit::wait::until(Duration::from_secs(30), "every target up", || {
+            query(lab, "up == 1").is_ok_and(|v| v.len() == targets)
+        })?;
+        rempart_testkit::wait::until(Duration::from_secs(30), "r0 connected", || {
+            query(lab, "rempart_repl_connection_state == 2").is_ok_and(|v| v.len() == 2)
+        })?;
+        let alerts = [
+            AlertMatch {
+                alertname: "InstanceDown",
+                labels: &[("host", "main"), ("job", "rempart-vrrp")],
+                receiver: "oncall",
+            },
+            AlertMatch {
+                alertname: "RempartReplDisconnected",
+                labels: &[("host", "main"), ("resource", "r0")],
+                receiver: "oncall",
+            },
+            AlertMatch {
+                alertname: "RempartWitnessDown",
+                labels: &[("host", "monitoring"), ("job", "rempart-witness")],
+                receiver: "ops",
+            },
+        ];
+        let fault_at = unix_now();
+        stack.kill("main", "rempart-vrrp")?;
+        lab.cut("main", "repl")?;
+        stack.kill("monitoring", "witness")?;
+        let for_ = 60.0;
+        let limit = for_ + 2.0 * self.interval.as_secs_f64() + 3.0;
+        let log = stack.notifications_path();
+        let all = |status: &str, after: f64| {
+            let notes = read_notifications(&log).unwrap_or_default();
+            alerts.iter().all(|m| find_notification(&notes, m, status, after).is_some())
+        };
+        let _ = rempart_testkit::wait::until(Duration::from_secs_f64(limit + 5.0), "every alert", || {
+            all("firing", fault_at)
+        });
+        let notes = read_notifications(&log)?;
+        let mut fired = Vec::new();
+        for m in &alerts {
+            let Some((t, _)) = find_notification(&notes, m, "firing", fault_at) else {
+                bail!("{} {:?} did not reach {} within {limit:.0} s of the fault", m.alertname, m.labels, m.receiver);
+            };
+            let after = t - fault_at;
+            anyhow::ensure!(
+                (for_..=limit).contains(&after),
+                "{} arrived {after:.1} s after the fault (for: 1m, limit {limit:.0} s)",
+                m.alertname
+            );
+            fired.push(after);
+        }
+        let recovering = unix_now();
+        stack.restart(lab, "main", "rempart-vrrp")?;
+        lab.heal("main", "repl")?;
+        stack.restart(lab, "monitoring", "witness")?;
+        let recovered = unix_now();
+        let _ = rempart_testkit::wait::until(Duration::from_secs(20), "every alert resolved", || {
+            all("resolved", recovering)
+        });
+        let notes = read_notifications(&log)?;
+        let mut out = Vec::new();
+        for (m, fired) in alerts.iter().zip(fired) {
+            let Some((t, _)) = find_notification(&notes, m, "resolved", recovering) else {
+                bail!("{} {:?} not resolved within 20 s of the recovery", m.alertname, m.labels);
+            };
+            let resolved = t - recovered;
+            anyhow::ensure!(resolved <= 15.0, "{} resolved {resolved:.1} s after the recovery", m.alertname);
+            out.push(format!(
+                "{} → {} {fired:.1} s after the fault (for 1m), resolved {resolved:.1} s after the recovery",
+                m.alertname, m.receiver
+            ));
+        }
+        stack.check_running()?;
+        Ok(out.join("; "))
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub fn expected(step: &str) -> &'static str {
     match step {
         "reachability" => {
             "every host reaches every other on the management network, main and backup on the replication \
-             network (the reference: each host reachable, ssh between them)"
+             network (the reference's \"each host reachable\"; ssh is the backup step's transport)"
         }
         "vrrp-failover" => {
             "the VIP on main only; main's daemon killed: the VIP on backup and a client connects through it \
@@ -35,6 +35,11 @@ pub fn expected(step: &str) -> &'static str {
         "backup-restore" => {
             "backup init, create, list and restore over ssh with the reference retention; check and restore \
              test pass; the restored tree equals the original"
+        }
+        "alerts" => {
+            "each fault (main's rempart-vrrp killed, the replication link cut, the witness killed) brings its \
+             alert to the webhook, routed as deploy/alertmanager says, within its for: plus two scrape \
+             intervals; each resolves after the recovery"
         }
         _ => "the step succeeds",
     }
@@ -76,8 +81,9 @@ pub fn markdown(lines: &[Line], steps: &[String], lab: &str) -> String {
         );
     }
     s.push_str(
-        "\nAlerts (which fired for each fault, how long after it, and their resolution) are measured by \
-         `lab/tests/monitoring_lab.rs` (docs/monitoring.md), not by the drill yet.\n",
+        "\nThe `alerts` step times each fault's alert at the webhook and its resolution. The backup faults \
+         (damaged pack, repository host's sshd stopped), the VRRP check and the split brain are timed by \
+         `lab/tests/monitoring_lab.rs` (docs/monitoring.md).\n",
     );
     s
 }

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rempart_lab::monitor::{query, query_range, read_notifications, Options, Stack};
+use rempart_lab::monitor::{find_notification, query, query_range, read_notifications, AlertMatch, Options, Stack};
 use rempart_lab::monitoring::{
     dashboard_queries, deploy_dir, emergency_path, metric_names, output_matches, parse_emergency, DocCommand,
     DOC_PHASES,
@@ -343,15 +343,7 @@ fn first_after<'a>(
     status: &str,
     after: f64,
 ) -> Option<&'a (f64, serde_json::Value)> {
-    notes.iter().find(|(t, n)| {
-        *t >= after
-            && n["receiver"] == e.2
-            && n["alerts"].as_array().into_iter().flatten().any(|a| {
-                a["labels"]["alertname"] == e.0
-                    && a["status"] == status
-                    && e.1.iter().all(|(k, v)| a["labels"][*k] == *v)
-            })
-    })
+    find_notification(notes, &AlertMatch { alertname: e.0, labels: e.1, receiver: e.2 }, status, after)
 }
 
 /// Runs every command of docs/emergency.md whose block names `phase`, in its host, until its
