@@ -23,7 +23,9 @@
 //! (`blockrepl` `quorum`, suspend-io or io-error by seed) is given the lease only while the
 //! fence is held too, so a write without the peer is acknowledged only under both; the fence
 //! client renews the fence (a long TTL) every `TTL / 3`, so that a restarted witness learns it
-//! back during its grace; a fence release is resent until the witness answered it.
+//! back during its grace; a fence release is resent until the witness answered it; after a
+//! split brain the fence holder reconnects as the source (Primary or not) and a Secondary
+//! without it discards its changes.
 //!
 //! One case is out of the contract and not injected (counted in `chaos_skipped`): the witness
 //! keeps nothing on disk, so it forgets a fence when it restarts while the fence's holder
@@ -165,6 +167,8 @@ struct Host {
     rep: Replica,
     orch: Orchestrator,
     wit: WitnessSide,
+    /// Split brains the shell has reconnected after.
+    split_brains_handled: u64,
     /// The lease given to the replica's quorum gate.
     gate: Option<Instant>,
     /// Durable metadata (written when a PersistMeta completes).
@@ -229,6 +233,10 @@ struct Stats {
     /// Faults not injected because they would make the witness forget a fence (out of the
     /// contract).
     chaos_skipped: u64,
+    /// Split brains resolved by reconnecting (the side without the fence discarding).
+    split_brains: u64,
+    /// Seeds that ended with the pair not connected (a split brain left StandAlone).
+    ended_standalone: u64,
     /// The longest time from the end of the faults to one serving host.
     converge_max: Duration,
 }
@@ -253,6 +261,8 @@ impl AddAssign<&Stats> for Stats {
         self.switchovers += o.switchovers;
         self.step_failures += o.step_failures;
         self.chaos_skipped += o.chaos_skipped;
+        self.split_brains += o.split_brains;
+        self.ended_standalone += o.ended_standalone;
         self.converge_max = self.converge_max.max(o.converge_max);
     }
 }
@@ -377,6 +387,7 @@ impl Host {
             rep,
             orch,
             gate: None,
+            split_brains_handled: 0,
             wit: WitnessSide {
                 lease: WClient::new(ClientConfig::new(format!("host{i}"), TTL)),
                 fence: WClient::new(ClientConfig {
@@ -519,9 +530,11 @@ impl World {
                 self.repl_action(i, a);
             }
             // Report the replica's status to the orchestrator (cheap when unchanged).
-            let view = ReplView::from_status(&self.hosts[i].rep.status());
+            let st = self.hosts[i].rep.status();
+            let view = ReplView::from_status(&st);
             let now = self.now;
             self.hosts[i].orch.handle_repl(now, view);
+            any |= self.after_split_brain(i, &st);
             self.role_check(i, view.role);
             while let Some(a) = self.hosts[i].orch.poll_action() {
                 any = true;
@@ -542,6 +555,39 @@ impl World {
             }
         }
         panic!("host {i}: actions never drain");
+    }
+
+    /// After a split brain (both wrote since they parted; the replica went StandAlone), the
+    /// shell reconnects as `rempart-node` does: the fence says whose writes may have been
+    /// acknowledged (only its holder acknowledges without the peer), so its holder reconnects
+    /// as the source, Primary or not, and a Secondary without it discards its changes; a
+    /// Primary without it waits for its down order. The lost-write checks judge the rule. (When
+    /// the holder restarted, it no longer knows it holds the fence: both discard, blockrepl
+    /// refuses, and the pair stays StandAlone for the operator: `ended_standalone`.)
+    fn after_split_brain(&mut self, i: usize, st: &blockrepl::proto::Status) -> bool {
+        let h = &mut self.hosts[i];
+        if st.connection != blockrepl::proto::ConnState::StandAlone || st.split_brains <= h.split_brains_handled {
+            return false;
+        }
+        let fence = h.wit.fence.lease_until(self.now, FENCE).is_some();
+        let discard = match (st.role, fence) {
+            // The fence holder's writes may have been acknowledged: it is the source, Primary
+            // or not (a Primary that gave up and demoted keeps the fence until both disks
+            // are equal again).
+            (_, true) => false,
+            (Role::Secondary, false) => true,
+            _ => return false,
+        };
+        h.split_brains_handled = st.split_brains;
+        self.stats.split_brains += 1;
+        if let Err(e) = self.hosts[i].rep.connect(discard) {
+            panic!("host {i}: reconnecting after a split brain: {e}");
+        }
+        if self.tr {
+            self.trace(&format!("host {i}: split brain, reconnecting (discard my data: {discard})"));
+        }
+        self.maybe_connect();
+        true
     }
 
     fn role_check(&mut self, i: usize, role: Role) {
@@ -1576,6 +1622,9 @@ fn one_seed(seed: u64) -> Stats {
         }
     }
     assert!(w.acked > before, "no write acknowledged after convergence");
+    if w.hosts.iter().any(|h| h.rep.status().connection == blockrepl::proto::ConnState::StandAlone) {
+        w.stats.ended_standalone += 1;
+    }
     w.stats
 }
 
@@ -1639,6 +1688,7 @@ fn run_all() {
             ("witness restarts", t.witness_restarts),
             ("refusals during the witness's grace", t.refused_starting),
             ("switchovers", t.switchovers),
+            ("split brains resolved", t.split_brains),
             ("step failures", t.step_failures),
         ] {
             assert!(count > 0, "vacuous run: no {what} in {n} seeds");
