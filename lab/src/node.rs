@@ -1170,39 +1170,6 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
     })
 }
 
-/// The `node.toml` of `host` for the `rempart-node` column: the stack's resource file, the mount
-/// by nbdfuse, slapd as a command service, the witness on monitoring. `keepalived_conf` is the
-/// path of the host's keepalived.conf (the glue column's, read as is) and `witness_secret` the
-/// witness's secret file. The lead finishes the keys `rempart-node run` needs.
-pub fn node_toml(stack: &Stack, host_name: &str, keepalived_conf: &Path, witness_secret: &Path) -> String {
-    let h = stack.host(host_name);
-    let mgmt = host(host_name).map_or("127.0.0.1", |x| x.mgmt);
-    let monitoring = host("monitoring").map_or("127.0.0.1", |x| x.mgmt);
-    let slapd = h.slapd_argv().iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
-    format!(
-        "# rempart-node on {host_name} (lab/src/node.rs): slapd on the replicated volume\n\
-         node = \"{host_name}\"\n\
-         metrics-listen = \"{mgmt}:9100\"\n\n\
-         [vrrp]\nkeepalived-conf = \"{kconf}\"\n\n\
-         [[resource]]\nconfig = \"{res}\"\n\n\
-         [[mount]]\nresource = \"r0\"\ndevice = \"{dev}\"\nfs-type = \"ext4\"\nmount-point = \"{mnt}\"\n\
-         options = \"noatime\"\nmethod = \"nbdfuse\"\n\n\
-         [[service]]\nname = \"slapd\"\nstart = \"mkdir -p {db} && {slapd}\"\n\
-         stop = \"kill $(cat {pid}) && while kill -0 $(cat {pid}) 2>/dev/null; do sleep 0.05; done\"\n\
-         check = \"ldapsearch -x -LLL -H {ldapi} -b {BASE_DN} -s base dn\"\ntimeout = 10.0\n\n\
-         [witness]\naddress = \"{monitoring}:7790\"\nsecret-file = \"{ws}\"\nttl = {ttl:.1}\non-no-quorum = \"suspend-io\"\n",
-        kconf = keepalived_conf.display(),
-        res = h.repl_conf().display(),
-        dev = h.fuse_dir().join("nbd").display(),
-        mnt = h.mount_point().display(),
-        db = h.db_dir().display(),
-        pid = h.slapd_pid().display(),
-        ldapi = h.ldapi(),
-        ws = witness_secret.display(),
-        ttl = LEASE.as_secs_f64(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
