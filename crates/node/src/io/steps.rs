@@ -193,6 +193,9 @@ impl Executor {
             }
             MountMethod::Nbdfuse => {
                 let dir = self.fuse_dir(i);
+                if is_mounted(&dir) {
+                    stop_fuse(&dir, None).await?;
+                }
                 std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
                 let child = Command::new("nbdfuse")
                     .arg(&dir)
@@ -381,9 +384,21 @@ impl Executor {
             }
         }
         for i in (0..self.inner.mounts.len()).rev() {
+            let mp = self.inner.mounts[i].mount_point.clone();
             match self.unmount(i).await {
-                Ok(()) => done.push(format!("unmounted {}", self.inner.mounts[i].mount_point.display())),
-                Err(e) => warn!(error = %e.0, "clean-up: unmounting"),
+                Ok(()) => done.push(format!("unmounted {}", mp.display())),
+                Err(e) => {
+                    // What a killed daemon left is a file system on a volume that is gone:
+                    // nothing can be flushed to it any more; detach it lazily.
+                    warn!(error = %e.0, "clean-up: unmounting; detaching lazily");
+                    if is_mounted(&mp) {
+                        let _ = run(&["umount", "-l", &mp.display().to_string()]).await;
+                    }
+                    match self.unmount(i).await {
+                        Ok(()) => done.push(format!("detached {} lazily", mp.display())),
+                        Err(e) => warn!(error = %e.0, "clean-up: still mounted"),
+                    }
+                }
             }
         }
         done
@@ -452,34 +467,26 @@ async fn loops_backed_by(file: &str) -> Vec<String> {
 }
 
 /// Unmounts the nbdfuse directory and ends nbdfuse. `losetup -d` lets go of the file
-/// asynchronously, so the first `fusermount3 -u` may find it busy: retry for a while.
+/// asynchronously, so the first `fusermount3 -u` may find it busy: retry for a while; then end
+/// nbdfuse, and detach what is left lazily (a FUSE mount whose nbdfuse died with a killed
+/// predecessor cannot be unmounted any other way).
 async fn stop_fuse(dir: &Path, child: Option<Child>) -> Result<(), StepFailure> {
     let d = dir.display().to_string();
-    let mut last = None;
-    for _ in 0..100 {
-        if !is_mounted(dir) {
-            last = None;
+    for _ in 0..40 {
+        if !is_mounted(dir) || run(&["fusermount3", "-u", &d]).await.is_ok() {
             break;
-        }
-        match run(&["fusermount3", "-u", &d]).await {
-            Ok(_) => {
-                last = None;
-                break;
-            }
-            Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Some(mut c) = child {
-        if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), c.wait()).await.is_err() {
             let _ = c.kill().await;
         }
     }
-    match last {
-        None => {
-            info!(dir = %d, "nbdfuse detached");
-            Ok(())
-        }
-        Some(e) => Err(e),
+    if is_mounted(dir) {
+        warn!(dir = %d, "nbdfuse's mount did not go: detaching it lazily");
+        run(&["fusermount3", "-u", "-z", &d]).await?;
     }
+    info!(dir = %d, "nbdfuse detached");
+    Ok(())
 }
