@@ -609,6 +609,16 @@ impl Stack {
         [h.slapd_running(), h.nbdfuse_running(), self.repl_pid(name)].into_iter().flatten().collect()
     }
 
+    /// Whether any `*.log` file of a server contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        SERVERS.iter().any(|n| {
+            std::fs::read_dir(self.host(n).dir).into_iter().flatten().flatten().any(|e| {
+                e.path().extension().is_some_and(|x| x == "log")
+                    && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle))
+            })
+        })
+    }
+
     /// The last lines of each host's logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -966,6 +976,10 @@ pub struct Outcome {
     /// How long the lab and the volume took to prepare, and until the traffic ran (the column
     /// started).
     pub setup: (Duration, Duration),
+    /// A replication log said "split brain detected".
+    pub split_brain: bool,
+    /// A promotion was refused because the peer was Primary (a log said so).
+    pub promote_refused: bool,
     /// How long the teardown took, and what it could not undo cleanly.
     pub teardown: (Duration, Vec<String>),
     /// The tail of each server's logs at the end (glue scripts, replication, failover daemon).
@@ -1000,8 +1014,15 @@ impl Outcome {
         };
         let by = self.served_by.as_deref().unwrap_or("nobody");
         let last = if self.reads_last { "yes" } else { "**no**" };
+        let mut events = String::new();
+        if self.promote_refused {
+            events.push_str("; a promote refused (peer Primary)");
+        }
+        if self.split_brain {
+            events.push_str("; split brain detected");
+        }
         format!(
-            "| {} | {}; client's VIP → {by} | {tw} | {lost} | {read} | {last} | {:.1} s; {} after heal |",
+            "| {} | {}; client's VIP → {by}{events} | {tw} | {lost} | {read} | {last} | {:.1} s; {} after heal |",
             self.fault.label(),
             self.state.replace('|', "/"),
             self.longest_write_gap.as_secs_f64(),
@@ -1143,6 +1164,8 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
     let acks_after_heal = client.iter().filter(|a| a.sent >= heal_time).count();
     let probe_acks = probes.iter().map(|(n, a)| (n.clone(), a.len())).collect();
     let logs = stack.logs();
+    let split_brain = stack.log_contains("split brain detected");
+    let promote_refused = stack.log_contains("two primaries are never allowed");
     // Stop the column's daemons first, so that nothing restarts the stack during the teardown.
     drop(column);
     let t = Instant::now();
@@ -1164,6 +1187,8 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
         first_read,
         reads_last,
         logs,
+        split_brain,
+        promote_refused,
         setup: (prepared, setup),
         longest_write_gap: gap,
         acks_after_heal,
