@@ -134,6 +134,7 @@ pub fn default_steps() -> Vec<Box<dyn Step>> {
         Box::new(steps::VrrpFailover),
         Box::new(steps::ReplicatedVolume::default()),
         Box::new(steps::BackupRestore::default()),
+        Box::new(node_column::NodeDrill),
         Box::new(monitor::AlertDrill::default()),
     ]
 }

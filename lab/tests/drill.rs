@@ -30,6 +30,14 @@ fn drill_reaches_every_host_and_cleans_up() {
         "{}",
         backup.detail
     );
+    let node = lines.iter().find(|l| l.step == "node-failover").expect("node step");
+    assert!(
+        node.detail.starts_with("kill -9 of main's rempart-node: client RTO ")
+            && node.detail.contains(" acknowledged entries, 0 lost; backup's steps: quorum ")
+            && node.detail.ends_with("backup isolated: no second primary, 1 node serving after the heal"),
+        "{}",
+        node.detail
+    );
     let left: Vec<_> = list_namespaces().expect("list").into_iter().filter(|n| n.starts_with(&id)).collect();
     assert!(left.is_empty(), "drill left namespaces: {left:?}");
 }
