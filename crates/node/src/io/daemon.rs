@@ -515,7 +515,9 @@ impl Shell {
         }
         let fence = self.orch.status().fence;
         let discard = match (r.role, &fence) {
-            (Role::Primary, Fence::Held) => false,
+            // The fence holder's writes may have been acknowledged alone: it is the source,
+            // Primary or not (a Secondary that demoted after writing alone keeps the fence).
+            (_, Fence::Held) => false,
             // Not the fence holder: discard, once demoted (the down order is on its way).
             (Role::Secondary, _) => true,
             _ => return,
