@@ -369,6 +369,9 @@ struct PendingChange {
     /// Not sent yet: a handshake is in progress, and the change is asked of the peer once it is
     /// established (or made alone if the handshake fails).
     after_handshake: bool,
+    /// When a promotion was asked of the peer: its grant counts only if it comes back within
+    /// `peer_timeout` (see [`Replica::promote`]).
+    asked: Option<Instant>,
 }
 
 /// Static configuration of a replica.
@@ -1605,12 +1608,13 @@ impl Replica {
     }
 
     /// The handshake established the connection: ask the peer for a change that waited for it.
-    fn change_after_handshake(&mut self) {
+    fn change_after_handshake(&mut self, now: Instant) {
         let Some(c) = self.change.as_mut() else { return };
         if !c.after_handshake || !self.established {
             return;
         }
         c.after_handshake = false;
+        c.asked = Some(now);
         let (seq, kind) = (c.seq, c.kind);
         match kind {
             ChangeKind::Promote { .. } => {
@@ -1897,7 +1901,7 @@ impl Replica {
                 };
                 if !self.established || ps.flags & 4 != 0 {
                     self.decide(now, ps, &peer_bm);
-                    self.change_after_handshake();
+                    self.change_after_handshake(now);
                 }
             }
             Msg::StateChangeReq { seq, change } => self.state_change_request(seq, change),
@@ -2438,8 +2442,10 @@ impl Replica {
     /// that cross: the node whose name sorts first wins, the other one's request fails with
     /// [`ReplError::ConcurrentPromotion`]). Then [`Change::Pending`] is returned and the outcome
     /// comes as [`Action::StateChangeDone`]. During a handshake the request waits for it to
-    /// end. A disconnected node is promoted at once, as DRBD does (that is what failover needs):
-    /// if both nodes write while apart, the next handshake finds a split brain.
+    /// end. A grant that comes `peer_timeout` or more after the request is refused (a stalled
+    /// node: the peer may have lost it and promoted alone meanwhile). A disconnected node is
+    /// promoted at once, as DRBD does (that is what failover needs): if both nodes write while
+    /// apart, the next handshake finds a split brain.
     pub fn promote(&mut self, now: Instant, force: bool, wall: u64) -> Result<Change, ReplError> {
         if self.role == Role::Primary {
             return Ok(Change::Done);
@@ -2463,7 +2469,9 @@ impl Replica {
             let seq = self.next_change_seq;
             self.next_change_seq += 1;
             let after_handshake = !self.established;
-            self.change = Some(PendingChange { seq, kind: ChangeKind::Promote { force, wall }, after_handshake });
+            let asked = (!after_handshake).then_some(now);
+            self.change =
+                Some(PendingChange { seq, kind: ChangeKind::Promote { force, wall }, after_handshake, asked });
             if !after_handshake {
                 self.send(Msg::StateChangeReq { seq, change: CHANGE_PROMOTE });
             }
@@ -2594,6 +2602,20 @@ impl Replica {
             (ChangeKind::Invalidate, REPLY_NOT_UP_TO_DATE) => Err(ReplError::PeerNotUpToDate),
             (ChangeKind::Invalidate, REPLY_CONCURRENT_CHANGE) => Err(ReplError::ConcurrentChange),
             (ChangeKind::Invalidate, code) => Err(ReplError::PeerRefused(code)),
+            // A grant read `peer_timeout` or more after the request (this node was stopped, or
+            // the link stalled) may be stale: the peer may have declared this node gone since,
+            // and promoted alone (with the witness's lease) and written. Before that instant it
+            // cannot have: it declares the connection dead only `peer_timeout` after the last
+            // frame it received, which is no earlier than the request.
+            (ChangeKind::Promote { .. }, REPLY_GRANTED)
+                if c.asked.is_some_and(|t| now >= t + self.cfg.peer_timeout) =>
+            {
+                Err(ReplError::State(
+                    "the peer's grant came a peer timeout or more after the request (this node was stalled): \
+                     the peer may have promoted alone since; not promoted, retry"
+                        .into(),
+                ))
+            }
             (ChangeKind::Promote { force, wall }, REPLY_GRANTED) => self.commit_promote(now, force, wall),
             (ChangeKind::Promote { .. }, REPLY_PEER_PRIMARY) => Err(ReplError::PeerIsPrimary),
             (ChangeKind::Promote { .. }, REPLY_PEER_PROMOTING) => Err(ReplError::ConcurrentPromotion),
@@ -2629,7 +2651,7 @@ impl Replica {
             let seq = self.next_change_seq;
             self.next_change_seq += 1;
             let after_handshake = !self.established;
-            self.change = Some(PendingChange { seq, kind: ChangeKind::Demote, after_handshake });
+            self.change = Some(PendingChange { seq, kind: ChangeKind::Demote, after_handshake, asked: None });
             if !after_handshake {
                 self.announce(false);
                 self.send(Msg::StateChangeReq { seq, change: CHANGE_DEMOTE });
@@ -2661,7 +2683,7 @@ impl Replica {
             let seq = self.next_change_seq;
             self.next_change_seq += 1;
             let after_handshake = !self.established;
-            self.change = Some(PendingChange { seq, kind: ChangeKind::Invalidate, after_handshake });
+            self.change = Some(PendingChange { seq, kind: ChangeKind::Invalidate, after_handshake, asked: None });
             if !after_handshake {
                 self.send(Msg::StateChangeReq { seq, change: CHANGE_INVALIDATE });
             }

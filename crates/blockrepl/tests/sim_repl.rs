@@ -1671,6 +1671,48 @@ fn a_promotion_whose_peer_vanishes_mid_change_fails_then_succeeds_alone_issue_14
     assert_eq!(w.rep(1).unwrap().promote(now, false, 21), Ok(Change::Done));
 }
 
+/// Issue 15 (found by the node simulation): a node stopped (SIGSTOP, VM pause) after asking
+/// its peer for a promotion reads the peer's grant when it resumes. Meanwhile the peer may
+/// have declared it gone and promoted alone with the witness's lease; the stale grant must not
+/// promote it too (with data older than what the peer acknowledged). A grant read a peer
+/// timeout or more after the request is refused.
+#[test]
+fn a_grant_read_a_peer_timeout_after_the_request_does_not_promote_issue_15() {
+    let mut w = World::with(34, |_, _| {});
+    synced_pair(&mut w);
+    assert_eq!(w.rep(0).unwrap().demote(), Ok(Change::Pending));
+    w.run_until(Duration::from_secs(1), "demotion answered", |w| !w.changes_done.is_empty());
+    w.changes_done.clear();
+    let now = w.clock.now();
+    assert_eq!(w.rep(1).unwrap().promote(now, false, 20), Ok(Change::Pending));
+    w.pump();
+    // Node 0 reads the request and answers; node 1 is stopped from now on.
+    let to_0: Vec<_> = w.link.q[1].drain(..).collect();
+    for (_, item) in to_0 {
+        if let Item::Frame(m) = item {
+            w.rep(0).unwrap().handle_frame(now, m);
+        }
+    }
+    w.pump();
+    assert!(!w.link.q[0].is_empty(), "node 0 answered");
+    // Node 1 resumes 300 ms (its peer timeout) later and reads what waits in its socket.
+    let later = now + Duration::from_millis(300);
+    w.clock.advance_to(later);
+    let to_1: Vec<_> = w.link.q[0].drain(..).collect();
+    for (_, item) in to_1 {
+        if let Item::Frame(m) = item {
+            w.rep(1).unwrap().handle_frame(later, m);
+        }
+    }
+    w.pump();
+    assert!(
+        matches!(w.changes_done.first(), Some((1, Err(ReplError::State(_))))),
+        "the stale grant was refused: {:?}",
+        w.changes_done
+    );
+    assert_eq!(w.rep(1).unwrap().status().role, Role::Secondary);
+}
+
 /// What `f` logs (plain text, every level), for the tests about logs.
 fn logs_of(f: impl FnOnce()) -> String {
     #[derive(Clone, Default)]
