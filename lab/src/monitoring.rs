@@ -64,6 +64,8 @@ pub struct DocCommand {
     pub output: Vec<String>,
     /// Its line in the file (1-based).
     pub line: usize,
+    /// The block says `exact`: the real output has these lines and no other (non-empty) one.
+    pub exact: bool,
 }
 
 /// `docs/emergency.md` as data.
@@ -99,6 +101,7 @@ pub fn parse_emergency(text: &str) -> anyhow::Result<EmergencyDoc> {
     let mut section = String::new();
     // Inside a fence: Some(phase) for a console block, Some("") for another block.
     let mut fence: Option<String> = None;
+    let mut exact = false;
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if let Some(info) = line.trim_start().strip_prefix("```") {
@@ -112,7 +115,10 @@ pub fn parse_emergency(text: &str) -> anyhow::Result<EmergencyDoc> {
                 bail!("docs/emergency.md:{n}: commands go in ```console phase=... blocks (a test runs them)");
             }
             if lang == "console" {
+                let words: Vec<&str> = words.collect();
+                exact = words.contains(&"exact");
                 let phase = words
+                    .iter()
                     .find_map(|w| w.strip_prefix("phase="))
                     .with_context(|| format!("docs/emergency.md:{n}: console block without phase="))?;
                 if !DOC_PHASES.contains(&phase) {
@@ -144,6 +150,7 @@ pub fn parse_emergency(text: &str) -> anyhow::Result<EmergencyDoc> {
                         command: cmd.trim().to_string(),
                         output: Vec::new(),
                         line: n,
+                        exact,
                     });
                 } else if let Some(c) = doc.commands.last_mut().filter(|c| c.line < n && c.section == section) {
                     let l = line.trim_end();
@@ -197,6 +204,18 @@ pub fn normalize_output(line: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `actual` shows the documented lines of `c`: each (normalized) is part of a line of
+/// `actual` (normalized), in the documented order; with `exact`, `actual` has no other non-empty
+/// line. The error names the first line not found.
+pub fn doc_output_matches(c: &DocCommand, actual: &str) -> Result<(), String> {
+    output_matches(&c.output, actual)?;
+    let n = actual.lines().filter(|l| !l.trim().is_empty()).count();
+    if c.exact && n != c.output.len() {
+        return Err(format!("{} lines documented (exact), {n} printed:\n{actual}", c.output.len()));
+    }
+    Ok(())
 }
 
 /// Whether `actual` shows the documented lines: each (normalized) is part of a line of
@@ -619,6 +638,14 @@ mod tests {
         assert!(parse_emergency("## A\n```console phase=later\nmain# true\n```\n").is_err());
         assert!(parse_emergency("## A\n```console phase=fault\noutput first\n```\n").is_err());
         assert_eq!(slug("Backup failed or too old"), "backup-failed-or-too-old");
+        // `exact`: no line beyond the documented ones.
+        let d = parse_emergency("## A\n```console phase=recovered exact\nmonitoring# amtool x\nAlertname State\n```\n")
+            .unwrap();
+        let c = &d.commands[0];
+        assert!(c.exact && !d.commands.is_empty());
+        doc_output_matches(c, "Alertname   State  \n").unwrap();
+        assert!(doc_output_matches(c, "Alertname State\nInstanceDown active\n").is_err());
+        assert!(!parse_emergency(text).unwrap().commands[0].exact);
         assert_eq!(normalize_output("a  2026-12-07 20:01:02 UTC -1 --run-dir 150"), "a 0 0 UTC 0 --run-dir 150");
         // Counts are compared as they are.
         assert!(output_matches(&["1 received".to_string()], "1 packets transmitted, 0 received").is_err());

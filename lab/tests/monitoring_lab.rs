@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rempart_lab::monitor::{find_notification, query, query_range, read_notifications, AlertMatch, Options, Stack};
 use rempart_lab::monitoring::{
-    dashboard_queries, deploy_dir, emergency_path, metric_names, output_matches, parse_emergency, DocCommand,
+    dashboard_queries, deploy_dir, doc_output_matches, emergency_path, metric_names, parse_emergency, DocCommand,
     DOC_PHASES,
 };
 use rempart_lab::reference;
@@ -360,7 +360,7 @@ fn run_doc_phase(stack: &Stack, lab: &rempart_lab::Lab, commands: &[DocCommand],
                     let ok = if c.output.is_empty() && code != 0 {
                         Err(format!("exit code {code}: {out}"))
                     } else {
-                        output_matches(&c.output, &out)
+                        doc_output_matches(c, &out)
                     };
                     last = match &ok {
                         Ok(()) => out,
