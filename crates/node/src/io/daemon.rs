@@ -518,8 +518,15 @@ impl Shell {
             // The fence holder's writes may have been acknowledged alone: it is the source,
             // Primary or not (a Secondary that demoted after writing alone keeps the fence).
             (_, Fence::Held) => false,
-            // Not the fence holder: discard, once demoted (the down order is on its way).
-            (Role::Secondary, _) => true,
+            // The witness named the peer as the fence holder: discard, once demoted (the down
+            // order is on its way). Without that answer (a restarted daemon that never asked)
+            // nobody can tell: the operator decides, as DRBD leaves it.
+            (Role::Secondary, Fence::Refused { .. }) => true,
+            (Role::Secondary, Fence::Released) => {
+                warn!("split brain, and this node does not know who holds the fence: resolve it by hand (docs/emergency.md)");
+                self.split_brains_handled = r.split_brains;
+                return;
+            }
             _ => return,
         };
         self.split_brains_handled = r.split_brains;
