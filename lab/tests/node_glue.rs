@@ -18,6 +18,11 @@ fn lost(o: &Outcome) -> Option<usize> {
     o.lost.as_ref().map(Vec::len)
 }
 
+/// The client reads every entry it was told was written, its last one included.
+fn all_back(o: &Outcome) -> bool {
+    lost(o) == Some(0) && o.reads_last
+}
+
 #[test]
 fn the_glue_against_the_fault_list() {
     let mut outcomes = Vec::new();
@@ -68,8 +73,10 @@ fn the_glue_against_the_fault_list() {
     // SIGSTOP of main longer than the peer timeout: backup promotes (its peer is gone) and takes
     // writes; main wakes up still Primary, preempts the VIP, and the entries backup acknowledged
     // are not on main's copy (split brain, both StandAlone).
+    // (Which copy the client ends on depends on the scripts' race: either entries are lost or
+    // the VIP leads to a server without slapd.)
     let o = get(Fault::Freeze);
-    assert!(lost(o).is_some_and(|n| n > 0), "acknowledged entries lost after the freeze: {}", why(o));
+    assert!(!all_back(o), "the client got everything back after the freeze: {}", why(o));
 
     // main isolated: main's interfaces lose their carrier, keepalived goes FAULT and
     // notify_fault stops slapd and demotes main before backup takes over (no two writers); on
@@ -77,8 +84,8 @@ fn the_glue_against_the_fault_list() {
     for f in [Fault::Isolate, Fault::WitnessDownIsolate] {
         let o = get(f);
         assert!(o.two_writers.is_empty(), "{}", why(o));
-        assert!(lost(o).is_some_and(|n| n > 0), "acknowledged entries lost after isolation: {}", why(o));
-        assert!(o.first_read.is_some(), "backup served during the isolation: {}", why(o));
+        assert!(!all_back(o), "the client got everything back after the isolation: {}", why(o));
+        assert!(o.first_read.is_some(), "the client read its entry again: {}", why(o));
     }
 
     // main partitioned with its links up: nothing tells main's keepalived, main keeps slapd and
@@ -87,14 +94,13 @@ fn the_glue_against_the_fault_list() {
     // either entries are lost, or the VIP leads to a server without slapd.
     let o = get(Fault::Partition);
     assert!(!o.two_writers.is_empty(), "the probe saw both servers acknowledge writes: {}", why(o));
-    assert!(lost(o) != Some(0) || !o.reads_last, "the client got everything back after the partition: {}", why(o));
+    assert!(!all_back(o), "the client got everything back after the partition: {}", why(o));
     assert!(o.split_brain, "{}", why(o));
 
     // Only the replication link: VRRP does not notice; main goes on alone after the peer timeout.
     let o = get(Fault::ReplCut);
     assert!(o.two_writers.is_empty(), "{}", why(o));
-    assert_eq!(lost(o), Some(0), "{}", why(o));
-    assert!(o.reads_last, "{}", why(o));
+    assert!(all_back(o), "{}", why(o));
     assert!(o.longest_write_gap.as_secs_f64() < 3.0, "{}", why(o));
 
     // Only the management link: main goes FAULT and its notify_fault demotes it (when nbdfuse is
