@@ -1031,6 +1031,17 @@ impl Outcome {
     }
 }
 
+/// What the columns of [`TABLE_HEADER`] mean, for under the table.
+pub const TABLE_LEGEND: &str = "State at the end: each server's replication role/connection, whether it holds the VIP \
+and runs slapd, after the fault was healed and the traffic stopped; \"client's VIP →\" is the server the client's \
+neighbour entry for the VIP points at. Two writers: the probes on main and backup (writes through each server's own \
+slapd every 100 ms) acknowledged writes in overlapping periods. Lost: client entries acknowledged (ldapadd exit 0) but \
+missing when the client lists them through the VIP at the end (\"?\" when nothing answers there). Fault → first read: \
+until the client first reads, through the VIP, the last entry acknowledged before the fault (a few ms: the fault did \
+not interrupt the server it was on). Longest gap: the longest time without an acknowledged client write from the fault \
+to the end of the window, i.e. the outage the client saw; \"after heal\" counts client writes acknowledged after the \
+heal (for kill -9 and the switchover: after the fault).";
+
 /// The server whose MAC the client's neighbour entry for the VIP holds.
 pub fn vip_holder(lab: &Lab) -> Option<String> {
     let mac = |host: &str| -> Option<String> {

@@ -12,7 +12,7 @@
 //! Run: `cargo build -p rempart-repl && cargo test -p rempart-lab --test node_glue -- --nocapture`
 
 use rempart_lab::glue::Glue;
-use rempart_lab::node::{run_fault, Failover, Fault, Outcome, TABLE_HEADER};
+use rempart_lab::node::{run_fault, Failover, Fault, Outcome, TABLE_HEADER, TABLE_LEGEND};
 
 fn lost(o: &Outcome) -> Option<usize> {
     o.lost.as_ref().map(Vec::len)
@@ -51,6 +51,7 @@ fn the_glue_against_the_fault_list() {
         table.push_str(&o.row());
         table.push('\n');
     }
+    table.push_str(&format!("\n{TABLE_LEGEND}\n"));
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("node_glue.md");
     std::fs::write(&path, &table).expect("writing the table");
     println!("\n{table}\n(written to {})", path.display());
