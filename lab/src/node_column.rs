@@ -33,6 +33,8 @@ pub struct NodeColumn {
     bin: PathBuf,
     /// VRRP advertisement interval, seconds.
     pub advert: f64,
+    /// The witness lease's TTL (and the witness's longest).
+    pub ttl: Duration,
     nodes: std::collections::BTreeMap<String, Proc>,
     witness: Option<Proc>,
     dir: PathBuf,
@@ -44,10 +46,19 @@ impl NodeColumn {
         Ok(NodeColumn {
             bin: sibling_binary("rempart-node")?,
             advert: 1.0,
+            ttl: LEASE,
             nodes: Default::default(),
             witness: None,
             dir: PathBuf::new(),
         })
+    }
+
+    /// A column with `advert` seconds between VRRP adverts and a lease of `ttl`.
+    pub fn with_timing(advert: f64, ttl: Duration) -> anyhow::Result<NodeColumn> {
+        let mut c = NodeColumn::new()?;
+        c.advert = advert;
+        c.ttl = ttl;
+        Ok(c)
     }
 
     fn run_dir(h: &HostFiles) -> PathBuf {
@@ -85,7 +96,7 @@ impl NodeColumn {
              options = \"noatime\"\nmethod = \"nbdfuse\"\n\
              [[service]]\nname = \"slapd\"\nstart = \"mkdir -p {db} && {argv}\"\nstop = '''{stop}'''\ncheck = \"{check}\"\ntimeout = 10.0\n\
              [witness]\naddress = \"{WITNESS}\"\nsecret-file = \"{sec}\"\nttl = {ttl}\n\
-             [timeouts]\nstep-down = 0.9\nfault-hold = 3.0\n",
+             [timeouts]\nstep-down = {step_down:.3}\nfault-hold = 3.0\n",
             metrics = self.metrics_addr(name),
             kc = h.dir.join("keepalived-node.conf").display(),
             rc = h.repl_conf().display(),
@@ -93,13 +104,14 @@ impl NodeColumn {
             db = h.db_dir().display(),
             check = check.replace('"', "\\\""),
             sec = stack.dir.path().join("witness.secret").display(),
-            ttl = LEASE.as_secs_f64(),
+            ttl = self.ttl.as_secs_f64(),
+            step_down = step_down_for(self.ttl).as_secs_f64(),
         )
     }
 
-    /// Where `name`'s node serves /metrics (its management address, port 9100).
+    /// Where `name`'s node serves /metrics (its management address, port 9107: 9100 is node_exporter's).
     pub fn metrics_addr(&self, name: &str) -> String {
-        format!("{}:9100", host(name).map_or("127.0.0.1", |h| h.mgmt))
+        format!("{}:9107", host(name).map_or("127.0.0.1", |h| h.mgmt))
     }
 
     /// One scrape of `name`'s /metrics, from inside its namespace.
@@ -211,6 +223,14 @@ impl NodeColumn {
     }
 }
 
+/// The step-down budget `rempart-node check-config` accepts for a lease of `ttl` (the node
+/// crate's `step_down_budget`: ttl − margin − renewal interval − request timeout), less 10 %.
+fn step_down_for(ttl: Duration) -> Duration {
+    let margin = (ttl / 10).max(Duration::from_millis(50)).min(ttl / 2);
+    let request = (ttl / 6).max(Duration::from_millis(100));
+    ttl.saturating_sub(margin).saturating_sub(ttl / 3).saturating_sub(request).mul_f64(0.9)
+}
+
 fn tail(p: &std::path::Path) -> String {
     let l = std::fs::read_to_string(p).unwrap_or_default();
     let v: Vec<&str> = l.lines().collect();
@@ -252,7 +272,7 @@ impl Failover for NodeColumn {
         let _ = mon;
         let mut c = lab.cmd("monitoring", &self.bin.to_string_lossy());
         c.args(["witness", "--listen", WITNESS, "--secret-file"]).arg(self.dir.join("witness.secret"));
-        c.args(["--max-ttl", &LEASE.as_secs_f64().to_string(), "--run-dir"]).arg(self.dir.join("witness-run"));
+        c.args(["--max-ttl", &self.ttl.as_secs_f64().to_string(), "--run-dir"]).arg(self.dir.join("witness-run"));
         c.env("RUST_LOG", "info").stdout(Stdio::null());
         c.stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("witness.log"))?);
         self.witness = Some(lab.spawn("monitoring", c)?);

@@ -1,0 +1,138 @@
+//! Whole-service failover side by side: `rempart-node` (with the witness) against the glue it
+//! replaces — keepalived 2.2.7 whose notify scripts promote with `rempart-repl`, mount through
+//! nbdfuse and start slapd (`deploy/glue/`) — on the same lab, with slapd's database on the
+//! replicated volume and a client writing entries through the VIP. Trials are interleaved.
+//!
+//! Per trial (`rempart_lab::node::run_fault`): main serves; the fault hits main (kill -9 of the
+//! failover daemon; main isolated for 6 s; main's whole stack SIGSTOPped for 6 s, longer than
+//! the lease). Measured from the fault: the client's first read, through the VIP, of its last
+//! entry acknowledged before the fault; the longest stretch without an acknowledged client write
+//! (the outage as writers see it); acknowledged entries lost (must be 0) and spans where both
+//! servers acknowledged writes (must be none).
+//!
+//! Run (root; the lab binaries are found next to the bench binary):
+//! ```text
+//! cargo build --release -p rempart-node -p rempart-repl
+//! cargo bench -p rempart-benches --bench node_failover
+//! ```
+//! Env: `NODE_BENCH_TRIALS` (default 20), `NODE_BENCH_FAULTS` (default `kill9,isolate,freeze`),
+//! `NODE_BENCH_ADVERTS` (default `1,0.1`: rempart-node at 1 s adverts with a 3 s lease, and at
+//! 0.1 s with a 0.6 s lease; the glue runs at 1 s, the reference deployment's setting, and has
+//! no lease).
+
+use std::time::Duration;
+
+use rempart_benches::{markdown_table, AnchorCheck, Row};
+use rempart_lab::glue::Glue;
+use rempart_lab::node::{run_fault, Failover, Fault, Outcome};
+use rempart_lab::node_column::NodeColumn;
+use rempart_testkit::require_root;
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_string()).collect()
+}
+
+fn fault(name: &str) -> Option<Fault> {
+    Some(match name {
+        "kill9" => Fault::Kill9,
+        "isolate" => Fault::Isolate,
+        "freeze" => Fault::Freeze,
+        _ => return None,
+    })
+}
+
+#[derive(Default)]
+struct Samples {
+    first_read: Vec<f64>,
+    outage: Vec<f64>,
+    lost: usize,
+    unknown: usize,
+    two_writers: usize,
+    errors: Vec<String>,
+}
+
+impl Samples {
+    fn add(&mut self, r: anyhow::Result<Outcome>) {
+        match r {
+            Ok(o) => {
+                if let Some(d) = o.first_read {
+                    self.first_read.push(d.as_secs_f64());
+                }
+                self.outage.push(o.longest_write_gap.as_secs_f64());
+                match &o.lost {
+                    Some(l) => self.lost += l.len(),
+                    None => self.unknown += 1,
+                }
+                if !o.two_writers.is_empty() {
+                    self.two_writers += 1;
+                }
+            }
+            Err(e) => self.errors.push(format!("{e:#}")),
+        }
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !require_root("network namespaces, loop devices, FUSE") {
+        return;
+    }
+    let trials: usize = std::env::var("NODE_BENCH_TRIALS").ok().and_then(|t| t.parse().ok()).unwrap_or(20);
+    let faults: Vec<Fault> =
+        env_list("NODE_BENCH_FAULTS", "kill9,isolate,freeze").iter().filter_map(|f| fault(f)).collect();
+    let adverts: Vec<f64> = env_list("NODE_BENCH_ADVERTS", "1,0.1").iter().filter_map(|a| a.parse().ok()).collect();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for &f in &faults {
+        for &adv in &adverts {
+            let ttl = if adv >= 1.0 { Duration::from_secs(3) } else { Duration::from_millis(600) };
+            let with_glue = adv >= 1.0;
+            let (mut ours, mut glue) = (Samples::default(), Samples::default());
+            for t in 0..trials {
+                let mut make =
+                    || Box::new(NodeColumn::with_timing(adv, ttl).expect("rempart-node built")) as Box<dyn Failover>;
+                ours.add(run_fault(f, &mut make));
+                if with_glue {
+                    let mut make = || Box::new(Glue::new()) as Box<dyn Failover>;
+                    glue.add(run_fault(f, &mut make));
+                }
+                eprintln!("{f:?} advert {adv} s: trial {}/{trials} done", t + 1);
+            }
+            let case = format!("{}, advert {adv} s (rempart lease {:.1} s)", f.label(), ttl.as_secs_f64());
+            let check = AnchorCheck::NotChecked("end to end; keepalived's own detection is checked by vrrp_failover");
+            rows.push(Row {
+                metric: format!("{case}: fault → first read of the last entry through the VIP (s)"),
+                ours: ours.first_read.clone(),
+                anchor: glue.first_read.clone(),
+                check: check.clone(),
+            });
+            rows.push(Row {
+                metric: format!("{case}: longest time without an acknowledged write (s)"),
+                ours: ours.outage.clone(),
+                anchor: glue.outage.clone(),
+                check,
+            });
+            for (who, s) in [("rempart-node", &ours), ("glue", &glue)] {
+                if who == "glue" && !with_glue {
+                    continue;
+                }
+                notes.push(format!(
+                    "{case}, {who}: {} trials, {} with a read in the window, {} acknowledged entries lost, {} trials with the VIP silent at the end, {} trials with two writers, {} errors{}",
+                    trials,
+                    s.first_read.len(),
+                    s.lost,
+                    s.unknown,
+                    s.two_writers,
+                    s.errors.len(),
+                    s.errors.first().map(|e| format!(" (first: {})", e.lines().next().unwrap_or(""))).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    println!("{}", markdown_table("glue (keepalived + notify scripts)", &rows));
+    for n in notes {
+        println!("- {n}");
+    }
+}
