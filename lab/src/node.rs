@@ -12,16 +12,24 @@
 //!     ▲ probe: ldapadd over ldapi (own slapd)            ▲ probe: ldapadd over ldapi
 //!   ext4 on /dev/loopN on <dir>/main/fuse/nbd          ext4 on /dev/loopM on <dir>/backup/fuse/nbd
 //!   nbdfuse ── NBD (unix socket) ──▶ rempart-repl r0 ◀══ repl 192.168.56.0/24 ══▶ rempart-repl r0
-//!                                    <dir>/main.img                              <dir>/backup.img
+//!                                    <dir>/main/r0.img                           <dir>/backup/r0.img
 //! ```
 //!
 //! A [`Stack`] owns a temporary directory with each host's disk image, resource file, `slapd.conf`
 //! and run files (pid files, the loop device's name). Mount points and FUSE directories differ per
 //! host because the network namespaces share the mount namespace; processes that mount are started
 //! in the test's own mount namespace ([`in_our_mounts`]) since `ip netns exec` gives every command
-//! a private one, where a mount would be invisible to the teardown. [`Stack`]'s drop tears every
-//! host down in reverse (slapd stopped, umount, `losetup -d`, `fusermount3 -u`, nbdfuse killed by
-//! pid), also after a failed test.
+//! a private one, where a mount would be invisible to the teardown. The directory is a shared
+//! mount of itself, so that the mount-table copies every `ip netns exec` makes follow the unmounts
+//! instead of pinning the volume. [`Stack`]'s drop tears every host down in reverse (slapd
+//! stopped, umount, `losetup -d`, `fusermount3 -u`, nbdfuse killed by pid), also after a failed
+//! test. slapd listens on `ldap:///` (every address of its host, the VIP included once it is
+//! there: Debian's default, and no bind failure when slapd starts before the VIP) and on its
+//! `ldapi://` socket.
+//!
+//! Two writers: each probe's acknowledgements closer than [`PERIOD_GAP`] form a serving period;
+//! a period of main overlapping one of backup is two writers ([`two_writers`]). A clean handover
+//! (main stops, backup starts later) is not; a split brain where both serve is.
 //!
 //! A [`Failover`] is one column: it starts the failover daemon(s) on main and backup, kills or
 //! freezes them, switches over. [`run_fault`] builds a fresh lab and stack, lets a column bring
