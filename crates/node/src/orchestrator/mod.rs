@@ -678,6 +678,13 @@ impl Orchestrator {
             return;
         }
         self.repl = repl;
+        // Primary without a promotion counted: a promotion given up on (it timed out, and the
+        // down order already demoted) completed late, when the peer's grant came. Count it, so
+        // that the down order demotes it (or the up order goes on), as after a restart.
+        if repl.role == Role::Primary && !self.promoted && self.running.is_none_or(|r| r.step != Step::Promote) {
+            warn!("the resource became Primary without a promotion in progress: counted as promoted");
+            self.promoted = true;
+        }
         self.evaluate(now);
     }
 

@@ -495,3 +495,25 @@ fn a_failed_vip_removal_gives_up_and_is_retried_before_the_node_counts_as_down()
     assert_eq!(t.run_all(), UP);
     assert_eq!(t.o.phase(), Phase::Serving);
 }
+
+/// Found by the simulation (seed 18985): a promotion timed out (the peer was stopped), the
+/// down order "demoted" the still-Secondary resource, then the peer's grant arrived and the
+/// resource became Primary — with nothing left to demote it, a Primary nobody served.
+#[test]
+fn a_promotion_that_completes_after_its_timeout_is_demoted() {
+    let mut t = T::new(cfg(), connected(Role::Secondary, Role::Secondary));
+    t.vrrp(VrrpState::Master);
+    assert_eq!(t.running().unwrap().1, Step::Promote);
+    t.advance(101 * MS);
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("promote"))));
+    // The timed-out promotion counts as possibly done: the down order demotes (a no-op here).
+    assert_eq!(t.answer(true), Step::Demote { kill_openers: false });
+    t.vrrp(VrrpState::Fault);
+    assert_eq!(t.o.phase(), Phase::GaveUp);
+    let before = t.log.len();
+    // The peer's grant arrives: the resource is Primary now.
+    t.set_role(Role::Primary);
+    assert_eq!(t.steps_since(before), [Step::Demote { kill_openers: false }]);
+    t.answer(true);
+    assert_eq!(t.o.status().repl.role, Role::Secondary);
+}
