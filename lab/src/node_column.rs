@@ -35,6 +35,8 @@ pub struct NodeColumn {
     pub advert: f64,
     /// The witness lease's TTL (and the witness's longest).
     pub ttl: Duration,
+    /// Back the volume up (`[backup]`, hourly) into a repository shared by both hosts.
+    pub backup: bool,
     nodes: std::collections::BTreeMap<String, Proc>,
     witness: Option<Proc>,
     dir: PathBuf,
@@ -47,6 +49,7 @@ impl NodeColumn {
             bin: sibling_binary("rempart-node")?,
             advert: 1.0,
             ttl: LEASE,
+            backup: false,
             nodes: Default::default(),
             witness: None,
             dir: PathBuf::new(),
@@ -95,9 +98,15 @@ impl NodeColumn {
              [[mount]]\nresource = \"r0\"\ndevice = \"/dev/null\"\nfs-type = \"ext4\"\nmount-point = \"{mp}\"\n\
              options = \"noatime\"\nmethod = \"nbdfuse\"\n\
              [[service]]\nname = \"slapd\"\nstart = \"mkdir -p {db} && {argv}\"\nstop = '''{stop}'''\ncheck = \"{check}\"\ntimeout = 10.0\n\
+             {backup}\
              [witness]\naddress = \"{WITNESS}\"\nsecret-file = \"{sec}\"\nttl = {ttl}\n\
              [timeouts]\nstep-down = {step_down:.3}\nfault-hold = 3.0\n",
             metrics = self.metrics_addr(name),
+            backup = if self.backup {
+                format!("[backup]\nborgmatic = \"{}\"\nschedule = \"hourly\"\n", h.dir.join("borgmatic.yaml").display())
+            } else {
+                String::new()
+            },
             kc = h.dir.join("keepalived-node.conf").display(),
             rc = h.repl_conf().display(),
             mp = h.mount_point().display(),
@@ -126,6 +135,23 @@ impl NodeColumn {
             s.read_to_string(&mut out)?;
             Ok(out)
         })?
+    }
+
+    /// The repository the hosts back their volume up into (with [`NodeColumn::backup`]).
+    pub fn repository(stack: &Stack) -> PathBuf {
+        stack.dir.path().join("repo")
+    }
+
+    /// The borgmatic file of `name`: its mount point into [`NodeColumn::repository`].
+    pub fn borgmatic(stack: &Stack, name: &str) -> String {
+        let h = stack.host(name);
+        format!(
+            "location:\n    source_directories:\n        - {}\n    repositories:\n        - path: {}\n          label: shared\n\
+             storage:\n    encryption_passphrase: lab backup passphrase\n    archive_name_format: '{name}-{{now:%Y-%m-%dT%H:%M:%S.%f}}'\n\
+             retention:\n    keep_hourly: 24\n",
+            h.mount_point().display(),
+            Self::repository(stack).display()
+        )
     }
 
     /// Starts `rempart-node run` on `name` (after a kill, too).
@@ -261,8 +287,19 @@ impl Failover for NodeColumn {
         }
         self.dir = stack.dir.path().to_path_buf();
         std::fs::write(self.dir.join("witness.secret"), "iris lab witness secret\n")?;
+        if self.backup {
+            let out = Command::new(sibling_binary("rempart-backup")?)
+                .args(["init", "-e", "repokey"])
+                .arg(Self::repository(stack))
+                .env("REMPART_PASSPHRASE", "lab backup passphrase")
+                .output()?;
+            ensure!(out.status.success(), "rempart-backup init: {}", String::from_utf8_lossy(&out.stderr));
+        }
         for n in SERVERS {
             let h = stack.host(n);
+            if self.backup {
+                std::fs::write(h.dir.join("borgmatic.yaml"), Self::borgmatic(stack, n))?;
+            }
             std::fs::write(h.dir.join("keepalived-node.conf"), self.keepalived_conf(n))?;
             std::fs::write(h.dir.join("node.toml"), self.node_toml(stack, n))?;
             let out = Command::new(&self.bin).args(["check-config", "-c"]).arg(h.dir.join("node.toml")).output()?;

@@ -1,4 +1,5 @@
-//! `rempart-node`'s controls on the lab with slapd on the volume: `status` (text and the same
+//! `rempart-node`'s controls on the lab with slapd on the volume: the backup that follows the
+//! primary, `status` (text and the same
 //! facts in /metrics), a planned `switchover` measured with the client writing through the VIP
 //! (0 acknowledged entries lost, never two writers), and `maintenance on` (no automatic
 //! failover: the standby does not take over when the primary's daemon dies; `off` lets it).
@@ -20,7 +21,26 @@ fn status_switchover_and_maintenance() {
     let mut stack = Stack::new(&lab).unwrap();
     stack.prepare(&lab).unwrap();
     let mut col = NodeColumn::new().unwrap();
+    col.backup = true;
     col.start(&lab, &mut stack).unwrap();
+    let archives = |prefix: &str| -> usize {
+        let out = std::process::Command::new(rempart_lab::steps::sibling_binary("rempart-backup").unwrap())
+            .args(["list", "--short"])
+            .arg(NodeColumn::repository(&stack))
+            .env("REMPART_PASSPHRASE", "lab backup passphrase")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(prefix)).count()
+    };
+    let backed_up = |col: &NodeColumn, host: &str| {
+        col.status_of(&stack, host).is_some_and(|s| s["backup"]["last_success_unix"].is_number())
+    };
+
+    // The backup follows the data: the serving node backs the volume up at once (nothing
+    // recorded yet: catching up), the standby does not.
+    wait::until(Duration::from_secs(60), "main's first backup", || backed_up(&col, "main")).unwrap();
+    assert_eq!(archives("main-"), 1);
+    assert!(!backed_up(&col, "backup"));
 
     // status, as text: DRBD's and keepalived's words, the quorum, the steps of the transition.
     let (ok, text) = col.ctl(&stack, "main", &["status"]).unwrap();
@@ -51,6 +71,7 @@ fn status_switchover_and_maintenance() {
     assert_eq!(metric(&m, "rempart_node_witness_connected"), Some(1.0), "{m}");
     assert_eq!(metric(&m, "rempart_node_transitions_total{direction=\"up\",result=\"ok\"}"), Some(1.0), "{m}");
     assert!(metric(&m, "rempart_node_step_duration_seconds{step=\"mount\"}").is_some(), "{m}");
+    assert!(metric(&m, "rempart_node_backup_last_success_timestamp_seconds").is_some_and(|t| t > 1.7e9), "{m}");
     assert!(m.contains("rempart_vrrp_") && m.contains("rempart_repl_"), "one registry for every engine: {m}");
 
     // A planned switchover under load.
@@ -77,6 +98,10 @@ fn status_switchover_and_maintenance() {
         client.len()
     );
     col.wait_phase(&stack, "main", "idle", Duration::from_secs(20)).unwrap();
+    // The next primary continues the backups (it has none recorded: it runs one now).
+    wait::until(Duration::from_secs(60), "backup's first backup", || backed_up(&col, "backup")).unwrap();
+    assert_eq!(archives("backup-"), 1);
+    assert_eq!(archives("main-"), 1, "main runs no backup once it stepped down");
 
     // Maintenance on the standby: its primary's daemon dies, it does not take over.
     let (ok, out) = col.ctl(&stack, "main", &["maintenance", "on"]).unwrap();
