@@ -49,9 +49,20 @@ struct Samples {
     unknown: usize,
     two_writers: usize,
     errors: Vec<String>,
+    /// The serving node's take-over steps (name → durations), rempart-node only.
+    steps: std::collections::BTreeMap<String, Vec<f64>>,
 }
 
 impl Samples {
+    fn add_steps(&mut self, statuses: &std::collections::BTreeMap<String, serde_json::Value>) {
+        let Some(s) = statuses.values().find(|s| s["phase"] == "serving") else { return };
+        for st in s["last_transition"]["steps"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(d)) = (st["step"].as_str(), st["duration_s"].as_f64()) {
+                self.steps.entry(name.to_string()).or_default().push(d);
+            }
+        }
+    }
+
     fn add(&mut self, r: anyhow::Result<Outcome>) {
         match r {
             Ok(o) => {
@@ -91,9 +102,16 @@ fn main() {
             let with_glue = adv >= 1.0;
             let (mut ours, mut glue) = (Samples::default(), Samples::default());
             for t in 0..trials {
-                let mut make =
-                    || Box::new(NodeColumn::with_timing(adv, ttl).expect("rempart-node built")) as Box<dyn Failover>;
+                let seen = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+                let mut make = || {
+                    let mut c = NodeColumn::with_timing(adv, ttl).expect("rempart-node built");
+                    c.last_status = seen.clone();
+                    Box::new(c) as Box<dyn Failover>
+                };
                 ours.add(run_fault(f, &mut make));
+                if let Ok(m) = seen.lock() {
+                    ours.add_steps(&m);
+                }
                 if with_glue {
                     let mut make = || Box::new(Glue::new()) as Box<dyn Failover>;
                     glue.add(run_fault(f, &mut make));
@@ -114,6 +132,12 @@ fn main() {
                 anchor: glue.outage.clone(),
                 check,
             });
+            let breakdown: Vec<String> = ours
+                .steps
+                .iter()
+                .map(|(k, v)| format!("{k} {:.3} s", rempart_benches::median(v).unwrap_or(f64::NAN)))
+                .collect();
+            notes.push(format!("{case}, rempart-node take-over steps (medians): {}", breakdown.join(", ")));
             for (who, s) in [("rempart-node", &ours), ("glue", &glue)] {
                 if who == "glue" && !with_glue {
                     continue;

@@ -37,6 +37,9 @@ pub struct NodeColumn {
     pub ttl: Duration,
     /// Back the volume up (`[backup]`, hourly) into a repository shared by both hosts.
     pub backup: bool,
+    /// Each node's status document as [`Failover::describe`] last saw it (the bench reads the
+    /// take-over's steps from it after `run_fault` dropped the column).
+    pub last_status: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Value>>>,
     nodes: std::collections::BTreeMap<String, Proc>,
     witness: Option<Proc>,
     dir: PathBuf,
@@ -50,6 +53,7 @@ impl NodeColumn {
             advert: 1.0,
             ttl: LEASE,
             backup: false,
+            last_status: Default::default(),
             nodes: Default::default(),
             witness: None,
             dir: PathBuf::new(),
@@ -352,12 +356,17 @@ impl Failover for NodeColumn {
         SERVERS
             .iter()
             .map(|n| match self.status_of(stack, n) {
-                Some(s) => format!(
+                Some(s) => {
+                    if let Ok(mut m) = self.last_status.lock() {
+                        m.insert((*n).to_string(), s.clone());
+                    }
+                    format!(
                     "{n}: {} {} {}",
                     s["phase"].as_str().unwrap_or("?"),
                     s["vrrp_state"].as_str().unwrap_or("?"),
                     s["resources"][0]["role"].as_str().unwrap_or("?")
-                ),
+                    )
+                }
                 None => format!("{n}: not answering"),
             })
             .collect::<Vec<_>>()
