@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use vrrp::io::engine::{self, Event, Options, VipControl};
 
 use super::metrics::{self as node_metrics, direction_label, phase_label, step_label};
-use super::steps::{is_mounted, Executor};
+use super::steps::{is_mounted, Executor, Parts};
 use super::witness_client::{WitnessClient, WitnessClientConfig};
 use crate::config::{NodeConfig, OnNoQuorum};
 use crate::orchestrator::{
@@ -265,15 +265,15 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
     fence_wcfg.request_timeout = (cfg.witness.ttl / 6).max(Duration::from_millis(100));
     let fence = WitnessClient::spawn(fence_wcfg);
 
-    let exec = Executor::new(
-        vrrp.clone(),
-        instances.clone(),
-        handles.clone(),
+    let exec = Executor::new(Parts {
+        vrrp: vrrp.clone(),
+        instances: instances.clone(),
+        resources: handles.clone(),
         nbd_sockets,
-        cfg.mounts.clone(),
-        cfg.services.clone(),
-        opts.run_dir.clone(),
-    );
+        mounts: cfg.mounts.clone(),
+        services: cfg.services.clone(),
+        run_dir: opts.run_dir.clone(),
+    });
     let cleaned = exec.cleanup_leftovers().await;
     if !cleaned.is_empty() {
         warn!(done = ?cleaned, "cleaned up what a previous run left behind");

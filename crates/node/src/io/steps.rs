@@ -42,20 +42,33 @@ pub struct Executor {
     inner: Arc<Inner>,
 }
 
+/// What an [`Executor`] acts on: the engines and this host's part of the configuration.
+#[derive(Debug)]
+pub struct Parts {
+    /// The VRRP engine.
+    pub vrrp: vrrp::io::engine::Handle,
+    /// Its instances (FAULT, priority and the VIP gate apply to each).
+    pub instances: Vec<String>,
+    /// The replicated resources, by name.
+    pub resources: Vec<(String, ReplHandle)>,
+    /// The resources served on a Unix socket rather than TCP, and the socket.
+    pub nbd_sockets: Vec<(String, PathBuf)>,
+    /// The file systems.
+    pub mounts: Vec<Mount>,
+    /// The services, in start order.
+    pub services: Vec<Service>,
+    /// Where nbdfuse's directories go.
+    pub run_dir: PathBuf,
+}
+
 struct Inner {
-    vrrp: vrrp::io::engine::Handle,
-    instances: Vec<String>,
-    resources: Vec<(String, ReplHandle)>,
-    nbd_sockets: Vec<(String, PathBuf)>,
-    mounts: Vec<Mount>,
-    services: Vec<Service>,
-    run_dir: PathBuf,
+    parts: Parts,
     attached: Mutex<Vec<Option<Attached>>>,
 }
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor").field("instances", &self.inner.instances).finish_non_exhaustive()
+        f.debug_struct("Executor").field("instances", &self.inner.parts.instances).finish_non_exhaustive()
     }
 }
 
@@ -64,31 +77,11 @@ fn fail(s: impl Into<String>) -> StepFailure {
 }
 
 impl Executor {
-    /// An executor for these engines and this part of the configuration (`nbd_sockets`: the
-    /// resources served on a Unix socket rather than TCP).
+    /// An executor for these engines and this part of the configuration.
     #[must_use]
-    pub fn new(
-        vrrp: vrrp::io::engine::Handle,
-        instances: Vec<String>,
-        resources: Vec<(String, ReplHandle)>,
-        nbd_sockets: Vec<(String, PathBuf)>,
-        mounts: Vec<Mount>,
-        services: Vec<Service>,
-        run_dir: PathBuf,
-    ) -> Self {
-        let n = mounts.len();
-        Executor {
-            inner: Arc::new(Inner {
-                vrrp,
-                instances,
-                resources,
-                nbd_sockets,
-                mounts,
-                services,
-                run_dir,
-                attached: Mutex::new((0..n).map(|_| None).collect()),
-            }),
-        }
+    pub fn new(parts: Parts) -> Self {
+        let n = parts.mounts.len();
+        Executor { inner: Arc::new(Inner { parts, attached: Mutex::new((0..n).map(|_| None).collect()) }) }
     }
 
     /// Runs one step to its end.
@@ -108,7 +101,7 @@ impl Executor {
     }
 
     async fn promote(&self) -> Result<(), StepFailure> {
-        for (name, h) in &self.inner.resources {
+        for (name, h) in &self.inner.parts.resources {
             h.promote(false).await.map_err(|e| fail(format!("{name}: {e}")))?;
         }
         Ok(())
@@ -116,7 +109,7 @@ impl Executor {
 
     async fn demote(&self, kill_openers: bool) -> Result<(), StepFailure> {
         let mut errors = Vec::new();
-        for (name, h) in &self.inner.resources {
+        for (name, h) in &self.inner.parts.resources {
             if kill_openers {
                 h.drop_openers();
             }
@@ -132,8 +125,8 @@ impl Executor {
     }
 
     async fn vips(&self, allow: bool) -> Result<(), StepFailure> {
-        for i in &self.inner.instances {
-            self.inner.vrrp.allow_vips(i, allow).await.map_err(|e| fail(format!("vrrp_instance {i}: {e}")))?;
+        for i in &self.inner.parts.instances {
+            self.inner.parts.vrrp.allow_vips(i, allow).await.map_err(|e| fail(format!("vrrp_instance {i}: {e}")))?;
         }
         Ok(())
     }
@@ -141,6 +134,7 @@ impl Executor {
     fn nbd_url(&self, resource: &str) -> Result<String, StepFailure> {
         let (_, h) = self
             .inner
+            .parts
             .resources
             .iter()
             .find(|(n, _)| n == resource)
@@ -148,25 +142,25 @@ impl Executor {
         if let Some(addr) = h.nbd_addr() {
             return Ok(format!("nbd://{addr}/{resource}"));
         }
-        match self.inner.nbd_sockets.iter().find(|(n, _)| n == resource) {
+        match self.inner.parts.nbd_sockets.iter().find(|(n, _)| n == resource) {
             Some((_, path)) => Ok(format!("nbd+unix:///{resource}?socket={}", path.display())),
             None => Err(fail(format!("{resource}: no NBD endpoint"))),
         }
     }
 
     fn fuse_dir(&self, i: usize) -> PathBuf {
-        self.inner.run_dir.join(format!("nbdfuse-{i}"))
+        self.inner.parts.run_dir.join(format!("nbdfuse-{i}"))
     }
 
     async fn mount_all(&self) -> Result<(), StepFailure> {
-        for i in 0..self.inner.mounts.len() {
+        for i in 0..self.inner.parts.mounts.len() {
             self.mount(i).await?;
         }
         Ok(())
     }
 
     async fn mount(&self, i: usize) -> Result<(), StepFailure> {
-        let m = &self.inner.mounts[i];
+        let m = &self.inner.parts.mounts[i];
         if is_mounted(&m.mount_point) {
             return Ok(());
         }
@@ -176,7 +170,7 @@ impl Executor {
         let (device, attached) = match m.method {
             MountMethod::KernelNbd => {
                 let dev = m.device.display().to_string();
-                if let Some((_, sock)) = self.inner.nbd_sockets.iter().find(|(n, _)| *n == m.resource) {
+                if let Some((_, sock)) = self.inner.parts.nbd_sockets.iter().find(|(n, _)| *n == m.resource) {
                     let sock = sock.display().to_string();
                     run(&["nbd-client", "-unix", &sock, &dev, "-N", &m.resource]).await?;
                 } else {
@@ -252,7 +246,7 @@ impl Executor {
 
     async fn unmount_all(&self) -> Result<(), StepFailure> {
         let mut errors = Vec::new();
-        for i in (0..self.inner.mounts.len()).rev() {
+        for i in (0..self.inner.parts.mounts.len()).rev() {
             if let Err(e) = self.unmount(i).await {
                 errors.push(e.0);
             }
@@ -265,7 +259,7 @@ impl Executor {
     }
 
     async fn unmount(&self, i: usize) -> Result<(), StepFailure> {
-        let m = &self.inner.mounts[i];
+        let m = &self.inner.parts.mounts[i];
         if is_mounted(&m.mount_point) {
             run(&["umount", &m.mount_point.display().to_string()]).await?;
         }
@@ -299,7 +293,7 @@ impl Executor {
     /// demoting at once (their I/O fails) loses nothing and lets the down order run.
     fn fail_suspended_writes(&self) -> bool {
         let mut dropped = false;
-        for (name, h) in &self.inner.resources {
+        for (name, h) in &self.inner.parts.resources {
             let st = h.watch_status().borrow().clone();
             let q = &st.replica.quorum;
             if q.enabled && !q.held && st.replica.role == blockrepl::proto::Role::Primary && st.open_clients > 0 {
@@ -321,7 +315,7 @@ impl Executor {
     }
 
     async fn service(&self, i: usize, what: &str) -> Result<(), StepFailure> {
-        let s = self.inner.services.get(i).ok_or_else(|| fail(format!("no service {i}")))?;
+        let s = self.inner.parts.services.get(i).ok_or_else(|| fail(format!("no service {i}")))?;
         if what == "stop" {
             // Quorum can go while the service stops (its last writes then hang): keep watching.
             let stop = self.service_cmd(s, what);
@@ -350,7 +344,7 @@ impl Executor {
     }
 
     async fn health(&self) -> Result<(), StepFailure> {
-        for s in &self.inner.services {
+        for s in &self.inner.parts.services {
             loop {
                 let r = match &s.kind {
                     ServiceKind::Unit(u) => run(&["systemctl", "is-active", "--quiet", u]).await.map(drop),
@@ -371,20 +365,20 @@ impl Executor {
     /// and nbdfuse detached). Returns what it did.
     pub async fn cleanup_leftovers(&self) -> Vec<String> {
         let mut done = Vec::new();
-        let leftover = self.inner.mounts.iter().enumerate().any(|(i, m)| {
+        let leftover = self.inner.parts.mounts.iter().enumerate().any(|(i, m)| {
             is_mounted(&m.mount_point) || (m.method == MountMethod::Nbdfuse && is_mounted(&self.fuse_dir(i)))
         });
         if !leftover {
             return done;
         }
-        for i in (0..self.inner.services.len()).rev() {
+        for i in (0..self.inner.parts.services.len()).rev() {
             match self.service(i, "stop").await {
-                Ok(()) => done.push(format!("stopped {}", self.inner.services[i].name)),
+                Ok(()) => done.push(format!("stopped {}", self.inner.parts.services[i].name)),
                 Err(e) => warn!(error = %e.0, "clean-up: stopping a service"),
             }
         }
-        for i in (0..self.inner.mounts.len()).rev() {
-            let mp = self.inner.mounts[i].mount_point.clone();
+        for i in (0..self.inner.parts.mounts.len()).rev() {
+            let mp = self.inner.parts.mounts[i].mount_point.clone();
             match self.unmount(i).await {
                 Ok(()) => done.push(format!("unmounted {}", mp.display())),
                 Err(e) => {
