@@ -31,6 +31,11 @@
 //!     order unwinds what was done (a step that failed or timed out counts as done: every down
 //!     step is idempotent), FAULT is held for `fault_hold`, then cleared with the priority
 //!     lowered below the peer's until this node serves again.
+//!
+//!   a "remove VIP" that failed or timed out: give-up, the down order goes on, and the step is
+//!     retried until it succeeds before the node counts as down (the VIP must never outlive
+//!     the service); a resource that turns Primary with no promotion running (one that timed
+//!     out completed late) counts as promoted and is taken down the same way.
 //! ```
 //!
 //! At most one step runs at a time and every decision is taken again after every input, so a
