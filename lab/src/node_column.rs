@@ -76,11 +76,16 @@ impl NodeColumn {
     /// that a returning main does not take the service back by itself).
     pub fn keepalived_conf(&self, name: &str) -> String {
         let prio = if name == "main" { 150 } else { 100 };
+        // Below 1 s, adverts need VRRPv3 (centiseconds), which has no authentication.
+        let (version, auth) = if self.advert < 1.0 {
+            (3, String::new())
+        } else {
+            (2, "  authentication {\n    auth_type PASS\n    auth_pass iris-lab\n  }\n".to_string())
+        };
         format!(
-            "global_defs {{\n  router_id {name}\n  vrrp_version 2\n}}\n\
+            "global_defs {{\n  router_id {name}\n  vrrp_version {version}\n}}\n\
              vrrp_instance VI_LDAP {{\n  state BACKUP\n  nopreempt\n  interface mgmt\n  virtual_router_id 50\n  \
-             priority {prio}\n  advert_int {adv}\n  authentication {{\n    auth_type PASS\n    auth_pass iris-lab\n  }}\n  \
-             virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
+             priority {prio}\n  advert_int {adv}\n{auth}  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
             adv = self.advert,
         )
     }
