@@ -461,8 +461,6 @@ pub struct Orchestrator {
     want_lease: bool,
     fence: Fence,
     fence_asked: bool,
-    /// This node was Primary while holding the fence: it may have writes the peer lacks.
-    wrote_alone: bool,
     /// The fence was released in the current in-sync episode (released once per episode even
     /// when this node does not know it holds it: a restart forgets).
     released_in_sync: bool,
@@ -513,7 +511,6 @@ impl Orchestrator {
             want_lease: false,
             fence: Fence::Released,
             fence_asked: false,
-            wrote_alone: false,
             released_in_sync: false,
             maintenance: false,
             shutdown: false,
@@ -1150,9 +1147,6 @@ impl Orchestrator {
                 self.lease_until = None;
             }
         }
-        if primary && self.fence == Fence::Held {
-            self.wrote_alone = true;
-        }
         // The fence: a Primary whose writes do not reach the peer takes it before it
         // acknowledges anything alone; a node about to promote without its peer takes it.
         let need_fence = (primary && !self.repl.peer_replicating())
@@ -1161,20 +1155,20 @@ impl Orchestrator {
             self.fence_asked = true;
             self.actions.push_back(Action::AcquireFence);
         }
-        // Release it when both disks are the same again (once per in-sync episode, whatever
-        // this node believes: after a restart it does not know it holds it), or when this node
-        // took it to promote but never wrote as Primary with it.
+        // Release it only when both disks are the same again (once per in-sync episode,
+        // whatever this node believes: after a restart it does not know it holds it). Not
+        // earlier, even when this node took it only to promote and never wrote: a node that
+        // restarted cannot tell that from "it wrote alone before the crash" — it asks for the
+        // fence again, the witness grants it (it is still its holder), and releasing it then
+        // let the peer promote without those writes (simulation seed 238705).
         let in_sync = self.repl.in_sync();
         if !in_sync {
             self.released_in_sync = false;
         }
-        let release = (in_sync && !self.released_in_sync)
-            || (self.fence == Fence::Held && !self.wrote_alone && !need_fence && !primary);
-        if release {
-            self.released_in_sync = in_sync;
+        if in_sync && !self.released_in_sync {
+            self.released_in_sync = true;
             self.fence = Fence::Released;
             self.fence_asked = false;
-            self.wrote_alone = false;
             self.actions.push_back(Action::ReleaseFence);
         }
     }

@@ -517,3 +517,30 @@ fn a_promotion_that_completes_after_its_timeout_is_demoted() {
     t.answer(true);
     assert_eq!(t.o.status().repl.role, Role::Secondary);
 }
+
+/// Found by the simulation (seed 238705): a Primary wrote alone under the fence and crashed;
+/// restarted, it wanted to promote alone, asked for the fence and got it (the witness still
+/// had it as the holder), then gave up — and released it as "taken to promote, never written
+/// with", which let the peer promote without the writes. The fence goes only when both disks
+/// are equal again.
+#[test]
+fn a_fence_got_back_after_a_restart_is_kept_until_the_disks_are_equal() {
+    let mut t = T::new(cfg(), alone(Role::Secondary));
+    t.vrrp(VrrpState::Master);
+    t.o.handle_lease(t.now, Some(t.now + Duration::from_secs(2)));
+    t.drain();
+    assert!(t.log.contains(&Action::AcquireFence));
+    // The witness answers after the quorum wait ended: the node gave up meanwhile.
+    t.advance(501 * MS);
+    assert!(t.log.iter().any(|a| matches!(a, Action::ForceFault { reason } if reason.contains("no quorum"))));
+    t.vrrp(VrrpState::Fault);
+    t.o.handle_fence(t.now, Fence::Held);
+    t.drain();
+    t.advance(Duration::from_secs(2));
+    assert!(!t.log.contains(&Action::ReleaseFence), "released while this node may have writes the peer lacks");
+    // The peer is back and both disks are equal: now it goes.
+    t.repl = connected(Role::Secondary, Role::Secondary);
+    t.o.handle_repl(t.now, t.repl);
+    t.drain();
+    assert!(t.log.contains(&Action::ReleaseFence));
+}
