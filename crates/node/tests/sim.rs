@@ -36,8 +36,9 @@
 //! - a host holding the VIP (VRRP Master and the orchestrator allowed the VIP) has promoted and
 //!   mounted;
 //! - never two hosts acknowledging writes in the same period: when a host acknowledges a write,
-//!   every other host's last acknowledgement happened before this host's current Primary tenure
-//!   began;
+//!   the other host's last acknowledgement without its peer happened before this host's current
+//!   Primary tenure began (one with the peer is on this host's disk since before its promotion:
+//!   a frozen old primary may still deliver it late, and the lost-write checks cover it);
 //! - no acknowledged write lost: a host that is promoted, and a host that acknowledges a write,
 //!   has every write acknowledged so far on its disk (per block, the newest acknowledged write id
 //!   or a newer one);
@@ -186,7 +187,10 @@ struct Host {
     reqs: HashMap<u64, u64>,
     backup: Option<u64>,
     tenure_start: Option<Instant>,
-    last_ack: Option<Instant>,
+    /// The last write this host acknowledged without its peer. (A write acknowledged with the
+    /// peer is on the peer's disk since before the peer could promote: a frozen old primary
+    /// may still acknowledge it late, after the peer took over, and nothing is lost or forked.)
+    last_ack_alone: Option<Instant>,
     role: Role,
     /// Demote with kill_openers waiting for the writes in flight to drain.
     force_demote: Option<(u64, Instant)>,
@@ -412,7 +416,7 @@ impl Host {
             reqs: HashMap::new(),
             backup: None,
             tenure_start: None,
-            last_ack: None,
+            last_ack_alone: None,
             role: Role::Secondary,
             force_demote: None,
         }
@@ -1015,12 +1019,13 @@ impl World {
         if id != req || now >= deadline {
             return;
         }
-        // Never two hosts acknowledging in the same period.
+        // Never two hosts acknowledging in the same period: the other host's last write
+        // acknowledged alone came before this host's tenure began.
         let tenure = self.hosts[i].tenure_start.expect("an acknowledging host is Primary");
-        if let Some(t) = self.hosts[1 - i].last_ack {
+        if let Some(t) = self.hosts[1 - i].last_ack_alone {
             assert!(
                 t < tenure,
-                "host {i} acknowledges write {req} in a tenure that began before host {}'s last ack",
+                "host {i} acknowledges write {req} in a tenure that began before host {}'s last ack alone",
                 1 - i
             );
         }
@@ -1030,7 +1035,9 @@ impl World {
         if let Some(k) = (0..BLOCKS as usize).find(|&k| self.hosts[i].disk[k] < self.acked_max[k]) {
             panic!("host {i} acknowledges write {req} but lacks acknowledged write {} (block {k})", self.acked_max[k]);
         }
-        self.hosts[i].last_ack = Some(now);
+        if !with_peer {
+            self.hosts[i].last_ack_alone = Some(now);
+        }
         self.acked_max[b] = self.acked_max[b].max(req);
         self.acked += 1;
         self.acked_by[i] += 1;
@@ -1211,9 +1218,9 @@ impl World {
         let now = self.now;
         let h = &self.hosts[i];
         let (meta, disk, inc) = (h.meta.clone(), h.disk.clone(), h.inc + 1);
-        let last_ack = h.last_ack;
+        let last_ack = h.last_ack_alone;
         self.hosts[i] = Host::new(i, self.key, self.seed, now, meta, disk, inc);
-        self.hosts[i].last_ack = last_ack;
+        self.hosts[i].last_ack_alone = last_ack;
         self.trace(&format!("host {i} restarts"));
         self.witness_check(i);
         self.pump(i);
