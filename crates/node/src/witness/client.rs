@@ -113,6 +113,10 @@ struct Res {
     until: Option<Instant>,
     in_flight: VecDeque<InFlight>,
     next_send: Option<Instant>,
+    /// A release not yet answered: sent again every retry interval and after a reconnection,
+    /// so that a release lost with a connection does not leave the resource held (a fence for
+    /// 30 days) at the witness.
+    releasing: bool,
 }
 
 /// The client of one node, for any number of resources.
@@ -162,23 +166,14 @@ impl LeaseClient {
         }
         r.want = want;
         if want {
+            r.releasing = false;
             r.next_send = Some(now);
         } else {
-            r.next_send = None;
+            r.next_send = Some(now);
+            r.releasing = true;
             r.in_flight.clear();
             if r.until.take().is_some() {
                 self.events.push_back(Event::Lost { resource: resource.to_owned(), reason: LostReason::Released });
-            }
-            if self.connected {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.out.push_back(Repr::Request {
-                    kind: RequestKind::Release,
-                    seq,
-                    ttl_ms: 0,
-                    resource: resource.to_owned(),
-                    node: self.cfg.node.clone(),
-                });
             }
         }
         self.handle_timeout(now);
@@ -187,7 +182,7 @@ impl LeaseClient {
     /// Call when an authenticated connection to the witness is up.
     pub fn handle_connected(&mut self, now: Instant) {
         self.connected = true;
-        for r in self.res.values_mut().filter(|r| r.want) {
+        for r in self.res.values_mut().filter(|r| r.want || r.releasing) {
             r.next_send = Some(now);
         }
         self.handle_timeout(now);
@@ -222,7 +217,14 @@ impl LeaseClient {
             }
         }
         let Some(req) = req else { return };
-        if req.kind == RequestKind::Release || !r.want {
+        if req.kind == RequestKind::Release {
+            if !r.want {
+                r.releasing = false;
+                r.next_send = None;
+            }
+            return;
+        }
+        if !r.want {
             return;
         }
         match reply {
@@ -273,17 +275,27 @@ impl LeaseClient {
                 r.until = None;
                 self.events.push_back(Event::Lost { resource: name.clone(), reason: LostReason::Expired });
             }
-            if !(self.connected && r.want && r.next_send.is_some_and(|t| t <= now)) {
+            if !(self.connected && (r.want || r.releasing) && r.next_send.is_some_and(|t| t <= now)) {
                 continue;
             }
-            let kind = if r.until.is_some() { RequestKind::Renew } else { RequestKind::Acquire };
+            let kind = if !r.want {
+                RequestKind::Release
+            } else if r.until.is_some() {
+                RequestKind::Renew
+            } else {
+                RequestKind::Acquire
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
             if r.in_flight.len() == MAX_IN_FLIGHT {
                 r.in_flight.pop_front();
             }
             r.in_flight.push_back(InFlight { seq, sent: now, kind });
-            let ttl_ms = u32::try_from(self.cfg.ttl.as_millis()).unwrap_or(u32::MAX);
+            let ttl_ms = if kind == RequestKind::Release {
+                0
+            } else {
+                u32::try_from(self.cfg.ttl.as_millis()).unwrap_or(u32::MAX)
+            };
             self.out.push_back(Repr::Request {
                 kind,
                 seq,
@@ -291,7 +303,7 @@ impl LeaseClient {
                 resource: name.clone(),
                 node: self.cfg.node.clone(),
             });
-            let every = if r.until.is_some() { self.cfg.renew_interval } else { self.cfg.retry_interval };
+            let every = if r.want && r.until.is_some() { self.cfg.renew_interval } else { self.cfg.retry_interval };
             r.next_send = Some(now + every.max(Duration::from_millis(1)));
         }
     }
@@ -311,7 +323,11 @@ impl LeaseClient {
     /// When to call [`LeaseClient::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.res.values().flat_map(|r| [r.until, r.next_send.filter(|_| self.connected && r.want)]).flatten().min()
+        self.res
+            .values()
+            .flat_map(|r| [r.until, r.next_send.filter(|_| self.connected && (r.want || r.releasing))])
+            .flatten()
+            .min()
     }
 
     /// Until when the lease on `resource` may be relied on, if it is held at `now`. This looks
@@ -477,6 +493,42 @@ mod tests {
         c.handle_reply(t1, &Repr::Released { seq: seq_of(&out[0]), was_holder: true });
         assert_eq!(c.lease_until(t1, "r0"), None);
         assert_eq!(c.poll_timeout(), None, "nothing more to do");
+    }
+
+    #[test]
+    fn a_release_is_sent_again_until_answered_also_after_a_reconnection() {
+        let t0 = Instant::now();
+        let mut c = client("main");
+        c.handle_connected(t0);
+        c.want(t0, "r0.fence", true);
+        let out = sent(&mut c);
+        c.handle_reply(t0, &Repr::Granted { seq: seq_of(&out[0]), ttl_ms: 3000 });
+        c.want(t0, "r0.fence", false);
+        let first = sent(&mut c);
+        assert!(matches!(&first[..], [Repr::Request { kind: RequestKind::Release, ttl_ms: 0, .. }]), "{first:?}");
+        // The connection breaks before the answer: the release goes again on the next one.
+        c.handle_disconnected(t0);
+        let t1 = t0 + Duration::from_secs(5);
+        c.handle_timeout(t1);
+        assert!(sent(&mut c).is_empty(), "nothing is sent while disconnected");
+        c.handle_connected(t1);
+        let again = sent(&mut c);
+        assert!(matches!(&again[..], [Repr::Request { kind: RequestKind::Release, .. }]), "{again:?}");
+        // Unanswered: sent again after the retry interval (the shell wakes for it).
+        let t2 = t1 + c.config().retry_interval;
+        assert_eq!(c.poll_timeout(), Some(t2));
+        c.handle_timeout(t2);
+        let third = sent(&mut c);
+        assert!(matches!(&third[..], [Repr::Request { kind: RequestKind::Release, .. }]), "{third:?}");
+        // Answered: done, nothing more to send.
+        c.handle_reply(t2, &Repr::Released { seq: seq_of(&third[0]), was_holder: true });
+        assert_eq!(c.poll_timeout(), None);
+        c.handle_timeout(t2 + Duration::from_secs(60));
+        assert!(sent(&mut c).is_empty());
+        // Wanting it again starts an acquisition, not a release.
+        c.want(t2, "r0.fence", true);
+        let acq = sent(&mut c);
+        assert!(matches!(&acq[..], [Repr::Request { kind: RequestKind::Acquire, .. }]), "{acq:?}");
     }
 
     #[test]
