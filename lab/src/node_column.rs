@@ -366,10 +366,10 @@ impl Failover for NodeColumn {
                         m.insert((*n).to_string(), s.clone());
                     }
                     format!(
-                    "{n}: {} {} {}",
-                    s["phase"].as_str().unwrap_or("?"),
-                    s["vrrp_state"].as_str().unwrap_or("?"),
-                    s["resources"][0]["role"].as_str().unwrap_or("?")
+                        "{n}: {} {} {}",
+                        s["phase"].as_str().unwrap_or("?"),
+                        s["vrrp_state"].as_str().unwrap_or("?"),
+                        s["resources"][0]["role"].as_str().unwrap_or("?")
                     )
                 }
                 None => format!("{n}: not answering"),
@@ -425,6 +425,10 @@ impl crate::Step for NodeDrill {
         // Main's daemon back: it cleans up what the killed one left, and becomes Secondary.
         col.start_node(lab, &stack, "main")?;
         col.wait_phase(&stack, "main", "idle", Duration::from_secs(30))?;
+        // What the killed daemon left on main is gone: the VIP (else two hosts answer ARP for
+        // it) and slapd on the dead volume.
+        ensure!(!crate::steps::has_addr(lab, "main", "mgmt", VIP), "main still has the VIP after its daemon restarted");
+        ensure!(stack.host("main").slapd_running().is_none(), "main's slapd still runs after its daemon restarted");
         wait::until(Duration::from_secs(30), "main's disk UpToDate again", || {
             col.status_of(&stack, "main").is_some_and(|s| {
                 s["resources"][0]["disk"] == "UpToDate" && s["resources"][0]["replication"] == "Established"
