@@ -25,7 +25,7 @@
 //! client renews the fence (a long TTL) every `TTL / 3`, so that a restarted witness learns it
 //! back during its grace; a fence release is resent until the witness answered it; after a
 //! split brain the fence holder reconnects as the source (Primary or not) and a Secondary
-//! without it discards its changes.
+//! discards its changes only once the witness said its peer holds the fence.
 //!
 //! One case is out of the contract and not injected (counted in `chaos_skipped`): the witness
 //! keeps nothing on disk, so it forgets a fence when it restarts while the fence's holder
@@ -563,24 +563,28 @@ impl World {
     }
 
     /// After a split brain (both wrote since they parted; the replica went StandAlone), the
-    /// shell reconnects as `rempart-node` does: the fence says whose writes may have been
-    /// acknowledged (only its holder acknowledges without the peer), so its holder reconnects
-    /// as the source, Primary or not, and a Secondary without it discards its changes; a
-    /// Primary without it waits for its down order. The lost-write checks judge the rule. (When
-    /// the holder restarted, it no longer knows it holds the fence: both discard, blockrepl
-    /// refuses, and the pair stays StandAlone for the operator: `ended_standalone`.)
+    /// shell reconnects: the fence says whose writes may have been acknowledged (only its
+    /// holder acknowledges without the peer), so its holder reconnects as the source, Primary
+    /// or not, and a Secondary discards its changes once the witness said the peer holds the
+    /// fence; otherwise it waits (a holder that restarted does not know it holds the fence
+    /// until it asks again). The lost-write checks judge the rule; pairs left StandAlone for
+    /// the operator are counted (`ended_standalone`).
     fn after_split_brain(&mut self, i: usize, st: &blockrepl::proto::Status) -> bool {
         let h = &mut self.hosts[i];
         if st.connection != blockrepl::proto::ConnState::StandAlone || st.split_brains <= h.split_brains_handled {
             return false;
         }
         let fence = h.wit.fence.lease_until(self.now, FENCE).is_some();
-        let discard = match (st.role, fence) {
+        let peer_holds = matches!(h.orch.status().fence, Fence::Refused { .. });
+        let discard = match (st.role, fence, peer_holds) {
             // The fence holder's writes may have been acknowledged: it is the source, Primary
             // or not (a Primary that gave up and demoted keeps the fence until both disks
             // are equal again).
-            (_, true) => false,
-            (Role::Secondary, false) => true,
+            (_, true, _) => false,
+            // Discard only when the witness said the peer holds it: a node that restarted
+            // does not know it holds the fence, and discarding then lost its writes (seed
+            // 308519). Undecided: wait (for the witness's answer, or the operator).
+            (Role::Secondary, false, true) => true,
             _ => return false,
         };
         h.split_brains_handled = st.split_brains;
