@@ -5,7 +5,7 @@
 //!  owner ── want(r, bool) ──▶ ┌──────────── driver task ─────────────┐ ── watch: Option<Instant> ──▶ owner,
 //!                             │ LeaseClient (sans-IO) ⇄ Session ⇄ TCP │    replication core (ack gate)
 //!                             └───────────────────────────────────────┘
-//!  dial (timeout) ─ fail ─▶ back off 0.2 s … 5 s; a wrong secret is logged once, then counted at debug
+//!  dial (timeout) ─ fail ─▶ back off 0.2 s … min(5 s, retry interval); a wrong secret is logged once, then counted at debug
 //!  a request unanswered for `request_timeout` ─▶ the connection is dropped and dialled again
 //! ```
 //!
@@ -455,7 +455,10 @@ impl Driver {
             debug!(failures = self.auth_failures, "witness: {msg}");
         }
         self.next_dial = now + self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        // Never slower than the lease's retry interval: a restarted witness gives the holders
+        // of leases and fences one ttl (its start-up grace) to renew them back.
+        let max = BACKOFF_MAX.min(self.cfg.lease.retry_interval).max(BACKOFF_MIN);
+        self.backoff = (self.backoff * 2).min(max);
     }
 
     fn events(&mut self) {
