@@ -367,41 +367,12 @@ impl Stack {
     /// alerts run on real series. Then runs the runner once (create, check, restore-test) and
     /// returns its report.
     pub fn start_backups(&mut self, lab: &Lab) -> anyhow::Result<serde_json::Value> {
-        use std::process::Command;
         let bin = sibling_binary("rempart-backup")?;
         let dir = self.dir.join("backup");
         let (ssh, srv, source) = (dir.join("ssh"), dir.join("srv"), dir.join("main-data"));
-        for d in [&ssh, &srv] {
-            std::fs::create_dir_all(d)?;
-        }
-        std::fs::create_dir_all("/run/sshd")?;
         crate::steps::generate_tree(&source, 2)?;
-        for k in ["hostkey", "main_key"] {
-            let out =
-                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(ssh.join(k)).output()?;
-            anyhow::ensure!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let pubkey = std::fs::read_to_string(ssh.join("main_key.pub"))?;
-        std::fs::write(
-            ssh.join("authorized_keys"),
-            format!(
-                "command=\"{} serve --restrict-to-path {}\",restrict {}\n",
-                bin.display(),
-                srv.display(),
-                pubkey.trim()
-            ),
-        )?;
         let backup_ip = mgmt("backup")?;
-        std::fs::write(
-            ssh.join("sshd_config"),
-            format!(
-                "Port 22\nListenAddress {backup_ip}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
-                 LogLevel ERROR\n",
-                ssh.join("hostkey").display(),
-                ssh.join("authorized_keys").display()
-            ),
-        )?;
+        crate::steps::backup_sshd_files(&ssh, &srv, &bin, backup_ip)?;
         let args = ["-D", "-e", "-f"]
             .map(String::from)
             .into_iter()

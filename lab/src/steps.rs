@@ -69,6 +69,47 @@ impl Step for Reachability {
     }
 }
 
+/// The backup host's sshd files for a client restricted to `rempart-backup serve` under `srv`:
+/// a host key and the client's key in `ssh`, `authorized_keys` with the forced command, and an
+/// `sshd_config` listening on `listen` (port 22) with nothing but that key. Used by the drill's
+/// backup step and the monitoring lab.
+pub fn backup_sshd_files(
+    ssh: &std::path::Path,
+    srv: &std::path::Path,
+    bin: &std::path::Path,
+    listen: &str,
+) -> anyhow::Result<()> {
+    use std::process::Command;
+    std::fs::create_dir_all(ssh)?;
+    std::fs::create_dir_all(srv)?;
+    std::fs::create_dir_all("/run/sshd")?;
+    for k in ["hostkey", "main_key"] {
+        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(ssh.join(k)).output()?;
+        anyhow::ensure!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pubkey = std::fs::read_to_string(ssh.join("main_key.pub"))?;
+    std::fs::write(
+        ssh.join("authorized_keys"),
+        format!(
+            "command=\"{} serve --restrict-to-path {}\",restrict {}\n",
+            bin.display(),
+            srv.display(),
+            pubkey.trim()
+        ),
+    )?;
+    std::fs::write(
+        ssh.join("sshd_config"),
+        format!(
+            "Port 22\nListenAddress {listen}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+             LogLevel ERROR\n",
+            ssh.join("hostkey").display(),
+            ssh.join("authorized_keys").display()
+        ),
+    )?;
+    Ok(())
+}
+
 /// Finds a binary built alongside this one (`target/<profile>/NAME`), also from a test binary in
 /// `target/<profile>/deps/`.
 pub fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -330,7 +371,6 @@ impl Step for BackupRestore {
     }
 
     fn run(&mut self, lab: &mut Lab) -> anyhow::Result<String> {
-        use std::process::Command;
         use std::time::Instant;
 
         let bin = sibling_binary("rempart-backup")?;
@@ -344,35 +384,8 @@ impl Step for BackupRestore {
         // backup: sshd on its management address, the client key forced to `serve`.
         let ssh = dir.join("ssh");
         let srv = dir.join("backup-srv");
-        std::fs::create_dir_all(&ssh)?;
-        std::fs::create_dir_all(&srv)?;
-        std::fs::create_dir_all("/run/sshd")?;
-        for k in ["hostkey", "main_key"] {
-            let out =
-                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(ssh.join(k)).output()?;
-            anyhow::ensure!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let pubkey = std::fs::read_to_string(ssh.join("main_key.pub"))?;
-        std::fs::write(
-            ssh.join("authorized_keys"),
-            format!(
-                "command=\"{} serve --restrict-to-path {}\",restrict {}\n",
-                bin.display(),
-                srv.display(),
-                pubkey.trim()
-            ),
-        )?;
         let backup_ip = crate::host("backup").context("backup host")?.mgmt;
-        std::fs::write(
-            ssh.join("sshd_config"),
-            format!(
-                "Port 22\nListenAddress {backup_ip}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
-                 LogLevel ERROR\n",
-                ssh.join("hostkey").display(),
-                ssh.join("authorized_keys").display()
-            ),
-        )?;
+        backup_sshd_files(&ssh, &srv, &bin, backup_ip)?;
         let mut c = lab.cmd("backup", "/usr/sbin/sshd");
         // (-e: errors to stderr, silenced: the readiness probe's bare connects are "errors")
         c.args(["-D", "-e", "-f"]).arg(ssh.join("sshd_config")).stderr(std::process::Stdio::null());
