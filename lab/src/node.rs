@@ -76,10 +76,17 @@ dn: ou=groups,dc=iris,dc=local\nobjectClass: organizationalUnit\nou: groups\n";
 
 /// A command that runs `program` inside `host`'s network namespace but in the test's own mount
 /// namespace (`ip netns exec` alone gives the command a private one: a mount made there would be
-/// invisible to the teardown and to the other host's processes).
+/// invisible to the teardown and to the other host's processes). The root and working directory
+/// are the test's too: entering a mount namespace resets both to the namespace's, which is not
+/// the test's when it runs under chroot (scripts/fresh-root).
 pub fn in_our_mounts(lab: &Lab, host: &str, program: &str) -> Command {
+    let me = std::process::id();
     let mut c = lab.cmd(host, "nsenter");
-    c.arg(format!("--mount=/proc/{}/ns/mnt", std::process::id())).arg("--").arg(program);
+    c.arg(format!("--mount=/proc/{me}/ns/mnt"))
+        .arg(format!("--root=/proc/{me}/root"))
+        .arg(format!("--wd=/proc/{me}/cwd"))
+        .arg("--")
+        .arg(program);
     c
 }
 
