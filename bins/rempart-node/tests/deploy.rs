@@ -37,7 +37,13 @@ fn units_verify_are_notify_with_a_watchdog_and_their_command_lines_parse() {
         let args: Vec<String> = words[1..]
             .iter()
             .map(|w| if w.ends_with(".toml") { missing.display().to_string() } else { (*w).to_string() })
-            .map(|w| if w.starts_with("/run/") || w.starts_with("/var/lib/") { d.path().join("x").display().to_string() } else { w })
+            .map(|w| {
+                if w.starts_with("/run/") || w.starts_with("/var/lib/") {
+                    d.path().join("x").display().to_string()
+                } else {
+                    w
+                }
+            })
             .collect();
         let out = Command::new(BIN).args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -45,7 +51,8 @@ fn units_verify_are_notify_with_a_watchdog_and_their_command_lines_parse() {
         assert!(err.contains("missing.toml"), "{name}: {err}");
         let f = d.path().join(name);
         std::fs::write(&f, text.replace(words[0], BIN)).unwrap();
-        let out = Command::new("systemd-analyze").arg("verify").arg(&f).output().expect("systemd-analyze (package systemd)");
+        let out =
+            Command::new("systemd-analyze").arg("verify").arg(&f).output().expect("systemd-analyze (package systemd)");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify {name}: {}\n{err}", out.status);
     }
@@ -55,7 +62,8 @@ fn recv_until(sock: &UnixDatagram, want: &str, limit: Duration, seen: &mut Vec<S
     let end = Instant::now() + limit;
     let mut buf = [0u8; 512];
     while Instant::now() < end {
-        sock.set_read_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
+        sock.set_read_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
             let m = String::from_utf8_lossy(&buf[..n]).into_owned();
             let hit = m.lines().any(|l| l == want);
@@ -96,6 +104,9 @@ fn the_witness_notifies_ready_watchdog_and_stopping() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let stopping = recv_until(&sock, "STOPPING=1", Duration::from_secs(5), &mut seen);
     let status = child.wait().unwrap();
-    assert!(ready && listening && watchdog && stopping, "ready {ready} listening {listening} watchdog {watchdog} stopping {stopping}: {seen:?}");
+    assert!(
+        ready && listening && watchdog && stopping,
+        "ready {ready} listening {listening} watchdog {watchdog} stopping {stopping}: {seen:?}"
+    );
     assert!(status.success(), "{status}");
 }
