@@ -6,38 +6,22 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use blockrepl::io::{store_meta, Admin, LinkConfig};
-use blockrepl::meta::Meta;
+use blockrepl::io::Admin;
 use blockrepl::metrics::ReplMetrics;
-use blockrepl::proto::{auth_key, Config, ConnState, DiskState, OnNoQuorum, ReplState, Role};
-use blockrepl::resource::{Resource, ResourceSpec, ResourceStatus};
+use blockrepl::proto::{ConnState, DiskState, OnNoQuorum, ReplState, Role};
+use blockrepl::resource::{Resource, ResourceSpec};
 use blockrepl::store::BlockStore;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 
-const SIZE: u64 = 1 << 20;
+mod common;
+use common::until;
 
+/// Node `who` of the pair, with the quorum gate `quorum`, no NBD endpoint.
 fn spec(dir: &std::path::Path, who: &str, dial: Option<SocketAddr>, quorum: Option<OnNoQuorum>) -> ResourceSpec {
-    let disk = dir.join(format!("{who}.img"));
-    std::fs::File::create(&disk).unwrap().set_len(SIZE).unwrap();
-    let meta = dir.join(format!("{who}.md"));
-    store_meta(&meta, &Meta::fresh(SIZE)).unwrap();
-    let mut cfg = Config::new(auth_key(b"metrics test"), dial.is_some(), if dial.is_some() { 7 } else { 8 });
-    cfg.peer_timeout = Duration::from_secs(2);
-    cfg.quorum = quorum;
-    ResourceSpec {
-        name: "r0".into(),
-        replica: cfg,
-        disk,
-        meta,
-        link: LinkConfig { listen: "127.0.0.1:0".parse().unwrap(), dial },
-        nbd: None,
-    }
-}
-
-async fn until(rx: &mut watch::Receiver<ResourceStatus>, what: &str, f: impl Fn(&ResourceStatus) -> bool) {
-    let ok = matches!(tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| f(s))).await, Ok(Ok(_)));
-    assert!(ok, "timed out waiting for {what}: {:?}", *rx.borrow());
+    let mut s = common::spec(dir, who, dial);
+    s.replica.quorum = quorum;
+    s.nbd = None;
+    s
 }
 
 /// The samples of `r0` in one registry: family name → value.

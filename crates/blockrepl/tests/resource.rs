@@ -6,39 +6,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use blockrepl::io::{load_meta, store_meta, LinkConfig};
-use blockrepl::meta::Meta;
+use blockrepl::io::load_meta;
 use blockrepl::nbd::wire::{opt, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT};
-use blockrepl::proto::{auth_key, Config, ConnState, DiskState, ReplState, Role};
-use blockrepl::resource::{Culprit, Error, Refusal, Resource, ResourceSpec, ResourceStatus};
+use blockrepl::proto::{ConnState, DiskState, ReplState, Role};
+use blockrepl::resource::{Culprit, Error, Refusal, Resource};
 use blockrepl::store::BlockStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
-const SIZE: u64 = 1 << 20;
-
-fn spec(dir: &std::path::Path, who: &str, dial: Option<SocketAddr>) -> ResourceSpec {
-    let disk = dir.join(format!("{who}.img"));
-    std::fs::File::create(&disk).unwrap().set_len(SIZE).unwrap();
-    let meta = dir.join(format!("{who}.md"));
-    store_meta(&meta, &Meta::fresh(SIZE)).unwrap();
-    let mut cfg = Config::new(auth_key(b"resource test"), dial.is_some(), if dial.is_some() { 7 } else { 8 });
-    cfg.peer_timeout = Duration::from_secs(2);
-    ResourceSpec {
-        name: "r0".into(),
-        replica: cfg,
-        disk,
-        meta,
-        link: LinkConfig { listen: "127.0.0.1:0".parse().unwrap(), dial },
-        nbd: Some(blockrepl::config::NbdEndpoint::Tcp("127.0.0.1:0".parse().unwrap())),
-    }
-}
-
-/// Waits (bounded) until the published status satisfies `f`.
-async fn until(rx: &mut watch::Receiver<ResourceStatus>, what: &str, f: impl Fn(&ResourceStatus) -> bool) {
-    let ok = matches!(tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| f(s))).await, Ok(Ok(_)));
-    assert!(ok, "timed out waiting for {what}: {:?}", *rx.borrow());
-}
+mod common;
+use common::{spec, until, SIZE};
 
 /// An NBD client that enters its transmission phase (and so opens the device).
 async fn nbd_open(addr: SocketAddr) -> tokio::net::TcpStream {
