@@ -754,6 +754,8 @@ impl Shell {
                 "direction": direction_label(t.direction),
                 "reason": t.reason,
                 "started_ago_s": secs(now.saturating_duration_since(t.started)),
+                // Wall clock, for comparing with other hosts' logs and a lab's fault time.
+                "started_unix": unix_now() - now.saturating_duration_since(t.started).as_secs_f64(),
                 "duration_s": t.ended.map(|e| secs(e.saturating_duration_since(t.started))),
                 "steps": t.steps.iter().map(|r| json!({
                     "step": r.step.to_string(),
