@@ -40,6 +40,9 @@ pub struct NodeColumn {
     /// Each node's status document as [`Failover::describe`] last saw it (the bench reads the
     /// take-over's steps from it after `run_fault` dropped the column).
     pub last_status: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Value>>>,
+    /// Where the witness serves its metrics (`--metrics-listen`), if anywhere (the monitoring
+    /// lab scrapes it on the monitoring host's :9106).
+    pub witness_metrics: Option<String>,
     nodes: std::collections::BTreeMap<String, Proc>,
     witness: Option<Proc>,
     dir: PathBuf,
@@ -54,6 +57,7 @@ impl NodeColumn {
             ttl: LEASE,
             backup: false,
             last_status: Default::default(),
+            witness_metrics: None,
             nodes: Default::default(),
             witness: None,
             dir: PathBuf::new(),
@@ -247,6 +251,25 @@ impl NodeColumn {
         }
     }
 
+    /// Starts the witness on the monitoring host with `secret_file` (after killing the one that
+    /// runs, if any): the column's own `witness.secret`, or another one so that the nodes cannot
+    /// authenticate (a witness that answers but that no node can use).
+    pub fn start_witness(&mut self, lab: &Lab, secret_file: &std::path::Path) -> anyhow::Result<()> {
+        if let Some(mut w) = self.witness.take() {
+            w.kill();
+        }
+        let mut c = lab.cmd("monitoring", &self.bin.to_string_lossy());
+        c.args(["witness", "--listen", WITNESS, "--secret-file"]).arg(secret_file);
+        c.args(["--max-ttl", &self.ttl.as_secs_f64().to_string(), "--run-dir"]).arg(self.dir.join("witness-run"));
+        if let Some(m) = &self.witness_metrics {
+            c.args(["--metrics-listen", m]);
+        }
+        c.env("RUST_LOG", "info").stdout(Stdio::null());
+        c.stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("witness.log"))?);
+        self.witness = Some(lab.spawn("monitoring", c)?);
+        Ok(())
+    }
+
     /// The logs of the column, for failure messages.
     pub fn logs(&self, stack: &Stack) -> String {
         let mut s = String::new();
@@ -314,14 +337,8 @@ impl Failover for NodeColumn {
             let out = Command::new(&self.bin).args(["check-config", "-c"]).arg(h.dir.join("node.toml")).output()?;
             ensure!(out.status.success(), "check-config {n}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let mon = host("monitoring").context("no monitoring host")?;
-        let _ = mon;
-        let mut c = lab.cmd("monitoring", &self.bin.to_string_lossy());
-        c.args(["witness", "--listen", WITNESS, "--secret-file"]).arg(self.dir.join("witness.secret"));
-        c.args(["--max-ttl", &self.ttl.as_secs_f64().to_string(), "--run-dir"]).arg(self.dir.join("witness-run"));
-        c.env("RUST_LOG", "info").stdout(Stdio::null());
-        c.stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("witness.log"))?);
-        self.witness = Some(lab.spawn("monitoring", c)?);
+        let secret = self.dir.join("witness.secret");
+        self.start_witness(lab, &secret)?;
         self.start_node(lab, stack, "main")?;
         self.start_node(lab, stack, "backup")?;
         // The witness grants nothing during its start-up grace (one max ttl); main then takes
