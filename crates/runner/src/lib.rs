@@ -88,7 +88,7 @@ pub use observe::{Event, Level, Observer, Tracing};
 pub use passphrase::{PassphraseError, PassphraseSource};
 pub use report::{ActionOutcome, ActionReport, CreateReport, CreateStats, Outcome, RepoReport, Report};
 pub use restore_test::{restore_test, RestoreTestError, RestoreTestReport};
-pub use run::{format_size, run, run_async, Prompt, RunError, RunOptions};
+pub use run::{format_size, newest_archives, run, run_async, NewestArchive, Prompt, RepoNewest, RunError, RunOptions};
 
 /// What a run does (borgmatic's action names), always in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

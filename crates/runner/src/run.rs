@@ -355,6 +355,72 @@ pub async fn run_async(configs: Arc<Vec<Loaded>>, opts: RunOptions, cancel: Canc
     }
 }
 
+/// The newest complete archive of a repository (see [`newest_archives`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestArchive {
+    /// Its name.
+    pub name: String,
+    /// When its backup started (the archive time).
+    pub start: DateTime<Utc>,
+    /// When its backup ended.
+    pub end: DateTime<Utc>,
+}
+
+/// One repository's answer in [`newest_archives`].
+#[derive(Debug)]
+pub struct RepoNewest {
+    /// The configuration file naming the repository.
+    pub configuration_filename: String,
+    /// Its label (or location).
+    pub label: String,
+    /// Its location.
+    pub location: String,
+    /// The newest complete archive (`None`: the repository holds none), or why the repository
+    /// could not be read.
+    pub newest: Result<Option<NewestArchive>, RunError>,
+}
+
+/// For each repository of `configs` (only `opts.repository` if set): its newest complete
+/// archive, whatever its name, checkpoints (`NAME.checkpoint`) left out. Blocking; runs no
+/// hook and writes nothing; the passphrase comes from the same sources as [`run`]'s.
+///
+/// `rempart-node` reads it when a node is told to serve, so that the next primary continues
+/// the schedule of the runs its peer made (their archives may be named after the peer's host,
+/// hence no name filter).
+pub fn newest_archives(configs: &[Loaded], opts: &RunOptions) -> Vec<RepoNewest> {
+    let cancel = Cancel::new();
+    let ctx = Ctx { opts, actions: Vec::new(), cancel: &cancel };
+    let mut out = Vec::new();
+    for c in configs {
+        for (spec, loc) in &c.repositories {
+            if opts.repository.as_ref().is_some_and(|r| *r != spec.path && r != spec.name()) {
+                continue;
+            }
+            let newest = (|| -> Result<Option<NewestArchive>, RunError> {
+                let (repo, _) = open(&ctx, c, loc)?;
+                let Some(e) =
+                    commands::list_archives(&repo)?.into_iter().rfind(|a| !dedupstore::prune::is_checkpoint(&a.name))
+                else {
+                    return Ok(None);
+                };
+                let (e, meta) = commands::archive_info(&repo, &e.name)?;
+                Ok(Some(NewestArchive {
+                    name: e.name,
+                    start: commands::time_of(e.time),
+                    end: commands::time_of(meta.time_end.max(e.time)),
+                }))
+            })();
+            out.push(RepoNewest {
+                configuration_filename: c.path.clone(),
+                label: spec.name().to_string(),
+                location: spec.path.clone(),
+                newest,
+            });
+        }
+    }
+    out
+}
+
 fn repo_metrics(ctx: &Ctx<'_>, r: &RepoReport) -> metrics::RepoMetrics {
     let s = ctx.opts.state_dir.as_deref().map(|d| state::load_repo(d, &r.location)).unwrap_or_default();
     metrics::RepoMetrics {
