@@ -20,6 +20,15 @@ pub struct RepoMetrics {
     pub archives: Option<u64>,
     pub check_success: Option<bool>,
     pub restore_test_success: Option<bool>,
+    /// Unix time the last restore test ended (`None`: none recorded).
+    pub restore_test_timestamp: Option<f64>,
+    /// How long the last restore test took (restore and verification), seconds.
+    pub restore_test_duration: Option<f64>,
+    /// Regular files the last restore test verified.
+    pub restore_test_files: Option<u64>,
+    /// Whether this run could open the repository (`false`: ssh refused, host down, path
+    /// missing, lock not obtained; `None`: it did not try, e.g. a hook skipped the run).
+    pub reachable: Option<bool>,
 }
 
 fn escape(v: &str) -> String {
@@ -29,7 +38,7 @@ fn escape(v: &str) -> String {
 /// Renders the text exposition format.
 pub fn render(repos: &[RepoMetrics]) -> String {
     type Get = fn(&RepoMetrics) -> Option<f64>;
-    let families: [(&str, &str, Get); 8] = [
+    let families: [(&str, &str, Get); 12] = [
         (
             "rempart_backup_last_success_timestamp_seconds",
             "Unix time of the last run that completed without error (0: never).",
@@ -56,6 +65,24 @@ pub fn render(repos: &[RepoMetrics]) -> String {
         ("rempart_backup_last_restore_test_success", "Whether the last restore test passed (1) or failed (0).", |r| {
             r.restore_test_success.map(|b| f64::from(u8::from(b)))
         }),
+        (
+            "rempart_backup_last_restore_test_timestamp_seconds",
+            "Unix time the last restore test ended (passed or failed).",
+            |r| r.restore_test_timestamp,
+        ),
+        (
+            "rempart_backup_last_restore_test_duration_seconds",
+            "Duration of the last restore test (restore and verification), in seconds.",
+            |r| r.restore_test_duration,
+        ),
+        ("rempart_backup_last_restore_test_files", "Regular files the last restore test verified.", |r| {
+            r.restore_test_files.map(|b| b as f64)
+        }),
+        (
+            "rempart_backup_repository_reachable",
+            "Whether the last run could open the repository (0: ssh refused, host down, path missing, lock not obtained).",
+            |r| r.reachable.map(|b| f64::from(u8::from(b))),
+        ),
     ];
     let mut out = String::new();
     for (name, help, get) in families {
@@ -122,6 +149,19 @@ mod tests {
                 archives: Some(3),
                 check_success: Some(true),
                 restore_test_success: None,
+                restore_test_timestamp: None,
+                restore_test_duration: None,
+                restore_test_files: None,
+                reachable: Some(true),
+            },
+            RepoMetrics {
+                repository: "tested".into(),
+                restore_test_success: Some(true),
+                restore_test_timestamp: Some(1.7e9),
+                restore_test_duration: Some(4.5),
+                restore_test_files: Some(66),
+                reachable: Some(false),
+                ..Default::default()
             },
             RepoMetrics { repository: "we\"ird\\".into(), exit_code: 2, ..Default::default() },
         ];
@@ -129,7 +169,17 @@ mod tests {
         assert!(t.contains("rempart_backup_last_exit_code{repository=\"we\\\"ird\\\\\"} 2\n"), "{t}");
         assert!(t.contains("rempart_backup_last_success_timestamp_seconds{repository=\"/srv/a\"} 1500000000\n"), "{t}");
         assert!(t.contains("rempart_backup_last_check_success{repository=\"/srv/a\"} 1\n"), "{t}");
-        assert!(!t.contains("restore_test"), "{t}");
+        assert!(!t.lines().any(|l| l.contains("restore_test") && l.contains("/srv/a")), "{t}");
+        assert!(
+            t.contains("rempart_backup_last_restore_test_timestamp_seconds{repository=\"tested\"} 1700000000\n"),
+            "{t}"
+        );
+        assert!(t.contains("rempart_backup_last_restore_test_duration_seconds{repository=\"tested\"} 4.5\n"), "{t}");
+        assert!(t.contains("rempart_backup_last_restore_test_files{repository=\"tested\"} 66\n"), "{t}");
+        assert!(t.contains("rempart_backup_repository_reachable{repository=\"/srv/a\"} 1\n"), "{t}");
+        assert!(t.contains("rempart_backup_repository_reachable{repository=\"tested\"} 0\n"), "{t}");
+        assert!(!t.contains("reachable{repository=\"we"), "unknown reachability is omitted: {t}");
+        assert_eq!(t.matches("# TYPE rempart_backup_repository_reachable gauge").count(), 1, "{t}");
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("rempart_backup.prom");
         write_atomic(&p, &t).unwrap();

@@ -120,6 +120,11 @@ pub struct RepoReport {
     pub check_success: Option<bool>,
     /// The restore test.
     pub restore_test: Option<RestoreTestReport>,
+    /// Unix time the restore test ended, if it ran.
+    pub restore_test_time: Option<f64>,
+    /// Whether the repository could be opened (`false`: its server refused or did not answer,
+    /// its path is missing, or its lock was not obtained; `None`: not tried).
+    pub reachable: Option<bool>,
     /// Archives in the repository after the run.
     pub archives: Option<u64>,
     /// The new archive's original size (not in a dry run).

@@ -433,7 +433,24 @@ fn repo_metrics(ctx: &Ctx<'_>, r: &RepoReport) -> metrics::RepoMetrics {
         archives: r.archives.or(s.archives),
         check_success: r.check_success.or(s.check_success),
         restore_test_success: r.restore_test.as_ref().map(RestoreTestReport::ok).or(s.restore_test_success),
+        restore_test_timestamp: r.restore_test_time.or(s.restore_test_time),
+        restore_test_duration: r.restore_test.as_ref().map(|t| t.duration.as_secs_f64()).or(s.restore_test_duration),
+        restore_test_files: r.restore_test.as_ref().map(|t| t.files).or(s.restore_test_files),
+        reachable: r.reachable,
     }
+}
+
+/// Whether opening the repository failed because it could not be reached: its server refused
+/// or did not answer (ssh exits, the connection drops), its path is missing, or another process
+/// holds its lock. A wrong passphrase, a bad key or damaged data are not this: the repository
+/// answered.
+fn cannot_reach(e: &RunError) -> bool {
+    matches!(
+        e,
+        RunError::Repository(
+            dedupstore::Error::Io { .. } | dedupstore::Error::NotARepository(_) | dedupstore::Error::Locked { .. }
+        )
+    )
 }
 
 fn save_state(ctx: &Ctx<'_>, r: &RepoReport) {
@@ -447,6 +464,9 @@ fn save_state(ctx: &Ctx<'_>, r: &RepoReport) {
     s.archives = r.archives.or(s.archives);
     s.check_success = r.check_success.or(s.check_success);
     s.restore_test_success = r.restore_test.as_ref().map(RestoreTestReport::ok).or(s.restore_test_success);
+    s.restore_test_time = r.restore_test_time.or(s.restore_test_time);
+    s.restore_test_duration = r.restore_test.as_ref().map(|t| t.duration.as_secs_f64()).or(s.restore_test_duration);
+    s.restore_test_files = r.restore_test.as_ref().map(|t| t.files).or(s.restore_test_files);
     if let Err(e) = state::save_repo(dir, &s) {
         ctx.log(Level::Warning, format!("warning: state of {}: {}", r.label, error_line(&e)));
     }
@@ -543,7 +563,9 @@ fn run_repository(ctx: &Ctx<'_>, c: &Loaded, loc: &RepoLocation, r: &mut RepoRep
             }
             if opened.is_none() {
                 ctx.log(Level::Info, format!("{tag}: opening repository {}", r.location));
-                opened = Some(open(ctx, c, loc)?);
+                let o = open(ctx, c, loc);
+                r.reachable = Some(!matches!(&o, Err(e) if cannot_reach(e)));
+                opened = Some(o?);
             }
             let Some((repo, append_only)) = &opened else { return Ok(true) };
             let (repo, append_only) = (repo, *append_only);
@@ -570,6 +592,11 @@ fn run_repository(ctx: &Ctx<'_>, c: &Loaded, loc: &RepoLocation, r: &mut RepoRep
                 *go_on,
             ),
             Err(RunError::Cancelled(_)) => (ActionOutcome::Cancelled, None, false),
+            Err(e @ RunError::Repository(dedupstore::Error::Locked { .. })) => {
+                // The lock wait ran out: the repository is as unusable as an unreachable one.
+                r.reachable = Some(false);
+                (ActionOutcome::Failed, Some(error_line(e)), false)
+            }
             Err(e) => (ActionOutcome::Failed, Some(error_line(e)), false),
         };
         r.actions.push(ActionReport { action, outcome, duration: t.elapsed(), archive: done.archive, error });
@@ -887,6 +914,7 @@ fn do_restore_test(
     let errs = rep.errors.clone();
     done.archive = Some(rep.archive.clone());
     r.restore_test = Some(rep);
+    r.restore_test_time = Some(Utc::now().timestamp_millis() as f64 / 1000.0);
     if let Some(first) = errs.first() {
         for e in &errs {
             log(Level::Error, format!("restore test: {e}"));

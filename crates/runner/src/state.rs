@@ -5,6 +5,7 @@
 //! checks/<repository id>/<check name>   time of the last successful check (like borgmatic's
 //!                                       ~/.borgmatic/checks), RFC 3339
 //! repositories/<hash of location>.json  last success time, sizes, check and restore-test results
+//!                                       (restore test: result, end time, duration, files)
 //!                                       (what the metrics carry over when a run fails)
 //! ```
 
@@ -63,6 +64,12 @@ pub struct RepoState {
     pub archives: Option<u64>,
     pub check_success: Option<bool>,
     pub restore_test_success: Option<bool>,
+    /// Unix time the last restore test ended.
+    pub restore_test_time: Option<f64>,
+    /// Its duration, seconds.
+    pub restore_test_duration: Option<f64>,
+    /// The regular files it verified.
+    pub restore_test_files: Option<u64>,
 }
 
 fn repo_file(dir: &Path, location: &str) -> PathBuf {

@@ -72,9 +72,19 @@ fn every_action_with_its_outcome() {
         "rempart_backup_archives",
         "rempart_backup_last_check_success",
         "rempart_backup_last_restore_test_success",
+        "rempart_backup_last_restore_test_timestamp_seconds",
+        "rempart_backup_last_restore_test_duration_seconds",
+        "rempart_backup_last_restore_test_files",
+        "rempart_backup_repository_reachable",
     ] {
         assert!(m.contains(&format!("# TYPE {family} gauge\n{family}{{repository=\"r\"}} ")), "{family}: {m}");
     }
+    assert!(m.contains("rempart_backup_last_restore_test_files{repository=\"r\"} 6\n"), "{m}");
+    assert!(m.contains("rempart_backup_repository_reachable{repository=\"r\"} 1\n"), "{m}");
+    let tested = metric(&m, "rempart_backup_last_restore_test_timestamp_seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 60.0..=now).contains(&tested), "restore test at {tested}, now {now}");
+    assert_eq!(metric(&m, "rempart_backup_last_restore_test_duration_seconds"), rt.duration.as_secs_f64());
 
     // a second run: checks are due again (no frequency), nothing is pruned, a dry run of the
     // restore test says skipped
@@ -117,4 +127,53 @@ fn a_failed_action_names_its_error() {
     assert_eq!(check.outcome, ActionOutcome::Failed);
     assert_eq!(check.error.as_deref(), Some("before_check hook \"exit 3\" failed with exit status: 3"));
     assert_eq!(r.error, check.error);
+}
+
+fn metric(text: &str, family: &str) -> f64 {
+    let prefix = format!("{family}{{repository=\"r\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{family} not in {text}"))
+}
+
+/// A repository that cannot be opened (here its directory is gone, as when a mount or the
+/// repository host is lost) is `rempart_backup_repository_reachable 0`, apart from a failure
+/// of the repository itself; the restore test's time and files are carried over from the state
+/// (issue 16).
+#[test]
+fn an_unreachable_repository_is_reported_and_the_restore_test_time_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let src = source(root, 3, 1000);
+    let repo_path = init_repo(root);
+    let cfg = config(root, &src, &repo_path, &format!("  encryption_passphrase: {PASS}\n"), "");
+    let mut opts = options(root);
+    opts.actions = vec![Action::Create, Action::RestoreTest];
+    let report = runner::run(&[cfg], &opts, &Cancel::new());
+    assert_eq!(report.outcome, Outcome::Success, "{report:#?}");
+    assert_eq!(report.repositories[0].reachable, Some(true));
+    let m = std::fs::read_to_string(root.join("rempart_backup.prom")).unwrap();
+    let tested = metric(&m, "rempart_backup_last_restore_test_timestamp_seconds");
+
+    std::fs::rename(&repo_path, root.join("elsewhere")).unwrap();
+    let cfg = runner::load(&root.join("borgmatic.yaml")).unwrap();
+    opts.actions = vec![Action::Create];
+    let report = runner::run(&[cfg], &opts, &Cancel::new());
+    let r = &report.repositories[0];
+    assert_eq!((r.exit_code, r.reachable), (2, Some(false)), "{r:#?}");
+    let m = std::fs::read_to_string(root.join("rempart_backup.prom")).unwrap();
+    assert_eq!(metric(&m, "rempart_backup_repository_reachable"), 0.0, "{m}");
+    assert_eq!(metric(&m, "rempart_backup_last_exit_code"), 2.0, "{m}");
+    assert_eq!(metric(&m, "rempart_backup_last_restore_test_timestamp_seconds"), tested, "{m}");
+    assert_eq!(metric(&m, "rempart_backup_last_restore_test_files"), 3.0, "{m}");
+
+    // Reachable but failing (a wrong passphrase): the repository answered.
+    std::fs::rename(root.join("elsewhere"), &repo_path).unwrap();
+    let cfg = config(root, &src, &repo_path, "  encryption_passphrase: not-the-passphrase\n", "");
+    let report = runner::run(&[cfg], &opts, &Cancel::new());
+    let r = &report.repositories[0];
+    assert_eq!((r.exit_code, r.reachable), (2, Some(true)), "{r:#?}");
+    let m = std::fs::read_to_string(root.join("rempart_backup.prom")).unwrap();
+    assert_eq!(metric(&m, "rempart_backup_repository_reachable"), 1.0, "{m}");
 }
