@@ -87,8 +87,63 @@ fn secs(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// `deploy/prometheus/prometheus.yml` with the lab's intervals and the rules copied beside it.
-fn prometheus_config(dir: &Path, interval: Duration) -> anyhow::Result<PathBuf> {
+/// Which daemons serve the VRRP and replication metrics on main and backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemons {
+    /// The standalone `rempart-vrrp` and `rempart-repl`, started by the [`Stack`] itself; the
+    /// scrape configuration's commented standalone jobs replace its `rempart-node` job.
+    Standalone,
+    /// `rempart-node` (and its witness), started by the caller (e.g.
+    /// [`crate::node_column::NodeColumn`] with `witness_metrics` on :9106); the stack starts
+    /// only node_exporter and the monitoring host, and scrapes `deploy/`'s configuration as it is.
+    Node,
+}
+
+/// The scrape configuration for `daemons`: `deploy/`'s as it is for [`Daemons::Node`]; for
+/// [`Daemons::Standalone`], without the `rempart-node` job (its block, up to the next blank
+/// line) and with the lines between `# BEGIN standalone daemons` and `# END standalone daemons`
+/// uncommented.
+fn scrape_jobs_for(text: &str, daemons: Daemons) -> anyhow::Result<String> {
+    if daemons == Daemons::Node {
+        return Ok(text.to_string());
+    }
+    let (begin, end) = ("  # BEGIN standalone daemons", "  # END standalone daemons");
+    anyhow::ensure!(
+        text.contains("  - job_name: rempart-node\n") && text.contains(begin) && text.contains(end),
+        "deploy/prometheus/prometheus.yml: the rempart-node job or the standalone daemons' markers not found"
+    );
+    let mut out = String::new();
+    let (mut in_node, mut in_standalone) = (false, false);
+    for line in text.lines() {
+        if line == "  - job_name: rempart-node" {
+            in_node = true;
+        } else if in_node && line.trim().is_empty() {
+            in_node = false;
+        } else if line == begin {
+            in_standalone = true;
+            continue;
+        } else if line == end {
+            in_standalone = false;
+            continue;
+        }
+        if in_node {
+            continue;
+        }
+        if in_standalone {
+            let l =
+                line.strip_prefix("  #").with_context(|| format!("not a comment in the standalone jobs: {line}"))?;
+            out.push_str(&format!("  {}\n", l.strip_prefix(' ').unwrap_or(l)).replace("  \n", "\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// `deploy/prometheus/prometheus.yml` with the lab's intervals, the scrape jobs of `daemons`
+/// ([`scrape_jobs_for`]) and the rules copied beside it.
+fn prometheus_config(dir: &Path, interval: Duration, daemons: Daemons) -> anyhow::Result<PathBuf> {
     let src = deploy_dir().join("prometheus");
     let text =
         std::fs::read_to_string(src.join("prometheus.yml")).context("reading deploy/prometheus/prometheus.yml")?;
@@ -97,6 +152,7 @@ fn prometheus_config(dir: &Path, interval: Duration) -> anyhow::Result<PathBuf> 
     let text = text
         .replace(want[0], &format!("  scrape_interval: {}\n  scrape_timeout: {}\n", secs(interval), secs(interval)))
         .replace(want[1], &format!("  evaluation_interval: {}\n", secs(interval)));
+    let text = scrape_jobs_for(&text, daemons)?;
     let rules = dir.join("rules");
     std::fs::create_dir_all(&rules)?;
     for e in std::fs::read_dir(src.join("rules"))? {
@@ -155,9 +211,16 @@ impl Stack {
     /// Prometheus, Alertmanager and the webhook receiver on monitoring. Returns once Prometheus
     /// and Alertmanager answer `/-/ready` and the webhook listens.
     pub fn start(lab: &Lab, opts: &Options) -> anyhow::Result<Stack> {
+        Self::start_with(lab, opts, Daemons::Standalone)
+    }
+
+    /// [`Stack::start`] for `daemons`: with [`Daemons::Node`], only node_exporter on main and
+    /// backup and the monitoring host (Prometheus scraping `rempart-node` on :9107 and the
+    /// witness on :9106, which the caller runs).
+    pub fn start_with(lab: &Lab, opts: &Options, daemons: Daemons) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
         let mut s = Stack { dir: opts.dir.clone(), procs: Vec::new(), specs: Vec::new(), backup: None, keep: false };
-        s.start_inner(lab, opts)?;
+        s.start_inner(lab, opts, daemons)?;
         Ok(s)
     }
 
@@ -192,10 +255,55 @@ impl Stack {
         Ok(())
     }
 
-    fn start_inner(&mut self, lab: &Lab, opts: &Options) -> anyhow::Result<()> {
+    fn start_inner(&mut self, lab: &Lab, opts: &Options, daemons: Daemons) -> anyhow::Result<()> {
         let dir = self.dir.clone();
         let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
-        // rempart-vrrp and rempart-repl on main and backup.
+        if daemons == Daemons::Standalone {
+            self.start_standalone(lab)?;
+        }
+        for h in ["main", "backup"] {
+            let ip = mgmt(h)?;
+            let textfile = dir.join(format!("textfile-{h}"));
+            std::fs::create_dir_all(&textfile)?;
+            let args = vec![
+                format!("--web.listen-address={ip}:9100"),
+                format!("--collector.textfile.directory={}", textfile.display()),
+            ];
+            self.spawn(lab, h, "node-exporter", &args, "prometheus-node-exporter")?;
+        }
+
+        // The monitoring host.
+        let mon = mgmt("monitoring")?;
+        let webhook_log = d("notifications.jsonl");
+        let lab_bin = sibling_binary("rempart-lab")?;
+        let args =
+            vec!["webhook".into(), "--listen".into(), format!("127.0.0.1:{WEBHOOK_PORT}"), "--log".into(), webhook_log];
+        self.spawn(lab, "monitoring", "webhook", &args, &lab_bin.to_string_lossy())?;
+
+        if daemons == Daemons::Standalone {
+            // The quorum witness (no node asks it for a lease: its own metrics are scraped).
+            let node_bin = sibling_binary("rempart-node")?;
+            std::fs::write(dir.join("witness.secret"), "lab witness secret\n")?;
+            let args = vec![
+                "witness".into(),
+                "--listen".into(),
+                format!("{mon}:{WITNESS_PORT}"),
+                "--secret-file".into(),
+                d("witness.secret"),
+                "--metrics-listen".into(),
+                format!("{mon}:{WITNESS_METRICS_PORT}"),
+                "--run-dir".into(),
+                d("witness-run"),
+            ];
+            self.spawn(lab, "monitoring", "witness", &args, &node_bin.to_string_lossy())?;
+        }
+        self.start_monitoring_host(lab, opts, daemons)
+    }
+
+    /// rempart-vrrp and rempart-repl (Secondary, r0 on sparse files) on main and backup.
+    fn start_standalone(&mut self, lab: &Lab) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
         let vrrp = sibling_binary("rempart-vrrp")?;
         let repl = sibling_binary("rempart-repl")?;
         std::fs::write(dir.join("r0.secret"), "lab monitoring secret\n")?;
@@ -233,40 +341,15 @@ impl Stack {
                 .chain(["--metrics-listen".into(), format!("{ip}:9810")])
                 .collect::<Vec<_>>();
             self.spawn(lab, h, "rempart-repl", &args, &repl.to_string_lossy())?;
-
-            let textfile = dir.join(format!("textfile-{h}"));
-            std::fs::create_dir_all(&textfile)?;
-            let args = vec![
-                format!("--web.listen-address={ip}:9100"),
-                format!("--collector.textfile.directory={}", textfile.display()),
-            ];
-            self.spawn(lab, h, "node-exporter", &args, "prometheus-node-exporter")?;
         }
+        Ok(())
+    }
 
-        // The monitoring host.
+    /// Alertmanager and Prometheus on monitoring; waits until they and the webhook answer.
+    fn start_monitoring_host(&mut self, lab: &Lab, opts: &Options, daemons: Daemons) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
         let mon = mgmt("monitoring")?;
-        let webhook_log = d("notifications.jsonl");
-        let lab_bin = sibling_binary("rempart-lab")?;
-        let args =
-            vec!["webhook".into(), "--listen".into(), format!("127.0.0.1:{WEBHOOK_PORT}"), "--log".into(), webhook_log];
-        self.spawn(lab, "monitoring", "webhook", &args, &lab_bin.to_string_lossy())?;
-
-        // The quorum witness (no node asks it for a lease yet: its own metrics are scraped).
-        let node_bin = sibling_binary("rempart-node")?;
-        std::fs::write(dir.join("witness.secret"), "lab witness secret\n")?;
-        let args = vec![
-            "witness".into(),
-            "--listen".into(),
-            format!("{mon}:{WITNESS_PORT}"),
-            "--secret-file".into(),
-            d("witness.secret"),
-            "--metrics-listen".into(),
-            format!("{mon}:{WITNESS_METRICS_PORT}"),
-            "--run-dir".into(),
-            d("witness-run"),
-        ];
-        self.spawn(lab, "monitoring", "witness", &args, &node_bin.to_string_lossy())?;
-
         let am_conf = alertmanager_config(&dir)?;
         let args = vec![
             format!("--config.file={}", am_conf.display()),
@@ -276,7 +359,7 @@ impl Stack {
         ];
         self.spawn(lab, "monitoring", "alertmanager", &args, "prometheus-alertmanager")?;
 
-        let prom_conf = prometheus_config(&dir, opts.interval)?;
+        let prom_conf = prometheus_config(&dir, opts.interval, daemons)?;
         let args = vec![
             format!("--config.file={}", prom_conf.display()),
             format!("--storage.tsdb.path={}", d("prometheus-data")),
@@ -818,8 +901,20 @@ mod tests {
     fn lab_configs_change_only_intervals_and_waits() {
         let d = std::env::temp_dir().join(format!("rempart-lab-monitor-unit-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        let p = std::fs::read_to_string(prometheus_config(&d, Duration::from_secs(2)).unwrap()).unwrap();
+        let p = std::fs::read_to_string(prometheus_config(&d, Duration::from_secs(2), Daemons::Node).unwrap()).unwrap();
         assert!(p.contains("  scrape_interval: 2000ms\n  scrape_timeout: 2000ms\n") && !p.contains("15s"), "{p}");
+        let deploy = std::fs::read_to_string(deploy_dir().join("prometheus/prometheus.yml")).unwrap();
+        assert_eq!(p.lines().skip(16).collect::<Vec<_>>(), deploy.lines().skip(15).collect::<Vec<_>>());
+        assert!(p.contains("  - job_name: rempart-node\n") && !p.contains("\n  - job_name: rempart-vrrp"));
+        // Standalone: the rempart-node job gone, the commented jobs of the two daemons in.
+        let p = std::fs::read_to_string(prometheus_config(&d, Duration::from_secs(2), Daemons::Standalone).unwrap())
+            .unwrap();
+        assert!(!p.contains("job_name: rempart-node") && !p.contains("# BEGIN"), "{p}");
+        for job in ["rempart-vrrp", "rempart-repl", "rempart-witness", "node"] {
+            assert!(p.contains(&format!("\n  - job_name: {job}\n")), "{job}: {p}");
+        }
+        assert!(p.contains("\n      - targets: ['192.168.50.10:9650']\n        labels: {host: main}\n"), "{p}");
+        assert!(p.contains("\n    metric_relabel_configs:\n      - source_labels: [exported_instance]\n"), "{p}");
         assert!(d.join("rules/vrrp.yml").is_file());
         let a = std::fs::read_to_string(alertmanager_config(&d).unwrap()).unwrap();
         assert!(a.contains("  group_wait: 1s\n") && a.contains("      group_wait: 1s\n") && !a.contains("30s"), "{a}");
