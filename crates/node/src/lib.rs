@@ -125,6 +125,6 @@ pub mod orchestrator;
 pub mod witness;
 
 pub use orchestrator::{
-    Action, BackupState, Command, CommandError, Config, Direction, Fence, Orchestrator, Outcome, Phase, ReplView,
-    Status, Step, StepFailure, StepRecord, Timeouts, Transition,
+    Action, BackupState, Command, CommandError, Config, Direction, Fence, LastBackupFrom, Orchestrator, Outcome, Phase,
+    ReplView, Status, Step, StepFailure, StepRecord, Timeouts, Transition,
 };

@@ -38,7 +38,8 @@ use super::steps::{is_mounted, Executor, Parts};
 use super::witness_client::{WitnessClient, WitnessClientConfig};
 use crate::config::{NodeConfig, OnNoQuorum};
 use crate::orchestrator::{
-    Action, Command, Config as OrchConfig, Fence, Orchestrator, Outcome, ReplView, Status, StepFailure, Timeouts,
+    Action, Command, Config as OrchConfig, Fence, LastBackupFrom, Orchestrator, Outcome, ReplView, Status, StepFailure,
+    Timeouts,
 };
 use crate::witness::client::ClientConfig;
 
@@ -290,11 +291,7 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
     let repl_rx = resources[0].handle().watch_status();
     let now = Instant::now();
     let first = repl_rx.borrow().clone();
-    let last_backup_instant = last_backup.map(|t| {
-        let ago = Duration::from_secs_f64((unix_now() - t).max(0.0));
-        now.checked_sub(ago).unwrap_or(now)
-    });
-    orch.start(now, ReplView::from_status(&first.replica), last_backup_instant);
+    orch.start(now, ReplView::from_status(&first.replica), last_backup.map(|t| instant_of(now, t)));
     // The VRRP state as it is now (events before the subscription are not replayed).
     if let Ok(st) = vrrp.status().await {
         if let Some(i) = st.iter().find(|i| i.name == first_instance) {
@@ -344,6 +341,34 @@ fn parse_state(s: &str) -> Option<vrrp::proto::State> {
 
 const LAST_BACKUP_FILE: &str = "last-backup";
 
+/// How long a read of the repository's newest archive may take before it counts as failed.
+const REPOSITORY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The monotonic instant of Unix time `t` (`now` is the instant of the wall clock's now).
+fn instant_of(now: Instant, t: f64) -> Instant {
+    let ago = Duration::from_secs_f64((unix_now() - t).max(0.0));
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// The time (Unix) of the last complete backup in the repositories of `borgmatic`: the
+/// oldest of each repository's newest complete archive's end (a run succeeds only when every
+/// repository got its archive), `None` when one holds none. Blocking.
+fn newest_in_repositories(borgmatic: &Path) -> Result<Option<f64>, String> {
+    let loaded = runner::load(borgmatic).map_err(|e| e.lines().join("; "))?;
+    let mut last: Option<f64> = None;
+    for r in runner::newest_archives(&[loaded], &runner::RunOptions::default()) {
+        match r.newest {
+            Err(e) => return Err(format!("repository {}: {e}", r.label)),
+            Ok(None) => return Ok(None),
+            Ok(Some(a)) => {
+                let t = a.end.timestamp_millis() as f64 / 1000.0;
+                last = Some(last.map_or(t, |l| l.min(t)));
+            }
+        }
+    }
+    Ok(last)
+}
+
 fn read_last_backup(state_dir: &Path) -> Option<f64> {
     std::fs::read_to_string(state_dir.join(LAST_BACKUP_FILE)).ok()?.trim().parse().ok()
 }
@@ -386,11 +411,14 @@ struct Shell {
 }
 
 type StepDone = (u64, Result<(), StepFailure>);
+/// A read of the repository's newest archive: query id, Unix time of the newest.
+type ReadDone = (u64, Result<Option<f64>, String>);
 
 impl Shell {
     async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>, done: watch::Sender<bool>) {
         let (step_tx, mut step_rx) = mpsc::unbounded_channel::<StepDone>();
         let (backup_tx, mut backup_rx) = mpsc::unbounded_channel::<StepDone>();
+        let (read_tx, mut read_rx) = mpsc::unbounded_channel::<ReadDone>();
         let mut lease_rx = self.lease.subscribe(&self.lease_name).unwrap_or_else(|| watch::channel(None).1);
         let mut fence_rx = self.fence.subscribe(&self.fence_name).unwrap_or_else(|| watch::channel(None).1);
         let mut refused_rx = self.fence.subscribe_refused(&self.fence_name).unwrap_or_else(|| watch::channel(None).1);
@@ -399,7 +427,7 @@ impl Shell {
         // A watch whose sender is gone answers `changed()` at once, forever: stop polling it.
         let (mut repl_alive, mut lease_alive, mut fence_alive, mut refused_alive, mut conn_alive) =
             (true, true, true, true, true);
-        self.perform(&step_tx, &backup_tx).await;
+        self.perform(&step_tx, &backup_tx, &read_tx).await;
         while !stopped {
             let deadline = self.orch.poll_timeout();
             let now = tokio::select! {
@@ -471,6 +499,11 @@ impl Shell {
                     self.orch.handle_backup_done(now, job, r);
                     now
                 }
+                Some((query, r)) = read_rx.recv() => {
+                    let now = Instant::now();
+                    self.repository_read(now, query, r);
+                    now
+                }
                 Some(req) = requests.recv() => {
                     let now = Instant::now();
                     match req {
@@ -490,7 +523,7 @@ impl Shell {
                 }
             };
             let _ = now;
-            stopped = self.perform(&step_tx, &backup_tx).await;
+            stopped = self.perform(&step_tx, &backup_tx, &read_tx).await;
         }
         self.teardown().await;
         let _ = done.send(true);
@@ -578,6 +611,7 @@ impl Shell {
         &mut self,
         step_tx: &mpsc::UnboundedSender<StepDone>,
         backup_tx: &mpsc::UnboundedSender<StepDone>,
+        read_tx: &mpsc::UnboundedSender<ReadDone>,
     ) -> bool {
         let mut stopped = false;
         while let Some(a) = self.orch.poll_action() {
@@ -643,6 +677,7 @@ impl Shell {
                         }
                     }
                 }
+                Action::ReadLastBackup { query } => self.read_repository(query, read_tx.clone()),
                 Action::Stopped => stopped = true,
             }
         }
@@ -690,6 +725,47 @@ impl Shell {
             };
             let _ = tx.send((job, r));
         });
+    }
+
+    /// Reads the newest archive's time from the backup repository on the blocking pool (the
+    /// orchestrator goes on meanwhile); the answer comes back through `tx`, within
+    /// [`REPOSITORY_READ_TIMEOUT`].
+    fn read_repository(&self, query: u64, tx: mpsc::UnboundedSender<ReadDone>) {
+        let Some(b) = self.cfg.backup.clone() else {
+            let _ = tx.send((query, Err("no backup configured".into())));
+            return;
+        };
+        info!(query, file = %b.borgmatic.display(), "reading the last backup's time from the repository");
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || newest_in_repositories(&b.borgmatic));
+            let r = match tokio::time::timeout(REPOSITORY_READ_TIMEOUT, read).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(format!("the read ended abnormally: {e}")),
+                Err(_) => Err(format!("no answer within {} s", REPOSITORY_READ_TIMEOUT.as_secs())),
+            };
+            let _ = tx.send((query, r));
+        });
+    }
+
+    /// The answer of [`Shell::read_repository`]: fed to the orchestrator, which keeps the later
+    /// of it and this node's own record.
+    fn repository_read(&mut self, now: Instant, query: u64, r: Result<Option<f64>, String>) {
+        match r {
+            Ok(t) => {
+                let at = t.map(|t| instant_of(now, t));
+                self.orch.handle_last_backup(now, query, Ok(at));
+                let b = self.orch.status().backup;
+                if let (Some(t), Some(at)) = (t, at) {
+                    if b.last_success == Some(at) && b.last_success_from == Some(LastBackupFrom::Repository) {
+                        info!(last_success_unix = t, "the schedule continues from the repository's newest archive");
+                        if let Ok(mut s) = self.snapshot.lock() {
+                            s.backup_last_success = Some(t);
+                        }
+                    }
+                }
+            }
+            Err(e) => self.orch.handle_last_backup(now, query, Err(StepFailure::new(e))),
+        }
     }
 
     fn publish(&mut self) {
@@ -810,6 +886,12 @@ impl Shell {
                 "enabled": b.enabled,
                 "running": b.running.is_some(),
                 "last_success_unix": last_success,
+                "last_success_from": b.last_success_from.map(|f| match f {
+                    LastBackupFrom::Local => "local",
+                    LastBackupFrom::Repository => "repository",
+                }),
+                "reading_repository": b.reading_repository,
+                "repository_read_failures": b.read_failures,
                 "next_due_in_s": b.next_due.map(|d| secs(d.saturating_duration_since(now))),
                 "failures": b.failures,
                 "cancelled": b.cancelled,

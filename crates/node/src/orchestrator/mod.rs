@@ -8,6 +8,8 @@
 //!   [`Orchestrator::handle_lease`] / [`Orchestrator::handle_fence`] when the witness client's view
 //!   changes, [`Orchestrator::handle_step_done`] when a step it was asked to run finished,
 //!   [`Orchestrator::handle_backup_done`] when a backup job ended,
+//!   [`Orchestrator::handle_last_backup`] with the repository's newest archive time it was
+//!   asked to read,
 //!   [`Orchestrator::handle_command`] for the operator, and [`Orchestrator::handle_timeout`] when
 //!   [`Orchestrator::poll_timeout`] is reached;
 //! - then drains [`Orchestrator::poll_action`] and performs the actions in order.
@@ -28,8 +30,8 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 use vrrp::proto::State as VrrpState;
 
-pub use backup::BackupState;
 use backup::Backups;
+pub use backup::{BackupState, LastBackupFrom};
 
 /// Timeouts of the steps (each step, and the wait for quorum, has one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +210,15 @@ pub enum Action {
         job: u64,
         /// Why.
         reason: String,
+    },
+    /// Read the time of the newest archive in the backup repository (the peer may have made
+    /// runs while it served), without blocking anything else; report with
+    /// [`Orchestrator::handle_last_backup`] and this query id. Asked when an up order begins
+    /// and again after a failed read; backups wait for the answer (at most the backup retry
+    /// delay), the up order does not.
+    ReadLastBackup {
+        /// Query id.
+        query: u64,
     },
     /// The shutdown command finished: everything is down and the lease released.
     Stopped,
@@ -592,6 +603,7 @@ impl Orchestrator {
         if self.phase() == Phase::Serving {
             min(self.backups.next_due());
         }
+        min(self.backups.read_deadline());
         t
     }
 
@@ -727,6 +739,21 @@ impl Orchestrator {
             self.running = None;
             self.record_end(now, Outcome::Ok);
             let _ = r;
+        }
+        self.evaluate(now);
+    }
+
+    /// The answer to [`Action::ReadLastBackup`] `query`: the newest archive's time in the
+    /// repository (`Ok(None)`: it holds none), or why it could not be read. The later of it
+    /// and what the node knew becomes the last success, and the next run is due an interval
+    /// after it. A failed read leaves the schedule as it was and is asked again later. An
+    /// answer to an older query is ignored.
+    pub fn handle_last_backup(&mut self, now: Instant, query: u64, result: Result<Option<Instant>, StepFailure>) {
+        let result = result.map_err(|e| {
+            warn!(error = %e.0, "cannot read the newest archive from the backup repository: the schedule goes by this node's own record until a retry succeeds");
+        });
+        if self.backups.learned(now, query, result) {
+            info!("the last backup is from the repository (made by the peer): the schedule continues from it");
         }
         self.evaluate(now);
     }
@@ -958,6 +985,9 @@ impl Orchestrator {
     fn evaluate(&mut self, now: Instant) {
         if !self.started || self.stopped {
             return;
+        }
+        if let Some(query) = self.backups.follow(now, self.target_up()) {
+            self.actions.push_back(Action::ReadLastBackup { query });
         }
         self.lease_and_fence(now);
         // A Primary without peer whose lease is about to end gives the service up.

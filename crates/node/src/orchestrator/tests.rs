@@ -143,6 +143,22 @@ impl T {
         t
     }
 
+    /// The id of the last read of the repository asked.
+    fn read_query(&self) -> u64 {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::ReadLastBackup { query } => Some(*query),
+                _ => None,
+            })
+            .expect("a read of the repository was asked")
+    }
+
+    fn backup_starts(&self) -> usize {
+        self.log.iter().filter(|a| matches!(a, Action::StartBackup { .. })).count()
+    }
+
     fn steps_since(&self, from: usize) -> Vec<Step> {
         self.log[from..]
             .iter()
@@ -423,8 +439,11 @@ fn backups_run_on_the_serving_node_only_and_never_overlap() {
     assert!(!t.log.iter().any(|a| matches!(a, Action::StartBackup { .. })), "not on a Secondary");
     t.vrrp(VrrpState::Master);
     t.run_all();
-    // Catch-up: no known last success, so a run starts as soon as the node serves.
+    // Catch-up: no known last success (the repository has no archive either), so a run
+    // starts as soon as the node serves.
     let starts = |t: &T| t.log.iter().filter(|a| matches!(a, Action::StartBackup { .. })).count();
+    t.o.handle_last_backup(t.now, t.read_query(), Ok(None));
+    t.drain();
     assert_eq!(starts(&t), 1);
     t.advance(Duration::from_secs(7200));
     assert_eq!(starts(&t), 1, "never two at a time");
@@ -543,4 +562,152 @@ fn a_fence_got_back_after_a_restart_is_kept_until_the_disks_are_equal() {
     t.o.handle_repl(t.now, t.repl);
     t.drain();
     assert!(t.log.contains(&Action::ReleaseFence));
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A node told to serve, backups hourly, this node's own record `local` (given at start).
+fn backing_up(local_ago: Option<Duration>) -> T {
+    let mut c = cfg();
+    c.backup_interval = Some(HOUR);
+    let now = Instant::now() + 10 * HOUR;
+    let repl = connected(Role::Secondary, Role::Secondary);
+    let mut o = Orchestrator::new(c);
+    o.start(now, repl, local_ago.map(|d| now - d));
+    let mut t = T { o, now, log: Vec::new(), repl };
+    t.drain();
+    assert!(!t.log.iter().any(|a| matches!(a, Action::ReadLastBackup { .. })), "no read on a Secondary");
+    t.vrrp(VrrpState::Master);
+    assert!(t.log.iter().any(|a| matches!(a, Action::ReadLastBackup { .. })), "read as the up order begins");
+    // The read runs beside the up order: it does not wait for the answer.
+    assert_eq!(t.run_all(), UP);
+    assert_eq!(t.o.phase(), Phase::Serving);
+    t
+}
+
+/// Issue 15, "the next primary continues the schedule": the peer made a backup 10 minutes ago
+/// (this node has none recorded); this node's first run comes an interval after the peer's, not
+/// at once, then hourly, never two at a time.
+#[test]
+fn the_next_primary_continues_the_schedule_from_the_repository() {
+    let mut t = backing_up(None);
+    // Waiting for the repository's answer: nothing starts, however long the up order took.
+    t.advance(Duration::from_secs(5));
+    assert_eq!(t.backup_starts(), 0, "a backup started before the repository answered");
+    assert!(t.o.status().backup.reading_repository);
+    let peer_last = t.now - Duration::from_secs(600);
+    t.o.handle_last_backup(t.now, t.read_query(), Ok(Some(peer_last)));
+    t.drain();
+    let b = t.o.status().backup;
+    assert_eq!((b.last_success, b.last_success_from), (Some(peer_last), Some(LastBackupFrom::Repository)));
+    assert_eq!(b.next_due, Some(peer_last + HOUR));
+    assert_eq!(t.o.poll_timeout(), Some(peer_last + HOUR), "the shell is woken when it is due");
+    t.advance(peer_last + HOUR - t.now - MS);
+    assert_eq!(t.backup_starts(), 0, "started before the peer's schedule");
+    t.advance(MS);
+    assert_eq!(t.backup_starts(), 1, "due an interval after the peer's last archive");
+    // Never overlapping: the run lasts longer than the interval.
+    t.advance(2 * HOUR);
+    assert_eq!(t.backup_starts(), 1);
+    t.o.handle_backup_done(t.now, 1, Ok(()));
+    t.drain();
+    assert_eq!(t.o.status().backup.last_success_from, Some(LastBackupFrom::Local));
+    t.advance(HOUR - MS);
+    assert_eq!(t.backup_starts(), 1);
+    t.advance(MS);
+    assert_eq!(t.backup_starts(), 2);
+}
+
+/// Catching up after downtime: the repository's newest archive is older than the interval
+/// (both nodes were down), so a run starts as soon as the answer comes.
+#[test]
+fn an_overdue_schedule_from_the_repository_runs_at_once() {
+    let mut t = backing_up(Some(3 * HOUR));
+    assert_eq!(t.backup_starts(), 0);
+    let repo_last = t.now - 2 * HOUR;
+    t.o.handle_last_backup(t.now, t.read_query(), Ok(Some(repo_last)));
+    t.drain();
+    assert_eq!(t.backup_starts(), 1, "overdue: runs at once");
+    assert_eq!(t.o.status().backup.last_success, Some(repo_last), "the later of the two");
+}
+
+/// This node's own record is newer than the repository's archive (the repository answered
+/// with an older one, e.g. pruned): the schedule keeps the node's own.
+#[test]
+fn the_later_of_the_local_record_and_the_repository_wins() {
+    let mut t = backing_up(Some(Duration::from_secs(60)));
+    let local = t.o.status().backup.last_success.unwrap();
+    t.o.handle_last_backup(t.now, t.read_query(), Ok(Some(local - HOUR)));
+    t.drain();
+    let b = t.o.status().backup;
+    assert_eq!((b.last_success, b.last_success_from), (Some(local), Some(LastBackupFrom::Local)));
+    assert_eq!(b.next_due, Some(local + HOUR));
+    assert_eq!(t.backup_starts(), 0);
+}
+
+/// An unreachable repository never blocks the promotion (the up order above went on without
+/// the answer); the schedule falls back to the node's own record and the repository is read
+/// again after the retry delay; an answer to an older read is ignored.
+#[test]
+fn an_unreachable_repository_falls_back_to_the_local_record_and_is_read_again() {
+    let mut t = backing_up(Some(Duration::from_secs(600)));
+    let local = t.o.status().backup.last_success.unwrap();
+    let q1 = t.read_query();
+    t.o.handle_last_backup(t.now, q1, Err(StepFailure::new("ssh: connection refused")));
+    t.drain();
+    let b = t.o.status().backup;
+    assert_eq!((b.next_due, b.read_failures, b.reading_repository), (Some(local + HOUR), 1, false));
+    assert_eq!(t.backup_starts(), 0, "the local record says not due yet");
+    // Asked again after the retry delay (60 s here).
+    t.advance(Duration::from_secs(59));
+    assert_eq!(t.read_query(), q1);
+    t.advance(Duration::from_secs(1));
+    let q2 = t.read_query();
+    assert!(q2 > q1, "read again after the retry delay");
+    // A late answer to the first read is ignored; the second one moves the schedule.
+    t.o.handle_last_backup(t.now, q1, Ok(Some(t.now)));
+    t.drain();
+    assert_eq!(t.o.status().backup.last_success, Some(local));
+    let peer_last = local + Duration::from_secs(300);
+    t.o.handle_last_backup(t.now, q2, Ok(Some(peer_last)));
+    t.drain();
+    assert_eq!(t.o.status().backup.next_due, Some(peer_last + HOUR));
+}
+
+/// A repository that does not answer at all delays a backup by at most the retry delay: then
+/// the node's own record decides (none here: catch up at once), and the read is asked again.
+#[test]
+fn a_repository_that_never_answers_delays_a_backup_by_the_retry_delay_at_most() {
+    let mut t = backing_up(None);
+    let q1 = t.read_query();
+    let asked = t.now;
+    t.advance(Duration::from_secs(59));
+    assert_eq!(t.backup_starts(), 0);
+    t.advance(asked + Duration::from_secs(60) - t.now);
+    assert_eq!(t.backup_starts(), 1, "no answer within the retry delay: the local record decides");
+    assert_eq!(t.o.status().backup.read_failures, 1);
+    // No second read while the job runs; one after it ended and the retry delay passed.
+    t.advance(Duration::from_secs(120));
+    assert_eq!(t.read_query(), q1);
+    t.o.handle_backup_done(t.now, 1, Ok(()));
+    t.drain();
+    assert!(t.read_query() > q1);
+}
+
+/// Each up order reads the repository again: the peer may have backed up while it served.
+#[test]
+fn every_up_order_reads_the_repository_again() {
+    let mut t = backing_up(None);
+    let q1 = t.read_query();
+    t.o.handle_last_backup(t.now, q1, Ok(Some(t.now)));
+    t.drain();
+    t.o.handle_command(t.now, Command::Switchover).unwrap();
+    t.drain();
+    t.run_all();
+    t.vrrp(VrrpState::Backup);
+    t.advance(Duration::from_secs(2));
+    assert_eq!(t.o.phase(), Phase::Idle);
+    assert_eq!(t.read_query(), q1, "no read while not told to serve");
+    t.vrrp(VrrpState::Master);
+    assert!(t.read_query() > q1);
 }
