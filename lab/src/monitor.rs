@@ -682,8 +682,10 @@ pub fn serve_webhook(listen: SocketAddr, log: &Path) -> anyhow::Result<()> {
             Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b) {
                 Ok(n) => {
                     let received = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-                    let line = serde_json::json!({ "received": received, "notification": n });
-                    writeln!(file, "{line}").and_then(|()| file.sync_data()).context("writing the log")?;
+                    // One write of the whole line: a reader never sees half of it (`writeln!`
+                    // would write it in pieces).
+                    let line = format!("{}\n", serde_json::json!({ "received": received, "notification": n }));
+                    file.write_all(line.as_bytes()).and_then(|()| file.sync_data()).context("writing the log")?;
                     ("200 OK", "")
                 }
                 Err(_) => ("400 Bad Request", "not JSON\n"),
@@ -721,14 +723,17 @@ fn read_post(conn: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Reads the webhook log: (received Unix seconds, notification) per line.
+/// Reads the webhook log: (received Unix seconds, notification) per complete line.
 pub fn read_notifications(path: &Path) -> anyhow::Result<Vec<(f64, serde_json::Value)>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    text.lines()
+    // A line still being written (no newline yet) is left for the next read.
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    complete
+        .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).with_context(|| format!("{}: {l}", path.display()))?;
             Ok((v["received"].as_f64().unwrap_or(0.0), v["notification"].clone()))
@@ -890,6 +895,20 @@ mod tests {
         assert_eq!(parse_response(chunked).unwrap(), (503, "abcde".to_string()));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab").is_err());
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_notification_still_being_written_is_not_read() {
+        let d = std::env::temp_dir().join(format!("rempart-lab-notes-unit-{}", std::process::id()));
+        std::fs::write(&d, "{\"received\": 1.5, \"notification\": {\"receiver\": \"ops\"}}\n{\"received\": 2, \"notif")
+            .unwrap();
+        let notes = read_notifications(&d).unwrap();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].0, 1.5);
+        assert_eq!(notes[0].1["receiver"], "ops");
+        std::fs::write(&d, "{\"received\": 2}\nnot json\n").unwrap();
+        assert!(read_notifications(&d).is_err());
+        std::fs::remove_file(&d).unwrap();
     }
 
     #[test]
