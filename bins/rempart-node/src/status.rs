@@ -96,9 +96,10 @@ pub(crate) fn text(v: &Value) -> String {
     if b["enabled"].as_bool() == Some(true) {
         let _ = writeln!(
             o,
-            "  backup running:{} last-success-unix:{} next-due-in:{} failures:{} cancelled:{}",
+            "  backup running:{} last-success-unix:{} (from:{}) next-due-in:{} failures:{} cancelled:{}",
             s(&b["running"]),
             s(&b["last_success_unix"]),
+            s(&b["last_success_from"]),
             secs(&b["next_due_in_s"]),
             s(&b["failures"]),
             s(&b["cancelled"]),
