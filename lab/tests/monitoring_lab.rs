@@ -164,19 +164,27 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
     let r = stack.backup_run(&lab, &["create"]).unwrap();
     let run = (run_start, unix_now());
     assert_eq!(r["exit_code"], 2, "a run without the repository host: {r}");
-    let failed: Expected = (
-        "RempartBackupFailed",
+    let unreachable: Expected = (
+        "RempartBackupRepositoryUnreachable",
         &[("repository", "backup"), ("host", "main")],
         "backup-admins",
-        "backup-failed-or-too-old",
+        "repository-unreachable",
         0.0,
     );
-    let failed_times = measure(&log, &failed, run, no_for_limit, || {
+    let unreachable_times = measure(&log, &unreachable, run, no_for_limit, || {
         stack.restart_sshd(&lab).unwrap();
         let r = stack.backup_run(&lab, &["create"]).unwrap();
         assert_eq!(r["exit_code"], 0, "a run with sshd back: {r}");
     });
-    for (name, (fired, resolved)) in [("RempartBackupCheckFailed", check_times), ("RempartBackupFailed", failed_times)]
+    // One cause, one alert: RempartBackupFailed leaves an unreachable repository to it.
+    let failed: Expected = ("RempartBackupFailed", &[("repository", "backup")], "backup-admins", "", 0.0);
+    let notes = read_notifications(&log).unwrap();
+    assert!(
+        first_after(&notes, &failed, "firing", run.0).is_none(),
+        "RempartBackupFailed fired for sshd stopped: {notes:#?}"
+    );
+    for (name, (fired, resolved)) in
+        [("RempartBackupCheckFailed", check_times), ("RempartBackupRepositoryUnreachable", unreachable_times)]
     {
         println!(
             "measured: {name} firing {fired:.1} s after the failed run, resolved {resolved:.1} s after the good run"
