@@ -5,8 +5,8 @@
 //!
 //! Per trial (`rempart_lab::node::run_fault`): main serves; the fault hits main (kill -9 of the
 //! failover daemon; main isolated for 6 s; main's whole stack SIGSTOPped for 6 s, longer than
-//! the lease). Measured from the fault: the client's first read, through the VIP, of its last
-//! entry acknowledged before the fault; the longest stretch without an acknowledged client write
+//! the lease). Measured from the fault: the client's first read, through the VIP and served by
+//! backup, of its last entry acknowledged before the fault; the longest stretch without an acknowledged client write
 //! (the outage as writers see it); acknowledged entries lost (must be 0) and spans where both
 //! servers acknowledged writes (must be none).
 //!
@@ -16,9 +16,9 @@
 //! cargo bench -p rempart-benches --bench node_failover
 //! ```
 //! Env: `NODE_BENCH_TRIALS` (default 20), `NODE_BENCH_FAULTS` (default `kill9,isolate,freeze`),
-//! `NODE_BENCH_ADVERTS` (default `1,0.1`: rempart-node at 1 s adverts with a 3 s lease, and at
-//! 0.1 s with a 0.6 s lease; the glue runs at 1 s, the reference deployment's setting, and has
-//! no lease).
+//! `NODE_BENCH_ADVERTS` (default `1,0.1`: rempart-node at 1 s adverts with a 3 s lease and a 1 s
+//! replication peer timeout, and at 0.1 s with a 0.6 s lease and a 0.3 s peer timeout; the glue
+//! at the same advert interval and peer timeout, without a lease: it has none).
 
 use std::time::Duration;
 
@@ -54,12 +54,29 @@ struct Samples {
 }
 
 impl Samples {
-    fn add_steps(&mut self, statuses: &std::collections::BTreeMap<String, serde_json::Value>) {
+    /// The serving node's last transition: detection (fault → the take-over began, on the
+    /// same clock: the lab and the daemons share the machine), each step, and the client's side
+    /// (the transition's end → the client's first read through the VIP: gratuitous ARP, the
+    /// client's neighbour entry and one LDAP round trip).
+    fn add_steps(
+        &mut self,
+        statuses: &std::collections::BTreeMap<String, serde_json::Value>,
+        fault: Option<(f64, Option<f64>)>,
+    ) {
         let Some(s) = statuses.values().find(|s| s["phase"] == "serving") else { return };
-        for st in s["last_transition"]["steps"].as_array().into_iter().flatten() {
+        let t = &s["last_transition"];
+        for st in t["steps"].as_array().into_iter().flatten() {
             if let (Some(name), Some(d)) = (st["step"].as_str(), st["duration_s"].as_f64()) {
                 self.steps.entry(name.to_string()).or_default().push(d);
             }
+        }
+        let (Some((fault_unix, first_read)), Some(started)) = (fault, t["started_unix"].as_f64()) else { return };
+        if started < fault_unix {
+            return; // not the take-over this fault caused
+        }
+        self.steps.entry("0 detection".into()).or_default().push(started - fault_unix);
+        if let (Some(read), Some(d)) = (first_read, t["duration_s"].as_f64()) {
+            self.steps.entry("9 VIP → client's read".into()).or_default().push(read - (started - fault_unix) - d);
         }
     }
 
@@ -99,7 +116,6 @@ fn main() {
     for &f in &faults {
         for &adv in &adverts {
             let ttl = if adv >= 1.0 { Duration::from_secs(3) } else { Duration::from_millis(600) };
-            let with_glue = adv >= 1.0;
             let (mut ours, mut glue) = (Samples::default(), Samples::default());
             for t in 0..trials {
                 let seen = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
@@ -108,14 +124,14 @@ fn main() {
                     c.last_status = seen.clone();
                     Box::new(c) as Box<dyn Failover>
                 };
-                ours.add(run_fault(f, &mut make));
+                let r = run_fault(f, &mut make);
+                let fault_times = r.as_ref().ok().map(|o| (o.fault_unix, o.first_read.map(|d| d.as_secs_f64())));
+                ours.add(r);
                 if let Ok(m) = seen.lock() {
-                    ours.add_steps(&m);
+                    ours.add_steps(&m, fault_times);
                 }
-                if with_glue {
-                    let mut make = || Box::new(Glue::new()) as Box<dyn Failover>;
-                    glue.add(run_fault(f, &mut make));
-                }
+                let mut make = || Box::new(Glue::with_advert(adv)) as Box<dyn Failover>;
+                glue.add(run_fault(f, &mut make));
                 eprintln!("{f:?} advert {adv} s: trial {}/{trials} done", t + 1);
             }
             let case = format!("{}, advert {adv} s (rempart lease {:.1} s)", f.label(), ttl.as_secs_f64());
@@ -139,9 +155,6 @@ fn main() {
                 .collect();
             notes.push(format!("{case}, rempart-node take-over steps (medians): {}", breakdown.join(", ")));
             for (who, s) in [("rempart-node", &ours), ("glue", &glue)] {
-                if who == "glue" && !with_glue {
-                    continue;
-                }
                 notes.push(format!(
                     "{case}, {who}: {} trials, {} with a read in the window, {} acknowledged entries lost, {} trials with the VIP silent at the end, {} trials with two writers, {} errors{}",
                     trials,

@@ -33,17 +33,24 @@ pub fn scripts_dir() -> PathBuf {
 /// The VRRP instance's name in the glue's keepalived.conf.
 pub const INSTANCE: &str = "VI_LDAP";
 
-/// The keepalived.conf of `host` (main: MASTER 150, backup: BACKUP 100; advert 1 s, VRRPv2 with
-/// PASS authentication, the VIP on the management LAN), with the notify scripts given `env`.
-pub fn keepalived_conf(host: &str, env: &std::path::Path) -> String {
+/// The keepalived.conf of `host` (main: MASTER 150, backup: BACKUP 100; the VIP on the
+/// management LAN), with the notify scripts given `env`. At 1 s adverts and more: VRRPv2 with
+/// PASS authentication (the reference deployment's file); below 1 s keepalived needs VRRPv3
+/// (centisecond intervals), which has no authentication.
+pub fn keepalived_conf(host: &str, env: &std::path::Path, advert: f64) -> String {
     let (state, prio) = if host == "main" { ("MASTER", 150) } else { ("BACKUP", 100) };
     let s = scripts_dir();
     let (m, b) = (s.join("notify-master.sh"), s.join("notify-backup.sh"));
     let env = env.display();
+    let (version, auth) = if advert < 1.0 {
+        ("  vrrp_version 3\n", String::new())
+    } else {
+        ("", "  authentication {\n    auth_type PASS\n    auth_pass iris-lab\n  }\n".to_string())
+    };
     format!(
-        "global_defs {{\n  router_id {host}\n  script_user root\n}}\n\n\
+        "global_defs {{\n  router_id {host}\n  script_user root\n{version}}}\n\n\
          vrrp_instance {INSTANCE} {{\n  state {state}\n  interface mgmt\n  virtual_router_id 50\n  priority {prio}\n  \
-         advert_int 1\n  authentication {{\n    auth_type PASS\n    auth_pass iris-lab\n  }}\n  \
+         advert_int {advert}\n{auth}  \
          virtual_ipaddress {{\n    {VIP}/24\n  }}\n  \
          notify_master \"{m} {env}\"\n  notify_backup \"{b} {env}\"\n  notify_fault \"{b} {env}\"\n}}\n",
         m = m.display(),
@@ -74,6 +81,8 @@ pub fn glue_env(h: &HostFiles, bin_dir: &std::path::Path) -> String {
 /// keepalived with the glue scripts on main and backup. See the module docs.
 #[derive(Debug, Default)]
 pub struct Glue {
+    /// VRRP advertisement interval, seconds (1 s unless [`Glue::with_advert`]).
+    advert: Option<f64>,
     keepalived: Vec<(String, Proc)>,
     files: Vec<HostFiles>,
 }
@@ -82,6 +91,23 @@ impl Glue {
     /// A column with nothing started.
     pub fn new() -> Glue {
         Glue::default()
+    }
+
+    /// A column whose keepalived advertises every `advert` seconds.
+    pub fn with_advert(advert: f64) -> Glue {
+        let mut g = Glue::default();
+        g.advert = Some(advert);
+        g
+    }
+
+    /// The replication link's peer timeout, as rempart-node's column at the same advert
+    /// interval (0.3 s below 1 s adverts, else 1 s), so both columns detect a dead link alike.
+    fn link_timeout(&self) -> Duration {
+        if self.advert.is_some_and(|a| a < 1.0) {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(1)
+        }
     }
 
     fn files(&self, host: &str) -> Option<&HostFiles> {
@@ -98,7 +124,7 @@ impl Glue {
         let env = h.dir.join("glue.env");
         std::fs::write(&env, glue_env(&h, &bin_dir))?;
         let conf = h.dir.join("keepalived.conf");
-        std::fs::write(&conf, keepalived_conf(host, &env))?;
+        std::fs::write(&conf, keepalived_conf(host, &env, self.advert.unwrap_or(1.0)))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(h.dir.join("keepalived.log"))?;
         let mut c = crate::node::in_our_mounts(lab, host, "keepalived");
         c.args(["-P", "-n", "-l", "-D", "-f"])
@@ -120,6 +146,10 @@ impl Glue {
 }
 
 impl Failover for Glue {
+    fn peer_timeout(&self) -> Duration {
+        self.link_timeout()
+    }
+
     fn name(&self) -> &'static str {
         "keepalived + notify scripts"
     }

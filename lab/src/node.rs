@@ -359,6 +359,8 @@ pub struct Stack {
     /// `rempart-repl`, built next to this binary.
     pub repl_bin: PathBuf,
     repl: BTreeMap<String, Proc>,
+    /// `peer-timeout-ms` of the resource file (see [`Stack::set_peer_timeout`]).
+    peer_timeout: Duration,
 }
 
 impl Stack {
@@ -366,7 +368,12 @@ impl Stack {
     /// nothing.
     pub fn new(lab: &Lab) -> anyhow::Result<Stack> {
         let dir = TempDir::new(lab)?;
-        let s = Stack { dir, repl_bin: sibling_binary("rempart-repl")?, repl: BTreeMap::new() };
+        let s = Stack {
+            dir,
+            repl_bin: sibling_binary("rempart-repl")?,
+            repl: BTreeMap::new(),
+            peer_timeout: Duration::from_secs(1),
+        };
         std::fs::write(s.dir.path().join("r0.secret"), "iris lab replication secret\n")?;
         for n in SERVERS {
             let h = s.host(n);
@@ -398,8 +405,9 @@ impl Stack {
         let d = self.dir.path();
         let mut s = format!(
             "[resource]\nname = \"r0\"\nprotocol = \"C\"\nsecret-file = \"{}\"\nafter-sb-0pri = \"disconnect\"\n\
-             peer-timeout-ms = 1000\n",
-            d.join("r0.secret").display()
+             peer-timeout-ms = {}\n",
+            d.join("r0.secret").display(),
+            self.peer_timeout.as_millis()
         );
         for n in SERVERS {
             let repl = host(n).and_then(|h| h.repl).unwrap_or_default();
@@ -410,6 +418,16 @@ impl Stack {
             ));
         }
         s
+    }
+
+    /// Sets the replication link's peer timeout and rewrites both servers' resource files; call
+    /// it before anything started (a fast failover setting shortens it with the lease).
+    pub fn set_peer_timeout(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.peer_timeout = timeout;
+        for n in SERVERS {
+            std::fs::write(self.host(n).repl_conf(), self.resource_file())?;
+        }
+        Ok(())
     }
 
     /// Starts `rempart-repl run` on `host` and waits for its control socket.
@@ -905,6 +923,10 @@ pub trait Failover {
     fn switchover(&mut self, lab: &Lab, stack: &Stack, host: &str) -> anyhow::Result<()>;
     /// A short description of the column's state (roles, VIP, services), for the table.
     fn describe(&self, lab: &Lab, stack: &Stack) -> String;
+    /// The replication link's peer timeout this column's timing wants (1 s by default).
+    fn peer_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
 }
 
 /// The faults of issue 15, applicable to either column.
@@ -986,8 +1008,11 @@ pub struct Outcome {
     /// answer.
     pub lost: Option<Vec<String>>,
     /// From the fault to the client's first successful read (through the VIP) of its last entry
-    /// acknowledged before the fault, if any within the window.
+    /// acknowledged before the fault, if any within the window; after a fault that must move the
+    /// service (kill -9, freeze, isolation, partition), served by backup.
     pub first_read: Option<Duration>,
+    /// The fault's wall-clock time (Unix seconds), to compare with the daemons' status.
+    pub fault_unix: f64,
     /// How long the lab and the volume took to prepare, and until the traffic ran (the column
     /// started).
     pub setup: (Duration, Duration),
@@ -1096,7 +1121,9 @@ pub fn partition(lab: &Lab, host_name: &str, cut: bool) -> anyhow::Result<()> {
 pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let lab = crate::reference()?;
+    let mut column = make();
     let mut stack = Stack::new(&lab)?;
+    stack.set_peer_timeout(column.peer_timeout())?;
     stack.prepare(&lab).context("preparing the volume")?;
     if fault == Fault::ServiceFailsOnBackup {
         // A typo an admin could make on one host only: slapd refuses the file.
@@ -1105,7 +1132,6 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
         std::fs::write(&conf, text.replace("database mdb", "database mbd"))?;
     }
     let prepared = started.elapsed();
-    let mut column = make();
     column.start(&lab, &mut stack).with_context(|| format!("starting {}\n{}", column.name(), stack.logs()))?;
     let traffic = Traffic::start(&lab, &stack);
     traffic
@@ -1115,6 +1141,9 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
     let last_before = traffic.client_acks().last().map(|a| a.cn.clone()).context("no acknowledged entry")?;
     let fault_at = traffic.t0.elapsed();
     let t_fault = Instant::now();
+    let fault_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let moves = matches!(fault, Fault::Kill9 | Fault::Freeze | Fault::Isolate | Fault::Partition);
     let mut frozen = Vec::new();
     match fault {
         Fault::Kill9 => column.kill9("main")?,
@@ -1155,10 +1184,16 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
             }
             healed = true;
         }
-        if first_read.is_none() && Endpoint::Vip.has(&lab, &last_before) {
+        // After a fault that must move the service, a read counts once the client's neighbour
+        // entry points at backup: main's slapd may still answer reads from its cache after
+        // its failover daemon was killed, which is no recovery.
+        if first_read.is_none()
+            && (!moves || vip_holder(&lab).as_deref() == Some("backup"))
+            && Endpoint::Vip.has(&lab, &last_before)
+        {
             first_read = Some(t_fault.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(100)); // the reader's pace
+        std::thread::sleep(Duration::from_millis(20)); // the reader's pace
     }
     if !healed {
         signal(&frozen, "CONT");
@@ -1211,6 +1246,7 @@ pub fn run_fault(fault: Fault, make: &mut dyn FnMut() -> Box<dyn Failover>) -> a
         acknowledged: client.len(),
         lost,
         first_read,
+        fault_unix,
         reads_last,
         logs,
         split_brain,

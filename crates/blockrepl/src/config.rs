@@ -205,6 +205,10 @@ impl ResourceConfig {
         if let Err(e) = r.on_no_quorum.parse::<OnNoQuorum>() {
             p.push(format!("resource.on-no-quorum: {e}"));
         }
+        // DRBD's `timeout` is 0.1 s at the least; below that a loaded host misses keepalives.
+        if !(100..=600_000).contains(&r.peer_timeout_ms) {
+            p.push(format!("resource.peer-timeout-ms {}: must be 100 to 600000", r.peer_timeout_ms));
+        }
         if r.resync_rate_mib == 0 {
             p.push("resource.resync-rate-mib: must be > 0".into());
         }
@@ -403,6 +407,17 @@ nbd = "bogus"
         let t = base.replace("{}", "quorum = \"all\"\non-no-quorum = \"panic\"");
         let e = ResourceConfig::parse(Path::new("r0.toml"), &t).unwrap_err().to_string();
         assert!(e.contains("resource.quorum") && e.contains("resource.on-no-quorum"), "{e}");
+    }
+
+    #[test]
+    fn peer_timeout_has_drbds_floor() {
+        let base = "[resource]\nname = \"r0\"\nsecret-file = \"s\"\npeer-timeout-ms = {}\n\
+                    [[node]]\nname = \"a\"\naddress = \"127.0.0.1:7789\"\ndisk = \"a.img\"\nnbd = \"127.0.0.1:10809\"\n\
+                    [[node]]\nname = \"b\"\naddress = \"127.0.0.1:7790\"\ndisk = \"b.img\"\nnbd = \"127.0.0.1:10810\"\n";
+        let c = ResourceConfig::parse(Path::new("r0.toml"), &base.replace("{}", "300")).unwrap();
+        assert_eq!(c.resource.peer_timeout_ms, 300);
+        let e = ResourceConfig::parse(Path::new("r0.toml"), &base.replace("{}", "0")).unwrap_err().to_string();
+        assert!(e.contains("resource.peer-timeout-ms 0"), "{e}");
     }
 
     #[test]

@@ -1499,7 +1499,7 @@ impl Replica {
         self.my_chal = Some(c);
         self.conn = ConnState::Connecting;
         self.last_rx = Some(now);
-        self.next_ping = Some(now + self.cfg.ping_interval);
+        self.next_ping = Some(now + self.ping_every());
         self.send(Msg::Hello { challenge: c });
     }
 
@@ -1746,6 +1746,12 @@ impl Replica {
         self.close_at = Some(now + Duration::from_millis(300));
     }
 
+    /// The keepalive period: `ping_interval`, but at least three pings per peer timeout, so a
+    /// short timeout (a fast failover setting) never fires on an idle, healthy link.
+    fn ping_every(&self) -> Duration {
+        self.cfg.ping_interval.min(self.cfg.peer_timeout / 3)
+    }
+
     /// Time passed: keepalives, peer timeout, resync pacing, automatic barriers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
@@ -1761,7 +1767,7 @@ impl Replica {
                 return;
             }
             if self.next_ping.is_some_and(|p| now >= p) {
-                self.next_ping = Some(now + self.cfg.ping_interval);
+                self.next_ping = Some(now + self.ping_every());
                 if self.authed {
                     self.send(Msg::Ping);
                 }

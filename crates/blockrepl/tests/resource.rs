@@ -157,3 +157,32 @@ async fn a_primary_shut_down_mid_write_finishes_its_writes_and_records_its_role(
     let on_disk = (0..32usize).filter(|i| disk[i * 4096..(i + 1) * 4096].iter().all(|b| *b == *i as u8)).count();
     assert!(on_disk >= ok, "{ok} acknowledged, {on_disk} on disk");
 }
+
+/// A fast failover setting shortens the peer timeout below the default keepalive period (0.5 s):
+/// the keepalives follow it (three per timeout), so an idle, healthy link stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_peer_timeout_keeps_an_idle_link_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = blockrepl::metrics::ReplMetrics::register(&mut registry);
+    let short = |mut s: blockrepl::resource::ResourceSpec| {
+        s.replica.peer_timeout = Duration::from_millis(150);
+        s
+    };
+    let b = Resource::start_with_metrics(short(spec(dir.path(), "b", None)), &metrics).await.unwrap();
+    let a = Resource::start_with_metrics(short(spec(dir.path(), "a", Some(b.handle().replication_addr()))), &metrics)
+        .await
+        .unwrap();
+    let mut sa = a.handle().watch_status();
+    until(&mut sa, "connection", |s| s.replica.connection == ConnState::Connected).await;
+    // Idle for ten peer timeouts: any status other than Connected fails the test.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(1500),
+        sa.wait_for(|s| s.replica.connection != ConnState::Connected),
+    )
+    .await
+    .map(|r| r.map(|s| s.replica.connection));
+    assert!(dropped.is_err(), "the idle link dropped: {dropped:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
