@@ -794,7 +794,7 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
                     src.push(
                         &span,
                         "backup.schedule",
-                        format!("{other:?}: use \"hourly\", \"daily\" or an interval such as \"30m\" or \"6h\""),
+                        format!("{other:?}: use \"hourly\", \"daily\" or an interval such as \"30m\", \"6h\" or \"90s\""),
                     );
                     Duration::from_secs(3600)
                 }
@@ -888,6 +888,8 @@ fn parse_every(s: &str) -> Option<Duration> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
     let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
     let secs = match unit {
+        // Seconds are for tests and labs; a real schedule is minutes or more.
+        "s" => 1,
         "m" | "min" => 60,
         "h" => 3600,
         "d" => 86_400,
@@ -955,6 +957,22 @@ impl WitnessFile {
             Ok(out)
         } else {
             Err(ConfigError::Invalid(src.problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_intervals() {
+        assert_eq!(parse_every("20s"), Some(Duration::from_secs(20)));
+        assert_eq!(parse_every("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_every("6h"), Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_every("2d"), Some(Duration::from_secs(2 * 86_400)));
+        for bad in ["0s", "s", "20", "20x", "-5m", "99999999999999999999h"] {
+            assert_eq!(parse_every(bad), None, "{bad}");
         }
     }
 }

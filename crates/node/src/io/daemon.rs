@@ -319,6 +319,7 @@ pub async fn start(cfg: NodeConfig, opts: NodeOptions, registry: &mut Registry) 
         snapshot,
         running_step: None,
         backups: Vec::new(),
+        backup_last_result: None,
         gate: None,
         fence_held: false,
         split_brains_handled: first.replica.split_brains,
@@ -401,6 +402,8 @@ struct Shell {
     snapshot: node_metrics::Shared,
     running_step: Option<JoinHandle<()>>,
     backups: Vec<(u64, runner::Cancel)>,
+    /// How the last backup run ended (the runner's exit reason: `success`, `cancelled: …`).
+    backup_last_result: Option<String>,
     /// What the replication cores were last fed.
     gate: Option<Instant>,
     fence_held: bool,
@@ -491,6 +494,10 @@ impl Shell {
                 Some((job, r)) = backup_rx.recv() => {
                     let now = Instant::now();
                     self.backups.retain(|(j, _)| *j != job);
+                    self.backup_last_result = Some(match &r {
+                        Ok(()) => "success".to_owned(),
+                        Err(e) => e.0.clone(),
+                    });
                     if r.is_ok() {
                         let t = unix_now();
                         write_last_backup(&self.opts.state_dir, t);
@@ -721,7 +728,21 @@ impl Shell {
             info!(job, outcome = %report.exit_reason, "backup ended");
             let r = match report.outcome {
                 runner::Outcome::Success | runner::Outcome::Warning => Ok(()),
-                _ => Err(StepFailure::new(report.exit_reason)),
+                _ => {
+                    // The reason, then each repository's error (a cancelled create names its
+                    // checkpoint archive there).
+                    let why: Vec<String> = report
+                        .repositories
+                        .iter()
+                        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.label)))
+                        .chain(report.errors.iter().cloned())
+                        .collect();
+                    Err(StepFailure::new(if why.is_empty() {
+                        report.exit_reason
+                    } else {
+                        format!("{} ({})", report.exit_reason, why.join("; "))
+                    }))
+                }
             };
             let _ = tx.send((job, r));
         });
@@ -890,6 +911,7 @@ impl Shell {
                     LastBackupFrom::Local => "local",
                     LastBackupFrom::Repository => "repository",
                 }),
+                "last_result": self.backup_last_result,
                 "reading_repository": b.reading_repository,
                 "repository_read_failures": b.read_failures,
                 "next_due_in_s": b.next_due.map(|d| secs(d.saturating_duration_since(now))),
