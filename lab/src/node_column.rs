@@ -35,6 +35,9 @@ pub struct NodeColumn {
     pub advert: f64,
     /// The witness lease's TTL (and the witness's longest).
     pub ttl: Duration,
+    /// The replication link's peer timeout (`peer-timeout-ms`): how long a frozen or
+    /// unreachable peer still holds the connection. 1 s; ttl / 2 for leases under 2 s.
+    pub peer_timeout: Duration,
     /// Back the volume up (`[backup]`, hourly) into a repository shared by both hosts.
     pub backup: bool,
     /// The `[backup]` schedule (`hourly`, or an interval such as `20s`).
@@ -57,6 +60,7 @@ impl NodeColumn {
             bin: sibling_binary("rempart-node")?,
             advert: 1.0,
             ttl: LEASE,
+            peer_timeout: Duration::from_secs(1),
             backup: false,
             backup_schedule: "hourly".into(),
             last_status: Default::default(),
@@ -72,6 +76,7 @@ impl NodeColumn {
         let mut c = NodeColumn::new()?;
         c.advert = advert;
         c.ttl = ttl;
+        c.peer_timeout = (ttl / 2).min(Duration::from_secs(1));
         Ok(c)
     }
 
@@ -315,6 +320,10 @@ fn children(pid: i32) -> Vec<i32> {
 }
 
 impl Failover for NodeColumn {
+    fn peer_timeout(&self) -> Duration {
+        self.peer_timeout
+    }
+
     fn name(&self) -> &'static str {
         "rempart-node"
     }
