@@ -424,7 +424,10 @@ impl Drop for NodeColumn {
 /// acknowledged through the VIP again), the acknowledged entries lost (must be 0) and each step
 /// of backup's take-over with its duration. Then main's daemon comes back (as Secondary), and
 /// backup — now the primary — is isolated: the step shows that no second primary acknowledged
-/// writes, and that exactly one node serves once the network is back.
+/// writes, and that exactly one node serves once the network is back. Its checks (report lines
+/// of their own): the directory — base `dc=iris,dc=local` and its `ou`s — answering the client
+/// through the VIP before the fault (main serving) and after it (backup serving), and the
+/// client-visible RTO against the reference's 6 s.
 #[derive(Debug, Default)]
 pub struct NodeDrill;
 
@@ -441,6 +444,7 @@ impl crate::Step for NodeDrill {
         col.start(lab, &mut stack)?;
         let traffic = Traffic::start(lab, &stack);
         traffic.wait_client_acks(5, Duration::from_secs(15)).with_context(|| col.logs(&stack))?;
+        let dir_main = directory_through_vip(lab);
         let fault = traffic.t0.elapsed();
         col.kill9("main")?;
         col.wait_phase(&stack, "backup", "serving", Duration::from_secs(30))?;
@@ -448,6 +452,7 @@ impl crate::Step for NodeDrill {
             traffic.client_acks().iter().any(|a| a.sent > fault)
         })?;
         let rto = traffic.client_acks().iter().find(|a| a.sent > fault).map(|a| a.at - fault).unwrap_or_default();
+        let dir_backup = directory_through_vip(lab);
         let st = col.status_of(&stack, "backup").context("backup's status")?;
         let steps: Vec<String> = st["last_transition"]["steps"]
             .as_array()
@@ -497,12 +502,66 @@ impl crate::Step for NodeDrill {
         ensure!(lost.is_empty(), "acknowledged entries lost: {lost:?}");
         ensure!(two.is_empty(), "two primaries acknowledged writes: {two:?}");
         ensure!(serving == 1, "{serving} nodes serve after the partition healed");
-        Ok(format!(
-            "kill -9 of main's rempart-node: client RTO {:.2} s, {} acknowledged entries, 0 lost; backup's steps: {}; \
-             backup isolated: no second primary, 1 node serving after the heal",
-            rto.as_secs_f64(),
-            client.len(),
-            steps.join(", ")
-        ))
+        use crate::node::BASE_DN;
+        use crate::report::{finish, Check};
+        let limit = crate::steps::FAILOVER_LIMIT;
+        let expected_dns = [BASE_DN.to_string(), format!("ou=groups,{BASE_DN}"), format!("ou=people,{BASE_DN}")];
+        let directory = |name: &str, who: &str, r: &anyhow::Result<Vec<String>>| {
+            let (measured, pass) = match r {
+                Ok(dns) => (format!("{} through ldap://{VIP}/", dns.join("; ")), *dns == expected_dns),
+                Err(e) => (format!("{e:#}"), false),
+            };
+            Check::new(
+                name,
+                format!(
+                    "ldapsearch from the client through ldap://{VIP}/ ({who} serving) returns {BASE_DN} and its \
+                     ous (groups, people)"
+                ),
+                measured,
+                pass,
+            )
+        };
+        let checks = [
+            directory("directory through the VIP", "main", &dir_main),
+            directory("directory through the VIP after failover", "backup", &dir_backup),
+            Check::new(
+                "client-visible RTO (rempart-node)",
+                format!(
+                    "kill -9 of main's rempart-node: the client's first LDAP write acknowledged through the VIP < {} s \
+                     after the fault",
+                    limit.as_secs_f64()
+                ),
+                format!("{:.2} s", rto.as_secs_f64()),
+                rto < limit,
+            ),
+        ];
+        finish(
+            &format!(
+                "kill -9 of main's rempart-node: client RTO {:.2} s, {} acknowledged entries, 0 lost; backup's steps: {}; \
+                 backup isolated: no second primary, 1 node serving after the heal",
+                rto.as_secs_f64(),
+                client.len(),
+                steps.join(", ")
+            ),
+            &checks,
+        )
+    }
+}
+
+/// The directory as the client sees it through the VIP: the DNs of the base and its
+/// organisational units (`ldapsearch -x -H ldap://VIP/ -b dc=iris,dc=local`), sorted.
+pub fn directory_through_vip(lab: &Lab) -> anyhow::Result<Vec<String>> {
+    use crate::node::{run_limited, BASE_DN};
+    let mut c = lab.cmd("client", "ldapsearch");
+    c.args(["-x", "-LLL", "-o", "nettimeout=2", "-o", "ldif-wrap=no", "-H", &format!("ldap://{VIP}/"), "-b", BASE_DN]);
+    c.args(["-s", "sub", "(|(objectClass=organization)(objectClass=organizationalUnit))", "dn"]);
+    match run_limited(c, b"", Duration::from_secs(5))? {
+        Some((st, out)) if st.success() => {
+            let mut dns: Vec<String> = out.lines().filter_map(|l| l.strip_prefix("dn: ")).map(str::to_string).collect();
+            dns.sort();
+            Ok(dns)
+        }
+        Some((st, out)) => anyhow::bail!("ldapsearch through the VIP: {st}: {}", out.trim()),
+        None => anyhow::bail!("ldapsearch through the VIP: no answer within 5 s"),
     }
 }

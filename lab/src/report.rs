@@ -4,9 +4,17 @@
 //! took; a step the drill did not reach (it stops at the first failure) is a failed line, not a
 //! missing one. Markdown in FILE, the same as JSON in FILE with the extension `.json`.
 //!
+//! A step may measure several things the reference's table has as separate lines (the VIP
+//! failover, the client-visible RTO, the failback; the backups' RPO, the restore test, the
+//! restore in place; the directory through the VIP): it returns them as [`Check`]s through
+//! [`finish`], which appends one line per check to the step's detail (and fails the step when
+//! one fails, so the drill stops and exits 1 as for any failure). The report gives each check its
+//! own row under its step, with its own expected value, measurement and result.
+//!
 //! ```text
 //!   drill(lab, steps) ──► [Line] ──► markdown() ──► FILE       (table: step | expected | measured | result | s)
-//!                                └─► json()     ──► FILE.json  ({"steps": [{step, expected, measured, result, seconds}]})
+//!                                └─► json()     ──► FILE.json  ({"steps": [{step, expected, measured, result, seconds,
+//!                                                                           checks: [{check, expected, measured, result}]}]})
 //! ```
 
 use std::fmt::Write as _;
@@ -45,16 +53,84 @@ pub fn expected(step: &str) -> &'static str {
     }
 }
 
-/// One row: (step, expected, measured, passed, seconds); `None` seconds: not run.
-type Row<'a> = (&'a str, &'static str, String, bool, Option<f64>);
+/// One thing a step measured, with what was expected of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Short name (a row of the report under its step).
+    pub name: String,
+    /// What was expected, with its threshold.
+    pub expected: String,
+    /// What was measured.
+    pub measured: String,
+    /// Whether the measurement meets the expectation.
+    pub pass: bool,
+}
+
+impl Check {
+    /// A check; `pass` says whether `measured` meets `expected`.
+    pub fn new(name: &str, expected: impl Into<String>, measured: impl Into<String>, pass: bool) -> Check {
+        Check { name: name.to_string(), expected: expected.into(), measured: measured.into(), pass }
+    }
+}
+
+/// How a check's line starts in a step's detail.
+const CHECK_MARK: &str = "\n  ↳ ";
+
+fn clean(t: &str) -> String {
+    t.replace(['\t', '\n'], " ")
+}
+
+/// A step's result: `summary` and one line per check (`  ↳ name<TAB>measured<TAB>pass|FAIL<TAB>expected`),
+/// `Ok` if every check passed, else the same text as the error (the drill's line then fails and
+/// the report still shows each check).
+pub fn finish(summary: &str, checks: &[Check]) -> anyhow::Result<String> {
+    let mut d = clean(summary);
+    for c in checks {
+        let _ = write!(
+            d,
+            "{CHECK_MARK}{}\t{}\t{}\t{}",
+            clean(&c.name),
+            clean(&c.measured),
+            if c.pass { "pass" } else { "FAIL" },
+            clean(&c.expected)
+        );
+    }
+    if checks.iter().all(|c| c.pass) {
+        Ok(d)
+    } else {
+        Err(anyhow::anyhow!(d))
+    }
+}
+
+/// A line's detail split into its summary and its checks (see [`finish`]).
+#[must_use]
+pub fn split(detail: &str) -> (&str, Vec<Check>) {
+    let mut parts = detail.split(CHECK_MARK);
+    let summary = parts.next().unwrap_or("");
+    let checks = parts
+        .map(|p| {
+            let mut f = p.splitn(4, '\t');
+            let (name, measured, result, expected) =
+                (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or(""));
+            Check::new(name, expected, measured, result == "pass")
+        })
+        .collect();
+    (summary, checks)
+}
+
+/// One row: (step, expected, measured, passed, seconds, checks); `None` seconds: not run.
+type Row<'a> = (&'a str, &'static str, String, bool, Option<f64>, Vec<Check>);
 
 fn rows<'a>(lines: &'a [Line], steps: &'a [String]) -> Vec<Row<'a>> {
     let mut out: Vec<Row<'a>> = lines
         .iter()
-        .map(|l| (l.step.as_str(), expected(&l.step), l.detail.clone(), l.outcome == Outcome::Ok, Some(l.seconds)))
+        .map(|l| {
+            let (summary, checks) = split(&l.detail);
+            (l.step.as_str(), expected(&l.step), summary.to_string(), l.outcome == Outcome::Ok, Some(l.seconds), checks)
+        })
         .collect();
     for s in steps.iter().skip(lines.len()) {
-        out.push((s.as_str(), expected(s), "not run: an earlier step failed".to_string(), false, None));
+        out.push((s.as_str(), expected(s), "not run: an earlier step failed".to_string(), false, None, Vec::new()));
     }
     out
 }
@@ -64,21 +140,34 @@ fn rows<'a>(lines: &'a [Line], steps: &'a [String]) -> Vec<Row<'a>> {
 pub fn markdown(lines: &[Line], steps: &[String], lab: &str) -> String {
     let rows = rows(lines, steps);
     let passed = rows.iter().filter(|r| r.3).count();
+    let checks = rows.iter().map(|r| r.5.len()).sum::<usize>();
+    let checks_passed = rows.iter().flat_map(|r| &r.5).filter(|c| c.pass).count();
     let mut s = format!(
-        "# rempart drill report\n\nLab `{lab}`: {passed} of {} steps passed.\n\n\
-         | step | expected | measured | result | seconds |\n|---|---|---|---|---|\n",
+        "# rempart drill report\n\nLab `{lab}`: {passed} of {} steps passed; {checks_passed} of {checks} checks \
+         within them passed.\n\n| step | expected | measured | result | seconds |\n|---|---|---|---|---|\n",
         rows.len()
     );
     let cell = |t: &str| t.replace('|', "\\|").replace('\n', " ");
-    for (step, exp, measured, ok, secs) in &rows {
+    let result = |ok: bool| if ok { "pass" } else { "**FAIL**" };
+    for (step, exp, measured, ok, secs, checks) in &rows {
         let _ = writeln!(
             s,
             "| {step} | {} | {} | {} | {} |",
             cell(exp),
             cell(measured),
-            if *ok { "pass" } else { "**FAIL**" },
+            result(*ok),
             secs.map_or_else(|| "–".to_string(), |x| format!("{x:.2}"))
         );
+        for c in checks {
+            let _ = writeln!(
+                s,
+                "| ↳ {} | {} | {} | {} | |",
+                cell(&c.name),
+                cell(&c.expected),
+                cell(&c.measured),
+                result(c.pass)
+            );
+        }
     }
     s.push_str(
         "\nThe `alerts` step times each fault's alert at the webhook and its resolution. The backup faults \
@@ -89,7 +178,7 @@ pub fn markdown(lines: &[Line], steps: &[String], lab: &str) -> String {
 }
 
 /// The report as JSON: `{"lab", "passed", "total", "steps": [{"step", "expected", "measured",
-/// "result": "pass"|"fail", "seconds"}]}`.
+/// "result": "pass"|"fail", "seconds", "checks": [{"check", "expected", "measured", "result"}]}]}`.
 #[must_use]
 pub fn json(lines: &[Line], steps: &[String], lab: &str) -> serde_json::Value {
     let rows = rows(lines, steps);
@@ -97,12 +186,18 @@ pub fn json(lines: &[Line], steps: &[String], lab: &str) -> serde_json::Value {
         "lab": lab,
         "passed": rows.iter().filter(|r| r.3).count(),
         "total": rows.len(),
-        "steps": rows.iter().map(|(step, exp, measured, ok, secs)| serde_json::json!({
+        "steps": rows.iter().map(|(step, exp, measured, ok, secs, checks)| serde_json::json!({
             "step": step,
             "expected": exp,
             "measured": measured,
             "result": if *ok { "pass" } else { "fail" },
             "seconds": secs,
+            "checks": checks.iter().map(|c| serde_json::json!({
+                "check": c.name,
+                "expected": c.expected,
+                "measured": c.measured,
+                "result": if c.pass { "pass" } else { "fail" },
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -134,7 +229,7 @@ mod tests {
         let steps: Vec<String> = ["reachability", "vrrp-failover", "replication"].map(String::from).into();
         let lines = [line("reachability", true, "14 host pairs"), line("vrrp-failover", false, "VIP | not moved")];
         let md = markdown(&lines, &steps, "lab1");
-        assert!(md.contains("Lab `lab1`: 1 of 3 steps passed."), "{md}");
+        assert!(md.contains("Lab `lab1`: 1 of 3 steps passed; 0 of 0 checks within them passed."), "{md}");
         assert!(md.contains("| reachability | every host reaches"), "{md}");
         assert!(md.contains("| 14 host pairs | pass | 1.50 |"), "{md}");
         assert!(md.contains("| VIP \\| not moved | **FAIL** | 1.50 |"), "{md}");
@@ -146,6 +241,7 @@ mod tests {
         assert_eq!(j["steps"][1]["result"], "fail");
         assert_eq!(j["steps"][1]["measured"], "VIP | not moved");
         assert_eq!(j["steps"][2]["seconds"], serde_json::Value::Null);
+        assert_eq!(j["steps"][0]["checks"], serde_json::json!([]));
         let dir = std::env::temp_dir().join(format!("rempart-report-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (m, js) = write(&dir.join("report.md"), &lines, &steps, "lab1").unwrap();
@@ -153,5 +249,40 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(js).unwrap()).unwrap();
         assert_eq!(back, j);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn checks_are_rows_of_their_own_and_one_failed_check_fails_the_step() {
+        let good = [
+            Check::new("failover", "VIP on backup < 6 s", "3.61 s", true),
+            Check::new("failback", "VIP back on main < 6 s", "1.20 s", true),
+        ];
+        let d = finish("VIP main → backup", &good).unwrap();
+        assert_eq!(split(&d), ("VIP main → backup", good.to_vec()));
+        let bad = [good[0].clone(), Check::new("client RTO", "< 6 s", "9.0\ts\n", false)];
+        let e = finish("VIP | moved", &bad).unwrap_err().to_string();
+        let (summary, checks) = split(&e);
+        assert_eq!(summary, "VIP | moved");
+        assert_eq!(checks[1], Check::new("client RTO", "< 6 s", "9.0 s ", false), "tabs and newlines are cleaned");
+
+        let steps: Vec<String> = ["vrrp-failover", "replication"].map(String::from).into();
+        let lines = [Line { step: "vrrp-failover".into(), outcome: Outcome::Failed, detail: e, seconds: 2.0 }];
+        let md = markdown(&lines, &steps, "lab2");
+        assert!(md.contains("0 of 2 steps passed; 1 of 2 checks within them passed."), "{md}");
+        assert!(md.contains("| vrrp-failover | the VIP on main only"), "{md}");
+        assert!(
+            md.contains(
+                "| VIP \\| moved | **FAIL** | 2.00 |\n| ↳ failover | VIP on backup < 6 s | 3.61 s | pass | |\n"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| ↳ client RTO | < 6 s | 9.0 s  | **FAIL** | |"), "{md}");
+        let j = json(&lines, &steps, "lab2");
+        assert_eq!(j["steps"][0]["measured"], "VIP | moved");
+        assert_eq!(
+            j["steps"][0]["checks"][1],
+            serde_json::json!({"check": "client RTO", "expected": "< 6 s", "measured": "9.0 s ", "result": "fail"})
+        );
+        assert_eq!(j["steps"][0]["checks"][0]["result"], "pass");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::probe::{tcp_ping, EchoServer, ECHO_PORT};
+use crate::report::{finish, Check};
 use crate::{Lab, Step, HOSTS};
 
 /// Every host reaches every other on each network they share, by a real TCP exchange from
@@ -139,9 +140,22 @@ pub fn has_addr(lab: &Lab, host: &str, dev: &str, addr: &str) -> bool {
 /// `rempart-vrrp` on the management LAN with the same keepalived.conf (VRRPv2, PASS, advert 1 s);
 /// the drill checks the VIP is on main only, kills main's daemon with SIGKILL, and measures the
 /// time until the VIP is on backup and until the client's first TCP connect to a service on the
-/// VIP succeeds.
+/// VIP succeeds (the client-visible RTO). Then main's daemon starts again: with the higher
+/// priority it preempts, and the step measures the failback — the VIP back on main only and the
+/// client served by main through it. One [`Check`] each, against [`FAILOVER_LIMIT`].
 #[derive(Debug, Default)]
 pub struct VrrpFailover;
+
+/// The reference deployment's claim for a failover ("< 6 s"), applied to the VIP's move, the
+/// client's RTO and the failback alike.
+pub const FAILOVER_LIMIT: Duration = Duration::from_secs(6);
+
+fn within(d: Option<Duration>, limit: Duration) -> (String, bool) {
+    match d {
+        Some(d) => (format!("{:.3} s", d.as_secs_f64()), d < limit),
+        None => ("not within 15 s".to_string(), false),
+    }
+}
 
 /// The keepalived.conf both nodes run in the drill (priority differs).
 pub fn vrrp_drill_conf(router: &str, priority: u8) -> String {
@@ -180,6 +194,12 @@ impl Step for VrrpFailover {
         let vip = crate::VIP;
         wait::until(Duration::from_secs(15), "VIP on main", || has_addr(lab, "main", "mgmt", vip))?;
         anyhow::ensure!(!has_addr(lab, "backup", "mgmt", vip), "VIP on both main and backup");
+        let mut checks = vec![Check::new(
+            "VIP on main",
+            "before the fault, the VIP on main (priority 150) only",
+            format!("{vip} on main, not on backup"),
+            true,
+        )];
 
         // A service on the VIP, as the client sees it: an echo server on backup's wildcard address.
         let service = EchoServer::start(lab, "backup", SocketAddr::from(([0, 0, 0, 0], ECHO_PORT)))?;
@@ -201,11 +221,61 @@ impl Step for VrrpFailover {
         wait::until(Duration::from_secs(15), "client TCP connect to the VIP", || probe(lab))?;
         let served = killed.elapsed();
         drop(service);
-        Ok(format!(
-            "VIP {vip} main → backup {:.3} s after kill -9 (advert 1 s, expect ≈ 3.61 s); client connects after {:.3} s",
-            moved.as_secs_f64(),
-            served.as_secs_f64()
-        ))
+        let limit = FAILOVER_LIMIT.as_secs_f64();
+        let (m, ok) = within(Some(moved), FAILOVER_LIMIT);
+        checks.push(Check::new(
+            "failover",
+            format!("main's daemon killed (kill -9): the VIP on backup in < {limit} s (the reference's claim)"),
+            format!("VIP on backup {m} after the kill"),
+            ok,
+        ));
+        let (m, ok) = within(Some(served), FAILOVER_LIMIT);
+        checks.push(Check::new(
+            "client-visible RTO",
+            format!("the client's first TCP connect through the VIP succeeds < {limit} s after the kill"),
+            format!("client connected through the VIP {m} after the kill"),
+            ok,
+        ));
+
+        // Failback: the service now on main only, main's daemon started again; its priority (150)
+        // preempts backup's. The client is served again once main holds the VIP and has
+        // announced it (backup's gratuitous ARP pointed the client at backup).
+        let service = EchoServer::start(lab, "main", SocketAddr::from(([0, 0, 0, 0], ECHO_PORT)))?;
+        anyhow::ensure!(!probe(lab), "the client reached main's service before the failback");
+        let restarted = Instant::now();
+        let conf = dir.join("main.conf");
+        let mut c = lab.cmd("main", &bin.to_string_lossy());
+        c.arg("--run-dir").arg(dir.join("run-main")).arg("run").arg("-f").arg(&conf);
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        daemons.push(lab.spawn("main", c)?);
+        let back = wait::until(Duration::from_secs(15), "VIP back on main only", || {
+            has_addr(lab, "main", "mgmt", vip) && !has_addr(lab, "backup", "mgmt", vip)
+        })
+        .ok();
+        let client_back =
+            wait::until(Duration::from_secs(15), "client served by main through the VIP", || probe(lab)).ok();
+        let client_back = client_back.map(|_| restarted.elapsed());
+        drop(service);
+        let (m, ok) = within(back, FAILOVER_LIMIT);
+        let (mc, okc) = within(client_back, FAILOVER_LIMIT);
+        checks.push(Check::new(
+            "failback to main",
+            format!(
+                "main's daemon started again: the VIP back on main only, and the client served by main through \
+                 it, < {limit} s after the start"
+            ),
+            format!("VIP on main only {m}, client served by main {mc} after the start"),
+            ok && okc,
+        ));
+        finish(
+            &format!(
+                "VIP {vip} main → backup {:.3} s after kill -9 (advert 1 s, expect ≈ 3.61 s); client connects after \
+                 {:.3} s; failback to main: {mc}",
+                moved.as_secs_f64(),
+                served.as_secs_f64()
+            ),
+            &checks,
+        )
     }
 }
 
@@ -289,7 +359,10 @@ impl Step for ReplicatedVolume {
 /// file with repeated blocks, a symlink) is backed up twice (the second run shows deduplication
 /// and the files cache, then prune applies the retention), checked, restore-tested (restored into
 /// a temporary directory and every file verified against the archive), then deleted on main and
-/// restored in place over ssh and compared item by item with what was there. Reports the times.
+/// restored in place over ssh and compared item by item with what was there. Reports the times,
+/// and as [`Check`]s: the age of the newest good backup when the data is lost (the backups' RPO,
+/// against [`BACKUP_RPO_LIMIT`], read from the runner's metrics as Prometheus would), the restore
+/// test's files verified and duration, and the restore in place.
 #[derive(Debug)]
 pub struct BackupRestore {
     /// Approximate size of the generated tree, in MiB.
@@ -300,6 +373,33 @@ impl Default for BackupRestore {
     fn default() -> Self {
         Self { mib: 32 }
     }
+}
+
+/// The backups' RPO (1 h) plus the 15 min margin of `RempartBackupTooOld`, in seconds.
+pub const BACKUP_RPO_LIMIT: f64 = 4500.0;
+
+/// Regular files below `root` (symbolic links not followed).
+fn regular_files(root: &std::path::Path) -> anyhow::Result<u64> {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The value of `family{repository="LABEL"}` in a textfile.
+fn textfile_value(text: &str, family: &str, label: &str) -> Option<f64> {
+    let prefix = format!("{family}{{repository=\"{label}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok())
 }
 
 /// Writes a deterministic tree of about `mib` MiB below `root`.
@@ -380,6 +480,7 @@ impl Step for BackupRestore {
         generate_tree(&source, self.mib)?;
         let fingerprint = |p: &std::path::Path| dedupstore::drill::fingerprint(p).map_err(|e| anyhow::anyhow!("{e}"));
         let before = fingerprint(&source)?;
+        let files = regular_files(&source)?;
 
         // backup: sshd on its management address, the client key forced to `serve`.
         let ssh = dir.join("ssh");
@@ -452,19 +553,61 @@ impl Step for BackupRestore {
             "metrics: {m}"
         );
 
-        // Disaster on main: the data is gone; restore it in place over ssh and compare.
+        // Disaster on main: the data is gone; restore it in place over ssh and compare. The age
+        // of the newest good backup at that moment is what was lost (the backups' RPO), as the
+        // runner's metrics tell Prometheus.
         let archive = r2["create"]["name"].as_str().context("archive name")?.to_string();
+        let m = std::fs::read_to_string(&metrics)?;
+        let last_success = textfile_value(&m, "rempart_backup_last_success_timestamp_seconds", "backup");
         std::fs::remove_dir_all(&source)?;
+        let fault = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        let age = last_success.filter(|t| *t > 0.0).map(|t| fault - t);
         let t = Instant::now();
         let mut c = ours(&["extract", &format!("{url}::{archive}")]);
         c.current_dir("/");
         run_with_deadline(lab, "main", c, "extract over ssh")?;
         let restore = t.elapsed().as_secs_f64();
         let after = fingerprint(&source)?;
-        anyhow::ensure!(before == after, "the tree restored over ssh differs from the original");
+
+        let rt_files = rt["files"].as_u64().unwrap_or(0);
+        let rt_errors = rt["errors"].as_array().map(Vec::len).unwrap_or(usize::MAX);
+        let checks = [
+            Check::new(
+                "backup age at the fault (RPO of the backups)",
+                format!(
+                    "the newest good backup, as rempart_backup_last_success_timestamp_seconds says, at most \
+                     {BACKUP_RPO_LIMIT} s old when the data is lost (1 h RPO + 15 min, RempartBackupTooOld's threshold)"
+                ),
+                age.map_or_else(|| format!("no last success in the metrics: {m}"), |a| format!("{a:.1} s")),
+                age.is_some_and(|a| (0.0..=BACKUP_RPO_LIMIT).contains(&a)),
+            ),
+            Check::new(
+                "restore test",
+                format!(
+                    "the newest archive restored into a temporary directory and every one of its {files} regular \
+                     files verified, 0 errors"
+                ),
+                format!(
+                    "{rt_files} files ({:.0} MB) verified in {:.2} s, {rt_errors} errors",
+                    rt["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                    rt["duration"].as_f64().unwrap_or(0.0)
+                ),
+                rt_files == files && rt_errors == 0,
+            ),
+            Check::new(
+                "restore in place over ssh (RTO of the data)",
+                "the data deleted on main, restored from backup over ssh: equal to the original, item by item",
+                format!(
+                    "{} items restored in {restore:.2} s, {}",
+                    after.len(),
+                    if before == after { "equal to the original" } else { "DIFFERENT from the original" }
+                ),
+                before == after,
+            ),
+        ];
 
         let mb = stats(&r1, "original_size") as f64 / 1e6;
-        Ok(format!(
+        let summary = format!(
             "runner main → backup over ssh: run 1 {t1:.2} s (create {:.2} s, {mb:.0} MB, {:.0} MB/s), run 2 {t2:.2} s \
              (create {:.2} s, {} kB new; prune 24h/7d/4w/6m deleted {}; checks {}); restore test {} files, {:.0} MB \
              verified in {:.2} s, {} errors; {} items restored in place over ssh in {restore:.2} s ({:.0} MB/s, RTO of the data)",
@@ -480,6 +623,7 @@ impl Step for BackupRestore {
             rt["errors"].as_array().map(Vec::len).unwrap_or(0),
             after.len(),
             mb / restore.max(1e-9)
-        ))
+        );
+        finish(&summary, &checks)
     }
 }

@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use rempart_lab::report::split;
 use rempart_lab::{default_steps, drill, reference, Outcome, PERSISTENT_NAME};
 use rempart_testkit::netns::list_namespaces;
 use rempart_testkit::require_root;
@@ -20,24 +21,61 @@ fn drill_reaches_every_host_and_cleans_up() {
     assert!(lines.iter().all(|l| l.outcome == Outcome::Ok), "{lines:#?}");
     // 4 hosts on mgmt (12 ordered pairs) + 2 on repl (2 pairs).
     assert!(lines[0].detail.starts_with("14 host pairs"), "{}", lines[0].detail);
-    let failover = lines.iter().find(|l| l.step == "vrrp-failover").expect("failover step");
-    assert!(failover.detail.contains("main → backup"), "{}", failover.detail);
-    let backup = lines.iter().find(|l| l.step == "backup-restore").expect("backup step");
+    // Each step's checks, by name, all passed (issue 16: the reference table's lines).
+    let checks = |step: &str| {
+        let l = lines.iter().find(|l| l.step == step).unwrap_or_else(|| panic!("no {step} step"));
+        let (summary, checks) = split(&l.detail);
+        assert!(checks.iter().all(|c| c.pass), "{step}: {checks:#?}");
+        (summary.to_string(), checks.iter().map(|c| (c.name.clone(), c.measured.clone())).collect::<Vec<_>>())
+    };
+    let names = |c: &[(String, String)]| c.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let (failover, fc) = checks("vrrp-failover");
+    assert!(failover.contains("main → backup") && failover.contains("failback to main"), "{failover}");
+    assert_eq!(names(&fc), ["VIP on main", "failover", "client-visible RTO", "failback to main"]);
+    assert!(fc[3].1.starts_with("VIP on main only ") && fc[3].1.contains(", client served by main "), "{fc:?}");
+    let (backup, bc) = checks("backup-restore");
     assert!(
-        backup.detail.starts_with("runner main → backup over ssh")
-            && backup.detail.contains(" verified in ")
-            && backup.detail.contains(", 0 errors;"),
-        "{}",
-        backup.detail
+        backup.starts_with("runner main → backup over ssh")
+            && backup.contains(" verified in ")
+            && backup.contains(", 0 errors;"),
+        "{backup}"
     );
-    let node = lines.iter().find(|l| l.step == "node-failover").expect("node step");
+    assert_eq!(
+        names(&bc),
+        ["backup age at the fault (RPO of the backups)", "restore test", "restore in place over ssh (RTO of the data)"]
+    );
+    // The generated tree: 64 configuration files, photos.bin and data.db.
+    assert!(bc[1].1.starts_with("66 files (") && bc[1].1.ends_with(", 0 errors"), "{bc:?}");
+    let (node, nc) = checks("node-failover");
     assert!(
-        node.detail.starts_with("kill -9 of main's rempart-node: client RTO ")
-            && node.detail.contains(" acknowledged entries, 0 lost; backup's steps: quorum ")
-            && node.detail.ends_with("backup isolated: no second primary, 1 node serving after the heal"),
-        "{}",
-        node.detail
+        node.starts_with("kill -9 of main's rempart-node: client RTO ")
+            && node.contains(" acknowledged entries, 0 lost; backup's steps: quorum ")
+            && node.ends_with("backup isolated: no second primary, 1 node serving after the heal"),
+        "{node}"
     );
+    assert_eq!(
+        names(&nc),
+        ["directory through the VIP", "directory through the VIP after failover", "client-visible RTO (rempart-node)"]
+    );
+    assert!(
+        nc[0].1.starts_with("dc=iris,dc=local; ou=groups,dc=iris,dc=local; ou=people,dc=iris,dc=local through"),
+        "{nc:?}"
+    );
+    // The report has a row per check.
+    let dir = tempfile::tempdir().unwrap();
+    let step_names: Vec<String> = steps.iter().map(|s| s.name().to_string()).collect();
+    let (md, json) = rempart_lab::report::write(&dir.path().join("r.md"), &lines, &step_names, &id).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    for row in [
+        "| ↳ failback to main |",
+        "| ↳ client-visible RTO |",
+        "| ↳ backup age at the fault",
+        "| ↳ directory through the VIP |",
+    ] {
+        assert!(md.lines().any(|l| l.starts_with(row) && l.ends_with("| pass | |")), "{row}: {md}");
+    }
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(j["passed"], j["total"], "{j:#}");
     let left: Vec<_> = list_namespaces().expect("list").into_iter().filter(|n| n.starts_with(&id)).collect();
     assert!(left.is_empty(), "drill left namespaces: {left:?}");
 }
