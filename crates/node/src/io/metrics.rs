@@ -213,7 +213,7 @@ impl Collector for NodeCollector {
         gauge(
             &mut enc,
             "rempart_node_backup_last_success_timestamp_seconds",
-            "Unix time of the last successful backup run by this node (0: none known).",
+            "Unix time of the last successful backup, this node's or the repository's newest (0: none known).",
             s.backup_last_success.unwrap_or(0.0),
         )?;
         gauge(&mut enc, "rempart_node_backup_running", "1 while a backup runs on this node.", b(s.backup_running))?;
