@@ -44,6 +44,11 @@ pub fn expected(step: &str) -> &'static str {
             "backup init, create, list and restore over ssh with the reference retention; check and restore \
              test pass; the restored tree equals the original"
         }
+        "node-failover" => {
+            "rempart-node on main and backup, slapd on the replicated volume, the client writing through the \
+             VIP: kill -9 of main's daemon, backup takes over with 0 acknowledged entries lost; main's daemon \
+             back as Secondary; backup isolated: no second primary, one node serving after the heal"
+        }
         "alerts" => {
             "each fault (main's rempart-vrrp killed, the replication link cut, the witness killed) brings its \
              alert to the webhook, routed as deploy/alertmanager says, within its for: plus two scrape \
