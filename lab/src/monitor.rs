@@ -18,8 +18,14 @@
 //! success and on failure alike. `rempart-lab up` leaves them running ([`Stack::keep`]);
 //! `rempart-lab down` kills every pid inside the lab's namespaces and removes the directory.
 //!
+//! That is the standalone stack ([`Daemons::Standalone`], `rempart-lab up`, the drill's alert
+//! step, `monitoring_lab`). With [`Daemons::Node`] the stack starts only node_exporter and the
+//! monitoring host; `rempart-node run` on main and backup (:9107) and its witness (:9106) are the
+//! caller's (`monitoring_node` runs them with [`crate::node_column::NodeColumn`]).
+//!
 //! The configuration files are the ones in `deploy/`, changed only where the lab differs from a
-//! deployment: the scrape and evaluation intervals (seconds instead of 15 s, so a test sees an
+//! deployment (and, for the standalone daemons, their commented scrape jobs in place of the
+//! `rempart-node` job): the scrape and evaluation intervals (seconds instead of 15 s, so a test sees an
 //! alert quickly) and, for Alertmanager, the grouping waits. Addresses are the lab's own, which
 //! are the reference deployment's.
 
