@@ -20,7 +20,9 @@
 //!    │                                   │ (each step has a timeout)
 //!    │                                   ▼
 //!    │                                Serving ──── backups run here (hourly, never two,
-//!    │                                   │         catch up after downtime)
+//!    │                                   │         catch up after downtime; the schedule
+//!    │                                   │         continues from the repository's newest
+//!    │                                   │         archive, read as the up order begins)
 //!    │   VRRP BACKUP/FAULT, switchover,  │
 //!    │   shutdown, lost quorum, failure  ▼
 //!    └──── SteppingDown: VIP off ⇒ backup cancelled ⇒ stop n..0 ⇒ unmount ⇒ demote
