@@ -356,6 +356,7 @@ fn ncfg() -> NConfig {
         },
         fault_hold: Duration::from_secs(1),
         step_down_budget: 300 * MS,
+        vrrp_settle: 500 * MS,
         backup_interval: Some(Duration::from_secs(2)),
         backup_retry: Duration::from_millis(500),
     }

@@ -814,13 +814,22 @@ impl Shell {
                 let key = (t.started, d);
                 if s.last_transition_key != Some(key) {
                     s.last_transition_key = Some(key);
-                    let ok = t.steps.iter().all(|r| matches!(r.outcome, Outcome::Ok));
-                    *s.transitions.entry((d, ok)).or_default() += 1;
                     s.last_transition.insert(d, end.saturating_duration_since(t.started).as_secs_f64());
                     self.steps_seen = 0;
                 }
             }
         }
+        // The core counts them: a failed up order is replaced by its unwinding within one input,
+        // before a snapshot could see it end.
+        let c = st.transitions;
+        s.transitions = [
+            (("up", true), c.up_ok),
+            (("up", false), c.up_failed),
+            (("down", true), c.down_ok),
+            (("down", false), c.down_failed),
+        ]
+        .into_iter()
+        .collect();
     }
 
     async fn status_json(&mut self, now: Instant) -> Value {

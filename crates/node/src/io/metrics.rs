@@ -3,7 +3,7 @@
 //!
 //! | family | type | labels |
 //! |---|---|---|
-//! | `rempart_node_phase` | gauge, 1 for the current phase | `phase` (`idle`, `waiting_quorum`, `starting_up`, `serving`, `stepping_down`, `gave_up`, `stuck`, `stopped`) |
+//! | `rempart_node_phase` | gauge, 1 for the current phase | `phase` (`idle`, `waiting_quorum`, `starting_up`, `serving`, `stepping_down`, `gave_up`, `handing_over`, `stuck`, `stopped`) |
 //! | `rempart_node_maintenance` | gauge 0/1 | |
 //! | `rempart_node_transitions_total` | counter | `direction` (`up`, `down`), `result` (`ok`, `failed`) |
 //! | `rempart_node_last_transition_duration_seconds` | gauge | `direction` |
@@ -29,13 +29,14 @@ use prometheus_client::registry::Registry;
 use crate::orchestrator::{Direction, Phase, Step};
 
 /// Every phase, with its label value.
-pub const PHASES: [(Phase, &str); 8] = [
+pub const PHASES: [(Phase, &str); 9] = [
     (Phase::Idle, "idle"),
     (Phase::WaitingQuorum, "waiting_quorum"),
     (Phase::StartingUp, "starting_up"),
     (Phase::Serving, "serving"),
     (Phase::SteppingDown, "stepping_down"),
     (Phase::GaveUp, "gave_up"),
+    (Phase::HandingOver, "handing_over"),
     (Phase::Stuck, "stuck"),
     (Phase::Stopped, "stopped"),
 ];

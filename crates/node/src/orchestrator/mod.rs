@@ -96,6 +96,12 @@ pub struct Config {
     pub backup_interval: Option<Duration>,
     /// Delay before retrying a failed backup.
     pub backup_retry: Duration,
+    /// How long a node serving alone (its peer not replicating, its lease valid) keeps serving
+    /// when VRRP says BACKUP (a higher-priority advert) before it steps down: a peer frozen
+    /// longer than the lease wakes up still advertising as master for a moment, then gives up
+    /// (it cannot promote: no peer, no lease). Without the hold, that moment restarts the
+    /// whole service here. A peer that really can serve must connect first, which ends the hold.
+    pub vrrp_settle: Duration,
 }
 
 impl Default for Config {
@@ -107,6 +113,7 @@ impl Default for Config {
             step_down_budget: Duration::from_secs(2),
             backup_interval: Some(Duration::from_secs(3600)),
             backup_retry: Duration::from_secs(300),
+            vrrp_settle: Duration::from_secs(2),
         }
     }
 }
@@ -347,6 +354,9 @@ pub enum Phase {
     SteppingDown,
     /// Gave the service up: FAULT is held until the time shown in [`Status::fault_until`].
     GaveUp,
+    /// Handing the service to the peer on the operator's `switchover`: as [`Phase::GaveUp`]
+    /// (FAULT held so that the peer takes over), but planned — nothing an operator must answer.
+    HandingOver,
     /// A forced demote failed: the node keeps retrying it; an operator should look.
     Stuck,
     /// Shut down.
@@ -362,6 +372,7 @@ impl fmt::Display for Phase {
             Phase::Serving => "serving",
             Phase::SteppingDown => "stepping down",
             Phase::GaveUp => "gave up",
+            Phase::HandingOver => "handing over",
             Phase::Stuck => "stuck",
             Phase::Stopped => "stopped",
         })
@@ -418,6 +429,31 @@ pub struct Transition {
     pub ended: Option<Instant>,
 }
 
+/// Ended transitions, by direction and result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransitionCounts {
+    /// Up orders that ended with every step done.
+    pub up_ok: u64,
+    /// Up orders that failed (a step failed or timed out, or the order was unwound).
+    pub up_failed: u64,
+    /// Down orders that ended with every step done.
+    pub down_ok: u64,
+    /// Down orders that failed.
+    pub down_failed: u64,
+}
+
+impl TransitionCounts {
+    fn count(&mut self, t: &Transition, ok: bool) {
+        let c = match (t.direction, ok) {
+            (Direction::Up, true) => &mut self.up_ok,
+            (Direction::Up, false) => &mut self.up_failed,
+            (Direction::Down, true) => &mut self.down_ok,
+            (Direction::Down, false) => &mut self.down_failed,
+        };
+        *c += 1;
+    }
+}
+
 /// A snapshot for `rempart-node status`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
@@ -441,6 +477,9 @@ pub struct Status {
     pub priority_lowered: bool,
     /// The current or last transition.
     pub last_transition: Option<Transition>,
+    /// Ended transitions so far, by direction and result (a transition replaced before it
+    /// ended — an up order unwound after a failed step — counts as failed).
+    pub transitions: TransitionCounts,
     /// Backups.
     pub backup: BackupState,
     /// Services running (their count, from the first).
@@ -467,6 +506,8 @@ pub struct Orchestrator {
     vrrp: VrrpState,
     /// The VRRP state the target follows (frozen while in maintenance).
     vrrp_effective: VrrpState,
+    /// VRRP said BACKUP while this node served alone: it keeps serving until then.
+    vrrp_settle_until: Option<Instant>,
     repl: ReplView,
     lease_until: Option<Instant>,
     want_lease: bool,
@@ -493,6 +534,10 @@ pub struct Orchestrator {
     vip_retry_at: Option<Instant>,
     // give-up state
     gave_up: Option<String>,
+    /// The give-up is the operator's switchover ([`Phase::HandingOver`]).
+    handing_over: bool,
+    /// Ended transitions so far.
+    transitions: TransitionCounts,
     fault_until: Option<Instant>,
     fault_forced: bool,
     priority_lowered: bool,
@@ -517,6 +562,7 @@ impl Orchestrator {
             started: false,
             vrrp: VrrpState::Initialize,
             vrrp_effective: VrrpState::Initialize,
+            vrrp_settle_until: None,
             repl: ReplView::standalone_secondary(),
             lease_until: None,
             want_lease: false,
@@ -534,6 +580,8 @@ impl Orchestrator {
             vip_unsure: false,
             vip_retry_at: None,
             gave_up: None,
+            handing_over: false,
+            transitions: TransitionCounts::default(),
             fault_until: None,
             fault_forced: false,
             priority_lowered: false,
@@ -585,6 +633,7 @@ impl Orchestrator {
             }
         };
         min(self.running.map(|r| r.deadline));
+        min(self.vrrp_settle_until);
         if self.running.is_none() {
             min(self.quorum_deadline);
             min(self.retry_at);
@@ -630,7 +679,11 @@ impl Orchestrator {
         } else if self.stuck {
             Phase::Stuck
         } else if self.gave_up.is_some() && self.fault_until.is_some() {
-            Phase::GaveUp
+            if self.handing_over {
+                Phase::HandingOver
+            } else {
+                Phase::GaveUp
+            }
         } else if let Some(r) = &self.running {
             match r.step {
                 Step::Quorum | Step::Promote | Step::Mount | Step::Start(_) | Step::Health | Step::AllowVip => {
@@ -663,6 +716,7 @@ impl Orchestrator {
             fault_until: self.fault_until,
             priority_lowered: self.priority_lowered,
             last_transition: self.transition.clone(),
+            transitions: self.transitions,
             backup: self.backups.state(),
             services_started: self.services_started,
             mounted: self.mounted,
@@ -676,9 +730,27 @@ impl Orchestrator {
     pub fn handle_vrrp(&mut self, now: Instant, state: VrrpState) {
         self.vrrp = state;
         if !self.maintenance {
-            self.vrrp_effective = state;
+            if state == VrrpState::Backup && self.vrrp_effective == VrrpState::Master && self.serving_alone(now) {
+                if self.vrrp_settle_until.is_none() {
+                    info!("VRRP BACKUP while serving alone with the lease: holding on while the peer settles");
+                    self.vrrp_settle_until = Some(now + self.cfg.vrrp_settle);
+                }
+            } else {
+                self.vrrp_settle_until = None;
+                self.vrrp_effective = state;
+            }
         }
         self.evaluate(now);
+    }
+
+    /// Serving, Primary, the peer not replicating and the lease valid: the peer cannot promote.
+    fn serving_alone(&self, now: Instant) -> bool {
+        self.vip
+            && self.running.is_none()
+            && self.repl.role == Role::Primary
+            && !self.repl.peer_replicating()
+            && !self.repl.connected()
+            && self.primary_has_quorum(now)
     }
 
     /// The replicated resource's status changed (call on every change; cheap when it did not).
@@ -769,6 +841,7 @@ impl Orchestrator {
                 info!("maintenance off");
                 self.maintenance = false;
                 self.vrrp_effective = self.vrrp;
+                self.vrrp_settle_until = None;
             }
             Command::Shutdown => {
                 info!("shutdown: taking the service down");
@@ -784,6 +857,7 @@ impl Orchestrator {
                 }
                 info!("switchover: handing the service to the peer");
                 self.give_up(now, "switchover requested by the operator".into());
+                self.handing_over = true;
             }
         }
         self.evaluate(now);
@@ -808,6 +882,17 @@ impl Orchestrator {
             self.retry_at = None;
         }
         self.evaluate(now);
+    }
+
+    /// The hold of [`Config::vrrp_settle`] ends when it runs out, or as soon as this node no
+    /// longer serves alone (the peer connected, the lease ran short): VRRP's word counts again.
+    fn end_vrrp_settle(&mut self, now: Instant) {
+        if self.vrrp_settle_until.is_some_and(|t| now >= t || !self.serving_alone(now)) {
+            self.vrrp_settle_until = None;
+            if !self.maintenance {
+                self.vrrp_effective = self.vrrp;
+            }
+        }
     }
 
     // ------------------------------------------------------------------ the machine
@@ -845,12 +930,18 @@ impl Orchestrator {
             return;
         }
         info!(?direction, %reason, "transition");
+        // One still running is replaced: it did not finish, so it failed.
+        if let Some(t) = self.transition.as_ref().filter(|t| t.ended.is_none()) {
+            self.transitions.count(t, false);
+        }
         self.transition = Some(Transition { direction, reason, started: now, steps: Vec::new(), ended: None });
     }
 
     fn end_transition(&mut self, now: Instant) {
         if let Some(t) = self.transition.as_mut().filter(|t| t.ended.is_none()) {
             t.ended = Some(now);
+            let ok = t.steps.iter().all(|r| matches!(r.outcome, Outcome::Ok));
+            self.transitions.count(t, ok);
         }
     }
 
@@ -968,6 +1059,7 @@ impl Orchestrator {
     /// Gives the service up: FAULT (the peer takes over), then the down order.
     fn give_up(&mut self, now: Instant, reason: String) {
         warn!(%reason, "giving the service up");
+        self.handing_over = false;
         self.gave_up = Some(reason.clone());
         self.fault_until = Some(now + self.cfg.fault_hold);
         if !self.fault_forced {
@@ -983,6 +1075,7 @@ impl Orchestrator {
 
     /// Decides what to do next. Called after every input.
     fn evaluate(&mut self, now: Instant) {
+        self.end_vrrp_settle(now);
         if !self.started || self.stopped {
             return;
         }
@@ -1007,6 +1100,7 @@ impl Orchestrator {
         if self.fault_until.is_some_and(|t| now >= t) && self.is_down() && self.running.is_none() {
             self.fault_until = None;
             self.gave_up = None;
+            self.handing_over = false;
             if self.fault_forced {
                 self.fault_forced = false;
                 self.actions.push_back(Action::ClearFault);

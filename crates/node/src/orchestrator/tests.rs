@@ -27,6 +27,8 @@ fn cfg() -> Config {
         },
         fault_hold: Duration::from_secs(1),
         step_down_budget: 300 * MS,
+        // No hold: VRRP's BACKUP is obeyed at once (the hold has its own test).
+        vrrp_settle: Duration::ZERO,
         backup_interval: None,
         backup_retry: Duration::from_secs(60),
     }
@@ -418,6 +420,27 @@ fn switchover_hands_over_and_is_refused_when_not_serving() {
         steps,
         [Step::VipOff, Step::Stop(1), Step::Stop(0), Step::Unmount, Step::Demote { kill_openers: false }]
     );
+    // Planned: the phase says so (monitoring pages for gave_up, not for this), and the
+    // hand-over's down order counts as a good one.
+    let st = t.o.status();
+    assert_eq!(st.phase, Phase::HandingOver);
+    assert_eq!((st.transitions.down_ok, st.transitions.down_failed, st.transitions.up_failed), (1, 0, 0));
+}
+
+#[test]
+fn a_failed_take_over_counts_as_a_failed_up_order() {
+    let mut t = T::new(cfg(), connected(Role::Secondary, Role::Secondary));
+    t.vrrp(VrrpState::Master);
+    assert_eq!(t.answer(true), Step::Promote);
+    assert_eq!(t.answer(true), Step::Mount);
+    assert_eq!(t.answer(false), Step::Start(0));
+    t.vrrp(VrrpState::Fault);
+    t.run_all();
+    let st = t.o.status();
+    assert_eq!(st.phase, Phase::GaveUp, "a failure is not a hand-over");
+    // The up order was replaced by its unwinding before it ended: still counted, as failed.
+    assert_eq!(st.transitions.up_failed, 1, "{:?}", st.transitions);
+    assert_eq!(st.transitions.up_ok, 0);
 }
 
 #[test]
@@ -710,4 +733,43 @@ fn every_up_order_reads_the_repository_again() {
     assert_eq!(t.read_query(), q1, "no read while not told to serve");
     t.vrrp(VrrpState::Master);
     assert!(t.read_query() > q1);
+}
+
+/// A peer frozen longer than the lease wakes up still advertising as VRRP master for a moment,
+/// then gives up (no peer, no lease: it cannot promote). The node serving alone holds on through
+/// that moment instead of restarting the whole service; a BACKUP that lasts steps down.
+#[test]
+fn a_node_serving_alone_holds_on_through_a_woken_peers_stale_advert() {
+    let mut c = cfg();
+    c.vrrp_settle = Duration::from_secs(1);
+    let mut t = T::serving(c);
+    t.o.handle_lease(t.now, Some(t.now + Duration::from_secs(10)));
+    t.repl = alone(Role::Primary);
+    t.o.handle_repl(t.now, t.repl);
+    t.o.handle_fence(t.now, Fence::Held);
+    t.drain();
+    t.log.clear();
+    // The woken peer's advert, then its priority 0 advert 60 ms later.
+    t.vrrp(VrrpState::Backup);
+    assert_eq!(t.o.poll_timeout(), Some(t.now + Duration::from_secs(1)));
+    t.advance(60 * MS);
+    t.vrrp(VrrpState::Master);
+    t.advance(Duration::from_secs(2));
+    assert!(t.running().is_none(), "no step: {:?}", t.log);
+    assert_eq!(t.o.phase(), Phase::Serving);
+
+    // A BACKUP that outlasts the hold: the node steps down.
+    t.vrrp(VrrpState::Backup);
+    t.advance(999 * MS);
+    assert!(t.running().is_none());
+    t.advance(MS);
+    assert_eq!(t.running().map(|r| r.1), Some(Step::VipOff));
+}
+
+/// With the peer connected, VRRP's BACKUP is obeyed at once (the peer may promote).
+#[test]
+fn a_node_with_its_peer_connected_steps_down_on_backup_at_once() {
+    let mut t = T::serving(cfg());
+    t.vrrp(VrrpState::Backup);
+    assert_eq!(t.running().map(|r| r.1), Some(Step::VipOff));
 }

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 
 use super::wire::{RefuseReason, Repr, RequestKind};
 
+/// After a refusal naming how long the holder's lease still runs, the next request goes this
+/// long after that (the witness's clock and the request's way there).
+pub const RETRY_AFTER_EXPIRY: Duration = Duration::from_millis(10);
+
 /// Settings of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -260,7 +264,15 @@ impl LeaseClient {
                     holder,
                     remaining: Duration::from_millis(u64::from(*remaining_ms)),
                 });
-                r.next_send = Some(now + self.cfg.retry_interval);
+                // Held by another: ask again just after it runs out (a take-over waits for that
+                // moment, not up to a retry interval beyond it); never later than the interval.
+                let held_for = Duration::from_millis(u64::from(*remaining_ms));
+                let wait = if held_for.is_zero() {
+                    self.cfg.retry_interval
+                } else {
+                    self.cfg.retry_interval.min(held_for + RETRY_AFTER_EXPIRY)
+                };
+                r.next_send = Some(now + wait);
             }
             _ => {}
         }
@@ -358,6 +370,25 @@ mod tests {
             Repr::Request { seq, .. } => *seq,
             other => panic!("not a request: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_refused_acquire_asks_again_just_after_the_holders_lease_runs_out() {
+        let t0 = Instant::now();
+        let mut c = client("backup");
+        c.handle_connected(t0);
+        c.want(t0, "r0", true);
+        let out = sent(&mut c);
+        let refuse =
+            |seq, remaining_ms| Repr::Refused { seq, reason: RefuseReason::Held, remaining_ms, holder: "main".into() };
+        c.handle_reply(t0, &refuse(seq_of(&out[0]), 120));
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(120) + RETRY_AFTER_EXPIRY));
+        // Held for longer than the retry interval: the interval.
+        let t1 = c.poll_timeout().unwrap();
+        c.handle_timeout(t1);
+        let out = sent(&mut c);
+        c.handle_reply(t1, &refuse(seq_of(&out[0]), 60_000));
+        assert_eq!(c.poll_timeout(), Some(t1 + c.config().retry_interval));
     }
 
     #[test]
