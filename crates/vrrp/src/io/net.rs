@@ -273,7 +273,13 @@ pub fn watch_links(
                         return;
                     }
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                // EINTR (a SIGSTOP/SIGCONT of the process, a signal to another thread): the
+                // queued datagrams are still there; read again.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     tracing::warn!("link events: {e}");
                     std::thread::sleep(std::time::Duration::from_millis(100));
