@@ -554,6 +554,16 @@ impl Stack {
             }
             let _ = std::fs::remove_file(h.loop_file());
         }
+        // Loop devices the failover daemon attached itself (rempart-node's mount step, the glue's
+        // script) over this host's files: a killed daemon leaves them behind.
+        for dev in loops_backed_under(&h.dir) {
+            let out = Command::new("losetup").args(["-d", &dev]).output();
+            let backing = format!("/sys/block/{}/loop/backing_file", dev.trim_start_matches("/dev/"));
+            if wait::until(Duration::from_secs(10), "loop device detached", || !Path::new(&backing).exists()).is_err() {
+                let err = out.map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
+                left.push(format!("{dev} still attached ({err})"));
+            }
+        }
         let fuse = h.fuse_dir();
         if is_mounted(&fuse) {
             let mut err = String::new();
@@ -1098,6 +1108,24 @@ pub fn vip_holder(lab: &Lab) -> Option<String> {
 
 /// The header of [`Outcome::row`]'s table.
 pub const TABLE_HEADER: &str = "| fault | state at the end | two writers | lost acknowledged entries | fault → first read of the last entry acknowledged before it | client reads its last acknowledged entry at the end | longest gap in client writes; client writes acknowledged after the heal |\n|---|---|---|---|---|---|---|";
+
+/// The loop devices (`/dev/loopN`) whose backing file lies under `dir`.
+pub fn loops_backed_under(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = std::fs::read_to_string(e.path().join("loop").join("backing_file")) else { continue };
+        if Path::new(backing.trim()).starts_with(dir) {
+            found.push(format!("/dev/{name}"));
+        }
+    }
+    found.sort();
+    found
+}
 
 /// Takes `host`'s ports out of the LANs' bridges (`cut`) or puts them back. The links stay up on
 /// both ends, so the host sees no carrier change (unlike [`Lab::isolate`]): what a switch fault or
