@@ -48,7 +48,16 @@
 //! Maintenance mode freezes the VRRP state the machine follows (no automatic failover); safety
 //! still acts: a lost quorum or a failed step still takes the service down. A switchover is a
 //! give-up without a failure: down order here, FAULT so that the peer takes over at once
-//! (Skew_Time), priority lowered so that this node does not take the service back.
+//! (Skew_Time), priority lowered so that this node does not take the service back; its phase is
+//! `HandingOver`, not `GaveUp`, so that monitoring pages for failures only.
+//!
+//! A node serving alone (Primary, the peer not even connected, its lease valid) does not step
+//! down the moment VRRP says BACKUP: it holds on for `vrrp_settle` (2 s). The case is a peer that
+//! was frozen longer than the lease (SIGSTOP, a paused VM): it wakes up still VRRP master, sends
+//! one advert at its old priority, then learns it has no lease and gives up (priority 0). The
+//! peer cannot write meanwhile (no connection, no lease: it cannot promote), so obeying that
+//! advert would only restart the whole service here. The hold ends early when the peer connects
+//! or the lease runs short; a BACKUP that outlasts it is obeyed.
 //!
 //! # Quorum: the lease and the fence
 //!
