@@ -12,7 +12,7 @@
 //! The daemons run in their host's network namespace and the test's mount namespace, like the
 //! glue column, so that the mounts they make are the ones the test sees.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -202,6 +202,19 @@ impl NodeColumn {
         wait::until(Duration::from_secs(20), "rempart-node control socket", || self.status_of(stack, name).is_some())
             .with_context(|| format!("{} never answered; log:\n{}", sock.display(), tail(&h.dir.join("node.log"))))?;
         Ok(())
+    }
+
+    /// The `--run-dir` of `name`'s `rempart-node` (its control socket), for commands run as an
+    /// operator would run them (`rempart-node status --run-dir ...`).
+    #[must_use]
+    pub fn run_dir_of(stack: &Stack, name: &str) -> PathBuf {
+        Self::run_dir(&stack.host(name))
+    }
+
+    /// The `rempart-node` binary the column runs.
+    #[must_use]
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// `rempart-node status --json` of `name`, if it answers.
