@@ -1,5 +1,5 @@
 //! The schedule shipped in deploy/: the systemd service + timer pass `systemd-analyze verify`,
-//! the timer is hourly and persistent, the cron.d line is valid cron syntax, and the command
+//! the timer is hourly and persistent, the cron.d lines are valid cron syntax (hourly run, weekly restore test), and the command
 //! line both run is one the binary accepts.
 
 use std::path::{Path, PathBuf};
@@ -79,6 +79,44 @@ fn systemd_units_verify_and_the_timer_is_hourly_and_persistent() {
     assert!(!out.status.success());
 }
 
+/// The weekly restore test (the restore-test alerts expect one at least every 8 days): the
+/// service runs the restore-test action with the same configuration and metrics file as the
+/// hourly run, the timer is weekly and persistent, and both pass `systemd-analyze verify`.
+#[test]
+fn the_restore_test_units_verify_and_run_weekly() {
+    let hourly = read("systemd/rempart-backup.service");
+    let service = read("systemd/rempart-backup-restore-test.service");
+    let timer = read("systemd/rempart-backup-restore-test.timer");
+    assert_eq!(key(&timer, "OnCalendar"), ["Sun *-*-* 04:00:00"]);
+    assert_eq!(key(&timer, "Persistent"), ["true"]);
+    let exec = key(&service, "ExecStart");
+    assert_eq!(exec.len(), 1);
+    let args = runner_args(exec[0]);
+    assert_eq!(args.last().map(String::as_str), Some("restore-test"), "{args:?}");
+    let hourly_args = runner_args(key(&hourly, "ExecStart")[0]);
+    assert_eq!(args[..args.len() - 1], hourly_args[..], "same configuration, metrics file and verbosity");
+    let d = tempfile::tempdir().unwrap();
+    binary_accepts(&args, d.path());
+    let installed = exec[0].split_whitespace().next().unwrap();
+    std::fs::write(d.path().join("rempart-backup-restore-test.service"), service.replace(installed, BIN)).unwrap();
+    std::fs::write(d.path().join("rempart-backup-restore-test.timer"), &timer).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(d.path().join("rempart-backup-restore-test.service"))
+        .arg(d.path().join("rempart-backup-restore-test.timer"))
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {}\n{err}", out.status);
+    // The calendar expression is one systemd understands, weekly.
+    let out = Command::new("systemd-analyze")
+        .args(["calendar", "--iterations=2", key(&timer, "OnCalendar")[0]])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("Sun"), "{text}");
+}
+
 /// One cron time field: `*`, `N`, `N-M`, lists, `/step`, within `lo..=hi`.
 fn cron_field_ok(f: &str, lo: u32, hi: u32) -> bool {
     f.split(',').all(|part| {
@@ -99,7 +137,7 @@ fn cron_field_ok(f: &str, lo: u32, hi: u32) -> bool {
 }
 
 #[test]
-fn cron_d_line_is_valid_and_hourly() {
+fn cron_d_lines_are_valid_hourly_and_weekly() {
     let text = read("cron.d/rempart-backup");
     let mut jobs = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
@@ -118,11 +156,17 @@ fn cron_d_line_is_valid_and_hourly() {
         assert!(!line.contains('%'), "{line:?}: an unescaped % ends a cron command");
         jobs.push(line.to_string());
     }
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs.len(), 2, "the hourly run and the weekly restore test: {jobs:?}");
     let f: Vec<&str> = jobs[0].split_whitespace().collect();
     assert!(f[0].parse::<u32>().is_ok() && f[1..5] == ["*", "*", "*", "*"], "hourly: {}", jobs[0]);
+    let w: Vec<&str> = jobs[1].split_whitespace().collect();
+    assert!(w[0].parse::<u32>().is_ok() && w[1].parse::<u32>().is_ok() && w[2..4] == ["*", "*"], "weekly: {}", jobs[1]);
+    assert!(w[4].parse::<u32>().is_ok_and(|d| d <= 7), "weekly: {}", jobs[1]);
     let d = tempfile::tempdir().unwrap();
     binary_accepts(&runner_args(&jobs[0]), d.path());
+    let weekly = runner_args(&jobs[1]);
+    assert_eq!(weekly.last().map(String::as_str), Some("restore-test"), "{weekly:?}");
+    binary_accepts(&weekly, d.path());
     // the checker itself rejects what cron rejects
     assert!(!cron_field_ok("60", 0, 59) && !cron_field_ok("*/0", 0, 59) && !cron_field_ok("5-2", 0, 59));
     assert!(cron_field_ok("*/15", 0, 59) && cron_field_ok("1,2,10-20/2", 0, 59));
