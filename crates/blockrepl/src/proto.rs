@@ -2471,7 +2471,13 @@ impl Replica {
             return Err(ReplError::NoQuorum);
         }
         self.check_promotable(force)?;
-        if self.established || self.handshaking() {
+        // A handshake in progress could bring the peer's grant: wait for it — unless the quorum
+        // gate's lease is valid, which lets this node write alone anyway. A peer frozen with its
+        // kernel still accepting connections stalls the handshake a whole peer timeout; a peer
+        // that completes it later finds this node Primary (two Primaries are refused; a
+        // Secondary syncs from here).
+        let alone_with_lease = self.cfg.quorum.is_some() && !self.established && self.lease_valid_at(now);
+        if self.established || (self.handshaking() && !alone_with_lease) {
             let seq = self.next_change_seq;
             self.next_change_seq += 1;
             let after_handshake = !self.established;

@@ -104,6 +104,27 @@ fn promotion_without_peer_needs_a_lease() {
     assert!(q.enabled && q.held && q.lease_remaining == Some(TTL), "{q:?}");
 }
 
+/// A peer frozen with its kernel still accepting connections: the transport comes up, the
+/// handshake never answers. Without a lease the promotion waits for the handshake (it could bring
+/// the peer's grant); with a valid lease the node may write alone anyway and promotes at once
+/// instead of a peer timeout later.
+#[test]
+fn a_stalled_handshake_does_not_delay_a_promotion_with_the_lease() {
+    let mut s = Solo::new(OnNoQuorum::SuspendIo);
+    s.rep.handle_connected(s.now);
+    s.pump();
+    assert_eq!(s.rep.promote(s.now, false, 0).map(|_| ()), Ok(()), "asked after the handshake: pending");
+    s.pump();
+    assert_eq!(s.rep.status().role, Role::Secondary, "no lease: waits for the handshake");
+
+    let mut s = Solo::new(OnNoQuorum::SuspendIo);
+    s.rep.handle_connected(s.now);
+    s.pump();
+    s.lease(Some(s.now + TTL));
+    assert_eq!(s.promote(), Ok(()));
+    assert_eq!(s.rep.status().role, Role::Primary, "the lease lets it promote during the handshake");
+}
+
 #[test]
 fn without_the_quorum_option_nothing_changes() {
     let mut meta = Meta::fresh(SIZE);
