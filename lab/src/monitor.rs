@@ -780,6 +780,84 @@ pub fn find_notification<'n>(
     })
 }
 
+/// Runs `command` with bash in `host`'s namespaces after `prelude` (shell functions that give
+/// the lab's binaries the names and options an operator types): (exit code, stdout + stderr).
+pub fn run_on_host(lab: &Lab, host: &str, prelude: &str, command: &str) -> anyhow::Result<(i32, String)> {
+    let out = lab
+        .cmd(host, "bash")
+        .args(["-c", &format!("{prelude}{command}")])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?} on {host}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+/// One command of `docs/emergency.md` as [`run_doc_phase`] ran it.
+#[derive(Debug, Clone)]
+pub struct DocRun {
+    /// Its line in the file.
+    pub line: usize,
+    /// The host of its prompt.
+    pub host: String,
+    /// The command line.
+    pub command: String,
+    /// What it printed the time it showed the documented lines.
+    pub output: String,
+}
+
+/// Runs, in their order, the commands of `docs/emergency.md` whose block names `phase`, each
+/// through `run` (which runs it in its host and returns its exit code and output) until its
+/// output shows the documented lines ([`crate::monitoring::doc_output_matches`]); a command
+/// documented without output is an action and must exit 0. Each command has `patience` to get
+/// there (the lab converges within seconds: main taking the VIP back after its restart, an
+/// alert reaching Alertmanager). The one runner of both monitoring tests (`monitoring_lab` for
+/// the standalone daemons' phases, `monitoring_node` for rempart-node's): each asserts at its
+/// end that it ran every command of its phases.
+///
+/// The error names the file's line, the command and what it printed last.
+pub fn run_doc_phase(
+    commands: &[DocCommand],
+    phase: &str,
+    patience: Duration,
+    mut run: impl FnMut(&DocCommand) -> anyhow::Result<(i32, String)>,
+) -> anyhow::Result<Vec<DocRun>> {
+    anyhow::ensure!(crate::monitoring::DOC_PHASES.contains(&phase), "{phase:?} is not a phase of docs/emergency.md");
+    let mut done = Vec::new();
+    for c in commands.iter().filter(|c| c.phase == phase) {
+        let mut last = String::new();
+        let mut shown = String::new();
+        let r = rempart_testkit::wait::until(patience, &format!("docs/emergency.md:{}", c.line), || match run(c) {
+            Ok((code, out)) => {
+                let ok = if c.output.is_empty() && code != 0 {
+                    Err(format!("exit code {code}: {out}"))
+                } else {
+                    crate::monitoring::doc_output_matches(c, &out)
+                };
+                match ok {
+                    Ok(()) => {
+                        shown = out;
+                        true
+                    }
+                    Err(e) => {
+                        last = e;
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                false
+            }
+        });
+        if r.is_err() {
+            bail!("docs/emergency.md:{} ({phase}) {}# {}: {last}", c.line, c.host, c.command);
+        }
+        done.push(DocRun { line: c.line, host: c.host.clone(), command: c.command.clone(), output: shown });
+    }
+    Ok(done)
+}
+
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }

@@ -37,13 +37,36 @@ pub fn emergency_path() -> PathBuf {
     deploy_dir().join("..").join("docs").join("emergency.md")
 }
 
-/// The lab states a console block of `docs/emergency.md` is run in (its `phase=`): the pair
+/// The lab states of the standalone daemons (`rempart-vrrp`, `rempart-repl`) a console block of
+/// `docs/emergency.md` is run in (its `phase=`), by `lab/tests/monitoring_lab.rs`: the pair
 /// healthy (main Primary and VRRP master, the witness up); the faults in place with their alerts
 /// firing (main's rempart-vrrp killed, the replication link cut, the witness killed); after the
 /// recovery, every alert resolved; a split brain (backup promoted while the link was cut, then
 /// the link healed), whose blocks run in order: diagnosis, repair, verification.
-/// `lab/tests/monitoring_lab.rs` runs every block in its phase.
-pub const DOC_PHASES: [&str; 4] = ["healthy", "fault", "recovered", "split-brain"];
+pub const DOC_PHASES_STANDALONE: [&str; 4] = ["healthy", "fault", "recovered", "split-brain"];
+
+/// The lab states of `rempart-node` (one daemon per host, the witness, the monitoring host) a
+/// console block is run in, by `lab/tests/monitoring_node.rs`: maintenance on, on main (its
+/// blocks turn it off); backup just gave up a take-over (slapd broken on backup, a switchover
+/// from main), within its FAULT hold; after that failure, main serving again and
+/// `RempartNodeTransitionFailed` firing; the witness restarted with a wrong secret, its alerts
+/// firing; the right secret back, every alert resolved.
+pub const DOC_PHASES_NODE: [&str; 5] =
+    ["node-maintenance", "node-gave-up", "node-failed", "node-witness", "node-recovered"];
+
+/// Every phase a console block may name: [`DOC_PHASES_STANDALONE`] then [`DOC_PHASES_NODE`]
+/// (a unit test checks it is exactly both, each phase in one of them only).
+pub const DOC_PHASES: [&str; 9] = [
+    "healthy",
+    "fault",
+    "recovered",
+    "split-brain",
+    "node-maintenance",
+    "node-gave-up",
+    "node-failed",
+    "node-witness",
+    "node-recovered",
+];
 
 /// The hosts a command's prompt may name (`main# ...`).
 pub const DOC_HOSTS: [&str; 3] = ["main", "backup", "monitoring"];
@@ -218,14 +241,28 @@ pub fn doc_output_matches(c: &DocCommand, actual: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `line` contains the parts of `want` between its `…` (text left out of a long line,
+/// such as a temporary path), in order.
+fn contains_in_order(line: &str, want: &str) -> bool {
+    let mut rest = line;
+    for part in want.split('…').map(str::trim).filter(|p| !p.is_empty()) {
+        match rest.find(part) {
+            Some(k) => rest = &rest[k + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Whether `actual` shows the documented lines: each (normalized) is part of a line of
-/// `actual` (normalized), in the documented order. The error names the first line not found.
+/// `actual` (normalized), in the documented order; a `…` inside a documented line stands for
+/// text left out. The error names the first line not found.
 pub fn output_matches(documented: &[String], actual: &str) -> Result<(), String> {
     let lines: Vec<String> = actual.lines().map(normalize_output).collect();
     let mut at = 0;
     for d in documented {
         let want = normalize_output(d);
-        match lines[at..].iter().position(|l| l.contains(&want)) {
+        match lines[at..].iter().position(|l| contains_in_order(l, &want)) {
             Some(k) => at += k + 1,
             None => return Err(format!("documented line {d:?} not found (in order) in:\n{actual}")),
         }
@@ -647,8 +684,36 @@ mod tests {
         assert!(doc_output_matches(c, "Alertname State\nInstanceDown active\n").is_err());
         assert!(!parse_emergency(text).unwrap().commands[0].exact);
         assert_eq!(normalize_output("a  2026-12-07 20:01:02 UTC -1 --run-dir 150"), "a 0 0 UTC 0 --run-dir 150");
+        // A `…` inside a line leaves text out; the parts around it must still be there, in order.
+        let long = "  gave up: start failed: `mkdir -p /tmp/x/mnt` failed (exit status: 1): bad type (held 2.9s more)";
+        output_matches(&["gave up: start failed: … failed (exit status: 1): bad type (held 1.0s more)".into()], long)
+            .unwrap();
+        assert!(output_matches(&["gave up: … (exit status: 2): bad type".into()], long).is_err());
+        assert!(output_matches(&["bad type … gave up:".into()], long).is_err());
         // Counts are compared as they are.
         assert!(output_matches(&["1 received".to_string()], "1 packets transmitted, 0 received").is_err());
+    }
+
+    #[test]
+    fn every_block_of_emergency_md_is_run_by_exactly_one_test() {
+        // The two tests' phase lists are disjoint and make DOC_PHASES.
+        for p in DOC_PHASES {
+            let n = DOC_PHASES_STANDALONE.iter().chain(&DOC_PHASES_NODE).filter(|q| **q == p).count();
+            assert_eq!(n, 1, "{p:?} is in {n} of the two tests' phase lists");
+        }
+        assert_eq!(DOC_PHASES.len(), DOC_PHASES_STANDALONE.len() + DOC_PHASES_NODE.len());
+        // Every block of the real document names one of them (the parser refuses any other).
+        let doc = parse_emergency(&std::fs::read_to_string(emergency_path()).unwrap()).unwrap();
+        for c in &doc.commands {
+            let standalone = DOC_PHASES_STANDALONE.contains(&c.phase.as_str());
+            let node = DOC_PHASES_NODE.contains(&c.phase.as_str());
+            assert!(standalone != node, "docs/emergency.md:{}: phase {:?}", c.line, c.phase);
+        }
+        // rempart-node's sections have their commands (each of its phases is used).
+        for p in DOC_PHASES_NODE {
+            assert!(doc.commands.iter().any(|c| c.phase == p), "no command of docs/emergency.md in phase {p:?}");
+        }
+        assert!(parse_emergency("## A\n```console phase=node-later\nmain# true\n```\n").is_err());
     }
 
     fn set(v: &[&str]) -> BTreeSet<String> {

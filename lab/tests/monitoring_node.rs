@@ -29,10 +29,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rempart_lab::monitor::{
-    find_notification, query, query_range, read_notifications, AlertMatch, Daemons, Options, Stack as Monitoring,
-    WITNESS_METRICS_PORT,
+    find_notification, query, query_range, read_notifications, run_doc_phase, run_on_host, AlertMatch, Daemons,
+    Options, Stack as Monitoring, WITNESS_METRICS_PORT,
 };
-use rempart_lab::monitoring::{dashboard_queries, deploy_dir, metric_names};
+use rempart_lab::monitoring::{
+    dashboard_queries, deploy_dir, emergency_path, metric_names, parse_emergency, DocCommand, DOC_PHASES_NODE,
+};
 use rempart_lab::node::{Failover as _, Stack, LEASE};
 use rempart_lab::node_column::NodeColumn;
 use rempart_lab::reference;
@@ -68,6 +70,37 @@ fn first_after<'a>(
     after: f64,
 ) -> Option<&'a (f64, serde_json::Value)> {
     find_notification(notes, &AlertMatch { alertname: e.0, labels: e.1, receiver: e.2 }, status, after)
+}
+
+/// Runs the commands of docs/emergency.md whose block names `phase` (one of rempart-node's) with
+/// the shared runner, each in its host as an operator types it (`rempart-node` is the column's
+/// binary with the host's `--run-dir`); prints what each showed and records its line in `ran`.
+fn doc_phase(
+    lab: &rempart_lab::Lab,
+    stack: &Stack,
+    col: &NodeColumn,
+    commands: &[DocCommand],
+    phase: &str,
+    ran: &mut Vec<usize>,
+) {
+    assert!(DOC_PHASES_NODE.contains(&phase), "{phase:?} is not monitoring_node's");
+    let done = run_doc_phase(commands, phase, Duration::from_secs(20), |c| {
+        let prelude = if c.host == "monitoring" {
+            String::new()
+        } else {
+            format!(
+                "rempart-node() {{ '{}' \"$@\" --run-dir '{}'; }}\n",
+                col.bin().display(),
+                NodeColumn::run_dir_of(stack, &c.host).display()
+            )
+        };
+        run_on_host(lab, &c.host, &prelude, &c.command)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", col.logs(stack)));
+    for d in done {
+        println!("ran docs/emergency.md:{} ({phase}) {}# {}\n{}", d.line, d.host, d.command, d.output);
+        ran.push(d.line);
+    }
 }
 
 /// Waits for each of `expected` in `status` at the webhook (after `since`), up to `limit` s
@@ -141,6 +174,8 @@ fn node_alerts_reach_the_webhook_and_resolve() {
     let p = query(&lab, "rempart_repl_primary == 1").unwrap();
     assert!(p.len() == 1 && p[0]["metric"]["host"] == "main", "{p:?}");
     let no_for_limit = 2.0 * INTERVAL.as_secs_f64() + 2.0;
+    let doc = parse_emergency(&std::fs::read_to_string(emergency_path()).unwrap()).unwrap();
+    let mut ran = Vec::new();
 
     // 1. Maintenance on main: the metric within two scrape intervals (+ 2 s), the alert pending.
     let on_at = unix_now();
@@ -159,8 +194,8 @@ fn node_alerts_reach_the_webhook_and_resolve() {
     let is_pending = unix_now() - on_at;
     let status = col.status_of(&stack, "main").unwrap();
     assert_eq!(status["maintenance"], true, "{status}");
-    let (ok, text) = col.ctl(&stack, "main", &["maintenance", "off"]).unwrap();
-    assert!(ok, "maintenance off: {text}");
+    // docs/emergency.md's "Maintenance left on": the status shows it, its blocks turn it off.
+    doc_phase(&lab, &stack, &col, &doc.commands, "node-maintenance", &mut ran);
     let off_at = unix_now();
     wait::until(Duration::from_secs_f64(no_for_limit), "maintenance off and the alert gone", || {
         query(&lab, r#"rempart_node_maintenance{host="main"} == 0"#).is_ok_and(|v| v.len() == 1)
@@ -186,6 +221,8 @@ fn node_alerts_reach_the_webhook_and_resolve() {
     });
     assert!(r.is_ok(), "{r:?}\n{}", col.logs(&stack));
     let failed_at = unix_now();
+    // docs/emergency.md's "Failover failed", within backup's FAULT hold (3 s in the lab).
+    doc_phase(&lab, &stack, &col, &doc.commands, "node-gave-up", &mut ran);
     // The failed take-over is counted (the core counts an up order replaced by its unwinding
     // as failed) and RempartNodeTransitionFailed pages. It looks back 15 minutes (an event, not
     // a state), so it stays firing past this test: only its arrival is measured.
@@ -221,6 +258,9 @@ fn node_alerts_reach_the_webhook_and_resolve() {
     let resolved = arrivals(&log, &failed, "resolved", back_at, resolve_limit);
     println!("measured: RempartNodeStuck resolved {:.1} s after backup left gave_up", resolved[0]);
     assert!(resolved[0] <= resolve_limit, "RempartNodeStuck resolved {:.1} s after the recovery", resolved[0]);
+    // docs/emergency.md after the failure: main serves again, backup idle with its failed
+    // transition's steps, RempartNodeTransitionFailed still firing (it looks back 15 minutes).
+    doc_phase(&lab, &stack, &col, &doc.commands, "node-failed", &mut ran);
     // The planned switchover's side is not paged: main showed handing_over, not gave_up.
     let main_stuck: Expected = ("RempartNodeStuck", &[("host", "main")], "oncall", "failover-failed");
     let notes = read_notifications(&log).unwrap();
@@ -264,6 +304,7 @@ fn node_alerts_reach_the_webhook_and_resolve() {
     let st = col.status_of(&stack, "main").unwrap();
     assert_eq!(st["phase"], "serving", "main keeps serving with its peer: {st}");
     assert_eq!(st["quorum"]["witness_connected"], false, "{st}");
+    doc_phase(&lab, &stack, &col, &doc.commands, "node-witness", &mut ran);
     // Recovery: the witness with the right secret (it grants leases after its start-up grace).
     let recovered_at = unix_now();
     col.start_witness(&lab, &stack.dir.path().join("witness.secret")).unwrap();
@@ -273,6 +314,13 @@ fn node_alerts_reach_the_webhook_and_resolve() {
         println!("measured: {} {:?} resolved {after:.1} s after the recovery", e.0, e.1);
         assert!(*after <= resolve_limit, "{} {:?} resolved {after:.1} s after the recovery", e.0, e.1);
     }
+    doc_phase(&lab, &stack, &col, &doc.commands, "node-recovered", &mut ran);
+    // Every command of docs/emergency.md in rempart-node's phases ran here and showed what the
+    // document shows (the standalone daemons' phases are monitoring_lab's).
+    ran.sort_unstable();
+    let mine: Vec<usize> =
+        doc.commands.iter().filter(|c| DOC_PHASES_NODE.contains(&c.phase.as_str())).map(|c| c.line).collect();
+    assert_eq!(ran, mine, "commands of docs/emergency.md not run here");
 
     // After the faults, every dashboard query over rempart-node's families returns data over the
     // test's time range (as Grafana would draw the panel).
