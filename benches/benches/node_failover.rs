@@ -49,11 +49,19 @@ struct Samples {
     unknown: usize,
     two_writers: usize,
     errors: Vec<String>,
-    /// The serving node's take-over steps (name → durations), rempart-node only.
-    steps: std::collections::BTreeMap<String, Vec<f64>>,
+    /// The serving node's take-over, in order: detection, each step, the client's side (name →
+    /// durations), rempart-node only.
+    steps: Vec<(String, Vec<f64>)>,
 }
 
 impl Samples {
+    fn step(&mut self, name: &str, d: f64) {
+        match self.steps.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => v.push(d),
+            None => self.steps.push((name.to_string(), vec![d])),
+        }
+    }
+
     /// The serving node's last transition: detection (fault → the take-over began, on the
     /// same clock: the lab and the daemons share the machine), each step, and the client's side
     /// (the transition's end → the client's first read through the VIP: gratuitous ARP, the
@@ -65,18 +73,21 @@ impl Samples {
     ) {
         let Some(s) = statuses.values().find(|s| s["phase"] == "serving") else { return };
         let t = &s["last_transition"];
-        for st in t["steps"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(d)) = (st["step"].as_str(), st["duration_s"].as_f64()) {
-                self.steps.entry(name.to_string()).or_default().push(d);
-            }
-        }
         let (Some((fault_unix, first_read)), Some(started)) = (fault, t["started_unix"].as_f64()) else { return };
         if started < fault_unix {
             return; // not the take-over this fault caused
         }
-        self.steps.entry("0 detection".into()).or_default().push(started - fault_unix);
+        self.step("detection", started - fault_unix);
+        for st in t["steps"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(d)) = (st["step"].as_str(), st["duration_s"].as_f64()) {
+                self.step(name, d);
+            }
+        }
         if let (Some(read), Some(d)) = (first_read, t["duration_s"].as_f64()) {
-            self.steps.entry("9 VIP → client's read".into()).or_default().push(read - (started - fault_unix) - d);
+            self.step(
+                "end of take-over → client's read (GARP, neighbour entry, one search)",
+                read - (started - fault_unix) - d,
+            );
         }
     }
 
@@ -95,7 +106,10 @@ impl Samples {
                     self.two_writers += 1;
                 }
             }
-            Err(e) => self.errors.push(format!("{e:#}")),
+            Err(e) => {
+                eprintln!("trial failed: {e:#}");
+                self.errors.push(format!("{e:#}"));
+            }
         }
     }
 }
