@@ -24,6 +24,12 @@
 //! the condition itself). Then every dashboard query that reads `rempart_node_*` must return
 //! data over the test's time range. The measured times are printed (`--no-capture`) for
 //! docs/monitoring.md.
+//!
+//! `docs/emergency.md`'s rempart-node blocks ([`DOC_PHASES_NODE`]) run here, each at its
+//! moment, through the runner `monitoring_lab` uses too: maintenance on (the blocks turn it
+//! off), backup within its FAULT hold after the failed take-over, after the failure (main
+//! serving, `RempartNodeTransitionFailed` firing), the witness with the wrong secret, and after
+//! its recovery. Each must show what the document shows, and every such block must have run.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
