@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 
 use rempart_lab::monitoring::{
     dashboard_queries, deploy_dir, emergency_path, exported_names, is_exported, load_rule_tests, load_rules,
-    metric_names, parse_emergency, parse_route_tests, EmergencyDoc, Rules, RUNBOOK_BASE,
+    metric_names, parse_emergency, parse_route_tests, EmergencyDoc, Rules, DOC_PHASES_NODE, RUNBOOK_BASE,
 };
 
 fn run(prog: &str, args: &[&str], dir: &Path) -> Output {
@@ -349,4 +349,13 @@ fn the_emergency_procedure_has_every_situation_and_only_runnable_commands() {
     // Diagnosis shows what to look at: a command without output is an action (it must succeed).
     let diagnosis = doc.commands.iter().filter(|c| !c.output.is_empty()).count();
     assert!(diagnosis >= 10, "{:?}", doc.commands);
+    // The sections of the situations rempart-node handles have commands monitoring_node runs
+    // (the unit tests of rempart_lab::monitoring check every block's phase is run by one test).
+    for s in ["main-down", "quorum-lost", "failover-failed", "maintenance-left-on"] {
+        assert!(
+            doc.commands.iter().any(|c| c.section == s && DOC_PHASES_NODE.contains(&c.phase.as_str())),
+            "section {s} has no rempart-node command: {:?}",
+            doc.commands
+        );
+    }
 }
