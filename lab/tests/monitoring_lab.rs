@@ -306,8 +306,8 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
     assert_eq!(ran, mine, "commands of docs/emergency.md not run here: {:?}", doc.commands);
 
     // After this drill, every dashboard query returns data over the test's time range (as the
-    // panel would show it), except those that read only rempart-node's families: the lab does
-    // not run rempart-node yet.
+    // panel would show it), except those that read only rempart-node's families: this lab runs
+    // the standalone daemons; monitoring_node checks those panels with rempart-node.
     let mut empty = Vec::new();
     let mut node_only = Vec::new();
     for (title, exprs) in dashboard_queries(&d) {
@@ -324,7 +324,7 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
         }
     }
     assert!(empty.is_empty(), "dashboard queries without data after the drill: {empty:#?}");
-    println!("dashboard: every query returned data, except rempart-node's (not in the lab): {node_only:?}");
+    println!("dashboard: every query returned data, except rempart-node's (monitoring_node's): {node_only:?}");
 
     // Cleanup kills every process by pid.
     drop(stack);
