@@ -858,8 +858,33 @@ pub fn run_doc_phase(
     Ok(done)
 }
 
-fn unix_now() -> f64 {
+/// Now, as Unix seconds (the webhook log's and Prometheus's time).
+#[must_use]
+pub fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// Every scrape target Prometheus knows, as (job, host, value of `up`).
+#[must_use]
+pub fn up_targets(lab: &Lab) -> std::collections::BTreeSet<(String, String, String)> {
+    query(lab, "up")
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let m = &s["metric"];
+            let l = |k: &str| m[k].as_str().unwrap_or("").to_string();
+            (l("job"), l("host"), s["value"][1].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Waits until the targets Prometheus scrapes are exactly `expected` (job, host), each up.
+pub fn wait_targets_up(lab: &Lab, expected: &[(&str, &str)], timeout: Duration) -> anyhow::Result<()> {
+    let want: std::collections::BTreeSet<(String, String, String)> =
+        expected.iter().map(|(j, h)| ((*j).to_string(), (*h).to_string(), "1".to_string())).collect();
+    rempart_testkit::wait::until(timeout, "every target up", || up_targets(lab) == want)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}: targets {:?}, expected {want:?}", up_targets(lab)))
 }
 
 /// The drill's alert step: the monitoring host started on the drill's lab ([`Stack`], scrape and

@@ -15,11 +15,11 @@
 //! state its block names, and must show the output the document shows; rempart-node's phases
 //! run in `monitoring_node`.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rempart_lab::monitor::{
-    self, find_notification, query, query_range, read_notifications, AlertMatch, Options, Stack,
+    self, find_notification, query, query_range, read_notifications, unix_now, wait_targets_up, AlertMatch, Options,
+    Stack,
 };
 use rempart_lab::monitoring::{
     dashboard_queries, deploy_dir, emergency_path, metric_names, parse_emergency, DocCommand, DOC_PHASES_STANDALONE,
@@ -27,18 +27,6 @@ use rempart_lab::monitoring::{
 use rempart_lab::reference;
 use rempart_lab::steps::sibling_binary;
 use rempart_testkit::{require_root, wait};
-
-fn up_targets(lab: &rempart_lab::Lab) -> BTreeSet<(String, String, String)> {
-    query(lab, "up")
-        .unwrap_or_default()
-        .iter()
-        .map(|s| {
-            let m = &s["metric"];
-            let l = |k: &str| m[k].as_str().unwrap_or("").to_string();
-            (l("job"), l("host"), s["value"][1].as_str().unwrap_or("").to_string())
-        })
-        .collect()
-}
 
 #[test]
 fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
@@ -53,22 +41,22 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
     let pids = stack.pids();
 
     // Every target of deploy/prometheus/prometheus.yml is scraped, up == 1.
-    let expected: BTreeSet<(String, String, String)> = [
-        ("node", "main"),
-        ("node", "backup"),
-        ("rempart-vrrp", "main"),
-        ("rempart-vrrp", "backup"),
-        ("rempart-repl", "main"),
-        ("rempart-repl", "backup"),
-        ("prometheus", "monitoring"),
-        ("alertmanager", "monitoring"),
-        ("rempart-witness", "monitoring"),
-    ]
-    .iter()
-    .map(|(j, h)| ((*j).to_string(), (*h).to_string(), "1".to_string()))
-    .collect();
-    let r = wait::until(Duration::from_secs(30), "every target up", || up_targets(&lab) == expected);
-    assert!(r.is_ok(), "{r:?}: {:?}", up_targets(&lab));
+    let r = wait_targets_up(
+        &lab,
+        &[
+            ("node", "main"),
+            ("node", "backup"),
+            ("rempart-vrrp", "main"),
+            ("rempart-vrrp", "backup"),
+            ("rempart-repl", "main"),
+            ("rempart-repl", "backup"),
+            ("prometheus", "monitoring"),
+            ("alertmanager", "monitoring"),
+            ("rempart-witness", "monitoring"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(r.is_ok(), "{r:?}");
 
     // The rules run on the daemons' real series: main is the one VRRP master of VRID 50, the
     // `instance` label of rempart-vrrp arrives as `vrrp_instance`, both replicas report r0.
@@ -336,10 +324,6 @@ fn prometheus_scrapes_every_target_and_an_alert_reaches_the_webhook() {
 
 /// (alertname, identifying labels, receiver, runbook anchor, extra delay of the condition in s).
 type Expected = (&'static str, &'static [(&'static str, &'static str)], &'static str, &'static str, f64);
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-}
 
 /// The first notification (time received, body) to the receiver of `e` carrying the alert `e`
 /// in `status`.

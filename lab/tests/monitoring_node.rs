@@ -31,12 +31,11 @@
 //! serving, `RempartNodeTransitionFailed` firing), the witness with the wrong secret, and after
 //! its recovery. Each must show what the document shows, and every such block must have run.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rempart_lab::monitor::{
-    find_notification, query, query_range, read_notifications, run_doc_phase, run_on_host, AlertMatch, Daemons,
-    Options, Stack as Monitoring, WITNESS_METRICS_PORT,
+    find_notification, query, query_range, read_notifications, run_doc_phase, run_on_host, unix_now, wait_targets_up,
+    AlertMatch, Daemons, Options, Stack as Monitoring, WITNESS_METRICS_PORT,
 };
 use rempart_lab::monitoring::{
     dashboard_queries, deploy_dir, emergency_path, metric_names, parse_emergency, DocCommand, DOC_PHASES_NODE,
@@ -51,22 +50,6 @@ const INTERVAL: Duration = Duration::from_secs(1);
 
 /// (alertname, identifying labels, receiver, runbook anchor).
 type Expected = (&'static str, &'static [(&'static str, &'static str)], &'static str, &'static str);
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-}
-
-fn up_targets(lab: &rempart_lab::Lab) -> BTreeSet<(String, String, String)> {
-    query(lab, "up")
-        .unwrap_or_default()
-        .iter()
-        .map(|s| {
-            let m = &s["metric"];
-            let l = |k: &str| m[k].as_str().unwrap_or("").to_string();
-            (l("job"), l("host"), s["value"][1].as_str().unwrap_or("").to_string())
-        })
-        .collect()
-}
 
 /// The first notification at or after `after` carrying `e` in `status`, to its receiver.
 fn first_after<'a>(
@@ -150,20 +133,20 @@ fn node_alerts_reach_the_webhook_and_resolve() {
     let log = mon.notifications_path();
 
     // Every target of deploy/prometheus/prometheus.yml as it is, up.
-    let expected: BTreeSet<(String, String, String)> = [
-        ("node", "main"),
-        ("node", "backup"),
-        ("rempart-node", "main"),
-        ("rempart-node", "backup"),
-        ("rempart-witness", "monitoring"),
-        ("prometheus", "monitoring"),
-        ("alertmanager", "monitoring"),
-    ]
-    .iter()
-    .map(|(j, h)| ((*j).to_string(), (*h).to_string(), "1".to_string()))
-    .collect();
-    let r = wait::until(Duration::from_secs(30), "every target up", || up_targets(&lab) == expected);
-    assert!(r.is_ok(), "{r:?}: {:?}", up_targets(&lab));
+    let r = wait_targets_up(
+        &lab,
+        &[
+            ("node", "main"),
+            ("node", "backup"),
+            ("rempart-node", "main"),
+            ("rempart-node", "backup"),
+            ("rempart-witness", "monitoring"),
+            ("prometheus", "monitoring"),
+            ("alertmanager", "monitoring"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(r.is_ok(), "{r:?}");
     // rempart-node's one /metrics carries its VRRP and replication families too, relabelled as
     // for the standalone daemons: the VRRP and replication rules run on them.
     wait::until(Duration::from_secs(20), "main serving, seen by Prometheus", || {
