@@ -48,6 +48,24 @@ fn binary_accepts(args: &[String], tmp: &Path) {
     assert!(err.contains("no-such-config.yaml") && err.contains("nothing was run"), "{err}");
 }
 
+/// Writes `<name>.service` (its ExecStart program pointed at the built binary: systemd-analyze
+/// checks that it exists) and `<name>.timer` into `dir`, and asserts `systemd-analyze verify`
+/// passes on both without a word.
+fn verify_units(dir: &Path, name: &str, service: &str, exec: &str, timer: &str) {
+    let installed = exec.split_whitespace().next().unwrap();
+    let (svc, tmr) = (dir.join(format!("{name}.service")), dir.join(format!("{name}.timer")));
+    std::fs::write(&svc, service.replace(installed, BIN)).unwrap();
+    std::fs::write(&tmr, timer).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&svc)
+        .arg(&tmr)
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify {name}: {}\n{err}", out.status);
+}
+
 #[test]
 fn systemd_units_verify_and_the_timer_is_hourly_and_persistent() {
     let service = read("systemd/rempart-backup.service");
@@ -59,18 +77,7 @@ fn systemd_units_verify_and_the_timer_is_hourly_and_persistent() {
     assert_eq!(exec.len(), 1);
     let d = tempfile::tempdir().unwrap();
     binary_accepts(&runner_args(exec[0]), d.path());
-    // systemd-analyze checks that ExecStart's program exists: point it at the built binary.
-    let installed = exec[0].split_whitespace().next().unwrap();
-    std::fs::write(d.path().join("rempart-backup.service"), service.replace(installed, BIN)).unwrap();
-    std::fs::write(d.path().join("rempart-backup.timer"), &timer).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(d.path().join("rempart-backup.service"))
-        .arg(d.path().join("rempart-backup.timer"))
-        .output()
-        .expect("systemd-analyze (Debian package systemd)");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {}\n{err}", out.status);
+    verify_units(d.path(), "rempart-backup", &service, exec[0], &timer);
     // and it does catch a broken timer
     std::fs::write(d.path().join("rempart-backup.timer"), timer.replace("OnCalendar=hourly", "OnCalendar=hourlyy"))
         .unwrap();
@@ -97,17 +104,7 @@ fn the_restore_test_units_verify_and_run_weekly() {
     assert_eq!(args[..args.len() - 1], hourly_args[..], "same configuration, metrics file and verbosity");
     let d = tempfile::tempdir().unwrap();
     binary_accepts(&args, d.path());
-    let installed = exec[0].split_whitespace().next().unwrap();
-    std::fs::write(d.path().join("rempart-backup-restore-test.service"), service.replace(installed, BIN)).unwrap();
-    std::fs::write(d.path().join("rempart-backup-restore-test.timer"), &timer).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(d.path().join("rempart-backup-restore-test.service"))
-        .arg(d.path().join("rempart-backup-restore-test.timer"))
-        .output()
-        .expect("systemd-analyze (Debian package systemd)");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {}\n{err}", out.status);
+    verify_units(d.path(), "rempart-backup-restore-test", &service, exec[0], &timer);
     // The calendar expression is one systemd understands, weekly.
     let out = Command::new("systemd-analyze")
         .args(["calendar", "--iterations=2", key(&timer, "OnCalendar")[0]])
