@@ -743,12 +743,11 @@ impl Orchestrator {
         self.evaluate(now);
     }
 
-    /// Serving, Primary, the peer not replicating and the lease valid: the peer cannot promote.
+    /// Serving, Primary, the peer not even connected and the lease valid: the peer cannot promote.
     fn serving_alone(&self, now: Instant) -> bool {
         self.vip
             && self.running.is_none()
             && self.repl.role == Role::Primary
-            && !self.repl.peer_replicating()
             && !self.repl.connected()
             && self.primary_has_quorum(now)
     }
