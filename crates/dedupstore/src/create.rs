@@ -5,7 +5,7 @@ use crate::cache::{FileEntry, FilesCache, RACY_WINDOW_NS};
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::pattern::Pattern;
+use crate::pattern::{Matcher, Pattern};
 use crate::repo::{hostname, Repository};
 use crate::writer::{ChunkWriter, WriterOptions};
 use chrono::{DateTime, Utc};
@@ -48,8 +48,17 @@ pub struct CreateOptions {
     pub compression: Compression,
     /// Archive time instead of now (`--timestamp`).
     pub timestamp: Option<DateTime<Utc>>,
-    /// Exclude patterns.
+    /// Exclude patterns (`--exclude`: excluded and not walked into), after `patterns`.
     pub excludes: Vec<Pattern>,
+    /// borg's ordered include/exclude patterns (`--pattern`, `--patterns-from`,
+    /// `--exclude-from`); the first that matches a path decides.
+    pub patterns: Matcher,
+    /// `--exclude-caches`: skip directories holding a `CACHEDIR.TAG` with the signature.
+    pub exclude_caches: bool,
+    /// `--exclude-if-present NAME`: skip directories holding an entry of one of these names.
+    pub exclude_if_present: Vec<String>,
+    /// `--keep-exclude-tags`: archive a skipped directory itself and its tag files.
+    pub keep_exclude_tags: bool,
     /// Stay on the file system of each given path.
     pub one_file_system: bool,
     /// Read and chunk everything but write nothing.
@@ -82,6 +91,10 @@ impl CreateOptions {
             compression: Compression::default(),
             timestamp: None,
             excludes: vec![],
+            patterns: Matcher::new(),
+            exclude_caches: false,
+            exclude_if_present: vec![],
+            keep_exclude_tags: false,
             one_file_system: false,
             dry_run: false,
             threads: 0,
@@ -278,8 +291,13 @@ impl Walker<'_> {
         }
     }
 
-    fn excluded(&self, ap: &[u8]) -> bool {
-        self.opts.excludes.iter().any(|p| p.matches(ap))
+    /// borg's verdict on a path: the patterns in order, then `--exclude` (never walked into).
+    fn verdict(&self, ap: &[u8]) -> crate::pattern::Match {
+        let m = self.opts.patterns.matches(ap);
+        if m.included && self.opts.excludes.iter().any(|p| p.matches(ap)) {
+            return crate::pattern::Match { included: false, recurse: false };
+        }
+        m
     }
 
     fn base_item(&mut self, ap: Vec<u8>, md: &fs::Metadata, kind: ItemKind, p: &Path) -> Item {
@@ -343,7 +361,10 @@ impl Walker<'_> {
         if self.cancelled() {
             return Err(Error::Interrupted { checkpoint: None });
         }
-        if self.excluded(&ap) {
+        // borg 1.2's `_rec_walk`: an excluded path is not even stat'ed unless its pattern lets
+        // us walk into an excluded directory (a `-` line), to find included paths below it
+        let verdict = self.verdict(&ap);
+        if !verdict.included && !verdict.recurse {
             return Ok(());
         }
         let md = match fs::symlink_metadata(p) {
@@ -354,10 +375,35 @@ impl Walker<'_> {
             }
         };
         let ft = md.file_type();
+        if !verdict.included && !ft.is_dir() {
+            return Ok(());
+        }
         if ft.is_dir() {
-            let item = self.base_item(ap.clone(), &md, ItemKind::Dir, p);
-            self.emit(&item, 'd')?;
-            if self.opts.one_file_system && md.dev() != root_dev {
+            let recurse = !(self.opts.one_file_system && md.dev() != root_dev);
+            if recurse && (self.opts.exclude_caches || !self.opts.exclude_if_present.is_empty()) {
+                let tags = crate::pattern::dir_tags(p, self.opts.exclude_caches, &self.opts.exclude_if_present);
+                if !tags.is_empty() {
+                    // tagged: skipped; with --keep-exclude-tags the directory and its tags stay
+                    if verdict.included && self.opts.keep_exclude_tags {
+                        let item = self.base_item(ap.clone(), &md, ItemKind::Dir, p);
+                        self.emit(&item, 'd')?;
+                        for t in tags {
+                            let mut cap = if ap == b"." { Vec::new() } else { ap.clone() };
+                            if !cap.is_empty() {
+                                cap.push(b'/');
+                            }
+                            cap.extend_from_slice(t.as_bytes());
+                            self.walk(&p.join(&t), cap, root_dev)?;
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+            if verdict.included {
+                let item = self.base_item(ap.clone(), &md, ItemKind::Dir, p);
+                self.emit(&item, 'd')?;
+            }
+            if !recurse {
                 return Ok(());
             }
             let mut entries: Vec<_> = match fs::read_dir(p) {
