@@ -288,7 +288,9 @@ struct RawNode {
     node: S<String>,
     #[serde(default)]
     metrics_listen: Option<S<String>>,
-    vrrp: S<RawVrrp>,
+    /// Not spanned: toml cannot span a table made only by its sub-tables' headers
+    /// (`[[vrrp.instance]]` without `[vrrp]`, valid TOML), and fails to read it as one.
+    vrrp: RawVrrp,
     #[serde(default, rename = "resource")]
     resources: Vec<S<RawResource>>,
     #[serde(default, rename = "mount")]
@@ -444,6 +446,22 @@ impl<'a> Src<'a> {
         self.problems.push(Problem { file: self.path.to_owned(), line, key: key.into(), msg: msg.into() });
     }
 
+    /// Where the first header of table `name` or of one of its sub-tables starts (`[name]`,
+    /// `[[name.x]]`, ...), or the file's start.
+    fn header_span(&self, name: &str) -> Range<usize> {
+        let mut at = 0;
+        for l in self.text.split_inclusive('\n') {
+            let head = l.trim_start().trim_start_matches('[').trim_start();
+            if l.trim_start().starts_with('[')
+                && head.strip_prefix(name).is_some_and(|r| r.starts_with(['.', ']', ' ']))
+            {
+                return at..at + l.len();
+            }
+            at += l.len();
+        }
+        0..0
+    }
+
     /// The nearest table header at or above `line` (1-based): its line and dotted name.
     fn header_at(&self, line: usize) -> Option<(usize, String)> {
         let lines: Vec<&str> = self.text.lines().take(line).collect();
@@ -578,8 +596,8 @@ fn build(src: &mut Src<'_>, raw: RawNode) -> NodeConfig {
     });
 
     // VRRP: a keepalived.conf, or inline.
-    let vrrp_span = raw.vrrp.span();
-    let v = raw.vrrp.into_inner();
+    let vrrp_span = src.header_span("vrrp");
+    let v = raw.vrrp;
     let inline = !v.instances.is_empty() || v.global.is_some() || !v.scripts.is_empty() || !v.sync_groups.is_empty();
     let (vrrp, vrrp_source) = match (v.keepalived_conf, inline) {
         (Some(p), true) => {

@@ -192,3 +192,15 @@ fn witness_file_errors_name_file_line_and_key() {
     let e = WitnessFile::parse(p, "[witness]\nlisten = \"127.0.0.1:1\"\nsecret = \"s\"\n").unwrap_err().to_string();
     assert!(e.starts_with("/etc/rempart/witness.toml:3: witness.secret: unknown field"), "{e}");
 }
+
+#[test]
+fn inline_vrrp_instances_without_a_vrrp_header_load() {
+    // Valid TOML: `[[vrrp.instance]]` makes the `vrrp` table itself (toml could not span it).
+    let text = base().replace("[vrrp]\n", "");
+    let c = NodeConfig::parse(Path::new("/etc/rempart/node.toml"), &text).unwrap();
+    assert_eq!(c.vrrp.instances.len(), 1);
+    assert_eq!(c.vrrp.instances[0].name, "VI_1");
+    // Its problems still name the line of the first VRRP header.
+    let e = err(&base().replace("[vrrp]\n", "").replace("vrid = 51\n", "vrid = 0\n"));
+    assert!(e.starts_with("/etc/rempart/node.toml:3: vrrp.instance instance VI_1: virtual_router_id"), "{e}");
+}
