@@ -35,6 +35,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
+mod mount_cmd;
 mod run_cmd;
 
 #[derive(Parser, Debug)]
@@ -269,6 +270,11 @@ enum Cmd {
     /// Restore an archive (default: the newest) into a temporary directory and verify every file
     /// against the archive.
     RestoreTest(run_cmd::RestoreTestArgs),
+    /// Mount the repository (one directory per archive) or an archive as a read-only FUSE file
+    /// system (docs/backup.md, "Mounting").
+    Mount(mount_cmd::MountArgs),
+    /// Unmount a `mount` (fusermount3 -u).
+    Umount(mount_cmd::UmountArgs),
     /// Remove a stale lock.
     BreakLock {
         /// Repository.
@@ -1220,6 +1226,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Cmd::Run(a) => run_cmd::run(a),
         Cmd::RestoreTest(a) => run_cmd::restore_test_cmd(a),
+        Cmd::Mount(a) => mount_cmd::mount(a),
+        Cmd::Umount(a) => mount_cmd::umount(a),
         Cmd::BreakLock { repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
             let backend = backend(&repo_path)?;
