@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 mod mount_cmd;
+mod create_flags;
 mod run_cmd;
 
 #[derive(Parser, Debug)]
@@ -78,7 +79,7 @@ enum Cmd {
     },
     /// Create an archive.
     Create {
-        /// none, lz4, zstd[,N], auto,lz4, auto,zstd[,N] (zlib and lzma are refused).
+        /// none, lz4, zstd[,N], zlib[,N], lzma[,N], and each as auto,ALG (obfuscate is refused).
         #[arg(short = 'C', long, default_value = "auto,zstd,3")]
         compression: String,
         /// Archive path of standard input for the path `-` (borg's default `stdin`).
@@ -126,10 +127,11 @@ enum Cmd {
         /// Do not use the files cache.
         #[arg(long)]
         no_files_cache: bool,
+        #[command(flatten)]
+        borg: create_flags::CreateFlags,
         /// REPO::ARCHIVE.
         target: String,
-        /// Paths to back up (`-`: standard input, stored as one file).
-        #[arg(required = true)]
+        /// Paths to back up (`-`: standard input, stored as one file); `R` pattern lines add more.
         paths: Vec<PathBuf>,
     },
     /// List archives, or an archive's contents.
@@ -725,6 +727,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             checkpoint_interval,
             checkpoint_volume,
             no_files_cache,
+            borg,
             target,
             paths,
         } => {
@@ -735,6 +738,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.compression = Compression::parse(&compression)?;
             opts.timestamp = timestamp.as_deref().map(parse_timestamp).transpose()?;
             opts.excludes = exclude.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>()?;
+            borg.apply(&mut opts, &exclude, &std::env::args().collect::<Vec<_>>())?;
             opts.one_file_system = one_file_system;
             opts.dry_run = dry_run;
             opts.checkpoint_interval = std::time::Duration::from_secs(checkpoint_interval.max(1));
