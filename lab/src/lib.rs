@@ -31,6 +31,7 @@ pub mod node_column;
 pub mod probe;
 pub mod report;
 pub mod steps;
+pub mod vm;
 
 /// The name of the lab `rempart-lab up` keeps between commands (namespaces `rempart-lab-<host>`).
 pub const PERSISTENT_NAME: &str = "rempart-lab";
