@@ -45,7 +45,7 @@ struct Cli {
     /// More logging (repeat for debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// ssh command for remote repositories (default: REMPART_RSH, else "ssh").
+    /// ssh command for remote repositories (default: REMPART_RSH, else BORG_RSH, else "ssh").
     #[arg(long, global = true)]
     rsh: Option<String>,
     /// Path of rempart-backup on the remote host.
@@ -526,10 +526,12 @@ fn stdin_source(
     Ok(dedupstore::create::StdinSource { name: name.to_string(), mode, uid, user, gid, group })
 }
 
+/// `var` (REMPART_X), else BORG_X, else `home_rel` under the base directory
+/// (runner::environment has the precedence table).
 fn env_dir(var: &str, home_rel: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
+    runner::environment::var_os(var.strip_prefix("REMPART_").unwrap_or(var))
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(home_rel)))
+        .or_else(|| runner::environment::base_dir().map(|b| b.join(home_rel)))
 }
 
 fn keys_dir() -> Option<PathBuf> {
@@ -545,7 +547,7 @@ fn passphrase(prompt: &str, var: &str) -> anyhow::Result<Option<String>> {
     Ok(run_cmd::prompt(prompt)?)
 }
 
-/// Splits `REPO::ARCHIVE` (REPO defaults to REMPART_REPO).
+/// Splits `REPO::ARCHIVE` (REPO defaults to REMPART_REPO, then BORG_REPO).
 fn split_target(t: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
     let t = t.map(str::to_string).unwrap_or_default();
     let (repo, archive) = match t.split_once("::") {
@@ -553,7 +555,8 @@ fn split_target(t: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
         None => (t, None),
     };
     let repo = if repo.is_empty() {
-        std::env::var("REMPART_REPO").map_err(|_| anyhow!("no repository given (and REMPART_REPO is not set)"))?
+        runner::environment::repo()
+            .ok_or_else(|| anyhow!("no repository given (and neither REMPART_REPO nor BORG_REPO is set)"))?
     } else {
         repo
     };
@@ -645,7 +648,7 @@ fn progress_bar(wanted: bool, template: &str) -> Option<indicatif::ProgressBar> 
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let rsh = cli.rsh.or_else(|| std::env::var("REMPART_RSH").ok()).unwrap_or_else(|| "ssh".into());
+    let rsh = cli.rsh.unwrap_or_else(runner::environment::rsh);
     let _ = SSH.set(SshOptions { rsh, remote_path: cli.remote_path, ..SshOptions::default() });
     let _ = LOCK_WAIT.set(cli.lock_wait);
     let _ = BYPASS_LOCK.set(cli.bypass_lock);

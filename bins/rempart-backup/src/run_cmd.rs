@@ -129,16 +129,11 @@ impl Observer for Stderr {
     }
 }
 
-/// The passphrase sources of the binary, in order: `var`, then (for the repository passphrase)
-/// `REMPART_PASSCOMMAND`. The terminal prompt comes after them, from [`prompt`].
+/// The passphrase sources of the binary for `var` (`REMPART_PASSPHRASE` or
+/// `REMPART_NEW_PASSPHRASE`), in order: `var`, `REMPART_PASSCOMMAND`, then borg's `BORG_*`
+/// pair (runner::environment). The terminal prompt comes after them, from [`prompt`].
 pub(crate) fn passphrase_sources(var: &str) -> Vec<PassphraseSource> {
-    let mut s = vec![PassphraseSource::Env(var.to_string())];
-    if var == "REMPART_PASSPHRASE" {
-        if let Ok(cmd) = std::env::var("REMPART_PASSCOMMAND") {
-            s.push(PassphraseSource::Command(cmd));
-        }
-    }
-    s
+    runner::environment::passphrase_sources(var.strip_prefix("REMPART_").unwrap_or(var))
 }
 
 /// The last resort: a prompt, only on a terminal.
