@@ -285,6 +285,15 @@ impl Executor {
                 stop_fuse(&dir, att.nbdfuse.take()).await?;
             }
         }
+        // The client is gone (nbdfuse exited, or `nbd-client -d` returned); the resource sees
+        // its connection close a moment later. Waiting for that (briefly) lets the demote go
+        // through without killing openers, which it did in CI right after a clean unmount.
+        if let Some((_, h)) = self.inner.parts.resources.iter().find(|(n, _)| *n == m.resource) {
+            let until = tokio::time::Instant::now() + OPENERS_GONE;
+            while h.open_clients() > 0 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         Ok(())
     }
 
@@ -398,6 +407,9 @@ impl Executor {
         done
     }
 }
+
+/// How long the unmount step waits for the resource to see its NBD client leave.
+const OPENERS_GONE: Duration = Duration::from_secs(1);
 
 /// Runs a program; its stdout on success, a failure naming it and its stderr otherwise.
 async fn run(argv: &[&str]) -> Result<String, StepFailure> {
