@@ -37,6 +37,7 @@ use std::sync::{Arc, OnceLock};
 
 mod mount_cmd;
 mod create_flags;
+mod import_borg;
 mod run_cmd;
 
 #[derive(Parser, Debug)]
@@ -277,6 +278,9 @@ enum Cmd {
     Mount(mount_cmd::MountArgs),
     /// Unmount a `mount` (fusermount3 -u).
     Umount(mount_cmd::UmountArgs),
+    /// Copy the archives of a BorgBackup 1.2 repository into a rempart repository, re-chunked
+    /// and re-encrypted (docs/backup.md, "Importing from borg").
+    ImportBorg(import_borg::ImportBorgArgs),
     /// Remove a stale lock.
     BreakLock {
         /// Repository.
@@ -1235,6 +1239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::RestoreTest(a) => run_cmd::restore_test_cmd(a),
         Cmd::Mount(a) => mount_cmd::mount(a),
         Cmd::Umount(a) => mount_cmd::umount(a),
+        Cmd::ImportBorg(a) => import_borg::import_borg(a),
         Cmd::BreakLock { repo } => {
             let (repo_path, _) = split_target(repo.as_deref())?;
             let backend = backend(&repo_path)?;

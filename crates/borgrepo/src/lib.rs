@@ -61,6 +61,7 @@
 
 pub mod compress;
 pub mod error;
+pub mod import;
 pub mod key;
 pub mod msgpack;
 pub mod repo;
