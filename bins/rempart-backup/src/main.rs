@@ -35,9 +35,12 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
-mod mount_cmd;
+mod archives_cmd;
+mod diff_cmd;
+mod list_format;
 mod create_flags;
 mod import_borg;
+mod mount_cmd;
 mod run_cmd;
 
 #[derive(Parser, Debug)]
@@ -146,9 +149,11 @@ enum Cmd {
         /// JSON lines (archive contents).
         #[arg(long)]
         json_lines: bool,
-        /// Only archives matching this glob.
-        #[arg(short = 'a', long)]
-        glob_archives: Option<String>,
+        /// borg's placeholders, e.g. "{archive}{NL}" or "{mode} {path}{NL}" (list_format.rs).
+        #[arg(long)]
+        format: Option<String>,
+        #[command(flatten)]
+        sel: archives_cmd::Selection,
         /// REPO or REPO::ARCHIVE.
         target: Option<String>,
         /// Only these paths.
@@ -159,6 +164,8 @@ enum Cmd {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        sel: archives_cmd::Selection,
         /// REPO or REPO::ARCHIVE.
         target: Option<String>,
     },
@@ -188,21 +195,28 @@ enum Cmd {
         paths: Vec<String>,
     },
     /// Show differences between two archives.
-    Diff {
-        /// REPO::ARCHIVE1.
-        target: String,
-        /// ARCHIVE2.
-        archive2: String,
-    },
+    Diff(diff_cmd::DiffArgs),
     /// Delete archives.
     Delete {
         /// Do not change the repository.
         #[arg(short = 'n', long)]
         dry_run: bool,
+        /// List the archives deleted.
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        sel: archives_cmd::Selection,
         /// REPO::ARCHIVE or REPO.
         target: String,
         /// More archive names.
         archives: Vec<String>,
+    },
+    /// Rename an archive.
+    Rename {
+        /// REPO::ARCHIVE.
+        target: String,
+        /// New name.
+        new_name: String,
     },
     /// Delete archives not kept by the rules.
     Prune(PruneArgs),
@@ -842,16 +856,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if res.warnings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(WARNING) })
         }
-        Cmd::List { short, json, json_lines, glob_archives, target, paths } => {
+        Cmd::List { short, json, json_lines, format, sel, target, paths } => {
             let (repo_path, archive) = split_target(target.as_deref())?;
             let repo = open(&repo_path)?;
             match archive {
                 None => {
-                    let archives: Vec<_> = commands::list_archives(&repo)?
-                        .into_iter()
-                        .filter(|a| glob_archives.as_deref().is_none_or(|g| commands::glob_archives(g, &a.name)))
-                        .collect();
-                    if json {
+                    let archives = sel.select(&repo)?;
+                    if let Some(f) = format.as_deref().filter(|_| !json) {
+                        archives_cmd::list_repo_formatted(&repo, &archives, f)?;
+                    } else if json {
                         let list: Vec<_> = archives
                             .iter()
                             .map(|a| {
@@ -878,6 +891,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         out.flush()?;
                     }
+                }
+                Some(name) if format.is_some() && !json_lines => {
+                    archives_cmd::list_archive_formatted(&repo, &name, format.as_deref().unwrap_or_default(), &paths)?;
                 }
                 Some(name) => {
                     let index = repo.load_index()?;
@@ -928,10 +944,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Info { json, target } => {
+        Cmd::Info { json, sel, target } => {
             let (repo_path, archive) = split_target(target.as_deref())?;
             let repo = open(&repo_path)?;
-            match archive {
+            // borg: -a/--first/--last on a repository shows each selected archive
+            let names = match archive {
+                Some(n) => Some(vec![n]),
+                None if sel.any() => Some(sel.select(&repo)?.into_iter().map(|a| a.name).collect::<Vec<_>>()),
+                None => None,
+            };
+            match names {
                 None => {
                     let i = commands::repo_info(&repo)?;
                     if json {
@@ -959,37 +981,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         outln!("Packs: {}", i.packs);
                     }
                 }
-                Some(name) => {
-                    let (e, a) = commands::archive_info(&repo, &name)?;
+                Some(names) => {
+                    let mut listed = Vec::new();
+                    for (k, name) in names.iter().enumerate() {
+                        let (e, a) = commands::archive_info(&repo, name)?;
+                        if json {
+                            listed.push(serde_json::json!({
+                                        "name": a.name, "id": e.id.to_hex(), "hostname": a.hostname,
+                                        "username": a.username, "start": iso(time_of(a.time)),
+                                        "end": iso(time_of(a.time_end)), "command_line": a.cmdline,
+                                        "stats": {
+                                            "original_size": a.stats.original_size,
+                                            "compressed_size": a.stats.compressed_size,
+                                            "deduplicated_size": a.stats.deduplicated_size,
+                                            "nfiles": a.stats.nfiles,
+                                        },
+                            }));
+                            continue;
+                        }
+                        if k > 0 {
+                            outln!();
+                        }
+                        {
+                            outln!("Archive name: {}", a.name);
+                            outln!("Archive fingerprint: {}", e.id.to_hex());
+                            outln!("Hostname: {}", a.hostname);
+                            outln!("Username: {}", a.username);
+                            outln!("Time (start): {}", fmt_time(time_of(a.time)));
+                            outln!("Time (end): {}", fmt_time(time_of(a.time_end)));
+                            outln!("Command line: {}", a.cmdline.join(" "));
+                            outln!("Number of files: {}", a.stats.nfiles);
+                            outln!("Original size: {}", size(a.stats.original_size));
+                            outln!("Compressed size: {}", size(a.stats.compressed_size));
+                            outln!("Deduplicated size: {}", size(a.stats.deduplicated_size));
+                        }
+                    }
                     if json {
-                        outln!(
-                            "{}",
-                            serde_json::to_string_pretty(&serde_json::json!({
-                                "archives": [{
-                                    "name": a.name, "id": e.id.to_hex(), "hostname": a.hostname,
-                                    "username": a.username, "start": iso(time_of(a.time)),
-                                    "end": iso(time_of(a.time_end)), "command_line": a.cmdline,
-                                    "stats": {
-                                        "original_size": a.stats.original_size,
-                                        "compressed_size": a.stats.compressed_size,
-                                        "deduplicated_size": a.stats.deduplicated_size,
-                                        "nfiles": a.stats.nfiles,
-                                    },
-                                }],
-                            }))?
-                        );
-                    } else {
-                        outln!("Archive name: {}", a.name);
-                        outln!("Archive fingerprint: {}", e.id.to_hex());
-                        outln!("Hostname: {}", a.hostname);
-                        outln!("Username: {}", a.username);
-                        outln!("Time (start): {}", fmt_time(time_of(a.time)));
-                        outln!("Time (end): {}", fmt_time(time_of(a.time_end)));
-                        outln!("Command line: {}", a.cmdline.join(" "));
-                        outln!("Number of files: {}", a.stats.nfiles);
-                        outln!("Original size: {}", size(a.stats.original_size));
-                        outln!("Compressed size: {}", size(a.stats.compressed_size));
-                        outln!("Deduplicated size: {}", size(a.stats.deduplicated_size));
+                        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "archives": listed }))?);
                     }
                 }
             }
@@ -1044,21 +1072,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (true, true) => ExitCode::SUCCESS,
             })
         }
-        Cmd::Diff { target, archive2 } => {
-            let (repo_path, a) = split_target(Some(&target))?;
-            let a = a.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
-            let repo = open(&repo_path)?;
-            let mut out = std::io::BufWriter::new(Stdout);
-            for d in commands::diff_archives(&repo, &a, &archive2)? {
-                writeln!(out, "{} {}", d.changes.join(" "), d.path)?;
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Delete { dry_run, target, archives } => {
+        Cmd::Diff(a) => diff_cmd::run(a),
+        Cmd::Delete { dry_run, list, sel, target, archives } => {
             let (repo_path, archive) = split_target(Some(&target))?;
             let mut names: Vec<String> = archive.into_iter().collect();
             names.extend(archives);
+            if names.is_empty() && sel.any() {
+                archives_cmd::delete_selected(&open(&repo_path)?, &sel, dry_run, list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if names.is_empty() {
                 bail!("deleting a whole repository is not supported: remove its directory, or name archives");
             }
@@ -1077,6 +1099,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Rename { target, new_name } => archives_cmd::rename(&target, &new_name),
         Cmd::Prune(a) => {
             let (repo_path, _) = split_target(a.repo.as_deref())?;
             let rules = PruneRules {

@@ -954,3 +954,52 @@ pub fn diff_archives(repo: &Repository, a: &str, b: &str) -> Result<Vec<DiffEntr
     }
     Ok(out)
 }
+
+/// Selects archives as borg's `-a GLOB`, `--first N`, `--last N` do: the ones matching the
+/// glob, by time (oldest first), then the first or last N of them. `archives` need not be
+/// sorted.
+pub fn select_archives(
+    mut archives: Vec<ManifestEntry>,
+    glob: Option<&str>,
+    first: Option<usize>,
+    last: Option<usize>,
+) -> Vec<ManifestEntry> {
+    archives.retain(|a| glob.is_none_or(|g| glob_archives(g, &a.name)));
+    archives.sort_by_key(|a| a.time);
+    if let Some(n) = first {
+        archives.truncate(n);
+    }
+    if let Some(n) = last {
+        let skip = archives.len().saturating_sub(n);
+        archives.drain(..skip);
+    }
+    archives
+}
+
+/// `rename REPO::OLD NEW`: the archive object is written again under its new name (its id is
+/// its content's), the manifest is switched to it in one write (the commit), then the old
+/// object is removed. A crash before the manifest write leaves an unreferenced object and the
+/// old name; after it, the new name (and at worst an old object `check` reports).
+pub fn rename_archive(repo: &Repository, old: &str, new: &str) -> Result<ManifestEntry> {
+    if new.is_empty() || new.contains('/') || new.contains("::") {
+        return Err(Error::InvalidArgument(format!("{new:?}: not a valid archive name")));
+    }
+    let _lock = repo.lock()?;
+    let mut m = repo.manifest()?;
+    let pos = m.archives.iter().position(|a| a.name == old).ok_or_else(|| Error::NoSuchArchive(old.into()))?;
+    if m.get(new).is_some() {
+        return Err(Error::ArchiveExists(new.into()));
+    }
+    let old_id = m.archives[pos].id;
+    let mut meta = repo.archive(&old_id)?;
+    meta.name = new.to_string();
+    let id = repo.write_archive(&meta)?;
+    m.archives[pos].name = new.to_string();
+    m.archives[pos].id = id;
+    m.timestamp = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    repo.write_manifest(&m)?;
+    if id != old_id {
+        repo.backend().remove(FileType::Archive, &old_id.to_hex())?;
+    }
+    Ok(m.archives[pos].clone())
+}

@@ -86,6 +86,7 @@ pub mod commands;
 pub mod compress;
 pub mod create;
 pub mod crypto;
+pub mod diff;
 pub mod drill;
 mod encode;
 pub mod error;
