@@ -271,7 +271,13 @@ pub fn parse(path: &str, text: &str) -> Result<Loaded, ConfigErrors> {
                 let inner = e.into_inner();
                 let line = inner.location().map(|l| l.line());
                 let key = Some(at).filter(|a| !a.is_empty() && a != ".");
-                return Err(ConfigErrors::one(path, key, line, inner.to_string()));
+                // the YAML error names the key itself: the line says it once
+                let msg = inner.to_string();
+                let msg = match &key {
+                    Some(k) => msg.strip_prefix(&format!("{k}: ")).map(str::to_string).unwrap_or(msg),
+                    None => msg,
+                };
+                return Err(ConfigErrors::one(path, key, line, msg));
             }
         }
     };
@@ -497,6 +503,8 @@ hooks:
         assert!(e[0].starts_with("c.yaml: location.source_directories[1]: "), "{e:?}");
         let e = parse("c.yaml", &GOOD.replace("keep_daily: 7", "keep_daily: seven")).unwrap_err().lines();
         assert!(e[0].starts_with("c.yaml: retention.keep_daily: "), "{e:?}");
+        // issue 17: the key path once, though the YAML error says it too
+        assert_eq!(e[0].matches("retention.keep_daily").count(), 1, "{e:?}");
         let e = parse("c.yaml", &GOOD.replace("- archives", "- archivez")).unwrap_err().lines();
         assert!(e[0].starts_with("c.yaml: consistency.checks[1]: ") && e[0].contains("archivez"), "{e:?}");
         // value problems are all reported at once

@@ -72,6 +72,7 @@
 
 mod cancel;
 pub mod config;
+pub mod discover;
 pub mod environment;
 pub mod hooks;
 pub mod metrics;

@@ -272,7 +272,10 @@ pub fn run(configs: &[Loaded], opts: &RunOptions, cancel: &Cancel) -> Report {
                 ..Default::default()
             };
             if let Err(e) = ctx.check_cancel().and_then(|_| run_repository(&ctx, c, loc, &mut r)) {
-                r.error = Some(error_line(&e));
+                // the report line says the label: a message that starts with it says it once
+                let line = error_line(&e);
+                let label = format!("{}: ", r.label);
+                r.error = Some(line.strip_prefix(&label).map(str::to_string).unwrap_or(line));
                 r.exit_code = 2;
             }
             r.duration = t.elapsed();
