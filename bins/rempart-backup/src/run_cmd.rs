@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// What a run does (borgmatic's action names), always in this order.
+/// What a run does (borgmatic's action names). `init` runs first; create, prune, compact,
+/// check and restore-test (the runner's engine) always in that order; then `list`, `info`,
+/// `extract` and `mount`, which run the matching `rempart-backup` command on each repository.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Action {
     Create,
@@ -23,25 +25,38 @@ pub(crate) enum Action {
     Check,
     /// Restore the newest archive into a temporary directory and verify every file.
     RestoreTest,
+    /// Create each repository (`--encryption` is required).
+    Init,
+    /// List archives, or an archive's contents with `--archive`.
+    List,
+    /// Show repository or archive (`--archive`) information.
+    Info,
+    /// Extract `--archive` (`latest`: the newest) into `--destination` (default: here).
+    Extract,
+    /// Mount the repository or `--archive` on `--mount-point`.
+    Mount,
 }
 
-impl From<Action> for RunAction {
-    fn from(a: Action) -> Self {
-        match a {
+impl Action {
+    /// The runner's engine action, `None` for the actions the binary runs itself.
+    fn engine(self) -> Option<RunAction> {
+        Some(match self {
             Action::Create => RunAction::Create,
             Action::Prune => RunAction::Prune,
             Action::Compact => RunAction::Compact,
             Action::Check => RunAction::Check,
             Action::RestoreTest => RunAction::RestoreTest,
-        }
+            Action::Init | Action::List | Action::Info | Action::Extract | Action::Mount => return None,
+        })
     }
 }
 
 /// `run` arguments.
 #[derive(clap::Args, Debug)]
 pub(crate) struct RunArgs {
-    /// borgmatic 1.7 configuration file (repeatable).
-    #[arg(short = 'c', long = "config", required = true, action = clap::ArgAction::Append)]
+    /// borgmatic 1.7 configuration file or directory (repeatable; default: borgmatic's
+    /// /etc/borgmatic/config.yaml, /etc/borgmatic.d/*.yaml, ~/.config/borgmatic/config.yaml).
+    #[arg(short = 'c', long = "config", action = clap::ArgAction::Append)]
     config: Vec<PathBuf>,
     /// Actions (default: create prune compact check).
     #[arg(value_enum)]
@@ -74,6 +89,34 @@ pub(crate) struct RunArgs {
     /// Where the restore test restores (default: the system temporary directory).
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
+    #[command(flatten)]
+    one_shot: OneShotArgs,
+}
+
+/// borgmatic's flags of `init`, `list`, `info`, `extract` and `mount`.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct OneShotArgs {
+    /// init: repokey, keyfile, authenticated or none.
+    #[arg(short = 'e', long)]
+    encryption: Option<String>,
+    /// list, info, extract, mount: this archive (`latest`: the newest).
+    #[arg(long)]
+    archive: Option<String>,
+    /// list, extract: only these paths (repeatable).
+    #[arg(long = "path")]
+    paths: Vec<String>,
+    /// extract: where to extract (default: the current directory).
+    #[arg(long)]
+    destination: Option<PathBuf>,
+    /// extract: remove N leading path components.
+    #[arg(long)]
+    strip_components: Option<usize>,
+    /// list: names or paths only.
+    #[arg(long)]
+    short: bool,
+    /// mount: the mount point.
+    #[arg(long)]
+    mount_point: Option<PathBuf>,
 }
 
 /// `restore-test` arguments.
@@ -167,9 +210,17 @@ fn run_json(r: &RepoReport) -> serde_json::Value {
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let out = Stderr { verbosity: args.verbosity };
     // Every file is read and validated before anything runs.
+    let defaults = runner::discover::default_config_paths();
+    let paths = if args.config.is_empty() { defaults.clone() } else { args.config.clone() };
+    let files = runner::discover::collect_config_files(&paths, &defaults);
+    if files.is_empty() {
+        let looked: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        out.log(Level::Error, &format!("error: no configuration files found (looked at {})", looked.join(", ")));
+        return Ok(ExitCode::from(FAILED));
+    }
     let mut configs = Vec::new();
     let mut bad = false;
-    for p in &args.config {
+    for p in &files {
         match runner::load(p) {
             Ok(c) => {
                 for w in &c.warnings {
@@ -189,10 +240,24 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         out.log(Level::Error, "error: invalid configuration, nothing was run");
         return Ok(ExitCode::from(FAILED));
     }
+    let one_shot = |a: Action| args.actions.contains(&a);
+    let mut failed = false;
+    if one_shot(Action::Init) {
+        failed |= !one_shot_action(&args, &configs, Action::Init, &out)?;
+    }
+    let engine: Vec<RunAction> = args.actions.iter().filter_map(|a| a.engine()).collect();
+    if !args.actions.is_empty() && engine.is_empty() {
+        for a in [Action::List, Action::Info, Action::Extract, Action::Mount] {
+            if one_shot(a) {
+                failed |= !one_shot_action(&args, &configs, a, &out)?;
+            }
+        }
+        return Ok(if failed { ExitCode::from(FAILED) } else { ExitCode::SUCCESS });
+    }
     let cancel = Cancel::new();
     crate::cancel_on_signals(&cancel)?;
     let opts = RunOptions {
-        actions: args.actions.iter().map(|&a| a.into()).collect(),
+        actions: engine,
         dry_run: args.dry_run,
         stats: args.stats,
         repository: args.repository.clone(),
@@ -213,6 +278,16 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let v: Vec<serde_json::Value> = report.repositories.iter().map(run_json).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
+    if report.outcome != Outcome::Cancelled {
+        for a in [Action::List, Action::Info, Action::Extract, Action::Mount] {
+            if one_shot(a) {
+                failed |= !one_shot_action(&args, &configs, a, &out)?;
+            }
+        }
+    }
+    if failed && report.outcome != Outcome::Cancelled {
+        return Ok(ExitCode::from(FAILED));
+    }
     Ok(match report.outcome {
         Outcome::Cancelled => {
             out.log(Level::Error, &report.exit_reason);
@@ -221,4 +296,110 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Outcome::Failed => ExitCode::from(FAILED),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// Runs `init`, `list`, `info`, `extract` or `mount` on every repository of every
+/// configuration (or only `--repository`) as the matching `rempart-backup` command, with the
+/// configuration's passphrase. Returns whether every repository succeeded.
+fn one_shot_action(args: &RunArgs, configs: &[runner::Loaded], action: Action, out: &Stderr) -> anyhow::Result<bool> {
+    let o = &args.one_shot;
+    let mut all_ok = true;
+    for c in configs {
+        for (spec, _) in &c.repositories {
+            if args.repository.as_ref().is_some_and(|r| *r != spec.path && r != spec.name()) {
+                continue;
+            }
+            let tag = format!("{}: {}", c.path, spec.name());
+            // a local repository path stays valid after extract changes the directory
+            let repo = if spec.path.contains(':') {
+                spec.path.clone()
+            } else {
+                std::path::absolute(&spec.path).map_or(spec.path.clone(), |p| p.display().to_string())
+            };
+            // the configuration's passphrase wins, as borgmatic hands it to borg
+            if let Some(p) = &c.storage.encryption_passphrase {
+                std::env::set_var("REMPART_PASSPHRASE", p);
+            } else if let Some(cmd) = &c.storage.encryption_passcommand {
+                std::env::remove_var("REMPART_PASSPHRASE");
+                std::env::set_var("REMPART_PASSCOMMAND", cmd);
+            }
+            let res = (|| -> anyhow::Result<ExitCode> {
+                let archive = match o.archive.as_deref() {
+                    Some("latest") => {
+                        let r = crate::open(&repo)?;
+                        let newest = dedupstore::commands::list_archives(&r)?.pop();
+                        Some(newest.ok_or_else(|| anyhow::anyhow!("no archive in the repository"))?.name)
+                    }
+                    a => a.map(str::to_string),
+                };
+                let target = match &archive {
+                    Some(a) => format!("{repo}::{a}"),
+                    None => repo.clone(),
+                };
+                let mut argv: Vec<String> = vec!["rempart-backup".into()];
+                match action {
+                    Action::Init => {
+                        let e = o.encryption.clone().ok_or_else(|| anyhow::anyhow!("init needs --encryption"))?;
+                        argv.extend(["init".into(), "-e".into(), e, repo.clone()]);
+                    }
+                    Action::List => {
+                        argv.push("list".into());
+                        if o.short {
+                            argv.push("--short".into());
+                        }
+                        if args.json {
+                            argv.push("--json".into());
+                        }
+                        argv.push(target);
+                        argv.extend(o.paths.iter().cloned());
+                    }
+                    Action::Info => {
+                        argv.push("info".into());
+                        if args.json {
+                            argv.push("--json".into());
+                        }
+                        argv.push(target);
+                    }
+                    Action::Extract => {
+                        if archive.is_none() {
+                            anyhow::bail!("extract needs --archive NAME (or latest)");
+                        }
+                        argv.push("extract".into());
+                        if let Some(n) = o.strip_components {
+                            argv.extend(["--strip-components".into(), n.to_string()]);
+                        }
+                        if args.dry_run {
+                            argv.push("--dry-run".into());
+                        }
+                        argv.push(target);
+                        argv.extend(o.paths.iter().cloned());
+                        if let Some(d) = &o.destination {
+                            std::env::set_current_dir(d)
+                                .map_err(|e| anyhow::anyhow!("destination {}: {e}", d.display()))?;
+                        }
+                    }
+                    Action::Mount => {
+                        let mp = o.mount_point.clone().ok_or_else(|| anyhow::anyhow!("mount needs --mount-point"))?;
+                        argv.extend(["mount".into(), target, mp.display().to_string()]);
+                    }
+                    _ => return Ok(ExitCode::SUCCESS),
+                }
+                let cli = <crate::Cli as clap::Parser>::try_parse_from(&argv)
+                    .map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or_default()))?;
+                crate::run(cli)
+            })();
+            match res {
+                Ok(code) if code == ExitCode::SUCCESS || code == ExitCode::from(crate::WARNING) => {}
+                Ok(_) => {
+                    out.log(Level::Error, &format!("error: {tag}: {action:?} failed"));
+                    all_ok = false;
+                }
+                Err(e) => {
+                    out.log(Level::Error, &format!("error: {tag}: {e:#}"));
+                    all_ok = false;
+                }
+            }
+        }
+    }
+    Ok(all_ok)
 }
