@@ -91,8 +91,18 @@ fn lz4_round_trips_unknown_compression_is_refused_and_stdin_is_archived() {
     let text = b"lz4 is what the name says, ".repeat(40_000);
     std::fs::write(home.join("src/t"), &text).unwrap();
     ok(cmd(home, &["init", "-e", "repokey", "repo"]));
-    for spec in ["lz4", "auto,lz4"] {
-        ok(cmd(home, &["create", "-C", spec, &format!("repo::{spec}"), "src"]));
+    // issue 17: borg's zlib and lzma are real algorithms too
+    // (each with its own text, so that no archive reuses another's chunks and --stats shows
+    // this algorithm's sizes)
+    for spec in ["lz4", "auto,lz4", "zlib", "lzma,6", "auto,zlib,9", "auto,lzma,1"] {
+        let text = format!("{spec} is what the name says, ").into_bytes().repeat(40_000);
+        std::fs::write(home.join("src/t"), &text).unwrap();
+        let out = ok(cmd(home, &["create", "--json", "-C", spec, &format!("repo::{spec}"), "src"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let stats = &v["archive"]["stats"];
+        assert_eq!(stats["original_size"].as_u64(), Some(text.len() as u64), "{spec}: {out}");
+        let compressed = stats["compressed_size"].as_u64().unwrap();
+        assert!(compressed > 0 && compressed < text.len() as u64 / 20, "{spec}: {out}");
         let dest = home.join(format!("out-{spec}"));
         std::fs::create_dir(&dest).unwrap();
         let mut c = cmd(home, &["extract", &format!("{}::{spec}", home.join("repo").display())]);
@@ -100,7 +110,7 @@ fn lz4_round_trips_unknown_compression_is_refused_and_stdin_is_archived() {
         ok(c);
         assert_eq!(std::fs::read(dest.join("src/t")).unwrap(), text, "{spec}");
     }
-    for spec in ["zlib", "lzma,6", "auto,zlib", "lz5"] {
+    for spec in ["obfuscate,3,zstd", "zlib,10", "lz5"] {
         let o = run(cmd(home, &["create", "-C", spec, "repo::z", "src"]));
         assert_eq!(o.status.code(), Some(2), "{spec}");
         assert!(stderr(&o).contains("supported: none, lz4, zstd"), "{spec}: {}", stderr(&o));
