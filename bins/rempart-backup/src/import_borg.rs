@@ -118,7 +118,11 @@ pub(crate) fn import_borg(a: ImportBorgArgs) -> anyhow::Result<ExitCode> {
     if archive.is_some() {
         bail!("give the rempart repository without ::ARCHIVE (archives keep their borg names)");
     }
-    let repo = crate::open(&repo_name)?;
+    let mut repo = crate::open(&repo_name)?;
+    if a.dry_run {
+        // reads only (the manifest, to skip what was imported): not even a lock file is written
+        repo.set_bypass_lock(true);
+    }
     let opts = ImportOptions { compression, dry_run: a.dry_run, threads: 0 };
     let mut warnings = 0;
     let mut report = Vec::new();

@@ -110,7 +110,8 @@ pub struct KeySource {
     /// `BORG_KEY_FILE`: the key file of a keyfile repository.
     pub key_file: Option<PathBuf>,
     /// Directory of key files searched by repository id (`BORG_KEYS_DIR`, else
-    /// `$BORG_CONFIG_DIR/keys`, else `~/.config/borg/keys`).
+    /// `$BORG_CONFIG_DIR/keys`, else `$XDG_CONFIG_HOME/borg/keys`, else
+    /// `$BORG_BASE_DIR/.config/borg/keys`, else `~/.config/borg/keys`).
     pub keys_dir: Option<PathBuf>,
 }
 
@@ -226,7 +227,7 @@ pub fn default_keys_dir() -> Option<PathBuf> {
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME") {
         Some(x) if !x.is_empty() => PathBuf::from(x),
-        _ => Path::new(&std::env::var_os("HOME")?).join(".config"),
+        _ => Path::new(&std::env::var_os("BORG_BASE_DIR").or_else(|| std::env::var_os("HOME"))?).join(".config"),
     };
     Some(base.join("borg").join("keys"))
 }
