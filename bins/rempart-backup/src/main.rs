@@ -37,6 +37,7 @@ use std::sync::{Arc, OnceLock};
 
 mod archives_cmd;
 mod diff_cmd;
+mod extract_cmd;
 mod list_format;
 mod create_flags;
 mod import_borg;
@@ -189,6 +190,8 @@ enum Cmd {
         /// Show progress (on a terminal).
         #[arg(short, long)]
         progress: bool,
+        #[command(flatten)]
+        borg: extract_cmd::ExtractFlags,
         /// REPO::ARCHIVE.
         target: String,
         /// Only these paths.
@@ -1023,10 +1026,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Extract { strip_components, dry_run, numeric_ids, sparse, list, progress, target, paths } => {
+        Cmd::Extract { strip_components, dry_run, numeric_ids, sparse, list, progress, borg, target, paths } => {
             let (repo_path, archive) = split_target(Some(&target))?;
             let archive = archive.ok_or_else(|| anyhow!("{target}: expected REPO::ARCHIVE"))?;
             let repo = open(&repo_path)?;
+            let patterns = borg.matcher()?;
+            if borg.stdout {
+                extract_cmd::to_stdout(&repo, &archive, &paths, &patterns)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let opts = ExtractOptions {
                 dest: std::env::current_dir()?,
                 paths: paths.iter().map(|p| p.as_bytes().to_vec()).collect(),
@@ -1035,6 +1043,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 numeric_ids,
                 sparse,
                 threads: 0,
+                patterns,
             };
             let bar = progress_bar(
                 progress,

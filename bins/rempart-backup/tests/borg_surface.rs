@@ -265,3 +265,67 @@ fn diff_text_json_lines_and_paths_match_borg() {
     let (b, o) = both(home, &["diff", "R::one", "two", "src/same.txt"]);
     assert_eq!((b.stdout.len(), o.stdout.len(), o.status.code()), (0, 0, Some(0)));
 }
+
+/// Relative paths of everything under `dir`, sorted ("d/" for directories).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if p.symlink_metadata().unwrap().is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(p);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn extract_stdout_exclude_and_patterns_match_borg() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    two_repos(home);
+    // one file, a directory's files, and a selection: the bytes borg writes
+    for args in [
+        &["extract", "--stdout", "R::a2", "src/d/b.bin"][..],
+        &["extract", "--stdout", "R::b2", "src/d/e"],
+        &["extract", "--stdout", "-e", "*.bin", "R::a2", "src/d"],
+    ] {
+        let (b, o) = both(home, args);
+        assert!(b.status.success() && o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.stdout, b.stdout, "{args:?}");
+        assert!(!o.stdout.is_empty(), "{args:?}");
+    }
+    // the whole archive: every file's content once (borg's order is its inode walk, ours the
+    // names'; with one file per size both add up the same)
+    let (b, o) = both(home, &["extract", "--stdout", "R::a1"]);
+    assert_eq!((o.stdout.len(), b.stdout.len()), (6 + 70_000 + 6, 6 + 70_000 + 6));
+    for (n, args) in [
+        &["-e", "*.bin"][..],
+        &["--exclude", "src/d/e"],
+        &["-e", "sh:src/*/b.bin", "-e", "pp:src/l"],
+        &["--pattern", "+ src/d/e/c.txt", "--pattern", "- src/d"],
+        &["--pattern", "- fm:*.txt"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (bd, od) = (home.join(format!("x-borg-{n}")), home.join(format!("x-ours-{n}")));
+        std::fs::create_dir_all(&bd).unwrap();
+        std::fs::create_dir_all(&od).unwrap();
+        let mut b = borg(home);
+        b.arg("extract").args(*args).arg(home.join("borg::a2"));
+        ok_in(b, &bd);
+        let mut o = ours(home);
+        o.arg("extract").args(*args).arg(home.join("ours::a2"));
+        ok_in(o, &od);
+        assert_eq!(listing(&od), listing(&bd), "extract {args:?}");
+        assert_ne!(listing(&od).len(), 7, "extract {args:?} left nothing out");
+    }
+}

@@ -163,6 +163,9 @@ pub struct ExtractOptions {
     pub sparse: bool,
     /// Worker threads (0 = all CPUs).
     pub threads: usize,
+    /// `--exclude`/`--pattern`: an item the patterns do not include is skipped (as is what
+    /// is below an excluded directory: borg's patterns match parents too).
+    pub patterns: crate::pattern::Matcher,
 }
 
 /// Result of `extract`.
@@ -299,7 +302,7 @@ pub fn extract_with_progress(
     let damaged = meta.damaged_items();
     let todo: Vec<(Item, Option<PathBuf>)> = items
         .into_iter()
-        .filter(|i| selected(i, &opts.paths))
+        .filter(|i| selected(i, &opts.paths) && opts.patterns.matches(&i.path).included)
         .filter_map(|i| {
             let t = target_path(&i.path, opts.strip_components);
             if t.is_none() && i.kind != ItemKind::Dir {

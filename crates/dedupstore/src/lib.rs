@@ -96,6 +96,7 @@ pub mod pattern;
 pub mod prune;
 pub mod remote;
 pub mod repo;
+pub mod stream;
 pub mod writer;
 
 pub use error::{Error, Result};
