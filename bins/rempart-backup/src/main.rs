@@ -36,11 +36,11 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 mod archives_cmd;
+mod create_flags;
 mod diff_cmd;
 mod extract_cmd;
-mod list_format;
-mod create_flags;
 mod import_borg;
+mod list_format;
 mod mount_cmd;
 mod run_cmd;
 
