@@ -246,6 +246,32 @@ impl Tool {
     }
 }
 
+/// `rempart-backup import-borg -a first` of borg's repository into a fresh rempart repository:
+/// wall time and MB/s of the archive's original data (the corpus). rempart only: the other
+/// tools have no such command.
+fn import_borg_rows(borg: &Tool, dir: &Path, size: f64) -> Vec<(String, Vec<String>)> {
+    let rempart = Tool { name: "rempart", repo: dir.join("import-repo") };
+    // not fresh(): the home (cache, keys) is the main rempart repository's too
+    let _ = std::fs::remove_dir_all(&rempart.repo);
+    rempart.init();
+    let mut c =
+        rempart.cmd(&["import-borg", "-a", "first", borg.repo.to_str().unwrap(), rempart.repo.to_str().unwrap()]);
+    rempart.prep(&mut c);
+    c.env("BORG_PASSPHRASE", PASS).env("BORG_BASE_DIR", borg.home());
+    let cost = timed(c, "rempart import-borg");
+    let _ = std::fs::remove_dir_all(&rempart.repo);
+    let na = || "n/a".to_string();
+    vec![
+        ("import-borg of borg's first archive: wall (s)".into(), vec![format!("{:.2}", cost.wall), na(), na()]),
+        (
+            "import-borg: MB/s of borg's original data".into(),
+            vec![format!("{:.0}", size / 1e6 / cost.wall), na(), na()],
+        ),
+        ("import-borg: CPU (s)".into(), vec![format!("{:.2}", cost.cpu), na(), na()]),
+        ("import-borg: peak RSS (MB)".into(), vec![format!("{:.0}", cost.rss_mb), na(), na()]),
+    ]
+}
+
 fn chunk_table(file: &Path) -> String {
     let data = std::fs::read(file).unwrap();
     let mut out = String::new();
@@ -423,6 +449,8 @@ fn main() {
     let check = repeated(&tools, reps, |t, _| t.check());
     // A check reads the repository (page cache) and writes nothing: the pipeline alone bounds it.
     ops.push(("check --verify-data".into(), check, Some((false, true))));
+    // import-borg (issue 17): borg's archive "first" (the corpus) into a fresh rempart repository
+    extra.extend(import_borg_rows(&tools[1], &dir, size));
     extra.push(("repository size after the first backup (MB)".into(), repo_first));
     extra.push((
         "repository size after three backups (MB)".into(),
