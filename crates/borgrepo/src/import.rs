@@ -17,9 +17,11 @@
 //! borg-archive-id=<hex>`, then `comment=<text>` when borg had a comment, then `--` and borg's
 //! own command line. An import is incremental by that id: [`imported_id`] reads it back.
 //!
-//! Nothing is written before the whole borg archive has been read: the writes (packs, the
-//! archive, the manifest last) happen as it is read, so a failure half-way leaves only
-//! unreferenced packs that `compact` removes, never an archive in the manifest.
+//! The borg side is checked before this runs ([`BorgRepository::open`] verifies every segment
+//! entry's crc32, the key and the manifest). Packs are written as the archive is read and the
+//! archive object and the manifest last, so damage found half-way (a MAC or an id that does not
+//! verify) leaves only unreferenced packs that `compact` removes, never an archive in the
+//! manifest.
 
 use crate::error::Error as BorgError;
 use crate::repo::{Archive, BorgItem, BorgRepository, ObjectId};
