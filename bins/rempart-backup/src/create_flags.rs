@@ -32,6 +32,31 @@ pub(crate) struct CreateFlags {
     /// Keep the excluded directories themselves and their tag files.
     #[arg(long)]
     keep_exclude_tags: bool,
+    /// Files cache mode: what must be unchanged to trust a file without reading it
+    /// (ctime,size,inode; mtime,size; rechunk,ctime; disabled; ...).
+    #[arg(long, value_name = "MODE", default_value = "ctime,size,inode")]
+    files_cache: String,
+    /// Do not store atime (the item gets its mtime as atime).
+    #[arg(long, conflicts_with = "atime")]
+    noatime: bool,
+    /// Store atime (rempart's default, unlike borg 1.2's).
+    #[arg(long)]
+    atime: bool,
+    /// Do not store ctime.
+    #[arg(long)]
+    noctime: bool,
+    /// Do not read and store extended attributes.
+    #[arg(long)]
+    noxattrs: bool,
+    /// Accepted for borg's scripts: rempart stores no birth time.
+    #[arg(long)]
+    nobirthtime: bool,
+    /// Accepted for borg's scripts: rempart stores no file flags.
+    #[arg(long, alias = "nobsdflags")]
+    noflags: bool,
+    /// Accepted for borg's scripts: rempart stores no ACLs.
+    #[arg(long)]
+    noacls: bool,
 }
 
 /// Which pattern option a raw argument is, and whether its value is glued to it.
@@ -136,6 +161,10 @@ impl CreateFlags {
         opts.exclude_caches = self.exclude_caches;
         opts.exclude_if_present = self.exclude_if_present.clone();
         opts.keep_exclude_tags = self.keep_exclude_tags;
+        opts.files_cache = dedupstore::create::FilesCacheMode::parse(&self.files_cache)?;
+        opts.store_atime = !self.noatime;
+        opts.store_ctime = !self.noctime;
+        opts.store_xattrs = !self.noxattrs;
         Ok(())
     }
 }

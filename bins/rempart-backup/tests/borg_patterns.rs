@@ -168,3 +168,44 @@ fn bad_patterns_are_refused() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// `--noatime` stores the mtime as atime (what extract then restores), the default keeps the
+/// atime; `--files-cache disabled` writes no files cache; an unknown mode is refused; borg's
+/// switches for fields rempart does not store are accepted.
+#[test]
+fn time_and_files_cache_switches() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempfile::tempdir().unwrap();
+    let h = d.path();
+    write(&h.join("tree/f"), b"x");
+    let (atime, mtime) = (nix::sys::time::TimeSpec::new(1_000, 0), nix::sys::time::TimeSpec::new(2_000, 0));
+    nix::sys::stat::utimensat(None, &h.join("tree/f"), &atime, &mtime, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+        .unwrap();
+    ok({
+        let mut c = ours(h);
+        c.args(["init", "-e", "none", "r"]);
+        c
+    });
+    let mut c = ours(h);
+    c.env("REMPART_CACHE_DIR", h.join("nocache")).args(["create", "--files-cache", "disabled", "r::keep", "tree"]);
+    ok(c);
+    assert!(!h.join("nocache").exists(), "--files-cache disabled wrote a cache");
+    ok({
+        let mut c = ours(h);
+        c.args(["create", "--noatime", "--noctime", "--noflags", "--nobirthtime", "--noacls", "--noxattrs"]);
+        c.args(["--files-cache", "mtime,size", "r::noatime", "tree"]);
+        c
+    });
+    for (name, want) in [("keep", 1_000), ("noatime", 2_000)] {
+        let dest = h.join(format!("out-{name}"));
+        std::fs::create_dir(&dest).unwrap();
+        let mut c = ours(h);
+        c.current_dir(&dest).arg("extract").arg(format!("{}::{name}", h.join("r").display()));
+        ok(c);
+        let md = std::fs::metadata(dest.join("tree/f")).unwrap();
+        assert_eq!((md.atime(), md.mtime()), (want, 2_000), "{name}");
+    }
+    let out = ours(h).args(["create", "--files-cache", "ctime,sise", "r::bad", "tree"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sise"));
+}

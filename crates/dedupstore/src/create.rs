@@ -59,6 +59,15 @@ pub struct CreateOptions {
     pub exclude_if_present: Vec<String>,
     /// `--keep-exclude-tags`: archive a skipped directory itself and its tag files.
     pub keep_exclude_tags: bool,
+    /// What the files cache compares to trust a file unchanged (`--files-cache`).
+    pub files_cache: FilesCacheMode,
+    /// Store atime (`--noatime` clears it: the item's atime is then its mtime, which extract
+    /// restores).
+    pub store_atime: bool,
+    /// Store ctime (`--noctime` clears it: stored as 0; the files cache still uses the real one).
+    pub store_ctime: bool,
+    /// Read and store extended attributes (`--noxattrs` clears it).
+    pub store_xattrs: bool,
     /// Stay on the file system of each given path.
     pub one_file_system: bool,
     /// Read and chunk everything but write nothing.
@@ -95,6 +104,10 @@ impl CreateOptions {
             exclude_caches: false,
             exclude_if_present: vec![],
             keep_exclude_tags: false,
+            files_cache: FilesCacheMode::default(),
+            store_atime: true,
+            store_ctime: true,
+            store_xattrs: true,
             one_file_system: false,
             dry_run: false,
             threads: 0,
@@ -105,6 +118,61 @@ impl CreateOptions {
             stdin: None,
             cancel: None,
         }
+    }
+}
+
+/// borg's `--files-cache MODE`: which of a file's attributes must be unchanged for the files
+/// cache to reuse its chunks without reading it, and `rechunk` (read every file anyway, keep
+/// the cache up to date). `disabled` uses no cache (as [`CreateOptions::cache_dir`] `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilesCacheMode {
+    /// Compare the change time.
+    pub ctime: bool,
+    /// Compare the modification time.
+    pub mtime: bool,
+    /// Compare the size.
+    pub size: bool,
+    /// Compare the inode number.
+    pub inode: bool,
+    /// Never trust the cache (read and chunk every file), still update it.
+    pub rechunk: bool,
+    /// No files cache at all.
+    pub disabled: bool,
+}
+
+impl Default for FilesCacheMode {
+    /// ctime, mtime, size and inode: borg's default (`ctime,size,inode`) and the mtime too.
+    fn default() -> Self {
+        FilesCacheMode { ctime: true, mtime: true, size: true, inode: true, rechunk: false, disabled: false }
+    }
+}
+
+impl FilesCacheMode {
+    /// Parses borg's mode: a comma list of `ctime`, `mtime`, `size`, `inode`, `rechunk`
+    /// (`ctime,size,inode`, `mtime,size`, `rechunk,ctime`, ...), or `disabled`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut m =
+            FilesCacheMode { ctime: false, mtime: false, size: false, inode: false, rechunk: false, disabled: false };
+        if s == "disabled" {
+            m.disabled = true;
+            return Ok(m);
+        }
+        for w in s.split(',') {
+            let f = match w {
+                "ctime" => &mut m.ctime,
+                "mtime" => &mut m.mtime,
+                "size" => &mut m.size,
+                "inode" => &mut m.inode,
+                "rechunk" => &mut m.rechunk,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "--files-cache {s:?}: {w:?} is not one of ctime, mtime, size, inode, rechunk, disabled"
+                    )))
+                }
+            };
+            *f = true;
+        }
+        Ok(m)
     }
 }
 
@@ -310,10 +378,14 @@ impl Walker<'_> {
             user: user_name(&mut self.users, md.uid()),
             group: group_name(&mut self.groups, md.gid()),
             mtime: ns(md.mtime(), md.mtime_nsec()),
-            atime: ns(md.atime(), md.atime_nsec()),
-            ctime: ns(md.ctime(), md.ctime_nsec()),
+            atime: if self.opts.store_atime {
+                ns(md.atime(), md.atime_nsec())
+            } else {
+                ns(md.mtime(), md.mtime_nsec())
+            },
+            ctime: if self.opts.store_ctime { ns(md.ctime(), md.ctime_nsec()) } else { 0 },
             size: if kind == ItemKind::File { md.size() } else { 0 },
-            xattrs: read_xattrs(p),
+            xattrs: if self.opts.store_xattrs { read_xattrs(p) } else { vec![] },
             target: None,
             hardlink: None,
             rdev: md.rdev(),
@@ -444,6 +516,8 @@ impl Walker<'_> {
 
     fn file(&mut self, p: &Path, ap: Vec<u8>, md: &fs::Metadata) -> Result<()> {
         let mut item = self.base_item(ap, md, ItemKind::File, p);
+        // the real change time, for the files cache (the item's may be cleared by --noctime)
+        let ctime = ns(md.ctime(), md.ctime_nsec());
         self.stats.nfiles += 1;
         self.stats.original_size += md.size();
         if md.nlink() > 1 {
@@ -458,11 +532,13 @@ impl Walker<'_> {
         // Files cache: unchanged inode/size/times and every chunk still in the repository.
         if let (Some(cache), Some(w)) = (&self.cache, &self.writer) {
             if let Ok(Some(e)) = cache.get(&key) {
+                let m = self.opts.files_cache;
                 let same = !e.racy
-                    && e.ino == md.ino()
-                    && e.size == md.size()
-                    && e.mtime == item.mtime
-                    && e.ctime == item.ctime;
+                    && !m.rechunk
+                    && (!m.inode || e.ino == md.ino())
+                    && (!m.size || e.size == md.size())
+                    && (!m.mtime || e.mtime == item.mtime)
+                    && (!m.ctime || e.ctime == ctime);
                 let present = e.chunks.iter().all(|c| match c {
                     Extent::Data { id, .. } => w.has(id),
                     Extent::Hole(_) => true,
@@ -509,14 +585,14 @@ impl Walker<'_> {
             }
         }
         if let Some(cache) = &self.cache {
-            let racy = item.ctime >= read_start - RACY_WINDOW_NS || item.mtime >= read_start - RACY_WINDOW_NS;
+            let racy = ctime >= read_start - RACY_WINDOW_NS || item.mtime >= read_start - RACY_WINDOW_NS;
             cache.put(
                 &key,
                 &FileEntry {
                     ino: md.ino(),
                     size: md.size(),
                     mtime: item.mtime,
-                    ctime: item.ctime,
+                    ctime,
                     chunks: item.chunks.clone(),
                     racy,
                 },
@@ -711,7 +787,7 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
         return Err(Error::ArchiveExists(opts.name.clone()));
     }
     let start = Utc::now();
-    let cache = match (&opts.cache_dir, opts.dry_run) {
+    let cache = match (&opts.cache_dir, opts.dry_run || opts.files_cache.disabled) {
         (Some(d), false) => Some(FilesCache::open(d, &repo.config().id)?),
         _ => None,
     };
@@ -866,6 +942,16 @@ pub fn create(repo: &Repository, opts: &CreateOptions, on: &mut dyn FnMut(Event<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_cache_modes() {
+        let m = FilesCacheMode::parse("ctime,size,inode").unwrap();
+        assert!(m.ctime && m.size && m.inode && !m.mtime && !m.rechunk && !m.disabled);
+        let m = FilesCacheMode::parse("rechunk,mtime").unwrap();
+        assert!(m.rechunk && m.mtime && !m.size);
+        assert!(FilesCacheMode::parse("disabled").unwrap().disabled);
+        assert!(FilesCacheMode::parse("ctime,sise").unwrap_err().to_string().contains("\"sise\""));
+    }
 
     #[test]
     fn borg_path_normalisation() {
