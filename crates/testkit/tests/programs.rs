@@ -263,3 +263,22 @@ fn the_map_is_read_with_packages_and_paths() {
     assert!(!is_mapped("c", &map), "a name whose only mapping is a path may be elsewhere on PATH");
     assert!(!is_mapped("ping", &map));
 }
+
+// The MAP is one single-quoted shell string: a quote in a comment inside it ends the string, and
+// scripts/deps then fails with a syntax error (an apostrophe did, and scripts/fresh-root stopped).
+#[test]
+fn scripts_deps_runs_and_prints_the_whole_map() {
+    let root = workspace_root();
+    let deps = std::fs::read_to_string(root.join("scripts/deps")).expect("read scripts/deps");
+    let mut expected = mapped_programs(&deps);
+    let out = std::process::Command::new("bash").arg(root.join("scripts/deps")).arg("map").output().expect("bash");
+    assert!(out.status.success(), "scripts/deps map failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut printed: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .flat_map(|(pkg, progs)| progs.split_whitespace().map(move |p| (p.to_string(), pkg.trim().to_string())))
+        .collect();
+    expected.sort();
+    printed.sort();
+    assert_eq!(printed, expected, "scripts/deps map prints another map than its MAP holds");
+}
