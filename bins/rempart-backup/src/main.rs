@@ -43,6 +43,7 @@ mod import_borg;
 mod list_format;
 mod mount_cmd;
 mod run_cmd;
+mod tar_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "rempart-backup", version, about = "Deduplicated, encrypted backups (borg's command set)")]
@@ -214,6 +215,8 @@ enum Cmd {
         /// More archive names.
         archives: Vec<String>,
     },
+    /// Write an archive as a tar file (borg's export-tar: filters by extension or --tar-filter).
+    ExportTar(tar_cmd::ExportTarArgs),
     /// Rename an archive.
     Rename {
         /// REPO::ARCHIVE.
@@ -1108,6 +1111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::ExportTar(a) => tar_cmd::export_tar(a),
         Cmd::Rename { target, new_name } => archives_cmd::rename(&target, &new_name),
         Cmd::Prune(a) => {
             let (repo_path, _) = split_target(a.repo.as_deref())?;

@@ -329,3 +329,50 @@ fn extract_stdout_exclude_and_patterns_match_borg() {
         assert_ne!(listing(&od).len(), 7, "extract {args:?} left nothing out");
     }
 }
+
+/// `tar tv` of a tar file (through `tar`'s own decompression), sorted.
+fn tar_tv(home: &Path, file: &str) -> Vec<String> {
+    let mut c = Command::new("tar");
+    c.args(["-tvf", file]);
+    let mut v: Vec<String> = ok_in(c, home).lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn export_tar_matches_borg_and_round_trips_through_gnu_tar() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    two_repos(home);
+    // the same entries (names, modes, owners, sizes, times, link targets) as borg's
+    let (b, o) = both(home, &["export-tar", "R::a2", "R.tar"]);
+    assert!(b.status.success() && o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed = tar_tv(home, "ours.tar");
+    assert_eq!(listed, tar_tv(home, "borg.tar"));
+    assert_eq!(listed.len(), 7, "{listed:?}");
+    // compression by extension (gzip), a filter of one's own, standard output, paths
+    let (b, o) = both(home, &["export-tar", "R::a2", "R.tar.gz", "src/d"]);
+    assert!(b.status.success() && o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(home.join("ours.tar.gz")).unwrap()[..2], [0x1f, 0x8b], "gzip magic");
+    assert_eq!(tar_tv(home, "ours.tar.gz"), tar_tv(home, "borg.tar.gz"));
+    let mut o = ours(home);
+    o.args(["export-tar", "--tar-filter", "gzip -1", "ours::a2", "filtered.tgz"]);
+    ok_in(o, home);
+    assert_eq!(tar_tv(home, "filtered.tgz"), listed);
+    let mut o = ours(home);
+    o.args(["export-tar", "ours::a2", "-"]);
+    o.current_dir(home);
+    let out = run(o);
+    assert!(out.status.success());
+    std::fs::write(home.join("stdout.tar"), &out.stdout).unwrap();
+    assert_eq!(tar_tv(home, "stdout.tar"), listed);
+    // GNU tar extracts the source tree back, content and all
+    let x = home.join("x");
+    std::fs::create_dir(&x).unwrap();
+    let mut t = Command::new("tar");
+    t.args(["-xpf", "../stdout.tar"]);
+    ok_in(t, &x);
+    let mut diff = Command::new("diff");
+    diff.args(["-r", "--no-dereference", "src", "x/src"]);
+    ok_in(diff, home);
+}
