@@ -129,3 +129,34 @@ fn default_config_paths_and_one_shot_actions() {
     });
     assert_eq!(one.lines().collect::<Vec<_>>(), [names[0].as_str()]);
 }
+
+/// borgmatic's pattern keys reach create: `patterns` (with an `R` root), `exclude_caches`.
+#[test]
+fn pattern_keys_reach_create() {
+    let d = tempfile::tempdir().unwrap();
+    let h = d.path();
+    let etc = h.join("etc");
+    for f in ["src/keep", "src/x.tmp", "src/cache/data", "extra/e"] {
+        std::fs::create_dir_all(h.join(f).parent().unwrap()).unwrap();
+        std::fs::write(h.join(f), b"x").unwrap();
+    }
+    std::fs::write(h.join("src/cache/CACHEDIR.TAG"), b"Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+    let cfg = h.join("c.yaml");
+    let text = config(&h.join("src"), &h.join("repo"), "p").replace(
+        "storage:",
+        &format!("  patterns: ['- sh:**/*.tmp', 'R {}']\n  exclude_caches: true\nstorage:", h.join("extra").display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = ours(h, &etc);
+        c.arg("run").arg("-c").arg(&cfg).args(args);
+        ok(c)
+    };
+    run(&["init", "--encryption", "none"]);
+    run(&["create"]);
+    let mut paths: Vec<String> = run(&["list", "--archive", "latest", "--short"]).lines().map(str::to_string).collect();
+    paths.sort();
+    let s = h.join("src").strip_prefix("/").unwrap().display().to_string();
+    let e = h.join("extra").strip_prefix("/").unwrap().display().to_string();
+    assert_eq!(paths, [e.clone(), format!("{e}/e"), s.clone(), format!("{s}/keep")]);
+}

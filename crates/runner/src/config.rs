@@ -20,7 +20,8 @@
 
 use crate::placeholders;
 use dedupstore::compress::Compression;
-use dedupstore::pattern::Pattern;
+use dedupstore::create::FilesCacheMode;
+use dedupstore::pattern::{Matcher, Pattern};
 use dedupstore::remote::RepoLocation;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -48,6 +49,17 @@ pub struct Location {
     pub source_directories: Vec<String>,
     pub repositories: Vec<RepoSpec>,
     pub exclude_patterns: Vec<String>,
+    /// Files of exclude patterns (`--exclude-from`).
+    pub exclude_from: Vec<String>,
+    /// borg pattern lines (`+ - ! R P`), after the `patterns_from` files.
+    pub patterns: Vec<String>,
+    /// Files of pattern lines (`--patterns-from`).
+    pub patterns_from: Vec<String>,
+    pub exclude_caches: bool,
+    pub exclude_if_present: Vec<String>,
+    pub keep_exclude_tags: bool,
+    /// borg's `--files-cache` mode.
+    pub files_cache: Option<String>,
     pub one_file_system: bool,
     pub remote_path: Option<String>,
 }
@@ -251,6 +263,10 @@ pub struct Loaded {
     pub repositories: Vec<(RepoSpec, RepoLocation)>,
     pub compression: Compression,
     pub excludes: Vec<Pattern>,
+    /// `patterns_from`, `patterns` and `exclude_from`, in borgmatic's order (before `excludes`),
+    /// with their `R` roots.
+    pub patterns: Matcher,
+    pub files_cache: FilesCacheMode,
     /// Checks with their frequency (`None` = always).
     pub checks: Vec<(CheckName, Option<Duration>)>,
     pub warnings: Vec<String>,
@@ -368,6 +384,32 @@ fn validate(path: &str, cfg: Config, warnings: Vec<String>) -> Result<Loaded, Co
             Err(e) => err(&format!("location.exclude_patterns[{i}]"), e.to_string()),
         }
     }
+    // borgmatic passes --patterns-from (its files, then the inline lines) before --exclude-from
+    // (its files, then exclude_patterns)
+    let mut patterns = Matcher::new();
+    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"));
+    for (i, f) in location.patterns_from.iter().enumerate() {
+        if let Err(e) = read(f).and_then(|t| patterns.add_pattern_lines(&t).map_err(|e| e.to_string())) {
+            err(&format!("location.patterns_from[{i}]"), e);
+        }
+    }
+    for (i, l) in location.patterns.iter().enumerate() {
+        if let Err(e) = patterns.add_pattern(l) {
+            err(&format!("location.patterns[{i}]"), e.to_string());
+        }
+    }
+    for (i, f) in location.exclude_from.iter().enumerate() {
+        if let Err(e) = read(f).and_then(|t| patterns.add_exclude_lines(&t).map_err(|e| e.to_string())) {
+            err(&format!("location.exclude_from[{i}]"), e);
+        }
+    }
+    let files_cache = match location.files_cache.as_deref().map(FilesCacheMode::parse).transpose() {
+        Ok(m) => m.unwrap_or_default(),
+        Err(e) => {
+            err("location.files_cache", e.to_string());
+            FilesCacheMode::default()
+        }
+    };
     let compression = match storage.compression.as_deref().map(Compression::parse).transpose() {
         Ok(c) => c.unwrap_or(Compression::Zstd(1)),
         Err(e) => {
@@ -432,6 +474,8 @@ fn validate(path: &str, cfg: Config, warnings: Vec<String>) -> Result<Loaded, Co
         repositories,
         compression,
         excludes,
+        patterns,
+        files_cache,
         checks,
         warnings,
     })
@@ -538,6 +582,33 @@ hooks:
         )
         .unwrap_err();
         assert_eq!((e.0[0].key.as_deref(), e.0[0].line), (Some("retention.keep_daily"), Some(5)), "{e:?}");
+    }
+
+    /// Issue 17: borgmatic's pattern keys, in its order, with the key path of a bad one.
+    #[test]
+    fn borgmatic_pattern_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let pf = d.path().join("patterns");
+        std::fs::write(&pf, "R /srv\n+ home/*/keep\n").unwrap();
+        let ef = d.path().join("excludes");
+        std::fs::write(&ef, "*.tmp\n").unwrap();
+        let text = format!(
+            "location:\n  source_directories: [/x]\n  repositories: [/r]\n  patterns_from: [{}]\n  patterns: ['- home']\n  \
+             exclude_from: [{}]\n  exclude_caches: true\n  exclude_if_present: [.nobackup]\n  keep_exclude_tags: true\n  \
+             files_cache: mtime,size\n",
+            pf.display(),
+            ef.display()
+        );
+        let c = parse("c.yaml", &text).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.patterns.roots(), ["/srv"]);
+        assert!(c.patterns.matches(b"home/u/keep").included && !c.patterns.matches(b"home/u/x").included);
+        assert!(!c.patterns.matches(b"a.tmp").included);
+        assert!(c.location.exclude_caches && c.location.keep_exclude_tags);
+        assert!(c.files_cache.mtime && !c.files_cache.ctime);
+        let bad = text.replace("'- home'", "'X home'").replace("mtime,size", "often");
+        let keys: Vec<Option<String>> = parse("c.yaml", &bad).unwrap_err().0.into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, [Some("location.patterns[0]".into()), Some("location.files_cache".into())]);
     }
 
     #[test]

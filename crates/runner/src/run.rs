@@ -630,6 +630,12 @@ fn do_create(
         CreateOptions::new(name, c.location.source_directories.iter().map(PathBuf::from).collect::<Vec<_>>());
     opts.compression = c.compression;
     opts.excludes = c.excludes.clone();
+    opts.paths.extend(c.patterns.roots().iter().map(PathBuf::from));
+    opts.patterns = c.patterns.clone();
+    opts.exclude_caches = c.location.exclude_caches;
+    opts.exclude_if_present = c.location.exclude_if_present.clone();
+    opts.keep_exclude_tags = c.location.keep_exclude_tags;
+    opts.files_cache = c.files_cache;
     opts.one_file_system = c.location.one_file_system;
     opts.dry_run = dry;
     opts.cache_dir = ctx.opts.cache_dir.clone();
