@@ -76,8 +76,13 @@ fn pattern_option(arg: &str) -> Option<(u8, bool)> {
     }
     // `-eX`, or `-e` last in a group of short flags without values (`-se`, `-xe`)
     if let Some(rest) = arg.strip_prefix('-').filter(|r| !r.starts_with('-')) {
-        if let Some(i) = rest.find('e') {
-            return Some((b'e', i + 1 < rest.len()));
+        for (i, c) in rest.char_indices() {
+            match c {
+                'e' => return Some((b'e', i + 1 < rest.len())),
+                // the other short options of create that take a value: the rest is it
+                'C' | 'c' => return None,
+                _ => {}
+            }
         }
     }
     None
@@ -185,6 +190,9 @@ mod tests {
             "--exclude-from=f",
             "-se",
             "y",
+            "-Cnone",
+            "-c",
+            "5",
             "--patterns-from",
             "g",
             "--",
