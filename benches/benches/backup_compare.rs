@@ -4,14 +4,17 @@
 //! cargo build --release -p rempart-backup
 //! cargo bench -p rempart-benches --bench backup_compare
 //! ```
-//! Environment: `REMPART_BENCH_MB` (corpus size, default 1100), `REMPART_BENCH_REPS` (runs of
+//! Environment: `REMPART_BENCH_MB` (corpus size, default 1100), `REMPART_BENCH_MOUNT_ONLY=1` (only
+//! the `mount` vs `borg mount` rows, after one backup by each), `REMPART_BENCH_REPS` (runs of
 //! each repeated operation, default 3), `REMPART_BENCH_DIR` (scratch directory, default
 //! /tmp/rempart-backup-bench), `REMPART_BACKUP_BIN` (our binary; default
 //! `$CARGO_TARGET_DIR/release/rempart-backup` or `target/release/rempart-backup`).
 //!
 //! Measures: first backup, unchanged second backup, backup after modifying 5 % of the files, full
 //! restore, `check --verify-data` (restic: `check --read-data`): wall time, MB/s, repository size,
-//! peak RSS (GNU time). Each restore goes to a freshly made ext4 file system on a loop device (needs
+//! peak RSS (GNU time); `mount` against `borg mount` of the same archive: the large file read
+//! through the mount against `extract` of that file, and `tar c` of the archive through the mount.
+//! Each restore goes to a freshly made ext4 file system on a loop device (needs
 //! root; `REMPART_BENCH_HOST_FS=1`: a directory on the host's). The first backup (each run into fresh repositories), the unchanged
 //! backup, the restore and the check run `REMPART_BENCH_REPS` times, the three tools interleaved
 //! (rempart, borg, restic, then borg, restic, rempart, ...), and the table shows the median of
@@ -246,6 +249,78 @@ impl Tool {
     }
 }
 
+/// `mount` against `borg mount` of the same archive (issue 17), each measurement on a fresh mount
+/// (an empty chunk cache and page cache of the mount): reading the large file through the mount
+/// against `extract` of that file alone, and `tar c` of the whole archive through the mount.
+/// Rows: (metric, [rempart, borg, restic = n/a]).
+fn mount_rows(tools: &[Tool], dir: &Path, src: &Path, archive: &str, reps: usize) -> Vec<(String, Vec<String>)> {
+    let large = src.join("large-with-shifted-duplicates.img");
+    let large_mb = std::fs::metadata(&large).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    // archive paths have no leading '/'
+    let rel = |p: &Path| p.strip_prefix("/").unwrap_or(p).to_path_buf();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let pair = &tools[..2];
+    let through_mount = |t: &Tool, shell: &str| -> Cost {
+        let target = format!("{}::{archive}", t.repo.display());
+        let mut c = t.cmd(&["mount", &target, mnt.to_str().unwrap()]);
+        t.prep(&mut c);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{} mount: {}", t.name, String::from_utf8_lossy(&out.stderr));
+        nix::unistd::sync();
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(shell.replace("MNT", mnt.to_str().unwrap()));
+        let cost = timed(sh, &format!("{} through the mount", t.name));
+        let mut u = t.cmd(&["umount", mnt.to_str().unwrap()]);
+        t.prep(&mut u);
+        let out = u.output().unwrap();
+        assert!(out.status.success(), "{} umount: {}", t.name, String::from_utf8_lossy(&out.stderr));
+        cost
+    };
+    let large_in = rel(&large);
+    let read = repeated(pair, reps, |t, _| through_mount(t, &format!("cat 'MNT/{}' >/dev/null", large_in.display())));
+    let extract = repeated(pair, reps, |t, rep| {
+        let dest = dir.join(format!("{}-extract-one-{rep}", t.name));
+        std::fs::create_dir_all(&dest).unwrap();
+        let target = format!("{}::{archive}", t.repo.display());
+        let mut c = t.cmd(&["extract", &target, large_in.to_str().unwrap()]);
+        c.current_dir(&dest);
+        t.prep(&mut c);
+        nix::unistd::sync();
+        let cost = timed(c, &format!("{} extract of one file", t.name));
+        let _ = std::fs::remove_dir_all(&dest);
+        cost
+    });
+    let tar = repeated(pair, reps, |t, _| {
+        through_mount(t, &format!("tar -C 'MNT/{}' -cf - . | cat >/dev/null", rel(src).display()))
+    });
+    let size = rempart_benches::corpus::du(src) as f64;
+    let row = |label: String, v: [f64; 2], digits: usize| {
+        (label, vec![format!("{:.*}", digits, v[0]), format!("{:.*}", digits, v[1]), "n/a".into()])
+    };
+    vec![
+        row(
+            format!("mount: read the large file ({large_mb:.0} MB) through the mount: wall (s)"),
+            [read[0].wall, read[1].wall],
+            2,
+        ),
+        row(
+            "mount: read the large file through the mount: MB/s".into(),
+            [large_mb / read[0].wall, large_mb / read[1].wall],
+            0,
+        ),
+        row("mount: extract of the same file alone: wall (s)".into(), [extract[0].wall, extract[1].wall], 2),
+        row(
+            "mount: read through the mount / extract (wall, each tool its own)".into(),
+            [read[0].wall / extract[0].wall, read[1].wall / extract[1].wall],
+            2,
+        ),
+        row("mount: tar c of the archive through the mount: wall (s)".into(), [tar[0].wall, tar[1].wall], 2),
+        row("mount: tar c through the mount: MB/s".into(), [size / 1e6 / tar[0].wall, size / 1e6 / tar[1].wall], 0),
+        row("mount: tar c through the mount: CPU of tar and cat (s)".into(), [tar[0].cpu, tar[1].cpu], 2),
+    ]
+}
+
 /// `rempart-backup import-borg -a first` of borg's repository into a fresh rempart repository:
 /// wall time and MB/s of the archive's original data (the corpus). rempart only: the other
 /// tools have no such command.
@@ -405,6 +480,24 @@ fn main() {
     let reps: usize = std::env::var("REMPART_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let tools: Vec<Tool> =
         ["rempart", "borg", "restic"].iter().map(|n| Tool { name: n, repo: dir.join(format!("{n}-repo")) }).collect();
+    if std::env::var_os("REMPART_BENCH_MOUNT_ONLY").is_some() {
+        // only the mount rows: one backup by rempart and borg, then the mounts
+        for t in &tools[..2] {
+            t.fresh();
+            t.backup("third", &src);
+        }
+        println!("corpus: {:.0} MB; medians of {reps} runs\n", size / 1e6);
+        println!("| metric | rempart-backup | borg 1.2.4 | rempart/borg |\n|---|---:|---:|---:|");
+        for (m, v) in mount_rows(&tools, &dir, &src, "third", reps) {
+            let ratio = match (v[0].parse::<f64>(), v[1].parse::<f64>()) {
+                (Ok(a), Ok(b)) if b != 0.0 => format!("{:.2}", a / b),
+                _ => "n/a".into(),
+            };
+            println!("| {m} | {} | {} | {ratio} |", v[0], v[1]);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     // Drop the page cache influence as far as we can without root tricks: every tool reads the
     // same corpus, in rotating order, and the first pass warms the cache for everyone.
     let _ = Command::new("cat").arg(src.join("large-with-shifted-duplicates.img")).output();
@@ -451,6 +544,8 @@ fn main() {
     ops.push(("check --verify-data".into(), check, Some((false, true))));
     // import-borg (issue 17): borg's archive "first" (the corpus) into a fresh rempart repository
     extra.extend(import_borg_rows(&tools[1], &dir, size));
+    // rempart-backup mount vs borg mount (restic: not measured)
+    extra.extend(mount_rows(&tools, &dir, &src, "third", reps));
     extra.push(("repository size after the first backup (MB)".into(), repo_first));
     extra.push((
         "repository size after three backups (MB)".into(),
