@@ -217,6 +217,8 @@ enum Cmd {
     },
     /// Write an archive as a tar file (borg's export-tar: filters by extension or --tar-filter).
     ExportTar(tar_cmd::ExportTarArgs),
+    /// Create an archive from a tar file (borg's import-tar: filters by extension or --tar-filter).
+    ImportTar(tar_cmd::ImportTarArgs),
     /// Rename an archive.
     Rename {
         /// REPO::ARCHIVE.
@@ -1112,6 +1114,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::ExportTar(a) => tar_cmd::export_tar(a),
+        Cmd::ImportTar(a) => tar_cmd::import_tar(a),
         Cmd::Rename { target, new_name } => archives_cmd::rename(&target, &new_name),
         Cmd::Prune(a) => {
             let (repo_path, _) = split_target(a.repo.as_deref())?;

@@ -239,3 +239,170 @@ pub(crate) fn export_tar(a: ExportTarArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `import-tar`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ImportTarArgs {
+    /// Filter program the file goes through before it is read (sh -c); default: by FILE's
+    /// extension (`gzip -d`, `bzip2 -d`, `xz -d`, `lz4 -d`, `zstd -d`).
+    #[arg(long, value_name = "CMD")]
+    tar_filter: Option<String>,
+    /// Compression of the new chunks (as create's).
+    #[arg(short = 'C', long, default_value = "auto,zstd,3")]
+    compression: String,
+    /// REPO::ARCHIVE to create.
+    target: String,
+    /// Tar file (`-`: standard input).
+    file: String,
+}
+
+fn item_from(h: &tar::Header, path: Vec<u8>, kind: ItemKind) -> Item {
+    let mtime = h.mtime().ok().and_then(|s| i64::try_from(s).ok()).unwrap_or(0).saturating_mul(1_000_000_000);
+    let rdev = match kind {
+        ItemKind::CharDev | ItemKind::BlockDev => nix::sys::stat::makedev(
+            u64::from(h.device_major().ok().flatten().unwrap_or(0)),
+            u64::from(h.device_minor().ok().flatten().unwrap_or(0)),
+        ),
+        _ => 0,
+    };
+    Item {
+        path,
+        kind,
+        mode: h.mode().unwrap_or(0o644) & 0o7777,
+        uid: h.uid().ok().and_then(|u| u32::try_from(u).ok()).unwrap_or(0),
+        gid: h.gid().ok().and_then(|g| u32::try_from(g).ok()).unwrap_or(0),
+        user: h.username().ok().flatten().filter(|s| !s.is_empty()).map(String::from),
+        group: h.groupname().ok().flatten().filter(|s| !s.is_empty()).map(String::from),
+        mtime,
+        atime: mtime,
+        ctime: mtime,
+        size: 0,
+        xattrs: vec![],
+        target: None,
+        hardlink: None,
+        rdev,
+        chunks: vec![],
+    }
+}
+
+/// An archive path from a tar name: no leading `./` or `/`, no trailing `/`.
+fn tar_path(raw: &[u8]) -> Vec<u8> {
+    let mut p = raw;
+    loop {
+        if let Some(r) = p.strip_prefix(b"./") {
+            p = r;
+        } else if let Some(r) = p.strip_prefix(b"/") {
+            p = r;
+        } else {
+            break;
+        }
+    }
+    while let Some(r) = p.strip_suffix(b"/") {
+        p = r;
+    }
+    p.to_vec()
+}
+
+fn import_from(b: &mut dedupstore::builder::ArchiveBuilder<'_>, input: impl Read) -> anyhow::Result<u64> {
+    let mut ar = tar::Archive::new(input);
+    let mut files: std::collections::HashMap<Vec<u8>, (u64, Vec<Extent>)> = Default::default();
+    let mut n = 0;
+    for entry in ar.entries().context("reading the tar")? {
+        let mut entry = entry.context("reading the tar")?;
+        let path = tar_path(&entry.path_bytes());
+        if path.is_empty() {
+            continue;
+        }
+        let what = String::from_utf8_lossy(&path).into_owned();
+        let h = entry.header().clone();
+        let t = h.entry_type();
+        let mut item = match t {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let mut i = item_from(&h, path.clone(), ItemKind::File);
+                let (chunks, size) = b.store_content(&mut entry).with_context(|| what.clone())?;
+                i.chunks = chunks;
+                i.size = size;
+                files.insert(path.clone(), (size, i.chunks.clone()));
+                i
+            }
+            tar::EntryType::Link => {
+                let target = tar_path(&entry.link_name_bytes().unwrap_or_default());
+                let (size, chunks) = files
+                    .get(&target)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("{what}: hard link to {:?} before it", target))?;
+                let mut i = item_from(&h, path.clone(), ItemKind::File);
+                i.size = size;
+                i.chunks = chunks;
+                i.hardlink = Some(target);
+                i
+            }
+            tar::EntryType::Symlink => {
+                let mut i = item_from(&h, path.clone(), ItemKind::Symlink);
+                i.target = Some(entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default());
+                i
+            }
+            tar::EntryType::Directory => item_from(&h, path.clone(), ItemKind::Dir),
+            tar::EntryType::Fifo => item_from(&h, path.clone(), ItemKind::Fifo),
+            tar::EntryType::Char => item_from(&h, path.clone(), ItemKind::CharDev),
+            tar::EntryType::Block => item_from(&h, path.clone(), ItemKind::BlockDev),
+            _ => continue,
+        };
+        if let Ok(Some(exts)) = entry.pax_extensions() {
+            for e in exts.flatten() {
+                if let Some(name) = e.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                    item.xattrs.push((name.to_vec(), e.value_bytes().to_vec()));
+                }
+            }
+        }
+        b.add_item(&item)?;
+        n += 1;
+    }
+    // the record padding after the end marker: read, so a filter writing it does not die of
+    // SIGPIPE
+    std::io::copy(&mut ar.into_inner(), &mut std::io::sink()).context("reading the tar")?;
+    Ok(n)
+}
+
+/// Runs `import-tar`.
+pub(crate) fn import_tar(a: ImportTarArgs) -> anyhow::Result<ExitCode> {
+    let (repo_path, name) = crate::split_target(Some(&a.target))?;
+    let name = name.ok_or_else(|| anyhow!("{}: expected REPO::ARCHIVE", a.target))?;
+    let compression = dedupstore::compress::Compression::parse(&a.compression)?;
+    let repo = crate::open(&repo_path)?;
+    let mut b = dedupstore::builder::ArchiveBuilder::new(&repo, &name, compression, None, std::env::args().collect())?;
+    let filter = a.tar_filter.clone().or_else(|| filter_for(&a.file, true).map(String::from));
+    let input: Box<dyn Read> = if a.file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(&a.file).with_context(|| a.file.clone())?)
+    };
+    match filter {
+        None => {
+            import_from(&mut b, std::io::BufReader::with_capacity(1 << 20, input))?;
+        }
+        Some(cmd) => {
+            let stdin = if a.file == "-" {
+                Stdio::inherit()
+            } else {
+                Stdio::from(std::fs::File::open(&a.file).with_context(|| a.file.clone())?)
+            };
+            drop(input);
+            let mut child = Command::new("sh")
+                .args(["-c", &cmd])
+                .stdin(stdin)
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("--tar-filter {cmd:?}"))?;
+            let out = child.stdout.take().context("filter stdout")?;
+            let res = import_from(&mut b, std::io::BufReader::with_capacity(1 << 20, out));
+            let status = child.wait()?;
+            res?;
+            if !status.success() {
+                bail!("--tar-filter {cmd:?} failed: {status}");
+            }
+        }
+    }
+    b.commit()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -376,3 +376,63 @@ fn export_tar_matches_borg_and_round_trips_through_gnu_tar() {
     diff.args(["-r", "--no-dereference", "src", "x/src"]);
     ok_in(diff, home);
 }
+
+#[test]
+fn import_tar_of_a_gnu_tar_extracts_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let src = home.join("src");
+    tree(&src);
+    std::fs::hard_link(src.join("a.txt"), src.join("h.txt")).unwrap();
+    std::fs::write(src.join("d/big.bin"), (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+    let mut o = ours(home);
+    o.args(["init", "-e", "repokey", "repo"]);
+    ok_in(o, home);
+    let mut t = Command::new("tar");
+    t.args(["-cpf", "src.tar", "src"]);
+    ok_in(t, home);
+    let mut t = Command::new("tar");
+    t.args(["-czpf", "src.tar.gz", "src"]);
+    ok_in(t, home);
+    for (name, file) in [("plain", "src.tar"), ("gz", "src.tar.gz")] {
+        let mut o = ours(home);
+        o.args(["import-tar", &format!("repo::{name}"), file]);
+        ok_in(o, home);
+        let x = home.join(format!("x-{name}"));
+        std::fs::create_dir(&x).unwrap();
+        let mut o = ours(home);
+        o.arg("extract").arg(format!("{}::{name}", home.join("repo").display()));
+        ok_in(o, &x);
+        let mut diff = Command::new("diff");
+        diff.args(["-r", "--no-dereference", "src"]).arg(x.join("src"));
+        ok_in(diff, home);
+        // modes, owners, times and the hard link as tar recorded them
+        let mut l = ours(home);
+        l.args([
+            "list",
+            "--format",
+            "{mode} {user} {group} {size} {isomtime} {path}{extra}{NL}",
+            &format!("repo::{name}"),
+        ]);
+        let listed = ok_in(l, home);
+        // GNU tar's walk order decides which name is the first
+        assert!(
+            listed.contains("src/h.txt link to src/a.txt") || listed.contains("src/a.txt link to src/h.txt"),
+            "{listed}"
+        );
+        assert!(listed.contains("lrwxrwxrwx root root 5"), "{listed}");
+        let mtime = std::fs::metadata(src.join("d/big.bin")).unwrap().modified().unwrap();
+        let secs = mtime.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let big = listed.lines().find(|l| l.ends_with("src/d/big.bin")).unwrap();
+        let want = chrono::DateTime::from_timestamp(secs as i64, 0).unwrap();
+        let local = want.with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap());
+        assert!(big.contains(&local.format("%Y-%m-%dT%H:%M:%S.000000").to_string()), "{big}");
+    }
+    // standard input
+    let mut o = ours(home);
+    o.args(["import-tar", "repo::stdin", "-"]).stdin(std::fs::File::open(home.join("src.tar")).unwrap());
+    ok_in(o, home);
+    let mut l = ours(home);
+    l.args(["list", "--short", "repo::stdin"]);
+    assert_eq!(ok_in(l, home).lines().count(), 9);
+}

@@ -80,6 +80,7 @@
 
 pub mod archive;
 pub mod backend;
+pub mod builder;
 pub mod cache;
 pub mod chunker;
 pub mod commands;
