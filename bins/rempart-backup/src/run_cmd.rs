@@ -117,6 +117,9 @@ pub(crate) struct OneShotArgs {
     /// mount: the mount point.
     #[arg(long)]
     mount_point: Option<PathBuf>,
+    /// mount: stay in the foreground until unmounted.
+    #[arg(long)]
+    foreground: bool,
 }
 
 /// `restore-test` arguments.
@@ -380,7 +383,15 @@ fn one_shot_action(args: &RunArgs, configs: &[runner::Loaded], action: Action, o
                     }
                     Action::Mount => {
                         let mp = o.mount_point.clone().ok_or_else(|| anyhow::anyhow!("mount needs --mount-point"))?;
-                        argv.extend(["mount".into(), target, mp.display().to_string()]);
+                        argv.push("mount".into());
+                        if o.foreground {
+                            argv.push("--foreground".into());
+                        }
+                        argv.extend([target, mp.display().to_string()]);
+                        // a process of its own: mount goes to the background by starting its own
+                        // command line again
+                        let st = std::process::Command::new(std::env::current_exe()?).args(&argv[1..]).status()?;
+                        return Ok(if st.success() { ExitCode::SUCCESS } else { ExitCode::from(2) });
                     }
                     _ => return Ok(ExitCode::SUCCESS),
                 }

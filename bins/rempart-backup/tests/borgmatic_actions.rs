@@ -160,3 +160,38 @@ fn pattern_keys_reach_create() {
     let e = h.join("extra").strip_prefix("/").unwrap().display().to_string();
     assert_eq!(paths, [e.clone(), format!("{e}/e"), s.clone(), format!("{s}/keep")]);
 }
+
+/// `run mount --mount-point DIR [--archive NAME]`: the archive readable through the mount
+/// (rempart-backup mount, which goes to the background), then `umount`.
+#[test]
+fn mount_action() {
+    let d = tempfile::tempdir().unwrap();
+    let h = d.path();
+    let etc = h.join("etc");
+    std::fs::create_dir_all(h.join("src")).unwrap();
+    std::fs::create_dir_all(h.join("mnt")).unwrap();
+    std::fs::write(h.join("src/f"), b"through the mount").unwrap();
+    let cfg = h.join("c.yaml");
+    std::fs::write(&cfg, config(&h.join("src"), &h.join("repo"), "m")).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = ours(h, &etc);
+        c.arg("run").arg("-c").arg(&cfg).args(args);
+        ok(c)
+    };
+    run(&["init", "--encryption", "repokey"]);
+    run(&["create"]);
+    let mnt = h.join("mnt");
+    run(&["mount", "--archive", "latest", "--mount-point", mnt.to_str().unwrap()]);
+    // unmount whatever happens below
+    struct Unmount<'a>(&'a Path, &'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = ours(self.0, self.0).arg("umount").arg(self.1).output();
+        }
+    }
+    let guard = Unmount(h, &mnt);
+    let base = h.join("src").strip_prefix("/").unwrap().join("f");
+    assert_eq!(std::fs::read(mnt.join(&base)).unwrap(), b"through the mount");
+    drop(guard);
+    assert!(!mnt.join(&base).exists(), "unmounted");
+}
