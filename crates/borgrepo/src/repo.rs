@@ -263,32 +263,44 @@ impl BorgRepository {
         }
         let mut pending: Vec<(u8, ObjectId, Loc)> = Vec::new();
         for (n, file) in segments {
-            let data = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            // Entry by entry through a buffer: memory stays one entry (a chunk, at most a few
+            // MiB), not one segment (borg's default limit is 500 MB).
+            let f = File::open(&file).map_err(|e| Error::io(&file, e))?;
+            let len = f.metadata().map_err(|e| Error::io(&file, e))?.len();
+            let mut r = std::io::BufReader::with_capacity(1 << 20, f);
             scan.segments += 1;
-            scan.bytes += data.len() as u64;
-            let what = |off: usize| format!("segment {} at offset {off}", file.display());
-            if data.get(..8) != Some(&MAGIC[..]) {
+            scan.bytes += len;
+            let what = |off: u64| format!("segment {} at offset {off}", file.display());
+            let mut magic = [0u8; 8];
+            if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
                 return Err(Error::integrity(what(0), "no BORG_SEG magic"));
             }
-            let mut off = 8;
-            while off < data.len() {
-                let h =
-                    data.get(off..off + HEADER).ok_or_else(|| Error::integrity(what(off), "truncated entry header"))?;
+            let mut off = 8u64;
+            let mut body = Vec::new();
+            while off < len {
+                let mut h = [0u8; HEADER];
+                r.read_exact(&mut h).map_err(|_| Error::integrity(what(off), "truncated entry header"))?;
                 let (crc, size, tag) = (u32le(&h[0..4]), u32le(&h[4..8]) as usize, h[8]);
-                let entry = data
-                    .get(off..off.saturating_add(size))
-                    .filter(|_| size >= HEADER)
-                    .ok_or_else(|| Error::integrity(what(off), format!("entry size {size} out of bounds")))?;
-                if crc32fast::hash(&entry[4..]) != crc {
+                if size < HEADER || off + size as u64 > len {
+                    return Err(Error::integrity(what(off), format!("entry size {size} out of bounds")));
+                }
+                body.resize(size - HEADER, 0);
+                r.read_exact(&mut body).map_err(|e| Error::io(&file, e))?;
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&h[4..]);
+                hasher.update(&body);
+                if hasher.finalize() != crc {
                     return Err(Error::integrity(what(off), "crc32 mismatch"));
                 }
+                let entry_id = || -> Result<ObjectId> {
+                    body.get(..32)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| Error::integrity(what(off), "entry shorter than its id"))
+                };
                 match tag {
                     TAG_PUT | TAG_DELETE => {
-                        let id: ObjectId = entry
-                            .get(HEADER..PUT_HEADER)
-                            .and_then(|b| b.try_into().ok())
-                            .ok_or_else(|| Error::integrity(what(off), "entry shorter than its id"))?;
-                        pending.push((tag, id, Loc { segment: n, offset: off as u64, size: size as u32 }));
+                        let id = entry_id()?;
+                        pending.push((tag, id, Loc { segment: n, offset: off, size: size as u32 }));
                     }
                     TAG_COMMIT => {
                         for (tag, id, loc) in pending.drain(..) {
@@ -301,7 +313,7 @@ impl BorgRepository {
                     }
                     t => return Err(Error::integrity(what(off), format!("unknown tag {t}"))),
                 }
-                off += size;
+                off += size as u64;
             }
         }
         if !pending.is_empty() {
