@@ -42,6 +42,7 @@ mod extract_cmd;
 mod import_borg;
 mod list_format;
 mod mount_cmd;
+mod recreate_cmd;
 mod run_cmd;
 mod tar_cmd;
 
@@ -219,6 +220,8 @@ enum Cmd {
     ExportTar(tar_cmd::ExportTarArgs),
     /// Create an archive from a tar file (borg's import-tar: filters by extension or --tar-filter).
     ImportTar(tar_cmd::ImportTarArgs),
+    /// Write archives again without the items the patterns exclude (borg's recreate).
+    Recreate(recreate_cmd::RecreateArgs),
     /// Rename an archive.
     Rename {
         /// REPO::ARCHIVE.
@@ -1115,6 +1118,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::ExportTar(a) => tar_cmd::export_tar(a),
         Cmd::ImportTar(a) => tar_cmd::import_tar(a),
+        Cmd::Recreate(a) => recreate_cmd::run(a),
         Cmd::Rename { target, new_name } => archives_cmd::rename(&target, &new_name),
         Cmd::Prune(a) => {
             let (repo_path, _) = split_target(a.repo.as_deref())?;

@@ -436,3 +436,47 @@ fn import_tar_of_a_gnu_tar_extracts_identical() {
     l.args(["list", "--short", "repo::stdin"]);
     assert_eq!(ok_in(l, home).lines().count(), 9);
 }
+
+#[test]
+fn recreate_excludes_after_the_fact_as_borg_and_keeps_the_rest_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    two_repos(home);
+    let extract = |archive: &str, dir: &str| {
+        let x = home.join(dir);
+        std::fs::create_dir(&x).unwrap();
+        let mut o = ours(home);
+        o.arg("extract").arg(format!("{}::{archive}", home.join("ours").display()));
+        ok_in(o, &x);
+        x
+    };
+    let before = extract("a2", "before");
+    // the same items go as with borg's recreate
+    let (b, o) = both(home, &["recreate", "-e", "src/d/e", "-e", "*.bin", "R::a2"]);
+    assert!(b.status.success() && o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kept = same_stdout(home, &["list", "--short", "R::a2"], true);
+    assert_eq!(kept.lines().count(), 4, "{kept}");
+    same_stdout(home, &["list", "--short", "R::b2"], true);
+    same_stdout(home, &["list", "--format", "{archive} {time}{NL}", "R"], false);
+    // what is left extracts identical to the original minus the excluded paths
+    let after = extract("a2", "after");
+    std::fs::remove_dir_all(before.join("src/d/e")).unwrap();
+    std::fs::remove_file(before.join("src/d/b.bin")).unwrap();
+    let mut diff = Command::new("diff");
+    diff.args(["-r", "--no-dereference"]).arg(&before).arg(&after);
+    ok_in(diff, home);
+    let mut c = ours(home);
+    c.args(["check", "--verify-data", "ours"]);
+    ok_in(c, home);
+    // nothing to exclude: nothing written (the archive id stays)
+    let ids = |home: &Path| {
+        let mut l = ours(home);
+        l.args(["list", "--format", "{id}{NL}", "ours"]);
+        ok_in(l, home)
+    };
+    let id_before = ids(home);
+    let mut o = ours(home);
+    o.args(["recreate", "-e", "nothing-matches", "ours::a2"]);
+    ok_in(o, home);
+    assert_eq!(ids(home), id_before);
+}

@@ -38,6 +38,8 @@ pub struct ArchiveBuilder<'r> {
     item_ids: Vec<Id>,
     data_refs: Vec<Id>,
     stats: ArchiveStats,
+    /// `recreate`: the archive this one replaces (same name, time, host, user, command line).
+    replaces: Option<(ManifestEntry, ArchiveMeta)>,
 }
 
 impl<'r> ArchiveBuilder<'r> {
@@ -71,6 +73,32 @@ impl<'r> ArchiveBuilder<'r> {
             item_ids: Vec::new(),
             data_refs: Vec::new(),
             stats: ArchiveStats::default(),
+            replaces: None,
+        })
+    }
+
+    /// `recreate`: takes the exclusive lock and starts a new version of the existing archive
+    /// `name`. [`ArchiveBuilder::commit`] switches the manifest entry to it in one write (the
+    /// old version stays whole until then) and only then removes the old archive object.
+    pub fn replacing(repo: &'r Repository, name: &str, compression: Compression) -> Result<Self> {
+        let lock = repo.lock()?;
+        let entry = repo.manifest()?.get(name).cloned().ok_or_else(|| Error::NoSuchArchive(name.into()))?;
+        let old = repo.archive(&entry.id)?;
+        let index = Arc::new(repo.load_index()?);
+        let writer = ChunkWriter::new(repo, index, WriterOptions { compression, ..WriterOptions::default() });
+        Ok(ArchiveBuilder {
+            repo,
+            _lock: lock,
+            name: name.into(),
+            time: crate::commands::time_of(entry.time),
+            cmdline: old.cmdline.clone(),
+            writer,
+            chunker: repo.chunker().clone(),
+            items: Vec::new(),
+            item_ids: Vec::new(),
+            data_refs: Vec::new(),
+            stats: ArchiveStats::default(),
+            replaces: Some((entry, old)),
         })
     }
 
@@ -88,7 +116,8 @@ impl<'r> ArchiveBuilder<'r> {
         Ok((out, n))
     }
 
-    /// Adds an item (its `chunks` from [`ArchiveBuilder::store_content`]).
+    /// Adds an item (its `chunks` from [`ArchiveBuilder::store_content`], or chunks already in
+    /// the repository, as `recreate` keeps them).
     pub fn add_item(&mut self, item: &Item) -> Result<()> {
         if item.kind == ItemKind::File {
             self.stats.nfiles += 1;
@@ -148,11 +177,31 @@ impl<'r> ArchiveBuilder<'r> {
             stats: self.stats,
             broken: vec![],
         };
+        let mut meta = meta;
+        if let Some((_, old)) = &self.replaces {
+            meta.hostname = old.hostname.clone();
+            meta.username = old.username.clone();
+            meta.time_end = old.time_end;
+        }
         let id = self.repo.write_archive(&meta)?;
         let mut m = self.repo.manifest()?;
-        m.archives.push(ManifestEntry { name: meta.name.clone(), id, time: meta.time });
+        let entry = ManifestEntry { name: meta.name.clone(), id, time: meta.time };
+        match &self.replaces {
+            Some((old, _)) => {
+                let slot = m.archives.iter_mut().find(|a| a.id == old.id).ok_or_else(|| {
+                    Error::integrity("manifest", format!("archive {} changed while it was recreated", old.name))
+                })?;
+                *slot = entry;
+            }
+            None => m.archives.push(entry),
+        }
         m.timestamp = Utc::now().timestamp_nanos_opt().unwrap_or(0);
         self.repo.write_manifest(&m)?;
+        if let Some((old, _)) = &self.replaces {
+            if old.id != id {
+                self.repo.backend().remove(crate::backend::FileType::Archive, &old.id.to_hex())?;
+            }
+        }
         Ok((id, meta))
     }
 }
