@@ -213,20 +213,29 @@ fn translate_shell(pat: &str) -> String {
                 }
             }
             '?' => out.push_str(NOT_SEP),
-            '[' => match bracket(&p, i) {
-                Some((stuff, next)) => {
-                    out.push_str("(?:");
-                    class(&stuff, &mut out);
-                    out.push(')');
-                    i = next;
-                }
-                None => out.push_str("\\["),
-            },
+            '[' => i = bracket_class(&p, i, &mut out),
             c => lit(c, &mut out),
         }
     }
     out.push_str("\\z");
     out
+}
+
+/// A `[...]` set starting at `p[i]` (just after the `[`) as a regex group, or a literal `[`
+/// when it does not close; where the translation goes on.
+fn bracket_class(p: &[char], i: usize, out: &mut String) -> usize {
+    match bracket(p, i) {
+        Some((stuff, next)) => {
+            out.push_str("(?:");
+            class(&stuff, out);
+            out.push(')');
+            next
+        }
+        None => {
+            out.push_str("\\[");
+            i
+        }
+    }
 }
 
 /// Python's `fnmatch.translate`: `*` and `?` match any character, `/` included.
@@ -245,15 +254,7 @@ fn translate_fnmatch(pat: &str) -> String {
                 out.push_str("(?s-u:.)*");
             }
             '?' => out.push_str("(?:.|(?-u:[\\x80-\\xff]))"),
-            '[' => match bracket(&p, i) {
-                Some((stuff, next)) => {
-                    out.push_str("(?:");
-                    class(&stuff, &mut out);
-                    out.push(')');
-                    i = next;
-                }
-                None => out.push_str("\\["),
-            },
+            '[' => i = bracket_class(&p, i, &mut out),
             c => lit(c, &mut out),
         }
     }
