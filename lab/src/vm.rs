@@ -7,7 +7,7 @@
 //!   │ peer daemons on 127.0.0.1:PORT ◀─────────┼─slirp──┤ eth0 10.0.2.15, gateway 10.0.2.2       │
 //!   │                                          │        │   (10.0.2.2:PORT = the host's 127.0.0.1)│
 //!   │ qemu ── 9p "hostroot" = / (read-only) ───┼───────▶│ / : the host's files, tmpfs on /run    │
-//!   │      ── 9p "work" = the test's directory ┼───────▶│     /tmp /var/tmp; the work directory  │
+//!   │      ── 9p "work" = the test's directory ┼───────▶│     /var/lib /mnt; the work directory  │
 //!   │      ── virtio-blk = a disk image ───────┼───────▶│ /dev/vda                  read-write   │
 //!   └──────────────────────────────────────────┘        └────────────────────────────────────────┘
 //! ```
@@ -218,14 +218,17 @@ R=/host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot $R || echo "rempart-vm: no host root"
 mount -t proc proc $R/proc; mount -t sysfs sys $R/sys; mount -t devtmpfs dev $R/dev
 mkdir -p $R/dev/pts $R/dev/shm; mount -t devpts pts $R/dev/pts; mount -t tmpfs shm $R/dev/shm
-for d in /run /tmp /var/tmp /var/lib /var/log /var/run /mnt /media; do
+# Writable places; not /tmp or /var/tmp, where the test's binaries may live (a clone under
+# /var/tmp): those stay the host's, read-only, and TMPDIR points into /run.
+for d in /run /var/lib /var/log /var/run /mnt /media; do
   [ -d $R$d ] && [ ! -L $R$d ] && mount -t tmpfs tmp $R$d
 done
+mkdir -p $R/run/tmp
 mkdir -p $R$work && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 work $R$work || echo "rempart-vm: no work dir"
 ip link set lo up; ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 echo "rempart-vm: running $work/guest.sh"
-chroot $R /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/sh $work/guest.sh > $R$work/guest.out 2>&1
+chroot $R /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/run/tmp /bin/sh $work/guest.sh > $R$work/guest.out 2>&1
 echo "rempart-vm: guest.sh exited $?" | tee $R$work/guest.rc
 sync
 poweroff -f
