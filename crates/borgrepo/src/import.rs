@@ -217,19 +217,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Stores the item-stream chunks whose boundaries are final (see dedupstore's create).
+    /// Stores the item-stream chunks whose boundaries are final (`Chunker::cut_final`).
     fn cut(&mut self, all: bool) -> Result<(), ImportError> {
-        let max = self.chunker.params().max as usize;
-        let mut pos = 0;
-        while pos < self.items.len() && (all || self.items.len() - pos >= max) {
-            let n = self.chunker.cut(&self.items[pos..]);
-            let c = self.items[pos..pos + n].to_vec();
-            let id = self.store(c)?;
+        let (chunker, mut items) = (self.chunker.clone(), std::mem::take(&mut self.items));
+        let done = chunker.cut_final(&mut items, all, |c| {
+            let id = self.store(c.to_vec())?;
             self.item_ids.push(id);
-            pos += n;
-        }
-        self.items.drain(..pos);
-        Ok(())
+            Ok(())
+        });
+        self.items = items;
+        done
     }
 }
 

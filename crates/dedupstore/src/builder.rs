@@ -136,16 +136,11 @@ impl<'r> ArchiveBuilder<'r> {
     }
 
     fn cut_items(&mut self, all: bool) -> Result<()> {
-        let max = self.chunker.params().max as usize;
-        let mut pos = 0;
-        while pos < self.items.len() && (all || self.items.len() - pos >= max) {
-            let n = self.chunker.cut(&self.items[pos..]);
-            let (id, _) = self.writer.store(self.items[pos..pos + n].to_vec())?;
-            self.item_ids.push(id);
-            pos += n;
-        }
-        self.items.drain(..pos);
-        Ok(())
+        let (writer, ids) = (&mut self.writer, &mut self.item_ids);
+        self.chunker.cut_final(&mut self.items, all, |c| {
+            ids.push(writer.store(c.to_vec())?.0);
+            Ok(())
+        })
     }
 
     /// Stores the rest, writes the archive object, then the manifest naming it (the commit).

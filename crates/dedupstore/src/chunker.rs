@@ -120,6 +120,28 @@ impl Chunker {
         self.params
     }
 
+    /// Chunks a buffered stream that grows at its end (an archive's item stream): stores every
+    /// chunk whose end is final — every chunk with `max` bytes after its start, so boundaries
+    /// are exactly those of chunking the whole stream at once (FastCDC looks at most `max`
+    /// bytes ahead) — or, with `all`, every chunk; `store` gets each chunk in order. The stored
+    /// bytes leave `buf`.
+    pub fn cut_final<E>(
+        &self,
+        buf: &mut Vec<u8>,
+        all: bool,
+        mut store: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let max = self.params().max as usize;
+        let mut pos = 0;
+        while pos < buf.len() && (all || buf.len() - pos >= max) {
+            let n = self.cut(&buf[pos..]);
+            store(&buf[pos..pos + n])?;
+            pos += n;
+        }
+        buf.drain(..pos);
+        Ok(())
+    }
+
     /// Length of the first chunk of `data`. The caller passes at least `max` bytes unless `data`
     /// is the end of the stream.
     pub fn cut(&self, data: &[u8]) -> usize {

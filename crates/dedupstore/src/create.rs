@@ -403,30 +403,24 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Stores the chunks of the buffered item stream whose end is final — every chunk that has
-    /// `max` bytes after its start, so boundaries are exactly those of chunking the whole
-    /// stream at once (FastCDC looks at most `max` bytes ahead) — or, with `all`, every chunk.
+    /// Stores the chunks of the buffered item stream whose end is final (see
+    /// [`crate::chunker::Chunker::cut_final`]) — or, with `all`, every chunk.
     fn cut_items(&mut self, all: bool) -> Result<()> {
-        let max = self.chunker.params().max as usize;
-        let mut pos = 0;
-        while pos < self.items.len() && (all || self.items.len() - pos >= max) {
-            let n = self.chunker.cut(&self.items[pos..]);
-            let c = &self.items[pos..pos + n];
-            let id = match &mut self.writer {
+        let (writer, key, new, ids) = (&mut self.writer, &self.key, &mut self.items_new, &mut self.item_ids);
+        self.chunker.cut_final(&mut self.items, all, |c| {
+            let id = match writer {
                 Some(w) => match w.store(c.to_vec())? {
                     (id, true) => {
-                        self.items_new.insert(id);
+                        new.insert(id);
                         id
                     }
                     (id, false) => id,
                 },
-                None => self.key.chunk_id(c),
+                None => key.chunk_id(c),
             };
-            self.item_ids.push(id);
-            pos += n;
-        }
-        self.items.drain(..pos);
-        Ok(())
+            ids.push(id);
+            Ok(())
+        })
     }
 
     fn walk(&mut self, p: &Path, ap: Vec<u8>, root_dev: u64) -> Result<()> {
